@@ -1,0 +1,62 @@
+"""Finds the Surrey Face Model files: explicit path, else $JAXALIGN_SFM_DIR, else the user cache.
+
+``python -m jaxalign.assets fetch`` downloads them from the pinned eos commit (see ``main``).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+EOS_COMMIT = 'ce984207a51c2edd2e7568a64fec9b98ef61aeed'
+URL_PATTERN = 'https://raw.githubusercontent.com/patrikhuber/eos/{commit}/share/{file}'
+ENV_VAR = 'JAXALIGN_SFM_DIR'
+
+# file name -> sha256 of the file at EOS_COMMIT.
+SFM_FILES = {
+    'sfm_shape_3448.bin': '43750338ae533e7fb981e924b6f67ebde3d292f15ec4fc886ae5af14308ad980',
+    'expression_blendshapes_3448.bin':
+        'a77c81712fc5e8b08a1be4cd2824d51514e5bde6578109ae5240dfb3489efd43',
+    'ibug_to_sfm.txt': '810810c457184526c7d54305ecbc5da764e2431b5e66025d921a7d424aebfac9',
+    'sfm_3448_edge_topology.json':
+        '5934e5ec34dd6779fda06d28a1f8d02ca9a238bff882e5ccd6da5af9fffe61d5',
+    'sfm_model_contours.json': 'c9e69bfa995ab19ac6b27abb07729eb0520a00bb192be12426ca6bce76f3fded',
+    'sfm_reference_symmetry.txt':
+        'd26e02dbb2cf72bfa88bc6bf6f175bf261bae7aff00509cc0ff277675f2fff47',
+    'sfm_reference.obj': '1ac929fc7db5a2ec5a1bc9160b92cf8478a360866422a35105717dbc5992ca56',
+}
+
+HOW_TO_GET = (
+    'Get the Surrey Face Model files with `python -m jaxalign.assets fetch` (downloads them from '
+    f'the eos repository at commit {EOS_COMMIT[:12]} and checks their sha256), or point '
+    f'${ENV_VAR} at a folder that holds them.')
+
+
+class MissingModelFilesError(FileNotFoundError):
+  """The Surrey Face Model files are not where they were looked for."""
+
+
+def cache_dir() -> pathlib.Path:
+  """The per-user cache folder ($XDG_CACHE_HOME/jaxalign/sfm, default ~/.cache/jaxalign/sfm)."""
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return pathlib.Path(base) / 'jaxalign' / 'sfm'
+
+
+def sfm_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
+  """The folder holding the model files: ``path``, else $JAXALIGN_SFM_DIR, else the cache.
+
+  Raises:
+    MissingModelFilesError: naming the folder, the missing files and how to get them.
+  """
+  if path is not None:
+    where, origin = pathlib.Path(path), 'the given path'
+  elif os.environ.get(ENV_VAR):
+    where, origin = pathlib.Path(os.environ[ENV_VAR]), f'${ENV_VAR}'
+  else:
+    where, origin = cache_dir(), 'the user cache'
+  missing = [f for f in SFM_FILES if not (where / f).is_file()]
+  if missing:
+    raise MissingModelFilesError(
+        f'Surrey Face Model files missing in {where} ({origin}): {", ".join(missing)}. '
+        + HOW_TO_GET)
+  return where

@@ -1,0 +1,1 @@
+"""Benchmark sub-commands of ``python -m jaxalign.bench``."""
