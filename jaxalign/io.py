@@ -8,6 +8,7 @@ adds 1; ``.ljson`` stores (y, x) 0-based, so reading swaps the columns. Malforme
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 import os
@@ -62,17 +63,40 @@ def read_pts(path: str | os.PathLike, num_points: int | None = None) -> np.ndarr
     if len(parts) != 2:
       raise ValueError(f'{path}: point {k + 1} has {len(parts)} values, expected 2: {row!r}')
     try:
-      x, y = float(parts[0]), float(parts[1])
-    except ValueError:
+      x, y = _from_one_based(parts[0]), _from_one_based(parts[1])
+    except (ValueError, decimal.InvalidOperation):
       raise ValueError(f'{path}: point {k + 1} is not numeric: {row!r}') from None
     if not (math.isfinite(x) and math.isfinite(y)):
       raise ValueError(f'{path}: point {k + 1} is not finite: {row!r}')
-    points.append((x - 1.0, y - 1.0))
+    points.append((x, y))
   if len(points) != declared:
     raise ValueError(f'{path}: header declares {declared} points but the file has {len(points)}')
   if num_points is not None and declared != num_points:
     raise ValueError(f'{path}: expected {num_points} points, the file has {declared}')
   return np.asarray(points, np.float32).reshape(-1, 2)
+
+
+def _from_one_based(text: str) -> float:
+  """``float(text) - 1`` with the subtraction done in decimal, so no digits are lost near 0."""
+  value = decimal.Decimal(text)
+  if not value.is_finite():
+    return float(value)
+  return float(value - 1)
+
+
+def _to_one_based(x: float) -> str:
+  """Text of ``x + 1`` that :func:`_from_one_based` reads back as exactly ``float32(x)``.
+
+  The short float64 repr of ``x + 1`` is used when it round-trips (the usual case); otherwise
+  (tiny or huge |x|, where float64 ``x + 1`` drops bits) the exact decimal value of ``x + 1``.
+  """
+  x32 = np.float32(x)
+  short = repr(float(x32) + 1.0)
+  if np.float32(_from_one_based(short)) == x32:
+    return short
+  with decimal.localcontext() as ctx:
+    ctx.prec = 400  # enough for every float32 plus 1 exactly
+    return str(decimal.Decimal(float(x32)) + 1)
 
 
 def format_pts(points) -> str:
@@ -83,10 +107,9 @@ def format_pts(points) -> str:
   if not np.isfinite(pts).all():
     raise ValueError('points contain NaN or infinity')
   lines = ['version: 1', f'n_points: {len(pts)}', '{']
-  # x + 1 of a float32 x is exact in float64, and repr() of a float64 round-trips, so reading
-  # (float64 value - 1, then float32) gives back exactly the points that were written.
-  for x, y in pts.astype(np.float32).astype(np.float64):
-    lines.append(f'{float(x) + 1.0!r} {float(y) + 1.0!r}')
+  # Written so that read_pts gives back exactly the float32 points (see _to_one_based).
+  for x, y in pts.astype(np.float32):
+    lines.append(f'{_to_one_based(x)} {_to_one_based(y)}')
   lines.append('}')
   return '\n'.join(lines) + '\n'
 

@@ -1,0 +1,30 @@
+"""python -m jaxalign.train --config configs/paper_300w.py --workdir runs/paper_300w
+
+The paper's 300-W experiment (Li et al., BMVC 2019): train on the 3,148 training faces of the
+Ren et al. protocol (afw + helen/trainset + lfpw/trainset), test on common (554), challenge (135)
+and full (689), with the 300-W detector boxes ("default bounding boxes") and inter-ocular NME.
+Reported: full 2.77 % inter-ocular (3.87 % inter-pupil), common 2.48 %, challenge 3.98 %.
+
+The 300-W folder defaults to data/300W; set it with --config.data.root=/path/to/300W. Layout and
+download: docs/datasets.md; check it first with
+``python -m jaxalign.datasets check --dataset 300w /path/to/300W``.
+"""
+
+import ml_collections
+
+from jaxalign.training.config import base_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = base_config()
+  c.model.scheme = 'ibug68'
+  c.data.source = '300w'                      # jaxalign.data.sources registry name
+  c.data.root = 'data/300W'
+  c.data.train_split = 'train'
+  c.data.options = ml_collections.ConfigDict({'boxes': 'detector'})
+  c.data.test_source = ''                     # '' = the training data set
+  c.data.test_root = ''                       # '' = data.root
+  c.data.test_splits = ('common', 'challenge', 'full')
+  c.data.test_options = ml_collections.ConfigDict({'boxes': 'detector'})
+  c.eval.normalization = 'inter_ocular'
+  return c

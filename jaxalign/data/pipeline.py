@@ -1,0 +1,354 @@
+"""The training and inference input pipeline: host decode + crop (grain), device augmentation.
+
+Host side (numpy, in grain worker processes, one per core by default): decode the image, crop a
+square around the face box with room for augmentation (``crop_context``) and resample it to a
+fixed size with one affine map (``crop_from_image``); landmarks follow the same map. Output per
+example: ``image`` uint8 (S, S, 3), ``points`` float32 (L, 2) crop pixels, ``box`` float32 (4,)
+the network-input square in crop pixels, ``crop_from_image`` float32 (2, 3), ``index`` int32.
+
+Device side (jnp, inside the jitted step): one affine matrix per example maps the crop to the
+network input (:func:`input_matrices`: the box jittered by translation and scale, rotated about
+its centre) and goes through :func:`jaxalign.transforms.warp_images`, the project's one warp
+primitive; points go through the same matrix. Gaussian blur with probability ``blur_prob``.
+Randomness: per-example keys ``fold_in(fold_in(root, step), i)``.
+
+Batches: :class:`TrainBatches` maps step -> batch through the pose-balanced sampler, so the
+iterator is resumable from the step alone. An image that cannot be decoded is replaced by a
+deterministic stand-in from the same pose bin, with a warning; the batch's ``num_skipped``
+counts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Sequence
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from jaxalign import transforms
+from jaxalign.data.records import FaceRecord
+
+_MAX_REPLACEMENTS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class CropSpec:
+  """Host crop geometry.
+
+  Attributes:
+    input_size: network input side in pixels.
+    box_margin: the network input covers the box's longer side times ``1 + box_margin``.
+    crop_context: the host crop covers the network-input square times this factor.
+  """
+
+  input_size: int
+  box_margin: float = 0.1
+  crop_context: float = 1.3
+
+  @property
+  def crop_size(self) -> int:
+    return int(round(self.input_size * self.crop_context))
+
+  @classmethod
+  def from_config(cls, config) -> 'CropSpec':
+    return cls(int(config.model.input_size), float(config.data.box_margin),
+               float(config.data.crop_context))
+
+
+def input_square(box, box_margin: float) -> tuple[np.ndarray, float]:
+  """Centre (2,) and side of the network-input square around a (4,) box (x0, y0, x1, y1)."""
+  box = np.asarray(box, np.float64)
+  center = 0.5 * (box[:2] + box[2:])
+  side = float(max(box[2] - box[0], box[3] - box[1])) * (1.0 + box_margin)
+  return center, side
+
+
+def host_crop_matrix(box, spec: CropSpec) -> np.ndarray:
+  """(2, 3) float64 map from image pixels to host-crop pixels (pixel centres at integers).
+
+  The host region is the network-input square scaled by ``crop_context``; its outer pixel
+  edges map to the crop's outer pixel edges (-0.5 and S - 0.5).
+  """
+  center, side = input_square(box, spec.box_margin)
+  region = side * spec.crop_context
+  if not np.isfinite(region) or region <= 0:
+    raise ValueError(f'degenerate face box {np.asarray(box).tolist()}')
+  k = spec.crop_size / region
+  origin = center - region / 2
+  return np.array([[k, 0, -k * origin[0] - 0.5], [0, k, -k * origin[1] - 0.5]], np.float64)
+
+
+def crop_box(spec: CropSpec) -> np.ndarray:
+  """(4,) the network-input square in host-crop pixels, with the slice semantics of
+  :func:`jaxalign.transforms.crop_matrix` (pixel edges at x0 - 0.5 and x1 - 0.5)."""
+  s = spec.crop_size
+  half = s / spec.crop_context / 2
+  return np.array([s / 2 - half, s / 2 - half, s / 2 + half, s / 2 + half], np.float32)
+
+
+def decode_image(path: str) -> np.ndarray:
+  """(H, W, 3) uint8 RGB of an image file; ``ValueError`` naming the file if unreadable."""
+  try:
+    with Image.open(path) as im:
+      im.load()
+      return np.asarray(im.convert('RGB'))
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(f'{path}: cannot decode image ({e})') from None
+
+
+def warp_image_host(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear affine resampling with PIL (zeros outside): ``out(p) = image(M^-1 p)``.
+
+  ``matrix`` maps input pixel centres to output pixel centres (integer-centred convention);
+  PIL samples at pixel corners + 0.5, hence the half-pixel terms.
+  """
+  a = np.vstack([matrix, [0, 0, 1]])
+  inv = np.linalg.inv(a)[:2]
+  # PIL samples the input at (a, b, c) . (x + 0.5, y + 0.5, 1) in pixel-corner coordinates for
+  # output pixel (x, y); in centre coordinates that is 0.5 less, so c = t + 0.5 - 0.5 (a + b).
+  c0 = inv[0, 2] - 0.5 * (inv[0, 0] + inv[0, 1]) + 0.5
+  c1 = inv[1, 2] - 0.5 * (inv[1, 0] + inv[1, 1]) + 0.5
+  data = (inv[0, 0], inv[0, 1], c0, inv[1, 0], inv[1, 1], c1)
+  pil = Image.fromarray(image)
+  out = pil.transform((size, size), Image.Transform.AFFINE, data, Image.Resampling.BILINEAR,
+                      fillcolor=(0, 0, 0))
+  return np.asarray(out)
+
+
+def load_example(record: FaceRecord, spec: CropSpec) -> dict[str, np.ndarray]:
+  """Decodes and crops one record (host side). Raises ``ValueError`` if it is unusable."""
+  image = decode_image(record.image)
+  matrix = host_crop_matrix(record.box, spec)
+  crop = warp_image_host(image, matrix, spec.crop_size)
+  points = np.asarray(record.points, np.float64)
+  if points.ndim != 2 or points.shape[1] != 2:
+    raise ValueError(f'{record.image}: landmarks have shape {points.shape}, expected (L, 2)')
+  points = points @ matrix[:, :2].T + matrix[:, 2]
+  return {
+      'image': crop,
+      'points': points.astype(np.float32),
+      'box': crop_box(spec),
+      'crop_from_image': matrix.astype(np.float32),
+  }
+
+
+def _collate(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+class TrainBatches:
+  """step -> this process's share of the global training batch (a grain map function).
+
+  Picklable, so grain worker processes each hold a copy. ``records`` are the training faces,
+  ``sampler`` a :class:`jaxalign.data.sampling.BalancedSampler`.
+  """
+
+  def __init__(self, records, sampler, spec: CropSpec, process_index: int = 0,
+               process_count: int = 1):
+    self.records = list(records)
+    self.sampler = sampler
+    self.spec = spec
+    self.process_index = process_index
+    self.process_count = process_count
+    self._bad: set[int] = set()
+
+  def __call__(self, step) -> dict[str, np.ndarray]:
+    step = int(step)
+    indices = self.sampler.batch_indices(step)
+    local = len(indices) // self.process_count
+    indices = indices[self.process_index * local:(self.process_index + 1) * local]
+    examples, skipped = [], 0
+    for index in indices:
+      index = int(index)
+      replaced = False
+      for attempt in range(_MAX_REPLACEMENTS + 1):
+        if index not in self._bad:
+          try:
+            example = load_example(self.records[index], self.spec)
+            break
+          except ValueError as e:
+            # Warn once per file and per worker; the batch counts every replaced slot.
+            self._bad.add(index)
+            logging.warning('skipping %s (step %d): %s', self.records[index].image, step, e)
+        replaced = True
+        index = self.sampler.replacement(index, attempt)
+      else:
+        raise RuntimeError(f'step {step}: {_MAX_REPLACEMENTS} unreadable images in a row; '
+                           'is the data folder readable?')
+      skipped += replaced
+      example['index'] = np.int32(index)
+      examples.append(example)
+    batch = _collate(examples)
+    batch['step'] = np.int64(step)
+    batch['num_skipped'] = np.int32(skipped)
+    return batch
+
+
+def num_workers(config) -> int:
+  """Worker processes for grain: ``data.num_workers``, -1 meaning one per CPU core."""
+  n = int(config.data.num_workers)
+  return (os.cpu_count() or 1) if n < 0 else n
+
+
+def train_iterator(records, sampler, config, start_step: int, num_steps: int):
+  """A grain iterator over batches of steps ``start_step .. num_steps - 1`` (host numpy).
+
+  Resuming is starting from another ``start_step``: batch ``t`` does not depend on where the
+  iterator started.
+  """
+  fn = TrainBatches(records, sampler, CropSpec.from_config(config),
+                    jax.process_index(), jax.process_count())
+  ds = grain.MapDataset.range(start_step, num_steps).map(fn)
+  workers = num_workers(config)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, workers or 1)),
+                                            prefetch_buffer_size=max(2, config.data.prefetch)))
+  if workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=config.data.prefetch))
+  return iter(it)
+
+
+class EvalExamples:
+  """index -> one cropped example of ``records``, unreadable images flagged (grain map fn)."""
+
+  def __init__(self, records, spec: CropSpec):
+    self.records = list(records)
+    self.spec = spec
+
+  def __call__(self, index) -> dict[str, np.ndarray]:
+    index = int(index)
+    record = self.records[index]
+    try:
+      example = load_example(record, self.spec)
+      example['valid'] = np.bool_(True)
+    except ValueError as e:
+      logging.warning('skipping %s: %s', record.image, e)
+      s = self.spec.crop_size
+      num_points = np.asarray(record.points).shape[0]
+      example = {'image': np.zeros((s, s, 3), np.uint8),
+                 'points': np.zeros((num_points, 2), np.float32), 'box': crop_box(self.spec),
+                 'crop_from_image': np.eye(2, 3, dtype=np.float32), 'valid': np.bool_(False)}
+    example['index'] = np.int32(index)
+    return example
+
+
+def eval_batches(records, spec: CropSpec, batch_size: int, workers: int = 0):
+  """Yields fixed-size host batches over ``records`` in order; the last one is padded and its
+  padding has ``valid`` False and ``index`` -1."""
+  n = len(records)
+  ds = grain.MapDataset.range(n).map(EvalExamples(records, spec))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, workers), prefetch_buffer_size=8))
+  if workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  buf = []
+  for example in it:
+    buf.append(example)
+    if len(buf) == batch_size:
+      yield _collate(buf)
+      buf = []
+  if buf:
+    pad = dict(buf[-1], valid=np.bool_(False), index=np.int32(-1))
+    yield _collate(buf + [pad] * (batch_size - len(buf)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Device side.
+
+
+def input_matrices(boxes, input_size: int, key=None, rotation_deg: float = 0.0,
+                   translation: float = 0.0, scale: float = 0.0) -> jax.Array:
+  """(B, 2, 3) maps from crop pixels to network-input pixels.
+
+  Without ``key``: the box square itself. With ``key`` (one per example, (B,) keys): the box
+  centre moved by ``U(-translation, translation)`` box sides in x and y, its side scaled by
+  ``1 + U(-scale, scale)``, and the view rotated by ``U(-rotation_deg, rotation_deg)`` about
+  the moved centre.
+  """
+  boxes = jnp.asarray(boxes, jnp.float32)
+  if key is None:
+    return transforms.crop_matrix(boxes, input_size)
+  center = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+  side = jnp.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+  def draw(k):
+    k1, k2, k3 = jax.random.split(k, 3)
+    angle = jax.random.uniform(k1, (), minval=-1.0, maxval=1.0) * jnp.deg2rad(rotation_deg)
+    shift = jax.random.uniform(k2, (2,), minval=-1.0, maxval=1.0) * translation
+    factor = 1.0 + jax.random.uniform(k3, (), minval=-1.0, maxval=1.0) * scale
+    return angle, shift, factor
+
+  angle, shift, factor = jax.vmap(draw)(key)
+  new_center = center + shift * side[:, None]
+  half = 0.5 * side * factor
+  new_boxes = jnp.concatenate([new_center - half[:, None], new_center + half[:, None]], -1)
+  rotate = transforms.similarity_matrix(angle, jnp.ones_like(angle), new_center)
+  return transforms.compose(rotate, transforms.crop_matrix(new_boxes, input_size))
+
+
+def gaussian_blur(images, sigma) -> jax.Array:
+  """Blurs (B, H, W, C) float images with per-example sigma (B,) pixels (0 = unchanged).
+
+  Separable, as two batched matrix products with row-normalised Gaussian band matrices (the
+  border is renormalised rather than zero-padded); cheap at network-input sizes and free of
+  per-example convolution kernels.
+  """
+  images = jnp.asarray(images, jnp.float32)
+  _, h, w, _ = images.shape
+  sigma = jnp.maximum(jnp.asarray(sigma, jnp.float32), 1e-3)
+
+  def band(n):
+    d = jnp.arange(n, dtype=jnp.float32)
+    d = d[:, None] - d[None, :]
+    k = jnp.exp(-0.5 * (d[None] / sigma[:, None, None]) ** 2)
+    return k / jnp.sum(k, axis=-1, keepdims=True)
+
+  out = jnp.einsum('bij,bjwc->biwc', band(h), images)
+  return jnp.einsum('bkw,biwc->bikc', band(w), out)
+
+
+def prepare_batch(batch, config, key=None):
+  """Device half of the pipeline: crop -> network input (+ augmentation when ``key`` is given).
+
+  Args:
+    batch: dict with ``image`` (B, S, S, 3) uint8, ``points`` (B, L, 2) crop pixels, ``box``
+      (B, 4) crop pixels.
+    config: the training config (``model.input_size``, ``augment.*``).
+    key: None for evaluation; otherwise a PRNG key for this step (per-example keys are folded
+      from it).
+
+  Returns:
+    (images (B, n, n, 3) float32 in 0..255 (the models normalise), points (B, L, 2) input pixels, matrices (B, 2, 3)
+    crop -> input).
+  """
+  size = int(config.model.input_size)
+  aug = config.augment
+  b = batch['image'].shape[0]
+  if key is None or not aug.enabled:
+    matrices = input_matrices(batch['box'], size)
+  else:
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
+    geometry_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+    matrices = input_matrices(batch['box'], size, geometry_keys, aug.rotation_deg,
+                              aug.translation, aug.scale)
+  images = transforms.warp_images(jnp.asarray(batch['image'], jnp.float32), matrices, (size, size))
+  points = transforms.warp_points(jnp.asarray(batch['points'], jnp.float32), matrices)
+  if key is not None and aug.enabled and aug.blur_prob > 0:
+    lo, hi = aug.blur_sigma
+    scale = size / 224.0
+
+    def blur_params(k):
+      k1, k2 = jax.random.split(jax.random.fold_in(k, 1))
+      on = jax.random.uniform(k1) < aug.blur_prob
+      s = jax.random.uniform(k2, minval=lo, maxval=hi) * scale
+      return on, s
+
+    on, sigma = jax.vmap(blur_params)(keys)
+    blurred = gaussian_blur(images, sigma)
+    images = jnp.where(on[:, None, None, None], blurred, images)
+  return images, points, matrices

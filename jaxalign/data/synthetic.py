@@ -1,0 +1,437 @@
+"""Synthetic annotated faces rendered from the Surrey Face Model (the project's embedded data).
+
+A face is a random shape (63 PCA coefficients) and expression (6 blendshapes) of the Surrey Face
+Model, posed with eos's scaled orthographic camera (yaw, pitch, roll in degrees with eos's sign:
+yaw > 0 is a right-looking face, see ``DESIGN.md``), z-buffer rasterised
+(:mod:`~jaxalign.data.synthetic_raster`), painted with a procedural albedo in the model's texture
+coordinates (:mod:`~jaxalign.data.synthetic_albedo`), lit by one random Lambertian light with a
+weak specular term, composited over a random background with optional COFW-like occluders, then
+blurred and noised (:mod:`~jaxalign.data.synthetic_scene`).
+
+Ground truth comes from the same posed mesh through :mod:`jaxalign.morphable.contour`: the 68
+points in the 2D (300-W) convention (the far-side jaw on the silhouette) for the ``.pts`` files,
+and in the 3D convention (fixed vertices) for ``annotations.jsonl``. Visibility is read off the
+z-buffer; occluded points are the ones under an occluder.
+
+Face ``i`` of a data set uses its own random stream, ``SeedSequence(seed, spawn_key=(i,))``, so
+the same seed gives the same bytes and shards made with different ``start`` values concatenate
+to the data set a single run makes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable
+
+import numpy as np
+import scipy.sparse
+from PIL import Image, ImageDraw
+
+from jaxalign.data import synthetic_albedo
+from jaxalign.data import synthetic_raster
+from jaxalign.data import synthetic_scene
+from jaxalign.morphable import contour
+from jaxalign.morphable import model as model_lib
+
+NUM_POINTS = 68
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+  """What the random faces look like (everything but the seed and the indices).
+
+  Attributes:
+    size: image side in pixels (square images).
+    yaw_range, pitch_range, roll_range: uniform pose ranges in degrees (eos convention).
+    occlusion: probability that a face gets an occluder (0 = none).
+    face_scale: range of the landmark box's longer side as a fraction of the image side.
+    shape_sigma: standard deviation of the shape coefficients (in the model's standard
+      deviations; values are clipped at 3).
+    expression_probability: probability of a non-neutral expression.
+    blur_range: Gaussian blur sigma in pixels at 128 px (scaled with the image size).
+    noise_range: Gaussian noise sigma in 8-bit levels.
+  """
+
+  size: int = 128
+  yaw_range: tuple[float, float] = (-90.0, 90.0)
+  pitch_range: tuple[float, float] = (-20.0, 20.0)
+  roll_range: tuple[float, float] = (-20.0, 20.0)
+  occlusion: float = 0.0
+  face_scale: tuple[float, float] = (0.45, 0.8)
+  shape_sigma: float = 0.9
+  expression_probability: float = 0.6
+  blur_range: tuple[float, float] = (0.0, 1.0)
+  noise_range: tuple[float, float] = (0.0, 4.0)
+
+  def __post_init__(self):
+    validate_config(self)
+
+  def to_json(self) -> dict:
+    return {f.name: (list(getattr(self, f.name)) if isinstance(getattr(self, f.name), tuple)
+                     else getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _check_range(name, value, lo, hi):
+  try:
+    a, b = (float(v) for v in value)
+  except (TypeError, ValueError):
+    raise ValueError(f'{name} must be two numbers (low high), got {value!r}') from None
+  if not (math.isfinite(a) and math.isfinite(b)):
+    raise ValueError(f'{name} must be finite, got {value!r}')
+  if a > b:
+    raise ValueError(f'{name}: low {a:g} is greater than high {b:g}')
+  if a < lo or b > hi:
+    raise ValueError(f'{name} must lie within [{lo:g}, {hi:g}], got [{a:g}, {b:g}]')
+
+
+def validate_config(config: SynthConfig) -> None:
+  """Raises ValueError naming the bad field."""
+  if not isinstance(config.size, (int, np.integer)) or config.size < 32:
+    raise ValueError(f'size must be an integer >= 32 pixels, got {config.size!r}')
+  _check_range('yaw_range', config.yaw_range, -90, 90)
+  _check_range('pitch_range', config.pitch_range, -90, 90)
+  _check_range('roll_range', config.roll_range, -180, 180)
+  _check_range('face_scale', config.face_scale, 0.05, 0.95)
+  _check_range('blur_range', config.blur_range, 0, 20)
+  _check_range('noise_range', config.noise_range, 0, 100)
+  for name in ('occlusion', 'expression_probability'):
+    p = getattr(config, name)
+    if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+      raise ValueError(f'{name} must be a probability in [0, 1], got {p!r}')
+  if not (isinstance(config.shape_sigma, (int, float)) and 0 <= config.shape_sigma <= 3):
+    raise ValueError(f'shape_sigma must be in [0, 3], got {config.shape_sigma!r}')
+
+
+def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
+  """(3, 3) model-to-camera rotation of eos's (yaw, pitch, roll) in degrees.
+
+  ``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)``, the composition whose angles eos's
+  ``RenderingParameters.get_yaw_pitch_roll`` reports (checked against eos in the tests).
+  """
+  y, p, r = np.deg2rad([yaw, pitch, roll])
+  cy, sy, cp, sp, cr, sr = np.cos(y), np.sin(y), np.cos(p), np.sin(p), np.cos(r), np.sin(r)
+  ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+  rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+  rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+  return ry @ rx @ rz
+
+
+def face_rng(seed: int, index: int) -> np.random.Generator:
+  """The random stream of face ``index`` of the data set ``seed`` (independent of shards)."""
+  return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceParams:
+  """Every random choice behind one synthetic face (tests replace fields to isolate effects).
+
+  Attributes:
+    shape_coeffs: (63,) shape coefficients (standard deviations).
+    expression_coeffs: (6,) blendshape weights.
+    yaw, pitch, roll: degrees, eos convention.
+    face_scale: landmark box's longer side / image side.
+    centre: (2,) landmark box centre in pixels.
+    albedo: per-face parameters of :class:`~jaxalign.data.synthetic_albedo.AlbedoPainter`.
+    light: (3,) unit direction toward the light in the camera frame (x right, y up, z to the
+      camera).
+    ambient, diffuse, specular, shininess: lighting terms (colour = albedo * (ambient +
+      diffuse * max(n.l, 0)) * light_colour + specular * max(n.h, 0) ** shininess).
+    light_colour: (3,) RGB gain.
+    background: whether to draw a random background (False: black).
+    occluders: number of occluders (0 or more).
+    blur_sigma: Gaussian blur in pixels; noise_sigma: noise in 8-bit levels.
+    stream: seed material for the draws made while rendering (background, grain, occluders,
+      noise), so they never depend on other faces.
+  """
+
+  shape_coeffs: np.ndarray
+  expression_coeffs: np.ndarray
+  yaw: float
+  pitch: float
+  roll: float
+  face_scale: float
+  centre: np.ndarray
+  albedo: dict
+  light: np.ndarray
+  ambient: float
+  diffuse: float
+  specular: float
+  shininess: float
+  light_colour: np.ndarray
+  background: bool
+  occluders: int
+  blur_sigma: float
+  noise_sigma: float
+  stream: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticFace:
+  """One rendered face and its ground truth (pixels: x right, y down, centres at integers).
+
+  Attributes:
+    image: (S, S, 3) uint8 RGB.
+    points: (68, 2) float32 2D-convention (300-W) points, what the ``.pts`` file holds.
+    points_3d: (68, 2) float32 3D-convention points (fixed vertices, hidden or not).
+    visible: (68,) bool 2D point seen by the camera: not self-occluded and not under an
+      occluder.
+    visible_3d: (68,) bool the same for the 3D-convention points.
+    occluded: (68,) bool 2D point under an occluder.
+    box: (4,) float32 tight box (x0, y0, x1, y1) of ``points``.
+    params: the :class:`FaceParams` it was rendered from.
+    camera: (2, 4) float64 affine camera, image = camera @ [v, 1] (``contour`` convention).
+    raster: the :class:`~jaxalign.data.synthetic_raster.Raster` of the face mesh.
+  """
+
+  image: np.ndarray
+  points: np.ndarray
+  points_3d: np.ndarray
+  visible: np.ndarray
+  visible_3d: np.ndarray
+  occluded: np.ndarray
+  box: np.ndarray
+  params: FaceParams
+  camera: np.ndarray
+  raster: synthetic_raster.Raster
+
+
+class Renderer:
+  """Renders synthetic faces of one configuration (holds the model and precomputed layers)."""
+
+  def __init__(self, config: SynthConfig | None = None, model=None):
+    self.config = config or SynthConfig()
+    self.model = model if model is not None else model_lib.load_model()
+    self.geometry = contour.landmark_geometry(self.model)
+    self.triangles = np.asarray(self.model.triangles, np.int64)
+    layout = synthetic_albedo.layout_from_texcoords(self.model.texcoords, self.geometry.vertices)
+    self.painter = _painter(layout.landmarks.tobytes(), layout.size)
+    self.texcoords = np.asarray(self.model.texcoords, np.float32)
+    # Float32 copies for speed: one (3V, K + E) basis for shape and expression together, and the
+    # vertex-triangle incidence matrix that sums face normals into vertex normals.
+    m = self.model
+    self._mean = m.mean.reshape(-1).astype(np.float32)
+    self._basis = np.concatenate([m.shape_basis.reshape(-1, m.num_shape),
+                                  m.expression_basis.reshape(-1, m.num_expression)],
+                                 1).astype(np.float32)
+    t = self.triangles
+    self._incidence = scipy.sparse.csr_matrix(
+        (np.ones(t.size, np.float32), (t.T.reshape(-1), np.tile(np.arange(len(t)), 3))),
+        shape=(m.num_vertices, len(t)))
+    # Jaw points that can march (2D convention) take their depth from the candidate vertex.
+    self._candidates = self.geometry.candidates
+
+  # ----------------------------------------------------------------------------------- sampling
+  def sample(self, seed: int, index: int) -> FaceParams:
+    """The random choices of face ``index`` of data set ``seed``."""
+    c = self.config
+    rng = face_rng(seed, index)
+    shape = np.clip(rng.standard_normal(self.model.num_shape) * c.shape_sigma, -3, 3)
+    expr = np.zeros(self.model.num_expression)
+    if rng.uniform() < c.expression_probability:
+      weights = rng.dirichlet(np.full(self.model.num_expression, 0.4))
+      expr = weights * rng.uniform(0.2, 1.0)
+    yaw = rng.uniform(*c.yaw_range)
+    pitch = rng.uniform(*c.pitch_range)
+    roll = rng.uniform(*c.roll_range)
+    scale = rng.uniform(*c.face_scale)
+    centre = rng.uniform(0, 1, 2)          # fraction of the free room, resolved in render()
+    albedo = self.painter.sample(rng)
+    az, el = np.deg2rad(rng.uniform(-70, 70)), np.deg2rad(rng.uniform(-30, 60))
+    light = np.array([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)])
+    ambient = rng.uniform(0.25, 0.6)
+    blur_scale = c.size / 128.0
+    return FaceParams(
+        shape_coeffs=shape.astype(np.float32), expression_coeffs=expr.astype(np.float32),
+        yaw=float(yaw), pitch=float(pitch), roll=float(roll), face_scale=float(scale),
+        centre=centre, albedo=albedo, light=light, ambient=float(ambient),
+        diffuse=float(rng.uniform(0.6, 1.1) * (1 - 0.5 * ambient)),
+        specular=float(rng.uniform(0.0, 0.2)), shininess=float(rng.uniform(6, 30)),
+        light_colour=(1.0 + rng.uniform(-0.12, 0.12, 3)) * rng.uniform(0.8, 1.3),
+        background=True, occluders=int(rng.uniform() < c.occlusion) * int(rng.integers(1, 3)),
+        blur_sigma=float(rng.uniform(*c.blur_range) * blur_scale),
+        noise_sigma=float(rng.uniform(*c.noise_range)),
+        stream=int(rng.integers(2 ** 63)))
+
+  # ---------------------------------------------------------------------------------- rendering
+  def camera(self, params: FaceParams, vertices: np.ndarray) -> np.ndarray:
+    """(2, 4) affine camera placing the face's landmark box as the params ask."""
+    size = self.config.size
+    rot = rotation_matrix(params.yaw, params.pitch, params.roll)
+    unit = np.concatenate([np.stack([rot[0], -rot[1]]), np.zeros((2, 1))], 1)
+    pts = contour.ibug_points(vertices.astype(np.float64), unit, self.model, '2d')
+    lo, hi = pts.min(0), pts.max(0)
+    scale = params.face_scale * size / max(float((hi - lo).max()), 1e-6)
+    half = 0.5 * (hi - lo) * scale
+    margin = 1.0
+    centre = np.asarray(params.centre, np.float64)
+    if np.all((centre >= 0) & (centre <= 1)):
+      # Fractions of the room left once the whole box (plus a margin) is inside the image.
+      room_lo, room_hi = half + margin, size - 1 - half - margin
+      centre = room_lo + centre * np.maximum(room_hi - room_lo, 0)
+    offset = centre - 0.5 * (lo + hi) * scale
+    return np.concatenate([unit[:, :3] * scale, offset[:, None]], 1)
+
+  def render(self, params: FaceParams,
+             albedo: Callable[[np.ndarray], np.ndarray] | None = None) -> SyntheticFace:
+    """Renders a face.
+
+    Args:
+      params: from :meth:`sample` (or edited).
+      albedo: optional replacement for the painted albedo, ``(N, 2) uv -> (N, 3)`` linear RGB.
+    """
+    size = self.config.size
+    rng = np.random.default_rng(np.random.SeedSequence(params.stream))
+    model = self.model
+    vertices = self.vertices(params)
+    cam = self.camera(params, vertices)
+    rot = rotation_matrix(params.yaw, params.pitch, params.roll)
+    scale = float(np.linalg.norm(cam[0, :3]))
+    xy = contour.project(vertices, cam)
+    depth = scale * np.einsum('vk,k->v', vertices, rot[2])
+    raster = synthetic_raster.rasterize(xy, depth, self.triangles, size, size,
+                                        cull_back_faces=False)
+    normals = np.einsum('vk,jk->vj', self._normals(vertices), rot)
+    attrs = np.concatenate([self.texcoords, normals.astype(np.float32)], 1)
+    covered = np.flatnonzero(raster.mask.reshape(-1))
+    interp = synthetic_raster.interpolate(raster, self.triangles, attrs)
+    uv, n = interp[:, :2], interp[:, 2:]
+    n = n / np.sqrt(np.maximum(np.einsum('nk,nk->n', n, n), 1e-12))[:, None]
+    n = np.where(n[:, 2:] < 0, -n, n)              # two-sided: folds seen from behind
+    if albedo is None:
+      grain = rng.standard_normal((len(covered), 1), np.float32)
+      colour = self.painter.albedo(params.albedo, uv, grain)
+    else:
+      colour = np.asarray(albedo(uv), np.float32).reshape(-1, 3)
+    light = np.asarray(params.light, np.float32)
+    half_vec = light + np.float32([0, 0, 1])
+    half_vec = half_vec / max(np.linalg.norm(half_vec), 1e-6)
+    lambert = np.maximum(np.einsum('nk,k->n', n, light), 0)[:, None]
+    spec = np.maximum(np.einsum('nk,k->n', n, half_vec.astype(np.float32)), 0)[:, None]
+    spec = spec ** params.shininess
+    lc = np.asarray(params.light_colour, np.float32)
+    shaded = colour * (params.ambient + params.diffuse * lambert) * lc + params.specular * spec * lc
+    if params.background:
+      image = synthetic_scene.background(rng, size)
+    else:
+      image = np.zeros((size, size, 3), np.float32)
+    image.reshape(-1, 3)[covered] = shaded
+
+    points = contour.ibug_points(vertices, cam, model, '2d').astype(np.float32)
+    points_3d = contour.ibug_points(vertices, cam, model, '3d').astype(np.float32)
+    if albedo is None:
+      self._paint_mouth(image, raster.mask, points_3d, params, rng)
+    vis_3d = self._visible(raster, points_3d, depth[self.geometry.vertices], scale)
+    vis_2d = self._visible(raster, points, self._depth_2d(xy, depth, points), scale)
+
+    occ_mask = np.zeros((size, size), np.float32)
+    box = np.concatenate([points.min(0), points.max(0)]).astype(np.float32)
+    for _ in range(params.occluders):
+      # COFW-like: an occluder hides part of the face, not all of it (at most 60 % of the
+      # points together with the ones before; a few tries, then none).
+      for _ in range(5):
+        mask, occ_colour = synthetic_scene.occluder(rng, size, box)
+        if (_sample_mask(np.maximum(occ_mask, mask), points) >= 0.5).mean() <= 0.6:
+          image = image * (1 - mask[..., None]) + mask[..., None] * occ_colour
+          occ_mask = np.maximum(occ_mask, mask)
+          break
+    occluded = _sample_mask(occ_mask, points) >= 0.5
+    occluded_3d = _sample_mask(occ_mask, points_3d) >= 0.5
+    final = synthetic_scene.finish(image, rng, params.blur_sigma, params.noise_sigma)
+    return SyntheticFace(
+        image=final, points=points, points_3d=points_3d, visible=vis_2d & ~occluded,
+        visible_3d=vis_3d & ~occluded_3d, occluded=occluded, box=box, params=params,
+        camera=cam, raster=raster)
+
+  def vertices(self, params: FaceParams) -> np.ndarray:
+    """(V, 3) float64 model-frame mesh of the params' shape and expression."""
+    coeffs = np.concatenate([params.shape_coeffs, params.expression_coeffs]).astype(np.float32)
+    # einsum, not BLAS: OpenBLAS's threads slow a shared machine's workers down tenfold.
+    return (self._mean + np.einsum('ij,j->i', self._basis, coeffs)).reshape(-1, 3).astype(
+        np.float64)
+
+  def _normals(self, vertices: np.ndarray) -> np.ndarray:
+    """(V, 3) unit area-weighted vertex normals (outward, as ``contour.vertex_normals``)."""
+    t = self.triangles
+    v0, v1, v2 = vertices[t[:, 0]], vertices[t[:, 1]], vertices[t[:, 2]]
+    n = self._incidence @ np.cross(v1 - v0, v2 - v0)
+    return n / np.sqrt(np.maximum(np.einsum('vk,vk->v', n, n), 1e-24))[:, None]
+
+  def face(self, seed: int, index: int) -> SyntheticFace:
+    """Face ``index`` of the data set ``seed``."""
+    return self.render(self.sample(seed, index))
+
+  @staticmethod
+  def _paint_mouth(image, mask, points, params, rng) -> None:
+    """Fills the mesh's mouth hole (seen when an expression opens the lips): a dark cavity
+    inside the inner-lip outline 60-67, often with the upper teeth under the upper lip."""
+    inner = points[60:68].astype(np.float64)
+    upper = inner[[0, 1, 2, 3, 4]]
+    lower = inner[[0, 7, 6, 5, 4]]
+    if np.abs(upper - lower).max() < 0.75:
+      return
+    size = image.shape[0]
+    sup = 2
+    canvas = Image.new('L', (size * sup, size * sup), 0)
+    draw = ImageDraw.Draw(canvas)
+    draw.polygon([(float(x) * sup, float(y) * sup) for x, y in inner], fill=255)
+    cavity = np.asarray(canvas.resize((size, size), Image.BILINEAR), np.float32) / 255
+    canvas = Image.new('L', (size * sup, size * sup), 0)
+    teeth_edge = upper + rng.uniform(0.25, 0.5) * (lower - upper)
+    if rng.uniform() < 0.7:
+      ImageDraw.Draw(canvas).polygon(
+          [(float(x) * sup, float(y) * sup) for x, y in np.concatenate([upper, teeth_edge[::-1]])],
+          fill=255)
+    teeth = np.asarray(canvas.resize((size, size), Image.BILINEAR), np.float32) / 255
+    hole = (~mask).astype(np.float32)
+    lit = params.ambient + params.diffuse * max(float(params.light[2]), 0.0)
+    colour = (np.float32([0.12, 0.03, 0.03]) * (1 - teeth[..., None])
+              + np.float32([0.75, 0.72, 0.64]) * teeth[..., None]) * lit
+    cover = (cavity * hole)[..., None]
+    image[:] = image * (1 - cover) + cover * colour * np.asarray(params.light_colour, np.float32)
+
+  # ------------------------------------------------------------------------------- ground truth
+  def _depth_2d(self, xy, depth, points) -> np.ndarray:
+    """(68,) depth of each 2D-convention point: its fixed vertex's, or for a marched jaw point
+    the slice candidate it moved to (found by position: the candidate projecting onto it)."""
+    d = depth[self.geometry.vertices].astype(np.float64)
+    for k, p in enumerate(self.geometry.jaw_points):
+      cand = self._candidates[k]
+      j = np.argmin(((xy[cand] - points[p]) ** 2).sum(1))
+      d[p] = depth[cand[j]]
+    return d
+
+  @staticmethod
+  def _visible(raster, points, point_depth, scale, tolerance_mm: float = 2.0) -> np.ndarray:
+    """(68,) bool: no surface in front of the point in the z-buffer.
+
+    The point is visible when its depth reaches the nearest surface at one of the four pixel
+    centres around it (within ``tolerance_mm`` model millimetres); a background pixel there
+    counts as seen. Checked against an exact ray cast in the tests.
+    """
+    h, w = raster.depth.shape
+    x0 = np.clip(np.floor(points[:, 0]).astype(int), 0, w - 2)
+    y0 = np.clip(np.floor(points[:, 1]).astype(int), 0, h - 2)
+    zb = raster.depth
+    around = np.stack([zb[y0, x0], zb[y0, x0 + 1], zb[y0 + 1, x0], zb[y0 + 1, x0 + 1]], 1)
+    inside = ((points[:, 0] >= 0) & (points[:, 0] <= w - 1)
+              & (points[:, 1] >= 0) & (points[:, 1] <= h - 1))
+    return inside & (point_depth >= around.min(1) - tolerance_mm * scale)
+
+
+def _sample_mask(mask, points) -> np.ndarray:
+  """(L,) mask value at the pixel nearest each point (0 outside the image)."""
+  h, w = mask.shape
+  x = np.round(points[:, 0]).astype(int)
+  y = np.round(points[:, 1]).astype(int)
+  ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+  out = np.zeros(len(points), np.float32)
+  out[ok] = mask[y[ok], x[ok]]
+  return out
+
+
+@functools.lru_cache(maxsize=4)
+def _painter(key: bytes, size: int) -> synthetic_albedo.AlbedoPainter:
+  layout = synthetic_albedo.FeatureLayout(np.frombuffer(key).reshape(NUM_POINTS, 2).copy(), size)
+  return synthetic_albedo.AlbedoPainter(layout)

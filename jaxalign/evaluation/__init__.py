@@ -1,0 +1,1 @@
+"""Evaluation of a trained run: metrics report, predictions, plots and run comparison."""

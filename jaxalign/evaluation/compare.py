@@ -1,0 +1,119 @@
+"""Several evaluated runs side by side: one table, one CED plot and one NME-by-pose plot.
+
+Input: evaluation folders written by :func:`jaxalign.evaluation.runner.evaluate` (each with
+``report.json`` and ``predictions.npz``). The per-image errors are recomputed from the
+predictions (the same metrics as the reports), so the curves of all runs are drawn the same way.
+Output folder: ``comparison.json``, ``comparison.md``, ``ced.png``, ``nme_by_pose.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxalign import schemes as schemes_lib
+from jaxalign.evaluation import plots
+from jaxalign.evaluation import report as report_lib
+
+COLUMNS = (('NME io', 'nme_inter_ocular'), ('NME ip', 'nme_inter_pupil'), ('NME box', 'nme_bbox'),
+           ('NME SL', 'nme_stable'), ('NME UL', 'nme_unstable'), ('FR@0.08', 'fr_0.08'),
+           ('FR@0.10', 'fr_0.10'), ('AUC@0.08', 'auc_0.08'), ('AUC@0.10', 'auc_0.10'))
+
+
+def _labels(eval_dirs: Sequence[pathlib.Path], reports: Sequence[dict]) -> list[str]:
+  """Run names: the workdir's folder name, made unique with the data set or the path."""
+  names = []
+  for d, r in zip(eval_dirs, reports):
+    workdir = r.get('workdir')
+    names.append(pathlib.Path(workdir).name if workdir else d.name)
+  if len(set(names)) < len(names):
+    names = [f'{n} ({r.get("dataset") or d.name})' for n, d, r in zip(names, eval_dirs, reports)]
+  if len(set(names)) < len(names):
+    names = [str(d) for d in eval_dirs]
+  return names
+
+
+def compare(eval_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+            labels: Sequence[str] | None = None) -> dict[str, Any]:
+  """Writes the comparison of evaluated runs into ``out_dir``.
+
+  Args:
+    eval_dirs: evaluation folders (each with ``report.json`` and ``predictions.npz``).
+    out_dir: output folder (created).
+    labels: names of the runs in the table and legends (default: their workdirs' names).
+
+  Returns:
+    The ``comparison.json`` object: ``runs`` (one row per run: label, eval_dir, the report's
+    summary numbers and ``nme_by_abs_yaw``), and the output file names.
+
+  Raises:
+    FileNotFoundError / ValueError: naming the folder whose report or predictions are missing
+      or malformed.
+  """
+  dirs = [pathlib.Path(d) for d in eval_dirs]
+  if not dirs:
+    raise ValueError('nothing to compare: no evaluation folders given')
+  reports = [report_lib.read_report(d) for d in dirs]
+  names = list(labels) if labels is not None else _labels(dirs, reports)
+  if len(names) != len(dirs):
+    raise ValueError(f'{len(names)} labels for {len(dirs)} runs')
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  curves, pose_series, rows = {}, {}, []
+  for name, d, rep in zip(names, dirs, reports):
+    preds = report_lib.load_predictions(d / 'predictions.npz')
+    for key in ('pred', 'gt', 'boxes'):
+      if key not in preds:
+        raise ValueError(f'{d / "predictions.npz"}: no {key!r} array')
+    scheme = schemes_lib.get_scheme(rep.get('scheme', 'ibug68'))
+    errors = report_lib.per_image_errors(preds['pred'], preds['gt'], preds['boxes'], scheme)
+    io_nme = errors['nme_inter_ocular']
+    x, y = report_lib.ced_curve(io_nme)
+    auc = rep.get('auc_0.08')
+    curves[f'{name} (AUC@0.08 {100 * auc:.1f}%)' if auc is not None else name] = (x, y)
+    yaw = preds.get('yaw', np.full(len(io_nme), np.nan))
+    pose_series[name] = report_lib.yaw_bins(io_nme, yaw, report_lib.ABS_YAW_BINS, absolute=True)
+    row = {'label': name, 'eval_dir': str(d), 'workdir': rep.get('workdir'),
+           'dataset': rep.get('dataset'), 'checkpoint_step': rep.get('checkpoint_step'),
+           'completion_backend': rep.get('completion_backend'),
+           'num_images': rep.get('num_images')}
+    row.update({key: rep.get(key) for _, key in COLUMNS})
+    row['nme_by_abs_yaw'] = pose_series[name]
+    rows.append(row)
+  plots.plot_ced(curves, out / 'ced.png', title='CED (inter-ocular)')
+  plots.plot_nme_by_pose(pose_series, out / 'nme_by_pose.png', title='NME by |yaw|')
+  result = {'runs': rows, 'files': ['comparison.md', 'ced.png', 'nme_by_pose.png']}
+  (out / 'comparison.json').write_text(json.dumps(result, indent=2) + '\n', encoding='utf-8')
+  (out / 'comparison.md').write_text(format_markdown(rows), encoding='utf-8')
+  return result
+
+
+def _pct(v) -> str:
+  return '-' if v is None else f'{100 * v:.2f}'
+
+
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+  """The comparison tables: summary numbers (in %) and NME by |yaw| (in %, with counts)."""
+  lines = ['# Comparison', '', 'NME, failure rate (FR) and AUC in %; inter-ocular unless said '
+           '(ip: inter-pupil, box: face box; SL / UL: stable / unstable landmarks).', '']
+  lines += ['| run | data | step | completion | images | ' + ' | '.join(c for c, _ in COLUMNS)
+            + ' |', '|---|---|---:|---|---:|' + '---:|' * len(COLUMNS)]
+  for r in rows:
+    cells = [r['label'], str(r.get('dataset') or '-'), str(r.get('checkpoint_step') or '-'),
+             str(r.get('completion_backend') or '-'), str(r.get('num_images') or '-')]
+    cells += [_pct(r.get(key)) for _, key in COLUMNS]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  bins = [(b['yaw_min'], b['yaw_max']) for b in rows[0]['nme_by_abs_yaw']] if rows else []
+  if bins and any(b['count'] for r in rows for b in r['nme_by_abs_yaw']):
+    lines += ['', '## NME by |yaw| (degrees; % with image count)', '',
+              '| run | ' + ' | '.join(f'[{a:g}, {b:g})' for a, b in bins) + ' |',
+              '|---|' + '---:|' * len(bins)]
+    for r in rows:
+      cells = [f'{_pct(b["nme"])} ({b["count"]})' for b in r['nme_by_abs_yaw']]
+      lines.append(f'| {r["label"]} | ' + ' | '.join(cells) + ' |')
+  lines += ['', 'Plots: `ced.png`, `nme_by_pose.png`.', '']
+  return '\n'.join(lines)

@@ -1,0 +1,300 @@
+"""ResNet backbones (He et al. 2016) in Flax NNX and the landmark regressor built on them.
+
+Layout and numerics follow torchvision's ``resnet18/34/50`` (v1.5: the stride of a bottleneck
+block sits on its 3x3 convolution), so ImageNet weights in torchvision's layout load one to one
+(``jaxalign.models.pretrained``):
+
+* NHWC activations, HWIO kernels; explicit symmetric padding (3 for the 7x7 stem, 1 for 3x3
+  convolutions and the stem's max pool) so that even input sizes give exactly torchvision's
+  outputs (``'SAME'`` would pad asymmetrically under stride 2).
+* BatchNorm with torch's defaults: epsilon 1e-5, running-average momentum 0.1 (Flax momentum
+  0.9). Training or inference statistics follow the module mode: ``model.train()`` uses batch
+  statistics and updates the running averages, ``model.eval()`` uses the running averages.
+* Parameters and batch statistics are always float32; ``dtype`` (float32 or bfloat16) is the
+  compute dtype of convolutions and normalisation. BatchNorm statistics are computed in float32
+  (Flax promotes them), the pooled features and the regression head are float32.
+* Input normalisation happens inside the model: images arrive as float or uint8 RGB in 0..255
+  and are mapped to ``(x / 255 - mean) / std`` with the ImageNet mean and standard deviation
+  (torchvision's preprocessing), so a pretrained backbone sees what it was trained on.
+
+Module attribute names mirror torchvision's state-dict keys (``conv1``, ``bn1``,
+``layers[i][j]`` <-> ``layer{i+1}.{j}``, ``downsample.conv``/``.bn`` <-> ``downsample.0``/``.1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetSpec:
+  """Architecture of a ResNet backbone.
+
+  Attributes:
+    stage_sizes: number of residual blocks in each stage (stage i > 0 halves the resolution).
+    block: 'basic' (two 3x3 convolutions, ResNet-18/34) or 'bottleneck' (1x1, 3x3, 1x1 with 4x
+      expansion, ResNet-50 and deeper).
+    width: channels of the stem and of the first stage's 3x3 convolutions (64 for the
+      standard networks; the tiny test variants use 8).
+  """
+
+  stage_sizes: tuple[int, ...]
+  block: str
+  width: int = 64
+
+  def __post_init__(self):
+    if self.block not in ('basic', 'bottleneck'):
+      raise ValueError(f"ResNetSpec.block must be 'basic' or 'bottleneck', got {self.block!r}")
+    if not self.stage_sizes or any(int(n) < 1 for n in self.stage_sizes):
+      raise ValueError(f'ResNetSpec.stage_sizes must be positive counts, got {self.stage_sizes}')
+    if self.width < 1:
+      raise ValueError(f'ResNetSpec.width must be positive, got {self.width}')
+
+  @property
+  def expansion(self) -> int:
+    return 4 if self.block == 'bottleneck' else 1
+
+  @property
+  def num_features(self) -> int:
+    """Channels of the pooled feature vector."""
+    return self.width * 2 ** (len(self.stage_sizes) - 1) * self.expansion
+
+
+RESNET_SPECS = {
+    18: ResNetSpec((2, 2, 2, 2), 'basic'),
+    34: ResNetSpec((3, 4, 6, 3), 'basic'),
+    50: ResNetSpec((3, 4, 6, 3), 'bottleneck'),
+    101: ResNetSpec((3, 4, 23, 3), 'bottleneck'),
+    152: ResNetSpec((3, 8, 36, 3), 'bottleneck'),
+    # Test-sized variants: same topology and key names, one block per stage, width 8.
+    'tiny': ResNetSpec((1, 1, 1, 1), 'basic', width=8),
+    'tiny_bottleneck': ResNetSpec((1, 1, 1, 1), 'bottleneck', width=8),
+}
+
+
+def resnet_spec(depth: int | str | ResNetSpec) -> ResNetSpec:
+  """The spec for a depth (18, 34, 50, 101, 152), a test variant ('tiny', 'tiny_bottleneck'),
+  a string of digits ('50'), or a :class:`ResNetSpec` passed through."""
+  if isinstance(depth, ResNetSpec):
+    return depth
+  key = int(depth) if isinstance(depth, str) and depth.isdigit() else depth
+  try:
+    return RESNET_SPECS[key]
+  except (KeyError, TypeError):
+    raise ValueError(
+        f'unknown ResNet depth {depth!r}; known: {sorted(map(str, RESNET_SPECS))} '
+        'or a ResNetSpec') from None
+
+
+def _conv(cin, cout, kernel, stride, *, dtype, rngs):
+  pad = kernel // 2
+  return nnx.Conv(
+      cin, cout, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+      use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal'), rngs=rngs)
+
+
+def _bn(features, *, dtype, momentum, zero_scale=False, rngs):
+  return nnx.BatchNorm(
+      features, use_running_average=False, momentum=momentum, epsilon=1e-5, dtype=dtype,
+      param_dtype=jnp.float32,
+      scale_init=nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init(),
+      rngs=rngs)
+
+
+class Downsample(nnx.Module):
+  """1x1 strided projection shortcut (torchvision ``downsample.0`` conv, ``downsample.1`` BN)."""
+
+  def __init__(self, cin, cout, stride, *, dtype, momentum, rngs):
+    self.conv = _conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs)
+    self.bn = _bn(cout, dtype=dtype, momentum=momentum, rngs=rngs)
+
+  def __call__(self, x):
+    return self.bn(self.conv(x))
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convolutions with an identity or projection shortcut (ResNet-18/34)."""
+
+  expansion = 1
+
+  def __init__(self, cin, width, stride, *, dtype, momentum, zero_init_residual, rngs):
+    cout = width
+    self.conv1 = _conv(cin, width, 3, stride, dtype=dtype, rngs=rngs)
+    self.bn1 = _bn(width, dtype=dtype, momentum=momentum, rngs=rngs)
+    self.conv2 = _conv(width, cout, 3, 1, dtype=dtype, rngs=rngs)
+    self.bn2 = _bn(cout, dtype=dtype, momentum=momentum, zero_scale=zero_init_residual,
+                   rngs=rngs)
+    self.downsample = (
+        Downsample(cin, cout, stride, dtype=dtype, momentum=momentum, rngs=rngs)
+        if stride != 1 or cin != cout else None)
+
+  def __call__(self, x):
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    shortcut = x if self.downsample is None else self.downsample(x)
+    return nnx.relu(y + shortcut)
+
+
+class Bottleneck(nnx.Module):
+  """1x1 -> 3x3 (strided) -> 1x1 with 4x channel expansion (ResNet-50 v1.5)."""
+
+  expansion = 4
+
+  def __init__(self, cin, width, stride, *, dtype, momentum, zero_init_residual, rngs):
+    cout = width * 4
+    self.conv1 = _conv(cin, width, 1, 1, dtype=dtype, rngs=rngs)
+    self.bn1 = _bn(width, dtype=dtype, momentum=momentum, rngs=rngs)
+    self.conv2 = _conv(width, width, 3, stride, dtype=dtype, rngs=rngs)
+    self.bn2 = _bn(width, dtype=dtype, momentum=momentum, rngs=rngs)
+    self.conv3 = _conv(width, cout, 1, 1, dtype=dtype, rngs=rngs)
+    self.bn3 = _bn(cout, dtype=dtype, momentum=momentum, zero_scale=zero_init_residual,
+                   rngs=rngs)
+    self.downsample = (
+        Downsample(cin, cout, stride, dtype=dtype, momentum=momentum, rngs=rngs)
+        if stride != 1 or cin != cout else None)
+
+  def __call__(self, x):
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = nnx.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    shortcut = x if self.downsample is None else self.downsample(x)
+    return nnx.relu(y + shortcut)
+
+
+def normalize_images(images: jax.Array) -> jax.Array:
+  """(B, H, W, 3) RGB in 0..255 (float or uint8) -> float32 ImageNet-normalised."""
+  x = jnp.asarray(images, jnp.float32)
+  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
+  std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
+  return (x - mean) / std
+
+
+class ResNet(nnx.Module):
+  """ResNet backbone without its classifier: images -> pooled features.
+
+  Args:
+    depth: 18, 34, 50, 101, 152, 'tiny', 'tiny_bottleneck' or a :class:`ResNetSpec`.
+    dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters stay float32.
+    bn_momentum: Flax BatchNorm momentum of the running averages (0.9 == torch's 0.1).
+    zero_init_residual: start each residual branch's last BatchNorm scale at zero (Goyal et
+      al. 2017), so every block begins as the identity; off by default (torchvision's default).
+    normalize_input: apply :func:`normalize_images` first (inputs in 0..255).
+    rngs: ``nnx.Rngs`` with a ``params`` stream.
+  """
+
+  def __init__(self, depth: int | str | ResNetSpec = 50, *, dtype=jnp.float32,
+               bn_momentum: float = 0.9, zero_init_residual: bool = False,
+               normalize_input: bool = True, rngs: nnx.Rngs):
+    self.spec = resnet_spec(depth)
+    self.dtype = jnp.dtype(dtype)
+    if self.dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+      raise ValueError(f'ResNet dtype must be float32 or bfloat16, got {self.dtype}')
+    self.normalize_input = normalize_input
+    spec = self.spec
+    width = spec.width
+    self.conv1 = _conv(3, width, 7, 2, dtype=dtype, rngs=rngs)
+    self.bn1 = _bn(width, dtype=dtype, momentum=bn_momentum, rngs=rngs)
+    block_cls = Bottleneck if spec.block == 'bottleneck' else BasicBlock
+    cin = width
+    stages = []
+    for i, num_blocks in enumerate(spec.stage_sizes):
+      stage_width = width * 2 ** i
+      blocks = []
+      for j in range(num_blocks):
+        stride = 2 if (i > 0 and j == 0) else 1
+        blocks.append(block_cls(cin, stage_width, stride, dtype=dtype, momentum=bn_momentum,
+                                zero_init_residual=zero_init_residual, rngs=rngs))
+        cin = stage_width * block_cls.expansion
+      stages.append(nnx.List(blocks))
+    self.layers = nnx.List(stages)
+    self.num_features = cin
+
+  def feature_map(self, images: jax.Array) -> jax.Array:
+    """(B, H, W, 3) in 0..255 -> (B, H/32, W/32, num_features) last-stage activations in the
+    compute dtype (H/32 for four stages; each stage after the first halves it)."""
+    x = normalize_images(images) if self.normalize_input else jnp.asarray(images, jnp.float32)
+    x = x.astype(self.dtype)
+    x = nnx.relu(self.bn1(self.conv1(x)))
+    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage in self.layers:
+      for block in stage:
+        x = block(x)
+    return x
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    """(B, H, W, 3) in 0..255 -> (B, num_features) float32 globally average-pooled features."""
+    x = self.feature_map(images)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+class ModelConstant(nnx.Variable):
+  """A fixed array stored with the model (mean shapes, the canonical shape, fit weights).
+
+  Saved with ``nnx.state(model)`` (so a checkpoint restores it), not an ``nnx.Param`` (so
+  gradients and optimisers leave it alone).
+  """
+
+
+class LandmarkRegressor(nnx.Module):
+  """ResNet + linear head regressing L landmarks in input-image pixels.
+
+  ``points = mean_shape + image_size * Dense(features)``: the head predicts offsets from a
+  fixed mean shape in units of the input side, so at initialisation the output is the mean
+  shape (the head's kernel starts with standard deviation 0.01 / sqrt(fan_in), its bias at
+  zero: a few pixels of spread around it) and the head's gradients do not grow with the input
+  resolution. The mean shape is a :class:`ModelConstant` variable (checkpointed with the model,
+  excluded from ``nnx.Param`` so optimisers leave it alone).
+
+  Args:
+    num_points: L.
+    depth: backbone depth or spec (see :class:`ResNet`).
+    image_size: side of the square input in pixels.
+    mean_shape: (L, 2) initial guess in input pixels; default: every point at the image centre
+      (pass the training mean shape instead).
+    dtype, bn_momentum, zero_init_residual: see :class:`ResNet`.
+    rngs: ``nnx.Rngs`` with a ``params`` stream.
+  """
+
+  def __init__(self, num_points: int, *, depth: int | str | ResNetSpec = 50,
+               image_size: int = 224, mean_shape=None, dtype=jnp.float32,
+               bn_momentum: float = 0.9, zero_init_residual: bool = False, rngs: nnx.Rngs):
+    if num_points < 1:
+      raise ValueError(f'num_points must be positive, got {num_points}')
+    if image_size < 8:
+      raise ValueError(f'image_size must be at least 8 pixels, got {image_size}')
+    self.num_points = int(num_points)
+    self.image_size = int(image_size)
+    if mean_shape is None:
+      mean_shape = np.full((num_points, 2), (image_size - 1) / 2.0, np.float32)
+    mean_shape = np.asarray(mean_shape, np.float32)
+    if mean_shape.shape != (num_points, 2):
+      raise ValueError(
+          f'mean_shape must have shape ({num_points}, 2), got {mean_shape.shape}')
+    if not np.all(np.isfinite(mean_shape)):
+      raise ValueError('mean_shape has non-finite values')
+    self.backbone = ResNet(depth, dtype=dtype, bn_momentum=bn_momentum,
+                           zero_init_residual=zero_init_residual, rngs=rngs)
+    self.head = nnx.Linear(
+        self.backbone.num_features, 2 * num_points, dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        kernel_init=nnx.initializers.variance_scaling(1e-4, 'fan_in', 'truncated_normal'),
+        bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+    self.mean_shape = ModelConstant(jnp.asarray(mean_shape))
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    """(B, S, S, 3) in 0..255 -> (B, L, 2) float32 (x, y) in input pixels."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'images must be (B, H, W, 3), got shape {images.shape}')
+    features = self.backbone(images)
+    offsets = self.head(features).reshape(-1, self.num_points, 2)
+    return self.mean_shape[...] + self.image_size * offsets

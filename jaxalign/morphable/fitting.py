@@ -1,0 +1,328 @@
+"""Batched, jit-compiled 3DMM fitting in JAX: eos's ``fit_shape_and_pose`` algorithm.
+
+Per face and iteration (as eos 1.5.0 ``fitting.hpp``): (1) a linear scaled-orthographic camera
+from the current 2D-3D correspondences (affine least squares, rows orthonormalised by SVD,
+``estimate_orthographic_projection_linear``); (2) the shape coefficients by Tikhonov-regularised
+linear least squares with the expressions fixed (``fit_shape_to_landmarks_linear``: residual
+variance 3 px^2, prior weight ``lambda_identity``); (3) the blendshape weights by non-negative
+least squares with the shape fixed (``fit_blendshapes_to_landmarks_nnls``). The initial camera
+and expressions come from the mean shape, then ``num_iterations`` rounds of (1)-(3).
+
+Differences from eos, all opt-in through :class:`FitConfig` except the first:
+
+* Per-point weights (0 = ignored): one compiled function serves any subset of the 68 points
+  (masks instead of shapes); NaN points get weight 0.
+* Jaw points in the input (which eos matches with its contour and occluding-edge search) are
+  matched to the vertices of the '2d' convention of :mod:`jaxalign.morphable.contour`: the
+  near-side contour vertex, or on the far side the silhouette vertex of the jaw point's slice,
+  re-chosen every iteration from the current pose and shape.
+* ``lambda_expression`` (default 0, as eos): a ridge prior on the blendshape weights.
+
+The landmark set is the same for all faces, so the model rows of the fixed-vertex points
+(mean, shape basis, blendshapes: (68, 3, .)) are gathered once at build time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.morphable import contour
+
+_SIGMA2 = 3.0      # eos's detector variance sqrt(3)^2 in fit_shape_to_landmarks_linear
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+  """Fitting parameters (hashable: a static argument of the jitted fit).
+
+  Attributes:
+    num_iterations: rounds of pose, shape, expression (eos default 5).
+    lambda_identity: Tikhonov weight on the shape coefficients (eos default 30 in eos-py).
+    lambda_expression: ridge weight on the blendshape weights (eos: 0, plain NNLS).
+    num_shape: leading shape components fitted (None = all 63).
+    nnls_sweeps: projected Gauss-Seidel sweeps of the 6-variable NNLS.
+    dynamic_contour: match input jaw points to the '2d' silhouette vertices (otherwise to the
+      fixed '3d' vertices).
+    noise_mm: None = eos's noise model (residual variance 3 px^2 whatever the face size); a
+      value = residual standard deviation in model millimetres (scale-invariant: residuals are
+      divided by the camera scale), so ``lambda_identity`` means the same at any resolution.
+  """
+
+  num_iterations: int = 5
+  lambda_identity: float = 30.0
+  lambda_expression: float = 0.0
+  num_shape: int | None = None
+  nnls_sweeps: int = 40
+  dynamic_contour: bool = True
+  noise_mm: float | None = None
+
+
+EOS_DEFAULTS = FitConfig()
+# The JAX backend's completion defaults (chosen on synthetic faces, see
+# jaxalign/benchmarks/completion.py --tune): scale-invariant noise model, more iterations.
+TUNED = FitConfig(num_iterations=8, lambda_identity=1.0, lambda_expression=0.0, noise_mm=1.0)
+
+
+class Fit(dict):
+  """Batched fit result (a dict of jnp arrays, attribute access), leading axis N:
+
+  shape_coeffs (N, K), expression_coeffs (N, E), rotation (N, 3, 3), translation (N, 2) (model
+  units), scale (N,), camera (N, 2, 4) affine camera to pixels, yaw / pitch / roll (N,) degrees
+  (eos's convention), vertex_ids (N, 68) the vertex each point was matched to in the last round.
+  """
+
+  __getattr__ = dict.__getitem__
+
+
+jax.tree_util.register_pytree_node(
+    Fit, lambda f: (tuple(f.values()), tuple(f.keys())),
+    lambda keys, values: Fit(zip(keys, values)))
+
+
+def yaw_pitch_roll(rotation):
+  """(..., 3) eos's Tait-Bryan angles in degrees from (..., 3, 3) rotations.
+
+  eos (``RenderingParameters::get_yaw_pitch_roll``) decomposes R = R_y(yaw) R_x(pitch) R_z(roll):
+  yaw = atan2(R02, R22), pitch = asin(-R12), roll = atan2(R10, R11).
+  """
+  r = rotation
+  yaw = jnp.arctan2(r[..., 0, 2], r[..., 2, 2])
+  pitch = jnp.arcsin(jnp.clip(-r[..., 1, 2], -1.0, 1.0))
+  roll = jnp.arctan2(r[..., 1, 0], r[..., 1, 1])
+  return jnp.degrees(jnp.stack([yaw, pitch, roll], -1))
+
+
+def _weighted_solve(a, b, w):
+  """min_x sum_i w_i |a_i x - b_i|^2 for a (L, 4), b (L,) via normal equations (+ tiny ridge)."""
+  aw = a * w[:, None]
+  ata = aw.T @ a
+  atb = aw.T @ b
+  return jnp.linalg.solve(ata + 1e-9 * jnp.trace(ata) * jnp.eye(4), atb)
+
+
+def estimate_camera(points, model_points, weights, image_height):
+  """eos ``estimate_orthographic_projection_linear`` (weighted) for one face.
+
+  Args:
+    points: (L, 2) image pixels. model_points: (L, 3). weights: (L,). image_height: scalar.
+
+  Returns:
+    (rotation (3, 3), translation (2,) model units, scale, camera (2, 4)).
+  """
+  a = jnp.concatenate([model_points, jnp.ones_like(model_points[:, :1])], -1)
+  k1 = _weighted_solve(a, points[:, 0], weights)
+  k2 = _weighted_solve(a, image_height - points[:, 1], weights)   # eos flips y (viewport)
+  r1, r2 = k1[:3], k2[:3]
+  s = 0.5 * (jnp.linalg.norm(r1) + jnp.linalg.norm(r2))
+  n1, n2 = r1 / jnp.linalg.norm(r1), r2 / jnp.linalg.norm(r2)
+  r = jnp.stack([n1, n2, jnp.cross(n1, n2)])
+  u, _, vt = jnp.linalg.svd(r)
+  flip = jnp.sign(jnp.linalg.det(u @ vt))
+  u = u.at[2, :].multiply(flip)           # eos negates U's third row when det < 0
+  rot = u @ vt
+  t = jnp.stack([k1[3], k2[3]]) / s
+  cam = contour.camera_from_pose(rot, t, s, image_height)
+  return rot, t, s, cam
+
+
+def _nnls(q, c, sweeps):
+  """min 1/2 x'Qx + c'x, x >= 0, by projected Gauss-Seidel (small dense Q)."""
+  n = q.shape[0]
+  diag = jnp.maximum(jnp.diag(q), 1e-12)
+
+  def sweep(_, x):
+    def coord(i, x):
+      xi = jnp.maximum(0.0, x[i] - (q[i] @ x + c[i]) / diag[i])
+      return x.at[i].set(xi)
+    return jax.lax.fori_loop(0, n, coord, x)
+
+  return jax.lax.fori_loop(0, sweeps, sweep, jnp.zeros_like(c))
+
+
+class JaxFitter:
+  """The Surrey Face Model as jnp arrays and a jitted, vmapped :meth:`fit`.
+
+  Args:
+    model: a :class:`~jaxalign.morphable.model.SurreyModel`.
+  """
+
+  def __init__(self, model):
+    self.model = model
+    geo = contour.landmark_geometry(model)
+    self.geometry = geo
+    ids = geo.vertices                                         # (68,) '3d' vertices
+    self.landmark_vertices = ids
+    self.mean = jnp.asarray(model.mean)                        # (V, 3)
+    self.shape_basis = jnp.asarray(model.shape_basis)          # (V, 3, K)
+    self.expression_basis = jnp.asarray(model.expression_basis)  # (V, 3, E)
+    # Rows of the fixed landmark vertices, gathered once.
+    self.lm_mean = jnp.asarray(model.mean[ids])
+    self.lm_shape = jnp.asarray(model.shape_basis[ids])
+    self.lm_expr = jnp.asarray(model.expression_basis[ids])
+    # eos maps 50 points to vertices; the jaw (but the chin) and inner mouth corners are ours.
+    self.eos_mapped = np.asarray(model.ibug_vertex) >= 0
+    self.cand = jnp.asarray(geo.candidates)                   # (16, Kc)
+    self.jaw_points = np.asarray(geo.jaw_points)
+    self.jaw_side = jnp.asarray(geo.jaw_side, jnp.float32)
+    self.outward = jnp.asarray(geo.outward)
+    self._used = np.unique(np.concatenate([ids, geo.candidates.reshape(-1)]))
+    self._jitted = {}
+
+  # --- one face ---------------------------------------------------------------------------
+
+  def _jaw_ids(self, a, b, cam):
+    """(16,) current '2d' vertex of each jaw point (far side: slice silhouette)."""
+    c = self.cand
+    verts = (self.mean[c] + jnp.einsum('pkjn,n->pkj', self.shape_basis[c], a)
+             + jnp.einsum('pkjm,m->pkj', self.expression_basis[c], b))   # (16, Kc, 3)
+    proj = contour.project(verts, cam)
+    u = jnp.einsum('jk,pk->pj', cam[:, :3], self.outward)
+    u = u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
+    best = jnp.argmax(jnp.einsum('pkj,pj->pk', proj, u), axis=-1)
+    marched = jnp.take_along_axis(c, best[:, None], axis=1)[:, 0]
+    far = contour.yaw_sign(cam) * self.jaw_side > 0
+    return jnp.where(far, marched, jnp.asarray(self.landmark_vertices[self.jaw_points]))
+
+  def _rows(self, jaw_ids):
+    """Model rows (68, 3, .) of the current correspondences."""
+    jp = self.jaw_points
+    m = self.lm_mean.at[jp].set(self.mean[jaw_ids])
+    s = self.lm_shape.at[jp].set(self.shape_basis[jaw_ids])
+    e = self.lm_expr.at[jp].set(self.expression_basis[jaw_ids])
+    return m, s, e
+
+  def _fit_one(self, points, weights, image_height, config: FitConfig):
+    k = self.model.num_shape if config.num_shape is None else config.num_shape
+    finite = jnp.all(jnp.isfinite(points), axis=-1)
+    w = jnp.where(finite, weights, 0.0)
+    pts = jnp.where(finite[:, None], points, 0.0)
+    use_jaw = config.dynamic_contour
+    jaw_w = w[self.jaw_points].sum()
+    m, sb, eb = self.lm_mean, self.lm_shape[..., :k], self.lm_expr
+    a = jnp.zeros(k, jnp.float32)
+    b = jnp.zeros(eb.shape[-1], jnp.float32)
+    def noise_weights(scale):
+      if config.noise_mm is None:
+        return w / _SIGMA2
+      return w / (scale * config.noise_mm) ** 2
+
+    def fit_expr(cam, m, sb, eb, a, scale):
+      wf = noise_weights(scale)
+      base = m + sb @ a
+      ae = jnp.einsum('jk,lkm->ljm', cam[:, :3], eb)                  # (L, 2, E)
+      r0 = contour.project(base, cam) - pts                           # (L, 2)
+      aw = (ae * wf[:, None, None]).reshape(-1, ae.shape[-1])
+      q = aw.T @ ae.reshape(-1, ae.shape[-1]) + config.lambda_expression * jnp.eye(ae.shape[-1])
+      c = aw.T @ r0.reshape(-1)
+      return _nnls(q, c, config.nnls_sweeps)
+
+    def fit_shape(cam, m, sb, eb, b, scale):
+      wf = noise_weights(scale)
+      base = m + eb @ b
+      asb = jnp.einsum('jk,lkn->ljn', cam[:, :3], sb)                 # (L, 2, K)
+      r0 = contour.project(base, cam) - pts
+      aw = (asb * wf[:, None, None]).reshape(-1, k)
+      q = aw.T @ asb.reshape(-1, k) + config.lambda_identity * jnp.eye(k)
+      c = aw.T @ r0.reshape(-1)
+      return jnp.linalg.solve(q, -c)
+
+    # Initial pose on the mean (jaw points on their fixed vertices), then expressions.
+    w0 = w.at[self.jaw_points].set(0.0) if use_jaw else w
+    rot, t, s, cam = estimate_camera(pts, m, w0, image_height)
+    b = fit_expr(cam, m, sb, eb, a, s)
+
+    def body(_, state):
+      a, b, rot, t, s, cam, ids = state
+      if use_jaw:
+        ids = jax.lax.cond(jaw_w > 0, lambda: self._jaw_ids(
+            jnp.zeros(self.model.num_shape).at[:k].set(a), b, cam), lambda: ids)
+        mm, ss, ee = self._rows(ids)
+        ss = ss[..., :k]
+      else:
+        mm, ss, ee = m, sb, eb
+      shape_now = mm + ss @ a + ee @ b
+      rot, t, s, cam = estimate_camera(pts, shape_now, w, image_height)
+      a = fit_shape(cam, mm, ss, ee, b, s)
+      b = fit_expr(cam, mm, ss, ee, a, s)
+      return a, b, rot, t, s, cam, ids
+
+    ids0 = jnp.asarray(self.landmark_vertices[self.jaw_points])
+    a, b, rot, t, s, cam, ids = jax.lax.fori_loop(
+        0, config.num_iterations, body, (a, b, rot, t, s, cam, ids0))
+    vertex_ids = jnp.asarray(self.landmark_vertices).at[self.jaw_points].set(ids)
+    ypr = yaw_pitch_roll(rot)
+    full_a = jnp.zeros(self.model.num_shape, jnp.float32).at[:k].set(a)
+    return Fit(shape_coeffs=full_a, expression_coeffs=b, rotation=rot, translation=t, scale=s,
+               camera=cam, yaw=ypr[0], pitch=ypr[1], roll=ypr[2], vertex_ids=vertex_ids)
+
+  # --- batched, jitted --------------------------------------------------------------------
+
+  def _compiled(self, config):
+    if config not in self._jitted:
+      fn = functools.partial(self._fit_one, config=config)
+      self._jitted[config] = jax.jit(jax.vmap(fn))
+    return self._jitted[config]
+
+  def fit(self, points, weights=None, image_height=None, config: FitConfig = EOS_DEFAULTS) -> Fit:
+    """Fits N faces at once.
+
+    Args:
+      points: (N, 68, 2) or (68, 2) iBUG points in image pixels; NaN = not given.
+      weights: (68,) or (N, 68) per-point weights (0 = ignore); default 1 for every finite point.
+      image_height: scalar or (N,) image heights in pixels (only fixes eos's y-flip; any value
+        gives the same projections). Default: each face's max y + 1.
+      config: :class:`FitConfig`.
+
+    Returns:
+      :class:`Fit` with leading axis N (no axis for a single (68, 2) input).
+    """
+    pts = np.asarray(points, np.float32)
+    single = pts.ndim == 2
+    if single:
+      pts = pts[None]
+    if pts.ndim != 3 or pts.shape[1:] != (68, 2):
+      raise ValueError(f'points must be (N, 68, 2) or (68, 2), got {np.shape(points)}')
+    n = pts.shape[0]
+    if weights is None:
+      weights = np.ones(68, np.float32)
+    w = np.broadcast_to(np.asarray(weights, np.float32), (n, 68))
+    if image_height is None:
+      image_height = np.nan_to_num(np.nanmax(pts[..., 1], axis=1), nan=0.0) + 1.0
+    h = np.broadcast_to(np.asarray(image_height, np.float32), (n,))
+    out = self._compiled(config)(jnp.asarray(pts), jnp.asarray(w), jnp.asarray(h))
+    if single:
+      out = jax.tree_util.tree_map(lambda x: x[0], out)
+    return out
+
+  def landmarks(self, fit: Fit, convention: str = '2d'):
+    """(..., 68, 2) the iBUG points of fitted meshes (:func:`contour.ibug_points`), jitted."""
+    key = ('landmarks', convention)
+    if key not in self._jitted:
+      def fn(a, b, cam):
+        return contour.ibug_points(self._sparse_vertices(a, b), cam, self.model, convention)
+      self._jitted[key] = jax.jit(fn)
+    return self._jitted[key](fit.shape_coeffs, fit.expression_coeffs, fit.camera)
+
+  def _sparse_vertices(self, a, b):
+    """(..., V, 3) meshes with only the vertices the 68 points can use filled in (rest 0)."""
+    used = self._used
+    part = (self.mean[used] + jnp.einsum('ujk,...k->...uj', self.shape_basis[used], a)
+            + jnp.einsum('ujm,...m->...uj', self.expression_basis[used], b))
+    full = jnp.zeros(a.shape[:-1] + self.mean.shape, part.dtype)
+    return full.at[..., used, :].set(part)
+
+  def vertices(self, fit: Fit):
+    """(..., V, 3) fitted meshes (model frame)."""
+    return (self.mean + jnp.einsum('vjk,...k->...vj', self.shape_basis, fit.shape_coeffs)
+            + jnp.einsum('vjm,...m->...vj', self.expression_basis, fit.expression_coeffs))
+
+
+@functools.lru_cache(maxsize=4)
+def get_fitter(model) -> JaxFitter:
+  """A cached :class:`JaxFitter` per model."""
+  return JaxFitter(model)

@@ -1,0 +1,214 @@
+"""``predict(workdir, images, ...)``: landmarks, pose and 3DMM fit for faces in any photo.
+
+Per image: decode (an unreadable or missing file is reported in one line and skipped), find the
+faces (the given ``--bbox``, else :mod:`jaxalign.prediction.detector`), run the full pipeline
+(:func:`jaxalign.evaluation.runner.run_pipeline`: CNN pair + 3DMM completion) on all faces of a
+chunk of images in batches, and write per face ``<stem>.pts``, ``<stem>.json`` (and
+``<stem>.obj`` with ``mesh``) plus one overlay ``<stem>.png`` per image.
+
+Detector boxes follow the Haar cascades' framing, not the landmark box the network was trained
+on, so a detected face goes through the pipeline twice: the second pass crops around the tight
+box of the first pass's 68 points (the training framing for synthetic and folder data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import sys
+import time
+from typing import Sequence, TextIO
+
+import numpy as np
+
+from jaxalign import schemes as schemes_lib
+from jaxalign.data import records as records_lib
+from jaxalign.prediction import detector as detector_lib
+from jaxalign.prediction import writer
+
+# Images decoded, detected and predicted together (bounds the memory held by decoded photos).
+IMAGES_PER_CHUNK = 32
+
+
+@dataclasses.dataclass
+class Face:
+  """One face to predict: its image, box and where the box came from."""
+
+  image_index: int
+  box: np.ndarray
+  box_source: str
+
+
+def parse_bbox(text: str) -> np.ndarray:
+  """``"x0,y0,x1,y1"`` (image pixels) -> (4,) float32; ValueError naming the problem."""
+  parts = [p for p in str(text).replace(' ', '').split(',') if p]
+  try:
+    box = np.array([float(p) for p in parts], np.float32)
+  except ValueError:
+    raise ValueError(f'--bbox {text!r}: expected four numbers x0,y0,x1,y1') from None
+  if box.shape != (4,) or not records_lib.valid_box(box):
+    raise ValueError(f'--bbox {text!r}: expected four finite numbers x0,y0,x1,y1 with '
+                     'x1 > x0 and y1 > y0')
+  return box
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """(H, W, 3) uint8 RGB; FileNotFoundError / ValueError naming the file."""
+  from jaxalign.data import pipeline  # pylint: disable=g-import-not-at-top
+  path = str(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: no such file')
+  if os.path.isdir(path):
+    raise ValueError(f'{path}: is a folder, not an image')
+  return pipeline.decode_image(path)
+
+
+def _records(paths, faces: Sequence[Face], num_points: int, boxes=None):
+  nan = np.full((num_points, 2), np.nan, np.float32)
+  return [records_lib.FaceRecord(image=str(paths[f.image_index]), points=nan,
+                                 box=np.asarray(f.box if boxes is None else boxes[i], np.float32))
+          for i, f in enumerate(faces)]
+
+
+def predict_faces(model, config, paths, faces: Sequence[Face], completion: str = 'jax',
+                  batch_size: int = 32, refine: bool = True):
+  """The full pipeline on the given faces; detector boxes get a refinement pass.
+
+  Returns:
+    :func:`jaxalign.evaluation.runner.run_pipeline`'s dict (``boxes`` are the boxes of the
+    final pass).
+  """
+  from jaxalign.evaluation import runner  # pylint: disable=g-import-not-at-top
+  scheme = schemes_lib.get_scheme(config.model.scheme)
+  records = _records(paths, faces, scheme.num_points)
+  if refine and any(f.box_source.startswith('detector') for f in faces):
+    # First pass only for the CNN1 points (no completion needed for a box).
+    from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
+    first = inference.predict_records(model, config, records, batch_size=batch_size,
+                                      complete=False)
+    boxes = []
+    for f, rough, ok in zip(faces, first['rough'], first['valid']):
+      box = records_lib.landmark_box(rough) if ok and np.isfinite(rough).all() else f.box
+      boxes.append(box if f.box_source.startswith('detector') and
+                   records_lib.valid_box(box) else f.box)
+    records = _records(paths, faces, scheme.num_points, boxes)
+  return runner.run_pipeline(model, config, records, completion, batch_size)
+
+
+def _stem_of(path: str, used: dict[str, int]) -> str:
+  """The image's file stem, made unique among the images of this call."""
+  stem = pathlib.Path(path).stem or 'image'
+  n = used.get(stem, 0)
+  used[stem] = n + 1
+  return stem if n == 0 else f'{stem}_{n}'
+
+
+def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None = None,
+            out: str | os.PathLike | None = None, mesh: bool = False, completion: str = 'jax',
+            batch_size: int = 32, refine: bool = True, stderr: TextIO | None = None,
+            stdout: TextIO | None = None) -> int:
+  """Predicts every face in ``images`` and writes the per-face files into ``out``.
+
+  Returns:
+    The exit status: 0 when every image gave at least one face, 1 when any image failed
+    (missing, unreadable, or no face detected), 2 when nothing could run (no run, bad flags).
+  """
+  from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
+  err = stderr or sys.stderr
+  log = stdout or sys.stdout
+  if completion not in ('jax', 'eos'):
+    print(f'error: unknown completion backend {completion!r}; expected jax or eos', file=err)
+    return 2
+  try:
+    box = parse_bbox(bbox) if bbox is not None else None
+  except ValueError as e:
+    print(f'error: {e}', file=err)
+    return 2
+  if not images:
+    print('error: no image given', file=err)
+    return 2
+  try:
+    model, config, step = inference.load_run(str(workdir))
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: cannot load the run {workdir}: {e}', file=err)
+    return 2
+  scheme = schemes_lib.get_scheme(config.model.scheme)
+  out_dir = pathlib.Path(out) if out is not None else pathlib.Path(workdir) / 'predict'
+  out_dir.mkdir(parents=True, exist_ok=True)
+  sfm = None
+  if mesh:
+    from jaxalign.morphable import model as model_lib  # pylint: disable=g-import-not-at-top
+    sfm = model_lib.load_model()
+  failed = num_faces = 0
+  used_stems: dict[str, int] = {}
+  t0 = time.perf_counter()
+  for start in range(0, len(images), IMAGES_PER_CHUNK):
+    paths = list(images[start:start + IMAGES_PER_CHUNK])
+    decoded: dict[int, np.ndarray] = {}
+    faces: list[Face] = []
+    for i, path in enumerate(paths):
+      try:
+        image = read_image(path)
+      except (OSError, ValueError) as e:
+        print(f'error: {e}', file=err)
+        failed += 1
+        continue
+      if box is not None:
+        found = [Face(i, box, 'bbox')]
+      else:
+        try:
+          dets = detector_lib.detect_faces(image)
+        except (RuntimeError, FileNotFoundError) as e:
+          print(f'error: {path}: face detector unavailable: {e}', file=err)
+          return 2
+        found = [Face(i, d.box, f'detector:{d.kind}') for d in dets]
+      if not found:
+        print(f'{path}: no face detected (pass --bbox x0,y0,x1,y1 to give one)', file=err)
+        failed += 1
+        continue
+      decoded[i] = image
+      faces += found
+    if not faces:
+      continue
+    res = predict_faces(model, config, paths, faces, completion, batch_size, refine)
+    by_image: dict[int, list[int]] = {}
+    for k, f in enumerate(faces):
+      by_image.setdefault(f.image_index, []).append(k)
+    for i, ks in by_image.items():
+      stem = _stem_of(paths[i], used_stems)
+      drawn = []
+      for j, k in enumerate(ks):
+        if not res['valid'][k]:
+          print(f'error: {paths[i]}: the pipeline could not read the image', file=err)
+          failed += 1
+          break
+        points = res['points'][k]
+        fit = {n: res[n][k] for n in ('yaw', 'pitch', 'roll')}
+        shape = None if res['shape_coeffs'] is None else res['shape_coeffs'][k]
+        expr = None if res['expression_coeffs'] is None else res['expression_coeffs'][k]
+        record = writer.face_record(
+            points, res['boxes'][k], image=paths[i], scheme=scheme,
+            yaw=fit['yaw'] if np.isfinite(fit['yaw']) else None,
+            pitch=fit['pitch'] if np.isfinite(fit['pitch']) else None,
+            roll=fit['roll'] if np.isfinite(fit['roll']) else None,
+            shape_coeffs=shape, expression_coeffs=expr,
+            backend=None if config.model.kind == 'plain' else res['backend'],
+            flipped=bool(res['flipped'][k]), box_source=faces[k].box_source,
+            extra={'detector_box': np.asarray(faces[k].box).tolist(),
+                   'checkpoint_step': int(step), 'workdir': str(workdir)})
+        meshes = None
+        if sfm is not None and shape is not None and np.isfinite(shape).all():
+          v, t = writer.fitted_mesh(sfm, shape, expr, bool(res['flipped'][k]))
+          meshes = (v, t, sfm.texcoords)
+        writer.write_face(out_dir, writer.face_stem(stem, j), record, meshes)
+        drawn.append((points, res['boxes'][k]))
+        num_faces += 1
+      else:
+        writer.write_image(out_dir / f'{stem}.png',
+                           writer.draw_landmarks(decoded[i], drawn, scheme))
+  elapsed = time.perf_counter() - t0
+  print(f'{num_faces} face(s) from {len(images) - failed} of {len(images)} image(s) written to '
+        f'{out_dir} in {elapsed:.1f} s' + (f'; {failed} image(s) failed' if failed else ''),
+        file=log)
+  return 1 if failed else 0

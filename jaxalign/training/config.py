@@ -1,0 +1,160 @@
+"""The base training configuration every ``configs/*.py`` file starts from.
+
+``base_config()`` returns an ``ml_collections.ConfigDict`` holding every key the trainer reads,
+with the paper's optimisation settings (Li et al., BMVC 2019: wing loss w = 18, epsilon = 3;
+SGD momentum 0.9, weight decay 5e-4; learning rate 1e-5 dropping to 1e-7 at step 60,000;
+180,000 steps; rotation +-10 degrees, translation +-5 %, scale +-7 % of the box, Gaussian blur
+with probability 0.5). Config files override what differs and document the launch command in
+their docstring; the command line overrides single keys with ``--config.key=value``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxalign.models import resnet
+
+MODEL_KINDS = ('pose_aware', 'plain')
+SCHEDULES = ('piecewise', 'constant', 'cosine')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All training settings with the paper's values (where the paper gives them)."""
+  c = ml_collections.ConfigDict()
+  # Top level: what every config names.
+  c.seed = 0
+  c.num_steps = 180_000
+  c.batch_size = 64          # global batch, sharded over every device of every host
+  c.checkpoint_every = 5_000
+  c.log_every = 100
+  c.keep_checkpoints = 3
+  c.init_from = ''           # torchvision ResNet-50 weights (.pth / .safetensors) for both CNNs
+  c.distributed = False      # call jax.distributed.initialize() (multi-host)
+  c.stop_after_steps = 0     # > 0: stop after this many steps as if killed (resume tests)
+
+  # Model (jaxalign.models).
+  c.model = ml_collections.ConfigDict()
+  c.model.kind = 'pose_aware'   # 'pose_aware' (CNN1 + transform + CNN2) or 'plain' (one ResNet)
+  # Depths are strings so that one key holds '18', '34', '50' and the test variant 'tiny'.
+  c.model.depth = '50'          # ResNet-18 / 34 / 50 (or 'tiny' for tests)
+  c.model.cnn2_depth = ''       # CNN2's depth; '' = the same as CNN1
+  c.model.cnn2_input_size = 0   # CNN2's input side (the canonical frame); 0 = input_size
+  c.model.transform_from = 'prediction'   # CNN2 trains on warps of CNN1's predictions (paper)
+  c.model.width = 64            # channels of the stem (64 = the standard ResNet)
+  c.model.input_size = 224      # network input side in pixels (the paper: 224)
+  c.model.dtype = 'float32'     # compute dtype; parameters stay float32
+  c.model.scheme = 'ibug68'
+
+  # Data (jaxalign.data.pipeline): 300-W-style folders, or the synthetic default.
+  c.data = ml_collections.ConfigDict()
+  c.data.train_dir = ''         # folder of images + .pts; '' with synthetic.enabled generates one
+  c.data.test_dir = ''          # held-out folder for the end-of-run evaluation ('' = none)
+  c.data.test_split = 'test'    # name of the held-out split in eval/<split>/report.json
+  c.data.box_margin = 0.1       # network input = box side * (1 + box_margin), square, centred
+  c.data.crop_context = 1.3     # host crop = network input region * crop_context (room to augment)
+  c.data.num_workers = -1       # grain worker processes; -1 = one per CPU core, 0 = in-process
+  c.data.prefetch = 2           # batches buffered per worker
+  c.data.balanced = True        # pose-balanced batches (Procrustes + 1-D PCA bins)
+  c.data.pose_bins = 5          # bins over the pose coefficient
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.enabled = False
+  c.data.synthetic.root = 'runs/data'   # cache folder: <root>/synthetic-<hash>/{train,test}
+  c.data.synthetic.num_train = 2000
+  c.data.synthetic.num_test = 200
+  c.data.synthetic.image_size = 128
+  c.data.synthetic.kwargs = ml_collections.ConfigDict()  # passed on to the generator
+
+  # Device augmentation (jaxalign.data.pipeline.augment).
+  c.augment = ml_collections.ConfigDict()
+  c.augment.enabled = True
+  c.augment.rotation_deg = 10.0
+  c.augment.translation = 0.05   # fraction of the box side
+  c.augment.scale = 0.07         # fraction of the box side
+  c.augment.blur_prob = 0.5
+  c.augment.blur_sigma = (0.5, 2.0)   # sigma range in pixels at 224 px, scaled with input_size
+
+  # Loss (jaxalign.losses).
+  c.loss = ml_collections.ConfigDict()
+  c.loss.kind = 'wing'
+  c.loss.w = 18.0
+  c.loss.epsilon = 3.0
+  c.loss.cnn1_weight = 1.0       # CNN1 (all points) and CNN2 (stable points) loss weights
+  c.loss.cnn2_weight = 1.0
+
+  # Optimiser (jaxalign.training.optim).
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-5
+  c.optim.final_learning_rate = 1e-7
+  c.optim.schedule = 'piecewise'   # 'piecewise': lr * 0.1 every decay_steps, floored at final
+  c.optim.decay_steps = 60_000
+  c.optim.warmup_steps = 0
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.weight_decay = 5e-4
+  c.optim.grad_clip_norm = 0.0     # 0 = off (the paper does not clip)
+
+  # End-of-run evaluation (jaxalign.training.evaluation).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.enabled = True
+  c.eval.batch_size = 64
+  c.eval.completion = True         # 3DMM completion of the unstable points (pose-aware model)
+  c.eval.completion_backend = 'jax'
+  return c
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ``ValueError`` naming the key when a config value cannot work.
+
+  Checks what would otherwise fail late or obscurely: the batch must split evenly over the
+  devices, the model kind and depth must exist, counts must be positive.
+  """
+  def fail(key, msg):
+    raise ValueError(f'config.{key}: {msg}')
+
+  for key in ('num_steps', 'batch_size', 'checkpoint_every', 'log_every'):
+    value = config[key]
+    if not isinstance(value, int) or value <= 0:
+      fail(key, f'must be a positive integer, got {value!r}')
+  if config.batch_size % num_devices:
+    fail('batch_size', f'{config.batch_size} is not divisible by the {num_devices} devices; '
+         f'use a multiple of {num_devices}')
+  if config.model.kind not in MODEL_KINDS:
+    fail('model.kind', f'unknown model {config.model.kind!r}; expected one of {MODEL_KINDS}')
+  for key in ('depth', 'cnn2_depth'):
+    depth = config.model[key]
+    if key == 'cnn2_depth' and not depth:
+      continue
+    try:
+      resnet.resnet_spec(depth)
+    except ValueError as e:
+      fail(f'model.{key}', str(e))
+  if config.model.input_size < 16:
+    fail('model.input_size', f'must be at least 16 pixels, got {config.model.input_size}')
+  if config.model.dtype not in ('float32', 'bfloat16', 'float16'):
+    fail('model.dtype', f'unknown dtype {config.model.dtype!r}')
+  if config.optim.schedule not in SCHEDULES:
+    fail('optim.schedule', f'unknown schedule {config.optim.schedule!r}; expected {SCHEDULES}')
+  if not config.optim.learning_rate > 0:
+    fail('optim.learning_rate', f'must be positive, got {config.optim.learning_rate}')
+  if config.data.pose_bins < 1:
+    fail('data.pose_bins', f'must be at least 1, got {config.data.pose_bins}')
+  if config.data.crop_context < 1:
+    fail('data.crop_context', f'must be >= 1, got {config.data.crop_context}')
+  if not config.data.train_dir and not config.data.synthetic.enabled:
+    fail('data.train_dir', 'no training data: set data.train_dir to a 300-W-style folder or '
+         'data.synthetic.enabled=True')
+  if config.loss.kind not in ('wing', 'l1', 'l2'):
+    fail('loss.kind', f'unknown loss {config.loss.kind!r}; expected wing, l1 or l2')
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file (e.g. ``configs/smoke.py``), as ``--config`` loads it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file {path} does not exist')
+  spec = importlib.util.spec_from_file_location(
+      f'_jaxalign_config_{os.path.splitext(os.path.basename(path))[0]}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -1,0 +1,100 @@
+"""Model construction and the training state pytree.
+
+The training state is a plain dict of arrays (what orbax saves and the jitted step donates):
+
+* ``step``: int32 scalar, steps done;
+* ``params``: the model's ``nnx.Param`` variables as a pure dict (what the optimiser updates);
+* ``model_state``: every other model variable (BatchNorm statistics, the fixed mean shape);
+* ``opt_state``: the optax state;
+* ``rng``: (2,) uint32 root key data; step ``t`` uses ``fold_in(rng, t)``.
+
+The module structure (``nnx.GraphDef``) stays outside: one for training mode (batch
+statistics) and one for inference mode (running averages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxalign import schemes
+from jaxalign.models import aligner
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def model_depth(config, key: str = 'depth'):
+  """``config.model.<key>`` as the model code takes it (ints and 'tiny' test variants);
+  None when empty."""
+  depth = config.model[key]
+  if depth in ('', None, 0):
+    return None
+  return int(depth) if isinstance(depth, str) and depth.isdigit() else depth
+
+
+def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -> nnx.Module:
+  """The aligner ``config.model`` describes (:func:`jaxalign.models.aligner.make_aligner`).
+
+  Args:
+    config: training config (``model.kind``, ``depth``, ``input_size``, ``dtype``, ``scheme``,
+      ``cnn2_depth``, ``cnn2_input_size``).
+    mean_shape: (L, 2) training mean shape in network-input pixels (the regression heads'
+      starting point), or None for the model's default.
+    canonical_shape: (L, 2) CNN2's canonical frame in its input pixels, or None.
+    seed: parameter initialisation seed.
+  """
+  m = config.model
+  kwargs = dict(depth=model_depth(config), image_size=int(m.input_size),
+                scheme=schemes.get_scheme(m.scheme), mean_shape=mean_shape,
+                dtype=_DTYPES[m.dtype], rngs=nnx.Rngs(params=seed))
+  if m.kind == 'pose_aware':
+    kwargs.update(cnn2_depth=model_depth(config, 'cnn2_depth'),
+                  cnn2_image_size=m.get('cnn2_input_size') or None,
+                  canonical_shape=canonical_shape)
+  return aligner.make_aligner(m.kind, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDefs:
+  """The static halves of a split model: training-mode and inference-mode graph defs."""
+
+  train: nnx.GraphDef
+  eval: nnx.GraphDef
+
+
+def split_model(model: nnx.Module):
+  """``(ModelDefs, params, model_state)`` with pure-dict states."""
+  model.eval()
+  eval_def, _, _ = nnx.split(model, nnx.Param, ...)
+  model.train()
+  train_def, params, rest = nnx.split(model, nnx.Param, ...)
+  return ModelDefs(train_def, eval_def), nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
+def merge(graphdef: nnx.GraphDef, params, model_state) -> nnx.Module:
+  return nnx.merge(graphdef, params, model_state)
+
+
+def model_state_of(model: nnx.Module):
+  """The non-parameter variables of ``model`` as a pure dict (after a forward pass)."""
+  _, _, rest = nnx.split(model, nnx.Param, ...)
+  return nnx.to_pure_dict(rest)
+
+
+def init_state(params, model_state, tx, seed: int) -> dict:
+  """The step-0 training state (host arrays)."""
+  return {
+      'step': jnp.zeros((), jnp.int32),
+      'params': params,
+      'model_state': model_state,
+      'opt_state': tx.init(params),
+      'rng': jax.random.key_data(jax.random.key(int(seed))),
+  }
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -1,0 +1,79 @@
+"""The jitted training step: augmentation, forward, loss, gradients, SGD update.
+
+One compiled function per run: ``jax.jit`` with the state replicated and the batch sharded on
+the mesh's ``'data'`` axis, the state donated (updated in place). Under that sharding the loss
+and BatchNorm statistics are over the global batch, so the step gives the same result on one
+device or many (up to the order of float additions).
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from jaxalign.models import aligner
+from jaxalign.data import pipeline
+from jaxalign.training import mesh as mesh_lib
+from jaxalign.training import state as state_lib
+
+DEVICE_KEYS = ('image', 'points', 'box')
+
+
+def loss_kwargs(config) -> dict:
+  return {'w': float(config.loss.w), 'epsilon': float(config.loss.epsilon)} \
+      if config.loss.kind == 'wing' else {}
+
+
+def model_loss(model, images, points, config):
+  """``(loss, metrics)`` of a model in training mode on (B, n, n, 3) images with (B, L, 2)
+  target points in input pixels (:func:`jaxalign.models.aligner.compute_losses`).
+
+  The plain model regresses all points. The pose-aware pair is trained as the paper does:
+  CNN1 on all points, CNN2 on the stable points of the image warped with CNN1's prediction
+  (``model.transform_from='prediction'``, gradient stopped, so CNN1 is frozen as far as CNN2's
+  loss is concerned); the two losses are summed with ``loss.cnn{1,2}_weight``.
+  """
+  loss, aux = aligner.compute_losses(
+      model, images, points, kind=config.loss.kind,
+      cnn1_weight=float(config.loss.cnn1_weight), cnn2_weight=float(config.loss.cnn2_weight),
+      transform_from=config.model.get('transform_from', 'prediction'),
+      loss_params=loss_kwargs(config))
+  return loss, {k: v for k, v in aux.items() if k != 'points'}
+
+
+def make_step_fn(defs: state_lib.ModelDefs, tx, schedule, config):
+  """The un-jitted ``(state, batch) -> (state, metrics)``."""
+
+  def step_fn(state, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
+    images, points, _ = pipeline.prepare_batch(batch, config, key)
+
+    def loss_of(params):
+      model = state_lib.merge(defs.train, params, state['model_state'])
+      loss, metrics = model_loss(model, images, points, config)
+      return loss, (metrics, state_lib.model_state_of(model))
+
+    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   learning_rate=schedule(state['step']))
+    new_state = dict(state, step=state['step'] + 1, params=params, model_state=model_state,
+                     opt_state=opt_state)
+    return new_state, metrics
+
+  return step_fn
+
+
+def compile_step(defs, tx, schedule, config, mesh):
+  """``step_fn`` under ``jax.jit``: state replicated and donated, batch sharded on 'data'."""
+  rep, sharded = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
+  return jax.jit(make_step_fn(defs, tx, schedule, config),
+                 in_shardings=(rep, {k: sharded for k in DEVICE_KEYS}),
+                 out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+def device_batch(host_batch: dict, mesh) -> dict:
+  """The arrays the step needs, as global arrays sharded on 'data'."""
+  return mesh_lib.shard_batch({k: host_batch[k] for k in DEVICE_KEYS}, mesh)

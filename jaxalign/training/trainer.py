@@ -1,0 +1,227 @@
+"""``train_and_evaluate(config, workdir)``: the whole training run.
+
+1. Data: resolve the folders (rendering the synthetic set once if configured), read the
+   records (bad files skipped and counted), fit the pose bins and the mean / canonical shapes.
+2. Model and state: the aligner, optional ImageNet init, SGD state; replicated on one mesh.
+3. Resume: the latest orbax checkpoint in ``WORKDIR/checkpoints`` if there is one.
+4. Loop: grain batches (sharded on 'data'), one jitted step, metrics (one step behind the
+   device so the host never stalls it), a checkpoint every ``checkpoint_every`` steps and at the
+   end. A non-finite loss stops the run (:class:`NonFiniteLossError`) before it is saved.
+5. End of run: evaluation of the held-out split into ``WORKDIR/eval/<split>/report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxalign import schemes
+from jaxalign.data import pipeline, sampling
+from jaxalign.models import aligner
+from jaxalign.training import checkpointing, data_setup, evaluation, inference
+from jaxalign.training import config as config_lib
+from jaxalign.training import logger as logger_lib
+from jaxalign.training import mesh as mesh_lib
+from jaxalign.training import optim
+from jaxalign.training import state as state_lib
+from jaxalign.training import step as step_lib
+
+log = logging.getLogger('jaxalign.train')
+DATA_STATS = 'data_stats.json'
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; the run stopped without saving the bad state."""
+
+
+def _setup_logging():
+  root = logging.getLogger()
+  if not root.handlers:
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  logging.getLogger('jaxalign.train').setLevel(logging.INFO)
+  for noisy in ('absl', 'orbax', 'jax._src'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def prepare_data(config):
+  """Records, sampler and shapes of a run (``config.data.*_dir`` resolved in place)."""
+  data_setup.resolve_data_dirs(config)
+  scheme = schemes.get_scheme(config.model.scheme)
+  records, num_invalid = data_setup.load_records(config.data.train_dir, scheme.num_points,
+                                                 'training')
+  spec = pipeline.CropSpec.from_config(config)
+  shapes = evaluation.points_in_input(records, spec)
+  sampler = sampling.BalancedSampler.from_shapes(
+      shapes, config.batch_size, int(config.seed), int(config.data.pose_bins),
+      bool(config.data.balanced))
+  mean_shape = aligner.mean_shape_from_training(shapes)
+  canonical = None
+  if config.model.kind == 'pose_aware':
+    size = int(config.model.get('cnn2_input_size') or config.model.input_size)
+    canonical = aligner.canonical_shape_from_training(shapes, size, scheme)
+  return {'records': records, 'num_invalid': num_invalid, 'sampler': sampler,
+          'mean_shape': mean_shape, 'canonical_shape': canonical}
+
+
+def _fetch(metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from ``workdir`` when it holds a checkpoint), then evaluates.
+
+  Returns:
+    dict with ``step`` (steps done), ``loss`` (last logged loss), ``report`` (the evaluation
+    report or None), ``skipped_images``, ``invalid_files``.
+
+  Raises:
+    ValueError / FileNotFoundError: bad config values or data folders (named in the message).
+    NonFiniteLossError: the loss became non-finite (the last good checkpoint is kept).
+  """
+  _setup_logging()
+  config = ml_collections.ConfigDict(config.to_dict())   # resolved copy; the caller's stays
+  if config.distributed:
+    jax.distributed.initialize()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh_lib.make_mesh()
+  num_devices = mesh.devices.size
+  config_lib.validate(config, num_devices)
+  data = prepare_data(config)
+  records, sampler = data['records'], data['sampler']
+  log.info('%d devices (%s), global batch %d; pose bins %s', num_devices,
+           jax.devices()[0].platform, config.batch_size, sampler.bin_sizes)
+
+  model = state_lib.create_model(config, data['mean_shape'], data['canonical_shape'],
+                                 int(config.seed))
+  if config.init_from:
+    from jaxalign.models import pretrained  # pylint: disable=g-import-not-at-top
+    n = pretrained.init_from_pretrained(model, config.init_from)
+    log.info('initialised %d ResNet backbone(s) from %s', n, config.init_from)
+  defs, params, model_state = state_lib.split_model(model)
+  log.info('model %s ResNet-%s, %.2f M parameters, input %d px', config.model.kind,
+           config.model.depth, state_lib.count_params(params) / 1e6, config.model.input_size)
+  tx = optim.make_optimizer(config)
+  schedule = optim.learning_rate_schedule(config)
+  state = mesh_lib.replicate(state_lib.init_state(params, model_state, tx, config.seed), mesh)
+
+  ckpt = checkpointing.Checkpointer(workdir, int(config.keep_checkpoints))
+  start = 0
+  if ckpt.latest_step() is not None:
+    abstract = checkpointing.abstract_with_shardings(state, mesh_lib.replicated(mesh))
+    state, data_state = ckpt.restore(abstract)
+    start = int(state['step'])
+    if data_state.get('sampler') != sampler.state():
+      raise ValueError(f'{ckpt.directory}: the checkpoint was written with another training '
+                       f'set or batch ({data_state.get("sampler")} vs {sampler.state()}); '
+                       'use a new --workdir')
+    log.info('resumed from step %d (%s)', start, ckpt.directory)
+  inference.save_config(config, workdir)
+  _save_data_stats(workdir, data)
+
+  result = {'step': start, 'loss': None, 'report': None, 'skipped_images': 0,
+            'invalid_files': data['num_invalid']}
+  try:
+    if start < config.num_steps:
+      result.update(_train_loop(config, workdir, mesh, defs, tx, schedule, state, start, ckpt,
+                                sampler, records))
+  finally:
+    ckpt.close()
+  if result.get('interrupted'):
+    return result
+  if config.eval.enabled and config.data.test_dir:
+    model, _, step = inference.load_run(workdir)
+    test_records, _ = data_setup.load_records(config.data.test_dir,
+                                              schemes.get_scheme(config.model.scheme).num_points,
+                                              'test')
+    out_dir = os.path.join(workdir, 'eval', config.data.test_split)
+    result['report'] = evaluation.evaluate(model, config, test_records, out_dir,
+                                           data['mean_shape'], step=step)
+  return result
+
+
+def _save_data_stats(workdir, data):
+  if jax.process_index() != 0:
+    return
+  stats = {'num_train': len(data['records']), 'invalid_files': data['num_invalid'],
+           'pose_bin_sizes': data['sampler'].bin_sizes,
+           'mean_shape': np.asarray(data['mean_shape']).tolist()}
+  with open(os.path.join(workdir, DATA_STATS), 'w', encoding='utf-8') as f:
+    json.dump(stats, f)
+
+
+def _train_loop(config, workdir, mesh, defs, tx, schedule, state, start, ckpt, sampler,
+                records) -> dict:
+  num_steps = int(config.num_steps)
+  stop_after = int(config.get('stop_after_steps', 0) or 0)
+  train_step = step_lib.compile_step(defs, tx, schedule, config, mesh)
+  logger = logger_lib.MetricsLogger(workdir, num_steps, start, int(config.log_every))
+  batches = pipeline.train_iterator(records, sampler, config, start, num_steps)
+  skipped_total = 0
+  last = {'loss': None}
+  pending = None          # (step number, device metrics, skipped) of the step in flight
+  t_log, n_log = time.time(), 0
+
+  def finish(item):
+    """Host side of a finished step: NaN check and logging."""
+    nonlocal t_log, n_log
+    step_no, metrics, skipped = item
+    values = _fetch(metrics)
+    if not math.isfinite(values['loss']):
+      good = ckpt.latest_step()
+      raise NonFiniteLossError(
+          f'the loss became {values["loss"]} at step {step_no}; stopping. The last good '
+          f'checkpoint is step {good} in {ckpt.directory} (it is kept; a rerun resumes from '
+          'it). Lower optim.learning_rate or check the data.')
+    last['loss'] = values['loss']
+    n_log += 1
+    if step_no % config.log_every == 0 or step_no == num_steps:
+      now = time.time()
+      values['images_per_s'] = n_log * config.batch_size / max(now - t_log, 1e-9)
+      values['skipped_images'] = skipped_total
+      t_log, n_log = now, 0
+      logger.write(step_no, values)
+
+  def save(step_no):
+    ckpt.save(step_no, state, {'next_step': step_no, 'sampler': sampler.state()})
+
+  step_no = start
+  try:
+    for step_no in range(start + 1, num_steps + 1):
+      host = next(batches)
+      assert int(host['step']) == step_no - 1, (int(host['step']), step_no)
+      skipped_total += int(host['num_skipped'])
+      state, metrics = train_step(state, step_lib.device_batch(host, mesh))
+      if pending is not None:
+        finish(pending)
+      pending = (step_no, metrics, int(host['num_skipped']))
+      if step_no % config.checkpoint_every == 0 or step_no == num_steps:
+        finish(pending)
+        pending = None
+        save(step_no)
+      if stop_after and step_no - start >= stop_after:
+        # Tests: behave like a run killed here (no final checkpoint, no evaluation).
+        if pending is not None:
+          finish(pending)
+        logger.close()
+        return {'step': step_no, 'loss': last['loss'], 'skipped_images': skipped_total,
+                'interrupted': True}
+    if pending is not None:
+      finish(pending)
+  except KeyboardInterrupt:
+    logger.message(f'interrupted at step {step_no}; a rerun resumes from the last checkpoint')
+    raise
+  finally:
+    logger.close()
+  ckpt.wait()
+  if skipped_total:
+    log.warning('%d unreadable training images were replaced by others of their pose bin',
+                skipped_total)
+  return {'step': num_steps, 'loss': last['loss'], 'skipped_images': skipped_total}

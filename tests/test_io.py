@@ -1,0 +1,132 @@
+"""Annotation I/O: .pts round trip and 1-based convention, .ljson (y, x), malformed files."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from jaxalign import io
+
+
+def test_read_pts_converts_one_based(tmp_path):
+  path = tmp_path / 'a.pts'
+  path.write_text('version: 1\nn_points: 3\n{\n1 1\n10.5 20.25\n-3 4\n}\n')
+  pts = io.read_pts(path)
+  assert pts.dtype == np.float32
+  np.testing.assert_array_equal(pts, [[0, 0], [9.5, 19.25], [-4, 3]])
+
+
+def test_read_real_face(real_face_points):
+  # The first line of image_0010.pts, read independently: 1-based x y.
+  assert real_face_points.shape == (68, 2)
+  from conftest import FACES_DIR
+  lines = (FACES_DIR / 'image_0010.pts').read_text().split('{')[1].split()
+  first = np.array([float(lines[0]), float(lines[1])]) - 1
+  np.testing.assert_allclose(real_face_points[0], first, rtol=0, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 70), st.just(2)),
+                  elements=st.floats(-1e4, 1e4, width=32)))
+def test_pts_round_trip_is_exact(tmp_path_factory, points):
+  path = tmp_path_factory.mktemp('pts') / 'x.pts'
+  io.write_pts(path, points)
+  back = io.read_pts(path)
+  np.testing.assert_array_equal(back, points)
+
+
+def test_write_pts_is_one_based(tmp_path):
+  path = tmp_path / 'b.pts'
+  io.write_pts(path, np.array([[0.0, 1.5]], np.float32))
+  text = path.read_text()
+  assert 'n_points: 1' in text
+  x, y = text.split('{')[1].split('}')[0].split()
+  assert float(x) == 1.0 and float(y) == 2.5
+
+
+@pytest.mark.parametrize('text,match', [
+    ('', 'empty'),
+    ('version: 1\nn_points: 2\n{\n1 2\n}\n', 'declares 2 points'),
+    ('version: 1\nn_points: 1\n{\n1 a\n}\n', 'not numeric'),
+    ('version: 1\nn_points: 1\n1 2\n}\n', 'opening brace'),
+    ('version: 1\nn_points: 1\n{\n1 2\n', 'closing brace'),
+    ('version: 1\n{\n1 2\n}\n', 'n_points'),
+    ('version: 1\nn_points: x\n{\n1 2\n}\n', 'not an integer'),
+    ('version: 1\nn_points: 1\n{\n1 2 3\n}\n', '3 values'),
+    ('version: 1\nn_points: 1\n{\nnan 2\n}\n', 'not finite'),
+])
+def test_malformed_pts_raise_naming_file(tmp_path, text, match):
+  path = tmp_path / 'bad.pts'
+  path.write_text(text)
+  with pytest.raises(ValueError, match=match) as info:
+    io.read_pts(path)
+  assert str(path) in str(info.value)
+
+
+def test_read_pts_wrong_expected_count(tmp_path):
+  path = tmp_path / 'c.pts'
+  io.write_pts(path, np.zeros((5, 2), np.float32))
+  with pytest.raises(ValueError, match='expected 68 points'):
+    io.read_pts(path, num_points=68)
+
+
+def test_read_pts_missing_file(tmp_path):
+  with pytest.raises(FileNotFoundError):
+    io.read_pts(tmp_path / 'none.pts')
+
+
+def test_write_pts_rejects_bad_points(tmp_path):
+  with pytest.raises(ValueError, match='shape'):
+    io.write_pts(tmp_path / 'x.pts', np.zeros((3, 3)))
+  with pytest.raises(ValueError, match='NaN'):
+    io.write_pts(tmp_path / 'x.pts', np.array([[np.nan, 1.0]]))
+
+
+def test_read_ljson_v2_swaps_to_xy(tmp_path):
+  path = tmp_path / 'a.ljson'
+  path.write_text(json.dumps({'landmarks': {'points': [[10.0, 20.0], [1.5, 2.5], None]},
+                              'version': 2}))
+  pts = io.read_ljson(path)
+  np.testing.assert_array_equal(pts[:2], [[20.0, 10.0], [2.5, 1.5]])
+  assert np.isnan(pts[2]).all()
+
+
+def test_read_ljson_v1_groups(tmp_path):
+  path = tmp_path / 'b.ljson'
+  data = {'groups': {'PTS': {'landmarks': [{'point': [3.0, 4.0]}, {'point': [5.0, 6.0]}]},
+                     'other': {'landmarks': [{'point': [0.0, 1.0]}]}}}
+  path.write_text(json.dumps(data))
+  np.testing.assert_array_equal(io.read_ljson(path), [[4.0, 3.0], [6.0, 5.0]])
+  np.testing.assert_array_equal(io.read_ljson(path, group='other'), [[1.0, 0.0]])
+  with pytest.raises(ValueError, match='no landmark group'):
+    io.read_ljson(path, group='missing')
+
+
+@pytest.mark.parametrize('text,match', [
+    ('', 'empty'),
+    ('{"landmarks": {"points": [[1, 2]]', 'not valid JSON'),
+    ('[1, 2]', 'JSON object'),
+    ('{"foo": 1}', 'no "landmarks.points"'),
+    ('{"landmarks": {"points": [[1, "a"]]}}', 'not numeric'),
+    ('{"landmarks": {"points": [[1, 2, 3]]}}', 'not a \\[y, x\\] pair'),
+    ('{"landmarks": {"points": []}}', 'no points'),
+])
+def test_malformed_ljson_raise_naming_file(tmp_path, text, match):
+  path = tmp_path / 'bad.ljson'
+  path.write_text(text)
+  with pytest.raises(ValueError, match=match) as info:
+    io.read_ljson(path)
+  assert str(path) in str(info.value)
+
+
+def test_pts_round_trip_tiny_and_huge_values(tmp_path):
+  # float64 x + 1 drops the low bits of tiny x; the writer/reader must still be exact.
+  points = np.array([[2.1532826e-14, 1e-30], [3e38, -0.1], [1e-45, 12345.678]], np.float32)
+  path = tmp_path / 't.pts'
+  io.write_pts(path, points)
+  np.testing.assert_array_equal(io.read_pts(path), points)
+  # Ordinary values keep short text.
+  io.write_pts(path, np.array([[0.5, 10.25]], np.float32))
+  assert '1.5 11.25' in path.read_text()

@@ -1,0 +1,129 @@
+"""Input pipeline: host crop agrees with the warp primitive, augmentation, bad files."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxalign import io, transforms
+from jaxalign.data import pipeline, records, sampling
+
+
+def _config(size=32):
+  c = ml_collections.ConfigDict()
+  c.model = {'input_size': size}
+  c.data = {'box_margin': 0.1, 'crop_context': 1.25, 'num_workers': 0, 'prefetch': 2}
+  c.augment = {'enabled': True, 'rotation_deg': 10.0, 'translation': 0.05, 'scale': 0.07,
+               'blur_prob': 0.5, 'blur_sigma': (0.5, 2.0)}
+  return c
+
+
+def write_fixture(folder, num=6, size=64, seed=0):
+  """Random RGB PNGs with a random 68-point shape each (returns the folder)."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder, exist_ok=True)
+  for i in range(num):
+    img = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
+    Image.fromarray(img).save(os.path.join(folder, f'face{i:03d}.png'))
+    pts = rng.uniform(size * 0.2, size * 0.8, (68, 2)).astype(np.float32)
+    io.write_pts(os.path.join(folder, f'face{i:03d}.pts'), pts)
+  return folder
+
+
+def test_host_crop_matches_warp_primitive(tmp_path):
+  folder = write_fixture(str(tmp_path / 'f'), num=1)
+  (rec,), _ = records.scan_folder(folder)
+  spec = pipeline.CropSpec(input_size=24, box_margin=0.1, crop_context=1.25)
+  ex = pipeline.load_example(rec, spec)
+  image = pipeline.decode_image(rec.image)
+  ref = transforms.warp_image(image, ex['crop_from_image'], spec.crop_size)
+  diff = np.abs(np.asarray(ref) - ex['image'].astype(np.float32))
+  # PIL interpolates in 8-bit fixed point; the geometry must agree exactly (no half-pixel shift).
+  assert diff.mean() < 1.0 and diff.max() <= 3.0
+  np.testing.assert_allclose(
+      ex['points'], transforms.warp_points(rec.points, ex['crop_from_image']), atol=1e-3)
+  # The network-input square lands on the box square: crop then crop_matrix == one crop.
+  m = transforms.compose(ex['crop_from_image'], transforms.crop_matrix(ex['box'], 24))
+  center, side = pipeline.input_square(rec.box, 0.1)
+  corners = np.array([[center[0] - side / 2 + 0.5, center[1] - side / 2 + 0.5]], np.float32)
+  np.testing.assert_allclose(transforms.warp_points(corners - 0.5, m), [[-0.5, -0.5]],
+                             atol=1e-3)
+
+
+def test_prepare_batch_eval_and_augmented():
+  rng = np.random.default_rng(0)
+  spec = pipeline.CropSpec(32, 0.1, 1.25)
+  s = spec.crop_size
+  batch = {'image': rng.integers(0, 256, (4, s, s, 3), dtype=np.uint8),
+           'points': rng.uniform(5, 30, (4, 68, 2)).astype(np.float32),
+           'box': np.tile(pipeline.crop_box(spec), (4, 1))}
+  cfg = _config()
+  img0, pts0, m0 = pipeline.prepare_batch(batch, cfg, None)
+  assert img0.shape == (4, 32, 32, 3) and pts0.shape == (4, 68, 2)
+  assert float(img0.min()) >= 0 and float(img0.max()) <= 255   # the model normalises
+  img1, pts1, m1 = pipeline.prepare_batch(batch, cfg, jax.random.key(1))
+  img1b, _, m1b = pipeline.prepare_batch(batch, cfg, jax.random.key(1))
+  np.testing.assert_array_equal(np.asarray(img1), np.asarray(img1b))   # deterministic
+  _, _, m2 = pipeline.prepare_batch(batch, cfg, jax.random.key(2))
+  assert not np.allclose(np.asarray(m1), np.asarray(m2))
+  # Points follow the image: they are the same matrix applied.
+  np.testing.assert_allclose(pts1, transforms.warp_points(batch['points'], m1), atol=1e-4)
+  # Per-example draws stay within the configured ranges (many examples).
+  keys = jax.random.split(jax.random.key(0), 2000)
+  boxes = np.tile(pipeline.crop_box(spec), (2000, 1))
+  m = np.asarray(pipeline.input_matrices(boxes, 32, keys, 10.0, 0.05, 0.07))
+  base = np.asarray(pipeline.input_matrices(boxes[:1], 32))[0]
+  angle = np.degrees(np.arctan2(m[:, 0, 1], m[:, 0, 0]))
+  zoom = np.hypot(m[:, 0, 0], m[:, 0, 1]) / base[0, 0]
+  assert np.abs(angle).max() <= 10.0 + 1e-3 and np.abs(angle).max() > 9.0
+  assert 1 / 1.07 - 1e-4 <= zoom.min() and zoom.max() <= 1 / 0.93 + 1e-4
+
+
+def test_gaussian_blur_preserves_mean_and_smooths():
+  rng = np.random.default_rng(0)
+  img = rng.uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
+  out = np.asarray(pipeline.gaussian_blur(img, jnp.array([1e-4, 2.0])))
+  np.testing.assert_allclose(out[0], img[0], atol=1e-3)     # sigma ~ 0: unchanged
+  assert out[1].std() < 0.5 * img[1].std()
+  np.testing.assert_allclose(out[1].mean(), img[1].mean(), rtol=0.02)
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path, caplog):
+  folder = write_fixture(str(tmp_path / 'f'), num=4)
+  with open(os.path.join(folder, 'face001.png'), 'wb') as f:
+    f.write(b'not a png at all')
+  with open(os.path.join(folder, 'face003.pts'), 'w') as f:
+    f.write('version: 1\nn_points: 68\n{\n1 2\n}\n')           # malformed annotation
+  recs, invalid = records.scan_folder(folder)
+  assert len(recs) == 3 and len(invalid) == 1
+  sampler = sampling.BalancedSampler(np.zeros(len(recs), int), 6, seed=0)
+  fn = pipeline.TrainBatches(recs, sampler, pipeline.CropSpec(16, 0.1, 1.25))
+  batch = fn(0)
+  assert batch['image'].shape == (6, 20, 20, 3)
+  assert int(batch['num_skipped']) == 2     # the bad image appears twice in a 6-of-3 batch
+  assert 1 not in batch['index'].tolist()
+  assert 'cannot decode image' in caplog.text and 'face001.png' in caplog.text
+
+
+def test_train_iterator_resumes_and_eval_batches_pad(tmp_path):
+  folder = write_fixture(str(tmp_path / 'f'), num=5)
+  recs, _ = records.scan_folder(folder)
+  sampler = sampling.BalancedSampler(np.arange(5) % 2, 4, seed=0)
+  cfg = _config(16)
+  full = [b['index'].tolist() for b in pipeline.train_iterator(recs, sampler, cfg, 0, 5)]
+  tail = [b['index'].tolist() for b in pipeline.train_iterator(recs, sampler, cfg, 3, 5)]
+  assert tail == full[3:]
+  spec = pipeline.CropSpec(16, 0.1, 1.25)
+  batches = list(pipeline.eval_batches(recs, spec, 4))
+  assert len(batches) == 2
+  assert batches[1]['valid'].tolist() == [True, False, False, False]
+  assert batches[1]['index'].tolist() == [4, -1, -1, -1]
+
+
+def test_bad_box_raises():
+  with pytest.raises(ValueError, match='degenerate'):
+    pipeline.host_crop_matrix([5, 5, 5, 5], pipeline.CropSpec(16))

@@ -1,0 +1,140 @@
+"""Tests for jaxalign.models.resnet: specs, shapes, dtypes, BatchNorm modes, the landmark head."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxalign.models import resnet as resnet_lib
+
+
+# Everything runs under jit: eager NNX dispatches (and compiles) op by op, which is far slower.
+_forward = nnx.jit(lambda m, x: m(x))
+_feature_map = nnx.jit(lambda m, x: m.feature_map(x))
+
+
+def _images(n=4, size=32, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)),
+                     jnp.float32)
+
+
+def test_specs():
+  assert resnet_lib.resnet_spec(50).num_features == 2048
+  assert resnet_lib.resnet_spec('18').num_features == 512
+  assert resnet_lib.resnet_spec(34).stage_sizes == (3, 4, 6, 3)
+  assert resnet_lib.resnet_spec('tiny').num_features == 64
+  assert resnet_lib.resnet_spec('tiny_bottleneck').num_features == 256
+  custom = resnet_lib.ResNetSpec((1, 2), 'basic', width=4)
+  assert resnet_lib.resnet_spec(custom) is custom and custom.num_features == 8
+  with pytest.raises(ValueError, match='unknown ResNet depth 42'):
+    resnet_lib.resnet_spec(42)
+  with pytest.raises(ValueError, match='block'):
+    resnet_lib.ResNetSpec((1,), 'dense')
+
+
+def test_resnet50_parameter_count_matches_torchvision():
+  # torchvision resnet50 has 25,557,032 parameters, of which fc holds 2048*1000 + 1000.
+  abstract = nnx.eval_shape(lambda: resnet_lib.ResNet(50, rngs=nnx.Rngs(0)))
+  params = nnx.state(abstract, nnx.Param)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  assert count == 25_557_032 - (2048 * 1000 + 1000)
+
+
+def test_shapes_and_float32_dtypes():
+  model = resnet_lib.ResNet('tiny', rngs=nnx.Rngs(0))
+  model.eval()
+  x = _images()
+  fmap = _feature_map(model, x)
+  assert fmap.shape == (4, 1, 1, 64) and fmap.dtype == jnp.float32
+  feats = _forward(model, x)
+  assert feats.shape == (4, 64) and feats.dtype == jnp.float32
+  np.testing.assert_allclose(feats, fmap[:, 0, 0], rtol=1e-6)
+  # uint8 input is accepted (read as 0..255).
+  np.testing.assert_allclose(_forward(model, jnp.round(x).astype(jnp.uint8)),
+                             _forward(model, jnp.round(x)), rtol=1e-5, atol=1e-5)
+  # 64 px input: 2x2 final map for four stages (shape only: no compilation).
+  assert nnx.eval_shape(lambda m, x: m.feature_map(x), model, _images(2, 64)).shape == (
+      2, 2, 2, 64)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+  model = resnet_lib.LandmarkRegressor(5, depth='tiny', image_size=32, dtype=jnp.bfloat16,
+                                       rngs=nnx.Rngs(0))
+  ref = resnet_lib.LandmarkRegressor(5, depth='tiny', image_size=32, rngs=nnx.Rngs(0))
+  for variable_type in (nnx.Param, nnx.BatchStat):
+    leaves = jax.tree.leaves(nnx.state(model, variable_type))
+    assert leaves and all(x.dtype == jnp.float32 for x in leaves)
+  x = _images()
+  assert nnx.eval_shape(lambda m, x: m.backbone.feature_map(x), model, x).dtype == jnp.bfloat16
+  out = _forward(model, x)
+  assert out.dtype == jnp.float32 and out.shape == (4, 5, 2)
+  # Same parameters, so bf16 and f32 agree up to bf16 rounding (outputs ~ the mean shape).
+  np.testing.assert_allclose(out, _forward(ref, x), atol=0.5)
+  grads = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x) ** 2)))(model, x)
+  assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+             for g in jax.tree.leaves(grads))
+  with pytest.raises(ValueError, match='float32 or bfloat16'):
+    resnet_lib.ResNet('tiny', dtype=jnp.float16, rngs=nnx.Rngs(0))
+
+
+def test_train_and_eval_batchnorm():
+  model = resnet_lib.ResNet('tiny', rngs=nnx.Rngs(0))
+  x = _images(4)
+  stats0 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+
+  # Training mode (the default): batch statistics, running averages updated, and an example's
+  # output depends on the rest of the batch.
+  forward = _forward
+  train_full = forward(model, x)
+  stats1 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.allclose(a, b), stats0, stats1))
+  assert all(changed)
+  train_half = forward(model, x[:2])
+  assert np.abs(np.asarray(train_full[:2]) - np.asarray(train_half)).max() > 1e-3
+  # The stem BN's running mean moved by (1 - momentum) toward the batch mean.
+  stem = np.asarray(nnx.jit(lambda m, x: m.conv1(resnet_lib.normalize_images(x)))(model, x))
+  batch_mean = stem.mean((0, 1, 2))
+  np.testing.assert_allclose(stats1['bn1']['mean'][...], 0.1 * batch_mean, rtol=1e-4,
+                             atol=1e-5)
+
+  # Eval mode: running averages, untouched, per-example outputs.
+  model.eval()
+  stats2 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+  eval_full = forward(model, x)
+  eval_half = forward(model, x[:2])
+  np.testing.assert_allclose(eval_full[:2], eval_half, rtol=1e-5, atol=1e-5)
+  stats3 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, stats2, stats3)))
+  model.train()
+  assert model.bn1.use_running_average is False
+
+
+def test_landmark_head_starts_at_the_mean_shape():
+  mean = np.stack(np.meshgrid(np.linspace(5, 26, 4), np.linspace(6, 25, 3)), -1).reshape(-1, 2)
+  model = resnet_lib.LandmarkRegressor(12, depth='tiny', image_size=32, mean_shape=mean,
+                                       rngs=nnx.Rngs(1))
+  out = _forward(model, _images(4))
+  assert out.shape == (4, 12, 2) and out.dtype == jnp.float32
+  # Offsets of a few pixels at most, not zero (the head is random, not degenerate).
+  dev = np.abs(np.asarray(out) - mean)
+  assert 0 < dev.max() < 3.0
+  # The mean shape is a ModelConstant, not a parameter.
+  assert 'mean_shape' not in nnx.state(model, nnx.Param)
+  np.testing.assert_allclose(nnx.state(model, resnet_lib.ModelConstant)['mean_shape'][...], mean)
+  # Default mean shape: the image centre.
+  centre = resnet_lib.LandmarkRegressor(3, depth='tiny', image_size=32, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(centre.mean_shape[...], 15.5)
+  with pytest.raises(ValueError, match=r'mean_shape must have shape \(12, 2\)'):
+    resnet_lib.LandmarkRegressor(12, depth='tiny', image_size=32, mean_shape=mean[:5],
+                                 rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r'images must be \(B, H, W, 3\)'):
+    model(jnp.zeros((2, 32, 32)))
+
+
+def test_zero_init_residual_blocks_start_as_identity():
+  model = resnet_lib.ResNet('tiny', zero_init_residual=True, rngs=nnx.Rngs(0))
+  block = model.layers[0][0]  # no downsample: identity shortcut
+  assert block.downsample is None
+  x = jnp.abs(jax.random.normal(jax.random.key(0), (2, 8, 8, 8)))
+  np.testing.assert_allclose(nnx.jit(lambda b, x: b(x))(block, x), x, atol=1e-6)
