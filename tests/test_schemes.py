@@ -106,10 +106,6 @@ def test_scheme_is_hashable_static_arg():
   import jax
   import jax.numpy as jnp
 
-  @jax.jit
-  def f(x):
-    return x
-
   fn = jax.jit(lambda x, s: x[jnp.asarray(s.stable)], static_argnums=1)
   assert fn(jnp.arange(68.0), IBUG68).shape == (34,)
   assert hash(IBUG68) == hash(IBUG68.with_stable(IBUG68.stable))

@@ -26,7 +26,6 @@ import math
 from typing import Callable
 
 import numpy as np
-import scipy.sparse
 from PIL import Image, ImageDraw
 
 from jaxalign.data import synthetic_albedo
@@ -208,17 +207,12 @@ class Renderer:
     layout = synthetic_albedo.layout_from_texcoords(self.model.texcoords, self.geometry.vertices)
     self.painter = _painter(layout.landmarks.tobytes(), layout.size)
     self.texcoords = np.asarray(self.model.texcoords, np.float32)
-    # Float32 copies for speed: one (3V, K + E) basis for shape and expression together, and the
-    # vertex-triangle incidence matrix that sums face normals into vertex normals.
+    # Float32 copy for speed: one (3V, K + E) basis for shape and expression together.
     m = self.model
     self._mean = m.mean.reshape(-1).astype(np.float32)
     self._basis = np.concatenate([m.shape_basis.reshape(-1, m.num_shape),
                                   m.expression_basis.reshape(-1, m.num_expression)],
                                  1).astype(np.float32)
-    t = self.triangles
-    self._incidence = scipy.sparse.csr_matrix(
-        (np.ones(t.size, np.float32), (t.T.reshape(-1), np.tile(np.arange(len(t)), 3))),
-        shape=(m.num_vertices, len(t)))
     # Jaw points that can march (2D convention) take their depth from the candidate vertex.
     self._candidates = self.geometry.candidates
 
@@ -322,8 +316,11 @@ class Renderer:
     points_3d = contour.ibug_points(vertices, cam, model, '3d').astype(np.float32)
     if albedo is None:
       self._paint_mouth(image, raster.mask, points_3d, params, rng)
-    vis_3d = self._visible(raster, points_3d, depth[self.geometry.vertices], scale)
-    vis_2d = self._visible(raster, points, self._depth_2d(xy, depth, points), scale)
+    vis_3d = self._visible(xy, depth, points_3d, depth[self.geometry.vertices], scale)
+    vis_2d = vis_3d.copy()
+    jaw = self.geometry.jaw_points
+    vis_2d[jaw] = self._visible(xy, depth, points[jaw], self._depth_2d(xy, depth, points)[jaw],
+                                scale)
 
     occ_mask = np.zeros((size, size), np.float32)
     box = np.concatenate([points.min(0), points.max(0)]).astype(np.float32)
@@ -355,7 +352,9 @@ class Renderer:
     """(V, 3) unit area-weighted vertex normals (outward, as ``contour.vertex_normals``)."""
     t = self.triangles
     v0, v1, v2 = vertices[t[:, 0]], vertices[t[:, 1]], vertices[t[:, 2]]
-    n = self._incidence @ np.cross(v1 - v0, v2 - v0)
+    fn = np.cross(v1 - v0, v2 - v0)
+    corner = t.T.reshape(-1)                   # every triangle's face normal to its 3 vertices
+    n = np.stack([np.bincount(corner, np.tile(fn[:, k], 3), len(vertices)) for k in range(3)], 1)
     return n / np.sqrt(np.maximum(np.einsum('vk,vk->v', n, n), 1e-24))[:, None]
 
   def face(self, seed: int, index: int) -> SyntheticFace:
@@ -402,22 +401,39 @@ class Renderer:
       d[p] = depth[cand[j]]
     return d
 
-  @staticmethod
-  def _visible(raster, points, point_depth, scale, tolerance_mm: float = 2.0) -> np.ndarray:
-    """(68,) bool: no surface in front of the point in the z-buffer.
+  def _visible(self, xy, depth, points, point_depth, scale,
+               tolerance_mm: float = 0.5) -> np.ndarray:
+    """(L,) bool: no triangle of the mesh lies in front of the point (exact ray cast).
 
-    The point is visible when its depth reaches the nearest surface at one of the four pixel
-    centres around it (within ``tolerance_mm`` model millimetres); a background pixel there
-    counts as seen. Checked against an exact ray cast in the tests.
+    A triangle hides a point when the point's pixel position is inside the triangle's
+    projection and the triangle's depth there exceeds the point's by more than
+    ``tolerance_mm`` (model millimetres; the triangles around the point's own vertex meet it
+    at exactly its depth). Candidate pairs come from the triangles' bounding boxes, so the cost
+    is a few (L, T) comparisons. Checked against the z-buffer in the tests.
     """
-    h, w = raster.depth.shape
-    x0 = np.clip(np.floor(points[:, 0]).astype(int), 0, w - 2)
-    y0 = np.clip(np.floor(points[:, 1]).astype(int), 0, h - 2)
-    zb = raster.depth
-    around = np.stack([zb[y0, x0], zb[y0, x0 + 1], zb[y0 + 1, x0], zb[y0 + 1, x0 + 1]], 1)
-    inside = ((points[:, 0] >= 0) & (points[:, 0] <= w - 1)
-              & (points[:, 1] >= 0) & (points[:, 1] <= h - 1))
-    return inside & (point_depth >= around.min(1) - tolerance_mm * scale)
+    t = self.triangles
+    xs, ys = xy[:, 0][t], xy[:, 1][t]
+    px, py = points[:, 0:1].astype(np.float64), points[:, 1:2].astype(np.float64)
+    near = ((px >= np.minimum(np.minimum(xs[:, 0], xs[:, 1]), xs[:, 2]))
+            & (px <= np.maximum(np.maximum(xs[:, 0], xs[:, 1]), xs[:, 2]))
+            & (py >= np.minimum(np.minimum(ys[:, 0], ys[:, 1]), ys[:, 2]))
+            & (py <= np.maximum(np.maximum(ys[:, 0], ys[:, 1]), ys[:, 2])))
+    pi, ti = np.nonzero(near)
+    x, y = px[pi, 0], py[pi, 0]
+    x0, x1, x2 = xs[ti, 0], xs[ti, 1], xs[ti, 2]
+    y0, y1, y2 = ys[ti, 0], ys[ti, 1], ys[ti, 2]
+    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    ok = np.abs(area) > 1e-12
+    area = np.where(ok, area, 1.0)
+    w0 = ((x1 - x) * (y2 - y) - (x2 - x) * (y1 - y)) / area
+    w1 = ((x2 - x) * (y0 - y) - (x0 - x) * (y2 - y)) / area
+    w2 = 1.0 - w0 - w1
+    inside = ok & (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
+    z = w0 * depth[t[ti, 0]] + w1 * depth[t[ti, 1]] + w2 * depth[t[ti, 2]]
+    front = inside & (z > point_depth[pi] + tolerance_mm * scale)
+    hidden = np.zeros(len(points), bool)
+    hidden[pi[front]] = True
+    return ~hidden
 
 
 def _sample_mask(mask, points) -> np.ndarray:

@@ -81,6 +81,9 @@ def predict_faces(model, config, paths, faces: Sequence[Face], completion: str =
   """
   from jaxalign.evaluation import runner  # pylint: disable=g-import-not-at-top
   scheme = schemes_lib.get_scheme(config.model.scheme)
+  # Few faces need no full batch: the next power of two bounds both the padding and the number
+  # of compiled batch shapes.
+  batch_size = min(batch_size, 1 << max(0, len(faces) - 1).bit_length())
   records = _records(paths, faces, scheme.num_points)
   if refine and any(f.box_source.startswith('detector') for f in faces):
     # First pass only for the CNN1 points (no completion needed for a box).

@@ -77,11 +77,16 @@ def face_record(points, box, *, image: str, scheme=schemes_lib.IBUG68, yaw=None,
   return obj
 
 
+def format_json(obj: dict[str, Any]) -> str:
+  """A JSON object with one top-level key per line and compact values (numpy converted)."""
+  obj = _jsonable(obj)
+  body = ',\n'.join(f'  {json.dumps(str(k))}: {json.dumps(v)}' for k, v in obj.items())
+  return '{\n' + body + '\n}\n'
+
+
 def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
-  """Writes a JSON object (numpy values converted), indented."""
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(_jsonable(obj), f, indent=2)
-    f.write('\n')
+  """Writes a JSON object (numpy values converted), one top-level key per line."""
+  pathlib.Path(path).write_text(format_json(obj), encoding='utf-8')
 
 
 def draw_landmarks(image: np.ndarray, faces: Sequence[tuple[np.ndarray, np.ndarray | None]],

@@ -57,7 +57,7 @@ def make_step_fn(defs: state_lib.ModelDefs, tx, schedule, config):
         state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    learning_rate=schedule(state['step']))
     new_state = dict(state, step=state['step'] + 1, params=params, model_state=model_state,
                      opt_state=opt_state)

@@ -1,0 +1,148 @@
+"""Prediction throughput: ``python -m jaxalign.bench predict [--workdir RUN | --config FILE]``.
+
+Faces per second of the whole pipeline behind ``python -m jaxalign.predict`` on given boxes:
+decode the photo, crop, CNN1 -> spatial transform -> CNN2 on the device, 3DMM completion
+(:func:`jaxalign.evaluation.runner.run_pipeline`), at batch 1 and batch 32 (by default), with
+the CNN and completion shares. The face detector (OpenCV Haar cascades, once per photo) is timed
+separately. Compilation is excluded (one warm-up pass per batch size), said so in the output.
+
+The model is a trained run (``--workdir``) or, for speed alone, a freshly initialised model of
+a config (default: the paper's pose-aware ResNet-50 pair at 224 px): the weights do not change
+the speed. Photos: the shared real face (1280 x 1024) unless ``--image`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_IMAGE = pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'faces' / \
+    'image_0010.png'
+
+
+def _load_config(path: str | None):
+  from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  if path is None:
+    return config_lib.base_config()
+  spec = importlib.util.spec_from_file_location('bench_config', path)
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no such config file')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _parse_value(text: str):
+  """A command-line value as int, float or bool where it reads as one, else the string."""
+  for cast in (int, float):
+    try:
+      return cast(text)
+    except ValueError:
+      pass
+  return {'true': True, 'false': False}.get(text.lower(), text)
+
+
+def _model(args):
+  if args.workdir:
+    from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
+    model, config, _ = inference.load_run(args.workdir)
+    return model, config, f'run {args.workdir}'
+  from jaxalign.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  config = _load_config(args.config)
+  for override in args.set or ():
+    key, _, value = override.partition('=')
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = _parse_value(value)
+  model = state_lib.create_model(config, seed=0)
+  model.eval()
+  m = config.model
+  return model, config, (f'untrained {m.kind} ResNet-{m.depth} at {m.input_size} px '
+                         f'({m.dtype}) from {args.config or "the base config"}')
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m jaxalign.bench predict', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  who = p.add_mutually_exclusive_group()
+  who.add_argument('--workdir', help='a trained run (default: an untrained model of --config)')
+  who.add_argument('--config', help='config file for the untrained model (default: base config)')
+  p.add_argument('--set', action='append', metavar='KEY=VALUE',
+                 help='config override, e.g. --set model.depth=18 (repeatable)')
+  p.add_argument('--image', default=str(DEFAULT_IMAGE), help='photo to predict on')
+  p.add_argument('--bbox', help='face box x0,y0,x1,y1 (default: the detector\'s first face)')
+  p.add_argument('--batch', type=int, nargs='+', default=[1, 32], help='batch sizes')
+  p.add_argument('--faces', type=int, default=None,
+                 help='faces timed per batch size (default: 2 batches, at least 4 faces)')
+  p.add_argument('--completion', default='jax', choices=('jax', 'eos'))
+  p.add_argument('--json', action='store_true', help='print one JSON object')
+  args = p.parse_args(argv)
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxalign.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  from jaxalign.evaluation import runner  # pylint: disable=g-import-not-at-top
+  from jaxalign.prediction import detector, pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    image = pipeline.read_image(args.image)
+    model, config, what = _model(args)
+  except (OSError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  t = time.perf_counter()
+  dets = detector.detect_faces(image)
+  detect_s = time.perf_counter() - t
+  if args.bbox:
+    box = pipeline.parse_bbox(args.bbox)
+  elif dets:
+    box = dets[0].box
+  else:
+    print(f'error: {args.image}: no face detected; pass --bbox', file=sys.stderr)
+    return 2
+  nan = np.full((68 if config.model.scheme == 'ibug68' else 19, 2), np.nan, np.float32)
+  rows = []
+  for batch in args.batch:
+    n = args.faces or max(4, 2 * batch)
+    records = [records_lib.FaceRecord(image=args.image, points=nan, box=box)] * n
+    runner.run_pipeline(model, config, records[:batch], args.completion, batch)  # compile
+    t = time.perf_counter()
+    res = runner.run_pipeline(model, config, records, args.completion, batch)
+    wall = time.perf_counter() - t
+    rows.append({'batch': batch, 'faces': n, 'faces_per_s': n / wall,
+                 'cnn_faces_per_s': n / res['timings']['cnn_s'],
+                 'completion_faces_per_s': (n / res['timings']['completion_s']
+                                            if res['timings']['completion_s'] > 0 else None),
+                 'ms_per_face': 1000 * wall / n})
+  result = {
+      'benchmark': 'predict', 'model': what, 'completion': args.completion,
+      'device': f'{jax.devices()[0].platform} ({jax.devices()[0].device_kind}, '
+                f'{jax.device_count()} device(s))',
+      'image': f'{args.image} ({image.shape[1]}x{image.shape[0]})',
+      'detector_s_per_image': detect_s, 'rows': rows, 'compilation': 'excluded',
+      'cpu_count': os.cpu_count(), 'load_average': [round(x, 2) for x in os.getloadavg()],
+      'date': time.strftime('%Y-%m-%d %H:%M'),
+  }
+  if args.json:
+    print(json.dumps(result))
+    return 0
+  print(f'predict pipeline: {what}; completion {args.completion}; {result["device"]}; '
+        f'image {result["image"]}; compilation excluded')
+  print(f'detector (Haar, frontal + 2 profile passes): {1000 * detect_s:.0f} ms per image')
+  print('batch  faces  faces/s  ms/face  CNN faces/s  completion faces/s')
+  for r in rows:
+    comp = '-' if r['completion_faces_per_s'] is None else f'{r["completion_faces_per_s"]:.1f}'
+    print(f'{r["batch"]:5d}  {r["faces"]:5d}  {r["faces_per_s"]:7.2f}  {r["ms_per_face"]:7.1f}  '
+          f'{r["cnn_faces_per_s"]:11.2f}  {comp:>18}')
+  print(f'load average {result["load_average"]} on {os.cpu_count()} cores ({result["date"]})')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

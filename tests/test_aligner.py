@@ -1,0 +1,294 @@
+"""Tests for jaxalign.models.aligner: the spatial transform, flips, outputs, losses, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxalign import geometry
+from jaxalign import losses
+from jaxalign import schemes
+from jaxalign import transforms
+from jaxalign.models import aligner as aligner_lib
+from jaxalign.models.resnet import ModelConstant
+
+IBUG = schemes.IBUG68
+SIZE = 32
+
+
+def _similarity(points, angle, scale, shift, center):
+  c, s = np.cos(angle), np.sin(angle)
+  rot = np.array([[c, -s], [s, c]])
+  return ((points - center) @ rot.T * scale + center + shift).astype(np.float32)
+
+
+def _turned(shape, amount):
+  """The shape with its nose (27-35) moved by ``amount`` x inter-ocular along x: a crude yaw
+  (amount > 0: right-looking, < 0: left-looking)."""
+  shape = np.array(shape, np.float32)
+  iod = np.linalg.norm(shape[45] - shape[36])
+  shape[27:36, 0] += amount * iod
+  return shape
+
+
+class _Oracle(nnx.Module):
+  """Stands in for a CNN: returns fixed points whatever the images."""
+
+  def __init__(self, points):
+    self.points = ModelConstant(jnp.asarray(points, jnp.float32))
+
+  def __call__(self, images):
+    del images
+    return self.points[...]
+
+
+@pytest.fixture(scope='module')
+def model():
+  return aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope='module')
+def images():
+  return jnp.asarray(np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)), jnp.float32)
+
+
+def test_default_shape_is_the_sfm_derivation(sfm_model):
+  derived = aligner_lib.frontal_shape_from_sfm(sfm_model)
+  np.testing.assert_allclose(derived, aligner_lib._SFM_FRONTAL_IBUG68, atol=0.051)
+  shape = aligner_lib.default_shape(IBUG, 224)
+  lo, hi = shape.min(0), shape.max(0)
+  assert np.isclose(np.max(hi - lo), 0.7 * 224) and np.allclose((lo + hi) / 2, 111.5)
+  # Frontal and symmetric: mirroring gives the same shape back.
+  np.testing.assert_allclose(transforms.flip_landmarks(shape, 224, IBUG), shape, atol=1e-4)
+  assert int(geometry.looking_direction(shape, IBUG, threshold=1.0)) == 0
+  # AFLW-19 defaults come from the iBUG equivalents.
+  aflw = aligner_lib.default_shape(schemes.AFLW19, 64)
+  assert aflw.shape == (19, 2) and np.all(np.isfinite(aflw))
+
+
+def test_outputs_shapes_and_dtypes(model, images):
+  out = nnx.jit(lambda m, x: m(x, return_warped=True))(model, images)
+  k = IBUG.num_stable
+  assert out['rough'].shape == (4, 68, 2) and out['rough'].dtype == jnp.float32
+  assert out['stable'].shape == (4, k, 2) and out['stable'].dtype == jnp.float32
+  assert out['stable_indices'].shape == (4, k) and out['stable_indices'].dtype == jnp.int32
+  assert out['matrix'].shape == (4, 2, 3)
+  assert out['flipped'].shape == (4,) and out['flipped'].dtype == jnp.bool_
+  assert out['points'].shape == (4, 68, 2)
+  assert out['warped'].shape == (4, SIZE, SIZE, 3)
+  idx = np.asarray(out['stable_indices'])
+  for b in range(4):
+    np.testing.assert_array_equal(out['points'][b, idx[b]], out['stable'][b])
+    ul = np.setdiff1d(np.arange(68), idx[b])
+    np.testing.assert_array_equal(out['points'][b, ul], out['rough'][b, ul])
+    assert np.all(np.isnan(np.asarray(out['sl_points'][b, ul])))
+    np.testing.assert_array_equal(out['sl_points'][b, idx[b]], out['stable'][b])
+  # The fixed shapes are ModelConstants: in the state, not parameters.
+  constants = nnx.state(model, ModelConstant)
+  assert set(constants) == {'canonical_shape', 'transform_weights', 'cnn1', 'cnn2'}
+  assert 'canonical_shape' not in nnx.state(model, nnx.Param)
+  # bfloat16 compute: same output dtypes (shape evaluation only, no compilation).
+  bf16 = aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, dtype=jnp.bfloat16,
+                                      rngs=nnx.Rngs(0))
+  shapes = nnx.eval_shape(lambda m, x: m(x), bf16, images)
+  assert all(shapes[key].dtype == jnp.float32 for key in ('rough', 'stable', 'points'))
+
+
+def test_spatial_transform_normalises_similarity(model):
+  canon = np.asarray(model.canonical_shape[...])
+  face = _turned(canon, 0.3)  # right-looking: never mirrored
+  center = np.array([15.5, 15.5])
+  rough = np.stack([_similarity(face, 0.4, 0.6, (2.0, -3.0), center),
+                    _similarity(face, -0.7, 1.3, (-1.0, 1.0), center),
+                    _similarity(face, 0.0, 1.0, (0.0, 0.0), center)])
+  matrix, flipped = nnx.jit(lambda m, r: m.spatial_transform(r))(model, jnp.asarray(rough))
+  assert not np.any(flipped)
+  # Every face lands on the same canonical placement (that of the unrotated one), which is
+  # the least-squares fit of the turned face to the canonical shape.
+  warped = np.asarray(transforms.warp_points(rough, matrix))
+  best = np.asarray(transforms.warp_points(face, geometry.estimate_similarity(face, canon)))
+  for b in range(3):
+    np.testing.assert_allclose(warped[b], best, atol=2e-3)
+  # A rotated, scaled, shifted copy of the canonical shape lands exactly on it (in the
+  # scheme's indexing of the warped face: the symmetric template may count as either side).
+  rough = jnp.asarray(np.stack([_similarity(canon, 0.5, 0.5, (3.0, 1.0), center),
+                                _similarity(canon, -1.0, 1.5, (-2.0, 0.0), center)]))
+  matrix, flipped = model.spatial_transform(rough)
+  warped = transforms.warp_points(rough, matrix)
+  frame = jnp.where(flipped[:, None, None], warped[:, IBUG.flip_index_array()], warped)
+  np.testing.assert_allclose(frame, np.stack([canon, canon]), atol=2e-3)
+
+
+def test_flip_path_mirrors_left_looking_faces_in_image_and_indices():
+  size = 64
+  model = aligner_lib.PoseAwareAligner(depth='tiny', image_size=size, rngs=nnx.Rngs(0))
+  canon = np.asarray(model.canonical_shape[...])
+  left = _similarity(_turned(canon, -0.3), 0.3, 0.8, (3.0, 2.0), np.array([31.5, 31.5]))
+  right = _similarity(_turned(canon, 0.3), -0.2, 0.9, (0.0, -2.0), np.array([31.5, 31.5]))
+  rough = jnp.asarray(np.stack([left, right]))
+  matrix, flipped = model.spatial_transform(rough)
+  np.testing.assert_array_equal(flipped, [True, False])
+  # One matrix = mirror, then the similarity of the mirrored shape onto the canonical one.
+  sim = geometry.estimate_similarity(transforms.flip_landmarks(left, size, IBUG), canon)
+  np.testing.assert_allclose(matrix[0], transforms.compose(transforms.hflip_matrix(size), sim),
+                             atol=1e-5)
+  assert np.linalg.det(np.asarray(matrix[0, :, :2])) < 0  # a reflection
+  # In the warped frame the mirrored face is right-looking, in the scheme's own indexing.
+  warped = transforms.warp_points(rough, matrix)
+  frame = jnp.where(flipped[:, None, None], warped[:, IBUG.flip_index_array()], warped)
+  np.testing.assert_array_equal(geometry.looking_direction(frame, IBUG), [1, 1])
+
+  # Image check: a bright dot on the viewer's-left outer eye corner (36) of the left-looking
+  # face shows up where the warped point 36 is, near the canonical position of 45 (the
+  # mirror's viewer's-right eye corner), and vice versa.
+  yy, xx = np.mgrid[0:size, 0:size]
+
+  def dot(p):
+    return np.exp(-((xx - p[0]) ** 2 + (yy - p[1]) ** 2) / 2.0)
+
+  image = np.zeros((1, size, size, 3), np.float32)
+  image[0, ..., 0] = 255 * dot(left[36])
+  image[0, ..., 1] = 255 * dot(left[45])
+  out = np.asarray(transforms.warp_images(image, matrix[:1], size))[0]
+  for channel, source, target in ((0, 36, 45), (1, 45, 36)):
+    weight = out[..., channel] / out[..., channel].sum()
+    blob = np.array([(weight * xx).sum(), (weight * yy).sum()])
+    np.testing.assert_allclose(blob, warped[0, source], atol=0.1)
+    assert np.linalg.norm(blob - canon[target]) < 2.0
+    assert np.linalg.norm(blob - canon[source]) > 20.0
+
+
+def test_inverse_transform_and_unflip_recover_the_points(model, images):
+  """With oracle CNNs (CNN1 = ground truth, CNN2 = ground truth in its own frame), the model
+  must return the ground truth: this checks the inverse warp and the index un-flip."""
+  canon = np.asarray(model.canonical_shape[...])
+  center = np.array([15.5, 15.5])
+  gt = np.stack([_similarity(_turned(canon, -0.35), 0.2, 0.9, (1.0, 0.0), center),
+                 _similarity(_turned(canon, 0.35), -0.3, 0.8, (0.0, 1.0), center),
+                 _similarity(_turned(canon, -0.5), 0.5, 0.7, (-1.0, 2.0), center),
+                 _similarity(canon, 0.1, 1.1, (0.5, 0.5), center)])
+  gt[..., 1] += np.linspace(0, 1, 68)  # break the symmetry of the template a little
+  gt = jnp.asarray(gt)
+  matrix, flipped = model.spatial_transform(gt)
+  targets = model.cnn2_targets(gt, matrix, flipped)
+  oracle = aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, rngs=nnx.Rngs(0))
+  oracle.cnn1 = _Oracle(gt)
+  oracle.cnn2 = _Oracle(targets)
+  out = nnx.jit(lambda m, x: m(x))(oracle, images)
+  assert bool(out['flipped'][0]) and bool(out['flipped'][2]) and not bool(out['flipped'][1])
+  np.testing.assert_allclose(out['points'], gt, atol=1e-3)
+  idx = np.asarray(out['stable_indices'])
+  np.testing.assert_array_equal(idx[0], IBUG.flip_index_array()[list(IBUG.stable)])
+  np.testing.assert_array_equal(idx[1], IBUG.stable)
+  for b in range(4):
+    np.testing.assert_allclose(out['stable'][b], np.asarray(gt)[b, idx[b]], atol=1e-3)
+  # The targets of a mirrored face are the mirrored shape in its own indexing: its stable
+  # points are the viewer's-left half (the brow point 17 sits left of 22 after mirroring).
+  assert float(targets[0, 0, 0]) < float(targets[0, IBUG.stable.index(22), 0])
+
+
+def test_losses_and_gradient_isolation(model, images):
+  canon = np.asarray(model.canonical_shape[...])
+  center = np.array([15.5, 15.5])
+  gt = jnp.asarray(np.stack([
+      _similarity(_turned(canon, s), a, 0.9, (0.5, -0.5), center)
+      for s, a in ((-0.4, 0.2), (0.4, -0.2), (0.0, 0.1), (-0.4, 0.0))]))
+  grad_fn = nnx.jit(nnx.value_and_grad(
+      lambda m, x, p, w1, w2: aligner_lib.compute_losses(m, x, p, cnn1_weight=w1, cnn2_weight=w2),
+      has_aux=True))
+
+  (loss, aux), grads = grad_fn(model, images, gt, 0.0, 1.0)
+  assert set(aux) >= {'loss', 'loss_cnn1', 'loss_cnn2', 'flipped_fraction', 'points'}
+  assert float(loss) == pytest.approx(float(aux['loss_cnn2']))
+  # CNN2's loss reaches no CNN1 parameter through the spatial transform.
+  cnn1 = jax.tree.leaves(grads['cnn1'])
+  cnn2 = jax.tree.leaves(grads['cnn2'])
+  assert cnn1 and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in cnn1)
+  assert max(float(jnp.max(jnp.abs(g))) for g in cnn2) > 0
+  # ... although the warp itself is differentiable in the matrix: without stop_gradient it would.
+  matrix, _ = model.spatial_transform(aux['points'])
+  dwarp = jax.grad(lambda m: jnp.sum(transforms.warp_images(images, m, SIZE) ** 2))(matrix)
+  assert float(jnp.max(jnp.abs(dwarp))) > 0
+
+  (loss, aux1), grads = grad_fn(model, images, gt, 1.0, 0.0)
+  assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads['cnn2']))
+  assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads['cnn1'])) > 0
+  # CNN1's term is the wing loss of its predictions on the input-pixel ground truth.
+  np.testing.assert_allclose(aux1['loss_cnn1'], losses.landmark_loss(aux1['points'], gt),
+                             rtol=1e-5)
+  assert 0.0 < float(aux1['flipped_fraction']) < 1.0
+
+
+def test_cnn2_weights_follow_the_mirror(model, images):
+  canon = np.asarray(model.canonical_shape[...])
+  center = np.array([15.5, 15.5])
+  loss_fn = nnx.jit(lambda m, x, p, w: aligner_lib.compute_losses(
+      m, x, p, w, transform_from='ground_truth')[1])
+  # Only original point 26 (viewer's-right brow end, an UL) has weight: it is CNN2's target
+  # only for a mirrored face (as the mirror of SL 17).
+  w = np.zeros((4, 68), np.float32)
+  w[:, 26] = 1.0
+  for amount, expect_loss in ((-0.4, True), (0.4, False)):
+    gt = jnp.asarray(np.stack([_similarity(_turned(canon, amount), 0.1 * i, 1.0, (0, 0), center)
+                               for i in range(4)]))
+    aux = loss_fn(model, images, gt, jnp.asarray(w))
+    assert (float(aux['flipped_fraction']) == 1.0) == expect_loss
+    assert (float(aux['loss_cnn2']) > 0) == expect_loss
+  # Missing (NaN) ground truth points contribute nothing and no NaN.
+  gt_nan = np.array(gt)
+  gt_nan[:, 30:40] = np.nan
+  aux = loss_fn(model, images, jnp.asarray(gt_nan), jnp.ones((4, 68)))
+  assert np.isfinite(float(aux['loss']))
+
+
+def test_plain_baseline(images):
+  plain = aligner_lib.make_aligner('plain', depth='tiny', image_size=SIZE, cnn2_depth=18,
+                                   canonical_shape=None, rngs=nnx.Rngs(0))
+  assert isinstance(plain, aligner_lib.PlainAligner)
+  mean = aligner_lib.default_shape(IBUG, SIZE)
+  out = nnx.jit(lambda m, x: m(x))(plain, images)
+  assert set(out) == {'points'} and out['points'].shape == (4, 68, 2)
+  assert np.abs(np.asarray(out['points']) - mean).max() < 3.0  # starts near the mean shape
+  gt = jnp.asarray(mean)[None].repeat(4, 0) + 1.0
+  (loss, aux), grads = nnx.jit(nnx.value_and_grad(aligner_lib.loss_fn, has_aux=True))(
+      plain, images, gt)
+  np.testing.assert_allclose(loss, losses.landmark_loss(aux['points'], gt), rtol=1e-5)
+  assert set(grads) == {'net'}
+  with pytest.raises(ValueError, match='unknown aligner kind'):
+    aligner_lib.make_aligner('fancy', rngs=nnx.Rngs(0))
+
+
+def test_canonical_and_mean_shape_from_training():
+  base = aligner_lib.default_shape(IBUG, 100)
+  right = _turned(base, 0.3)
+  rng = np.random.default_rng(0)
+  shapes = []
+  for i in range(12):
+    s = _similarity(right, rng.uniform(-0.5, 0.5), rng.uniform(0.5, 2), rng.normal(0, 5, 2),
+                    np.array([50.0, 50.0]))
+    if i % 2:  # half of them left-looking: the mirror image
+      s = np.asarray(transforms.flip_landmarks(s, 100, IBUG))
+    shapes.append(s)
+  shapes = np.stack(shapes)
+  canonical = aligner_lib.canonical_shape_from_training(shapes, 64, IBUG)
+  np.testing.assert_allclose(canonical, aligner_lib.place_shape(right, 64), atol=2e-3)
+  mean = aligner_lib.mean_shape_from_training(shapes)
+  np.testing.assert_allclose(mean, shapes.mean(0), rtol=1e-5)
+  shapes[:, 3] = np.nan
+  with pytest.raises(ValueError, match='missing'):
+    aligner_lib.mean_shape_from_training(shapes)
+
+
+def test_input_errors(model):
+  with pytest.raises(ValueError, match=r'images must be \(B, 32, 32, 3\)'):
+    model(jnp.zeros((1, 40, 40, 3)))
+  with pytest.raises(ValueError, match='canonical_shape'):
+    aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, canonical_shape=np.zeros((5, 2)),
+                                 rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='transform_weights'):
+    aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE,
+                                 transform_weights=np.zeros(68), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='transform_from'):
+    aligner_lib.compute_losses(model, jnp.zeros((1, SIZE, SIZE, 3)), jnp.zeros((1, 68, 2)),
+                               transform_from='oracle')

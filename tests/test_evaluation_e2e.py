@@ -1,0 +1,221 @@
+"""End to end: a tiny trained run -> python -m jaxalign.evaluate / --compare / jaxalign.predict.
+
+One smoke run (configs/smoke.py, two steps on 64 px crops of the shared real face) is trained
+once for the module; the tests check the files, keys and numbers the commands produce, not the
+accuracy of a model trained for two steps.
+"""
+
+import importlib.util
+import json
+import pathlib
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from jaxalign import evaluate as evaluate_cli
+from jaxalign import io
+from jaxalign import metrics
+from jaxalign import predict as predict_cli
+from jaxalign import schemes
+from jaxalign.evaluation import report as report_lib
+from jaxalign.evaluation import runner
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FACES = REPO.parent / 'shared' / 'faces'
+REPORT_KEYS = ('num_images', 'nme_inter_ocular', 'nme_inter_pupil', 'nme_bbox', 'fr_0.08',
+               'fr_0.10', 'auc_0.08', 'auc_0.10', 'nme_stable', 'nme_unstable', 'nme_by_yaw',
+               'completion_backend', 'checkpoint_step', 'timings')
+
+
+def _write_faces(out: pathlib.Path, n: int, seed: int, size: int = 64, yaws=None):
+  """Random similarity warps (half of them mirrored) of the real face, 300-W folder style."""
+  src = cv2.imread(str(FACES / 'image_0010.png'))
+  pts = io.read_pts(FACES / 'image_0010.pts')
+  rng = np.random.default_rng(seed)
+  out.mkdir(parents=True, exist_ok=True)
+  centre = (pts.min(0) + pts.max(0)) / 2
+  side = (pts.max(0) - pts.min(0)).max()
+  lines = []
+  for i in range(n):
+    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), rng.uniform(-15, 15),
+                                size / side * rng.uniform(0.55, 0.7))
+    m[:, 2] += size / 2 - centre + rng.uniform(-3, 3, 2)
+    img = cv2.warpAffine(src, m, (size, size))
+    p = pts @ m[:, :2].T + m[:, 2]
+    if i % 2:
+      img = np.ascontiguousarray(img[:, ::-1])
+      p = p[schemes.IBUG68.flip_index_array()]
+      p[:, 0] = size - 1 - p[:, 0]
+    cv2.imwrite(str(out / f'face_{i:03d}.png'), img)
+    io.write_pts(out / f'face_{i:03d}.pts', p)
+    if yaws is not None and yaws[i] is not None:
+      lines.append(json.dumps({'file': f'face_{i:03d}.png', 'yaw': yaws[i]}))
+  if lines:
+    (out / 'annotations.jsonl').write_text('\n'.join(lines) + '\n')
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  from jaxalign.training import trainer
+  root = tmp_path_factory.mktemp('e2e')
+  _write_faces(root / 'train', 16, 0)
+  # Half of the test faces carry an annotated yaw: the report mixes both sources.
+  _write_faces(root / 'test', 6, 1, yaws=[30.0, -30.0, 10.0, None, None, None])
+  spec = importlib.util.spec_from_file_location('smoke', REPO / 'configs' / 'smoke.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.num_steps = 2
+  config.checkpoint_every = 2
+  config.data.train_dir = str(root / 'train')
+  config.data.test_dir = str(root / 'test')
+  config.eval.enabled = False
+  workdir = root / 'run'
+  trainer.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def test_evaluate_writes_the_report(run):
+  rep = runner.evaluate(run)
+  out = run / 'eval' / 'test'
+  assert rep['out_dir'] == str(out)
+  data = json.loads((out / 'report.json').read_text())
+  for key in REPORT_KEYS:
+    assert key in data, key
+  assert data['num_images'] == 6 and data['checkpoint_step'] == 2
+  assert data['completion_backend'] == 'jax'
+  assert data['yaw_source'] == 'annotations+3dmm'
+  assert sum(b['count'] for b in data['nme_by_yaw']) == 6
+  for b in data['nme_by_yaw']:
+    assert set(b) == {'yaw_min', 'yaw_max', 'count', 'nme'}
+  assert {'cnn_s', 'completion_s', 'total_s'} <= set(data['timings'])
+  # The NME recomputed from predictions.npz is the report's.
+  npz = report_lib.load_predictions(out / 'predictions.npz')
+  assert npz['pred'].shape == npz['gt'].shape == (6, 68, 2)
+  assert npz['boxes'].shape == (6, 4)
+  assert np.isfinite(npz['pred']).all()
+  for norm in ('inter_ocular', 'inter_pupil', 'bbox'):
+    recomputed = metrics.nme(npz['pred'], npz['gt'], norm, boxes=npz['boxes']).mean()
+    assert recomputed == pytest.approx(data[f'nme_{norm}'], rel=1e-9)
+  assert metrics.failure_rate(metrics.nme(npz['pred'], npz['gt']), 0.08) == data['fr_0.08']
+  # Annotated yaws are kept as given; the others come from the fit.
+  np.testing.assert_allclose(npz['yaw'][:3], [30.0, -30.0, 10.0])
+  assert np.isfinite(npz['yaw']).all()
+  # The ground truth is the annotation, in image pixels.
+  np.testing.assert_allclose(npz['gt'][0], io.read_pts(run.parent / 'test' / 'face_000.pts'))
+  for name in ('report.md', 'ced.png', 'nme_by_pose.png', 'best_worst.png'):
+    assert (out / name).stat().st_size > 0, name
+  assert '| NME inter-ocular |' in (out / 'report.md').read_text()
+
+
+def test_evaluate_on_a_300w_layout_shows_the_paper(run, tmp_path, capsys):
+  root = tmp_path / '300w'
+  for sub in ('ibug', 'helen/testset', 'lfpw/testset'):
+    (root / sub).mkdir(parents=True)
+  for i, sub in enumerate(('ibug', 'ibug', 'helen/testset', 'lfpw/testset')):
+    for ext in ('.png', '.pts'):
+      shutil.copy(run.parent / 'test' / f'face_{i:03d}{ext}', root / sub / f'f{i}{ext}')
+  status = evaluate_cli.main(['--workdir', str(run), '--dataset', '300w:challenge',
+                              '--data_dir', str(root), '--out', str(tmp_path / 'out')])
+  assert status == 0
+  data = json.loads((tmp_path / 'out' / 'report.json').read_text())
+  assert data['num_images'] == 2 and data['dataset'] == '300w:challenge'
+  assert data['paper'] == {'nme_inter_ocular': 0.0398}
+  md = (tmp_path / 'out' / 'report.md').read_text()
+  assert '| ours | paper |' in md and '3.98' in md
+  assert 'written to' in capsys.readouterr().out
+  # A folder given directly; no paper numbers for it.
+  rep = runner.evaluate(run, str(root / 'ibug'), out=tmp_path / 'folder')
+  assert rep['num_images'] == 2 and 'paper' not in rep
+
+
+def test_evaluate_cli_errors_are_one_line(run, tmp_path, capsys):
+  assert evaluate_cli.main(['--workdir', str(tmp_path / 'nothing')]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and 'Traceback' not in err and 'nothing' in err
+  assert evaluate_cli.main(['--workdir', str(run), '--dataset', 'nosuchset:x',
+                            '--data_dir', str(tmp_path)]) == 2
+  assert 'nosuchset' in capsys.readouterr().err
+  assert evaluate_cli.main(['--workdir', str(run), '--dataset', '300w:full']) == 2
+  assert '--data_dir' in capsys.readouterr().err
+
+
+def test_compare_two_runs(run, tmp_path):
+  other = tmp_path / 'baseline'
+  shutil.copytree(run, other, ignore=shutil.ignore_patterns('eval'))
+  result = runner.compare_runs([run, other], out=tmp_path / 'cmp')
+  labels = [r['label'] for r in result['runs']]
+  assert labels == ['run', 'baseline']
+  # Same weights, same data: the same numbers.
+  a, b = result['runs']
+  assert a['nme_inter_ocular'] == pytest.approx(b['nme_inter_ocular'], rel=1e-5)
+  assert (other / 'eval' / 'test' / 'report.json').is_file()   # evaluated on demand
+  for name in ('comparison.md', 'comparison.json', 'ced.png', 'nme_by_pose.png'):
+    assert (tmp_path / 'cmp' / name).is_file()
+
+
+def _bbox_arg():
+  pts = io.read_pts(FACES / 'image_0010.pts')
+  lo, hi = pts.min(0), pts.max(0)
+  return ','.join(f'{v:.1f}' for v in (*lo, *hi))
+
+
+def test_predict_real_face_with_bbox_and_mesh(run, tmp_path, capsys):
+  status = predict_cli.main(['--workdir', str(run), str(FACES / 'image_0010.png'), '--bbox',
+                             _bbox_arg(), '--out', str(tmp_path), '--mesh'])
+  assert status == 0
+  pts = io.read_pts(tmp_path / 'image_0010.pts', num_points=68)
+  assert np.isfinite(pts).all()
+  data = json.loads((tmp_path / 'image_0010.json').read_text())
+  for key in ('points', 'box', 'yaw', 'pitch', 'roll', 'shape_coeffs', 'expression_coeffs',
+              'completion_backend', 'flipped'):
+    assert key in data, key
+  np.testing.assert_allclose(np.array(data['points']), pts, atol=1e-4)
+  assert data['box_source'] == 'bbox' and data['completion_backend'] == 'jax'
+  np.testing.assert_allclose(data['box'], [float(v) for v in _bbox_arg().split(',')], atol=1e-4)
+  assert np.isfinite(data['yaw']) and len(data['expression_coeffs']) == 6
+  overlay = cv2.imread(str(tmp_path / 'image_0010.png'))
+  assert overlay.shape == (1024, 1280, 3)
+  obj = (tmp_path / 'image_0010.obj').read_text().splitlines()
+  assert sum(line.startswith('v ') for line in obj) == 3448
+  assert sum(line.startswith('f ') for line in obj) == 6736
+  assert '1 face(s) from 1 of 1 image(s)' in capsys.readouterr().out
+
+
+def test_predict_detector_and_bad_inputs(run, tmp_path, capsys):
+  bad = tmp_path / 'broken.jpg'
+  bad.write_bytes(b'not an image at all')
+  blank = tmp_path / 'blank.png'
+  cv2.imwrite(str(blank), np.full((48, 40, 3), 128, np.uint8))
+  status = predict_cli.main(['--workdir', str(run), str(tmp_path / 'missing.png'), str(bad),
+                             str(FACES / 'image_0010.png'), str(blank),
+                             '--out', str(tmp_path / 'out')])
+  assert status == 1
+  captured = capsys.readouterr()
+  err = captured.err
+  assert 'Traceback' not in err
+  lines = [line for line in err.splitlines() if line]
+  assert any('missing.png' in line and 'no such file' in line for line in lines)
+  assert any('broken.jpg' in line and 'cannot decode' in line for line in lines)
+  assert any('blank.png' in line and 'no face detected' in line for line in lines)
+  assert len(lines) == 3
+  data = json.loads((tmp_path / 'out' / 'image_0010.json').read_text())
+  assert data['box_source'].startswith('detector:')
+  assert (tmp_path / 'out' / 'image_0010.pts').is_file()
+  assert not (tmp_path / 'out' / 'blank.pts').exists()
+  assert '3 image(s) failed' in captured.out
+
+
+def test_predict_tiny_synthetic_image_with_bbox(run, tmp_path, capsys):
+  img = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+  path = tmp_path / 'tiny.png'
+  cv2.imwrite(str(path), img)
+  assert predict_cli.main(['--workdir', str(run), str(path), '--bbox', '8,6,40,36', '--out',
+                           str(tmp_path / 'o'), '--completion', 'jax']) == 0
+  assert io.read_pts(tmp_path / 'o' / 'tiny.pts').shape == (68, 2)
+  assert predict_cli.main(['--workdir', str(run), str(path), '--bbox', '8,6,4,36']) == 2
+  assert 'x1 > x0' in capsys.readouterr().err
+  assert predict_cli.main(['--workdir', str(tmp_path / 'norun'), str(path)]) == 2
+  assert 'cannot load the run' in capsys.readouterr().err
