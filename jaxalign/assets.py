@@ -60,3 +60,102 @@ def sfm_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
         f'Surrey Face Model files missing in {where} ({origin}): {", ".join(missing)}. '
         + HOW_TO_GET)
   return where
+
+
+class FetchError(RuntimeError):
+  """One or more model files could not be fetched or failed their sha256 check."""
+
+
+def _sha256(path: pathlib.Path) -> str:
+  import hashlib
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def fetch(directory: str | os.PathLike | None = None, url_pattern: str = URL_PATTERN,
+          commit: str = EOS_COMMIT, files=None, timeout: float = 60.0, log=print) -> pathlib.Path:
+  """Downloads the model files into ``directory`` (default :func:`cache_dir`) and checks them.
+
+  Each file is downloaded to ``<name>.part`` and moved into place only when its sha256 matches
+  :data:`SFM_FILES`; a partial or mismatched download is deleted and reported. Files already
+  present with the right hash are kept.
+
+  Args:
+    url_pattern: a format string with ``{commit}`` and ``{file}`` (e.g. a mirror).
+
+  Raises:
+    FetchError: listing every file that failed and why (the good ones stay).
+  """
+  import urllib.request
+  where = pathlib.Path(directory) if directory is not None else cache_dir()
+  where.mkdir(parents=True, exist_ok=True)
+  failures = []
+  for name in (files or SFM_FILES):
+    expected = SFM_FILES[name]
+    target = where / name
+    if target.is_file() and _sha256(target) == expected:
+      log(f'{name}: present, sha256 ok')
+      continue
+    url = url_pattern.format(commit=commit, file=name)
+    part = where / (name + '.part')
+    try:
+      with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, 'wb') as out:
+        length = resp.headers.get('Content-Length')
+        got = 0
+        for block in iter(lambda: resp.read(1 << 20), b''):
+          out.write(block)
+          got += len(block)
+      if length is not None and got != int(length):
+        raise OSError(f'partial download: {got} of {length} bytes')
+      digest = _sha256(part)
+      if digest != expected:
+        raise OSError(f'sha256 mismatch: got {digest}, expected {expected}')
+      os.replace(part, target)
+      log(f'{name}: downloaded, sha256 ok')
+    except Exception as e:  # network, HTTP, partial, mismatch: delete and report.
+      part.unlink(missing_ok=True)
+      failures.append(f'{name} from {url}: {e}')
+      log(f'{name}: FAILED ({e}); partial file deleted')
+  if failures:
+    raise FetchError(f'{len(failures)} model file(s) not fetched into {where}:\n  '
+                     + '\n  '.join(failures))
+  return where
+
+
+def main(argv=None) -> int:
+  """``python -m jaxalign.assets fetch [--dir D] [--url-pattern P]`` or ``... where``."""
+  import argparse
+  import sys
+  p = argparse.ArgumentParser(prog='python -m jaxalign.assets',
+                              description='Surrey Face Model files: fetch them or show where '
+                              'they are looked up.')
+  sub = p.add_subparsers(dest='command', required=True)
+  f = sub.add_parser('fetch', help='download the files from the pinned eos commit, check sha256')
+  f.add_argument('--dir', help=f'target folder (default: {cache_dir()})')
+  f.add_argument('--url-pattern', default=URL_PATTERN,
+                 help='URL with {commit} and {file} placeholders (default: GitHub raw)')
+  sub.add_parser('where', help='print the folder in use or what is missing')
+  args = p.parse_args(argv)
+  if args.command == 'where':
+    try:
+      print(sfm_dir())
+      return 0
+    except MissingModelFilesError as e:
+      print(e, file=sys.stderr)
+      return 1
+  try:
+    where = fetch(args.dir, args.url_pattern)
+  except FetchError as e:
+    print(e, file=sys.stderr)
+    return 1
+  print(f'Surrey Face Model files ready in {where}'
+        + ('' if args.dir is None else f'; set {ENV_VAR}={where} to use them'))
+  return 0
+
+
+if __name__ == '__main__':
+  import sys
+  sys.exit(main())

@@ -59,7 +59,7 @@ def nearest_contour_correspondences(landmarks: dict, vertices, camera, yaw_deg, 
 def _ray_hits(origins, v0, v1, v2, eps=1e-6):
   """(n,) True where the +z ray from each origin hits any triangle at t > 1e-4 (Moller-Trumbore,
   no back-face culling, as eos ``render::detail::ray_triangle_intersect``)."""
-  d = np.array([0.0, 0.0, 1.0], np.float32)
+  d = np.array([0.0, 0.0, 1.0])
   e1, e2 = v1 - v0, v2 - v0                     # (T, 3)
   pvec = np.cross(d, e2)
   det = np.einsum('tk,tk->t', e1, pvec)
@@ -85,8 +85,7 @@ def occluding_boundary_vertices(vertices, rotation, model, self_occlusion_check=
   boundary edges are skipped. With ``self_occlusion_check`` vertices hidden behind the mesh
   (a +z ray hits a triangle) are removed.
   """
-  # float32 like eos (glm::vec4), so borderline sign and ray tests come out the same.
-  rv = np.asarray(vertices, np.float32) @ np.asarray(rotation, np.float32).T
+  rv = np.asarray(vertices, np.float64) @ np.asarray(rotation, np.float64).T
   tri = model.triangles
   fn = np.cross(rv[tri[:, 1]] - rv[tri[:, 0]], rv[tri[:, 2]] - rv[tri[:, 0]])
   faces = model.edge_adjacent_faces

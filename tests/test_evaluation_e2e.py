@@ -142,11 +142,16 @@ def test_evaluate_cli_errors_are_one_line(run, tmp_path, capsys):
   assert '--data_dir' in capsys.readouterr().err
 
 
-def test_compare_two_runs(run, tmp_path):
+def test_compare_two_runs(run, tmp_path, capsys):
   other = tmp_path / 'baseline'
   shutil.copytree(run, other, ignore=shutil.ignore_patterns('eval'))
   result = runner.compare_runs([run, other], out=tmp_path / 'cmp')
   labels = [r['label'] for r in result['runs']]
+  # The command line: reuses both fresh reports and prints the table.
+  assert evaluate_cli.main(['--compare', str(run), str(other), '--out',
+                            str(tmp_path / 'cmp_cli')]) == 0
+  printed = capsys.readouterr().out
+  assert '| run |' in printed and '| baseline |' in printed
   assert labels == ['run', 'baseline']
   # Same weights, same data: the same numbers.
   a, b = result['runs']
@@ -219,3 +224,17 @@ def test_predict_tiny_synthetic_image_with_bbox(run, tmp_path, capsys):
   assert 'x1 > x0' in capsys.readouterr().err
   assert predict_cli.main(['--workdir', str(tmp_path / 'norun'), str(path)]) == 2
   assert 'cannot load the run' in capsys.readouterr().err
+
+
+def test_bench_predict_json(run, tmp_path, capsys):
+  from jaxalign.benchmarks import predict as bench_predict
+  # Batch 1 on the run of this module: the shapes compiled by the predict tests are reused.
+  status = bench_predict.main(['--workdir', str(run), '--bbox', _bbox_arg(), '--batch', '1',
+                               '--faces', '2', '--json'])
+  assert status == 0
+  result = json.loads(capsys.readouterr().out)
+  assert [r['batch'] for r in result['rows']] == [1]
+  assert result['rows'][0]['faces'] == 2 and result['rows'][0]['faces_per_s'] > 0
+  assert result['compilation'] == 'excluded' and result['completion'] == 'jax'
+  assert bench_predict.main(['--image', str(tmp_path / 'none.png')]) == 2
+  assert 'no such file' in capsys.readouterr().err

@@ -138,3 +138,4 @@ def test_fitted_mesh_of_a_flipped_face_is_mirrored():
   np.testing.assert_allclose(vf[:, 0], -v[:, 0])
   np.testing.assert_array_equal(tf, t[:, ::-1])
   assert v.shape == (sfm.num_vertices, 3)
+

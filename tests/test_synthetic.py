@@ -169,7 +169,19 @@ def test_visibility_flags_agree_with_the_z_buffer(renderer):
     assert face.visible_3d[seen].all(), (yaw, np.flatnonzero(seen & ~face.visible_3d))
     clear += (in_front | seen).sum()
     hidden += in_front.sum()
-  assert clear > 0.8 * 7 * 68 and hidden > 20, (clear, hidden)
+    # 2D jaw points on the rendered outline are seen (the 3D jaw vertices often are not: the
+    # mesh border curls back under the jaw).
+    mask = face.raster.mask
+    pad = np.pad(mask, 1)
+    ey, ex = np.nonzero(mask & ~(pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2]
+                                 & pad[1:-1, 2:]))
+    for k in range(17):
+      d = np.sqrt((ex - face.points[k, 0]) ** 2 + (ey - face.points[k, 1]) ** 2).min()
+      if d <= 1.5:
+        assert face.visible[k], (yaw, k, d)
+    # Off the jaw the 2D flags are the 3D ones.
+    np.testing.assert_array_equal(face.visible[17:], face.visible_3d[17:])
+  assert clear > 0.6 * 7 * 68 and hidden > 20, (clear, hidden)
 
 
 def test_occluded_flags_mark_the_points_under_an_occluder():

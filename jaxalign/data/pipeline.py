@@ -209,9 +209,17 @@ def train_iterator(records, sampler, config, start_step: int, num_steps: int):
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, workers or 1)),
                                             prefetch_buffer_size=max(2, config.data.prefetch)))
   if workers > 0:
+    _absl_flags_ready()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=config.data.prefetch))
   return iter(it)
+
+
+def _absl_flags_ready() -> None:
+  """grain's worker processes read absl flags; outside an absl app they are unparsed."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 class EvalExamples:
@@ -245,6 +253,7 @@ def eval_batches(records, spec: CropSpec, batch_size: int, workers: int = 0):
   ds = grain.MapDataset.range(n).map(EvalExamples(records, spec))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, workers), prefetch_buffer_size=8))
   if workers > 0:
+    _absl_flags_ready()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   buf = []
   for example in it:

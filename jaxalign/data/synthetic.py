@@ -35,6 +35,8 @@ from jaxalign.morphable import contour
 from jaxalign.morphable import model as model_lib
 
 NUM_POINTS = 68
+# A 2D-convention jaw point this close to the rendered face outline (pixels) counts as seen.
+OUTLINE_PIXELS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +133,8 @@ class FaceParams:
     expression_coeffs: (6,) blendshape weights.
     yaw, pitch, roll: degrees, eos convention.
     face_scale: landmark box's longer side / image side.
-    centre: (2,) landmark box centre in pixels.
+    centre: (2,) where the landmark box's centre goes, as fractions (x, y) in [0, 1] of the
+      room left once the whole box (plus a 1-pixel margin) is inside the image.
     albedo: per-face parameters of :class:`~jaxalign.data.synthetic_albedo.AlbedoPainter`.
     light: (3,) unit direction toward the light in the camera frame (x right, y up, z to the
       camera).
@@ -230,7 +233,7 @@ class Renderer:
     pitch = rng.uniform(*c.pitch_range)
     roll = rng.uniform(*c.roll_range)
     scale = rng.uniform(*c.face_scale)
-    centre = rng.uniform(0, 1, 2)          # fraction of the free room, resolved in render()
+    centre = rng.uniform(0, 1, 2)
     albedo = self.painter.sample(rng)
     az, el = np.deg2rad(rng.uniform(-70, 70)), np.deg2rad(rng.uniform(-30, 60))
     light = np.array([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)])
@@ -259,11 +262,8 @@ class Renderer:
     scale = params.face_scale * size / max(float((hi - lo).max()), 1e-6)
     half = 0.5 * (hi - lo) * scale
     margin = 1.0
-    centre = np.asarray(params.centre, np.float64)
-    if np.all((centre >= 0) & (centre <= 1)):
-      # Fractions of the room left once the whole box (plus a margin) is inside the image.
-      room_lo, room_hi = half + margin, size - 1 - half - margin
-      centre = room_lo + centre * np.maximum(room_hi - room_lo, 0)
+    room_lo, room_hi = half + margin, size - 1 - half - margin
+    centre = room_lo + np.clip(params.centre, 0, 1) * np.maximum(room_hi - room_lo, 0)
     offset = centre - 0.5 * (lo + hi) * scale
     return np.concatenate([unit[:, :3] * scale, offset[:, None]], 1)
 
@@ -287,15 +287,18 @@ class Renderer:
     raster = synthetic_raster.rasterize(xy, depth, self.triangles, size, size,
                                         cull_back_faces=False)
     normals = np.einsum('vk,jk->vj', self._normals(vertices), rot)
-    attrs = np.concatenate([self.texcoords, normals.astype(np.float32)], 1)
+    # Texture coordinates, normals and the albedo's smooth terms, interpolated in one pass.
+    attrs = [self.texcoords, normals.astype(np.float32)]
+    if albedo is None:
+      attrs.append(self.painter.smooth_terms(params.albedo, self.texcoords))
     covered = np.flatnonzero(raster.mask.reshape(-1))
-    interp = synthetic_raster.interpolate(raster, self.triangles, attrs)
-    uv, n = interp[:, :2], interp[:, 2:]
+    interp = synthetic_raster.interpolate(raster, self.triangles, np.concatenate(attrs, 1))
+    uv, n = interp[:, :2], interp[:, 2:5]
     n = n / np.sqrt(np.maximum(np.einsum('nk,nk->n', n, n), 1e-12))[:, None]
     n = np.where(n[:, 2:] < 0, -n, n)              # two-sided: folds seen from behind
     if albedo is None:
       grain = rng.standard_normal((len(covered), 1), np.float32)
-      colour = self.painter.albedo(params.albedo, uv, grain)
+      colour = self.painter.albedo(params.albedo, uv, grain, smooth=interp[:, 5:])
     else:
       colour = np.asarray(albedo(uv), np.float32).reshape(-1, 3)
     light = np.asarray(params.light, np.float32)
@@ -316,11 +319,19 @@ class Renderer:
     points_3d = contour.ibug_points(vertices, cam, model, '3d').astype(np.float32)
     if albedo is None:
       self._paint_mouth(image, raster.mask, points_3d, params, rng)
-    vis_3d = self._visible(xy, depth, points_3d, depth[self.geometry.vertices], scale)
-    vis_2d = vis_3d.copy()
+    # 2D convention: the jaw points (0-16) follow the face outline. The mesh border curls back
+    # under the jaw, so its vertices sit a little behind the outline they project onto: a jaw
+    # point within OUTLINE_PIXELS of the rendered outline counts as seen (as a 300-W annotator
+    # sees it); deeper inside the face it is seen only when nothing is in front (the far side's
+    # silhouette hidden behind the nose under large yaw is not).
     jaw = self.geometry.jaw_points
-    vis_2d[jaw] = self._visible(xy, depth, points[jaw], self._depth_2d(xy, depth, points)[jaw],
-                                scale)
+    both = self._visible(xy, depth, np.concatenate([points_3d, points[jaw]]),
+                         np.concatenate([depth[self.geometry.vertices],
+                                         self._depth_2d(xy, depth, points)[jaw]]), scale)
+    vis_3d = both[:NUM_POINTS]
+    vis_2d = vis_3d.copy()
+    vis_2d[jaw] = both[NUM_POINTS:]
+    vis_2d[:17] |= _outline_distance(raster.mask, points[:17]) <= OUTLINE_PIXELS
 
     occ_mask = np.zeros((size, size), np.float32)
     box = np.concatenate([points.min(0), points.max(0)]).astype(np.float32)
@@ -370,25 +381,35 @@ class Renderer:
     lower = inner[[0, 7, 6, 5, 4]]
     if np.abs(upper - lower).max() < 0.75:
       return
-    size = image.shape[0]
+    # Draw in the (2x supersampled) box around the lips only.
+    h, w = mask.shape
+    x0, y0 = np.maximum(np.floor(inner.min(0)).astype(int) - 1, 0)
+    x1, y1 = np.minimum(np.ceil(inner.max(0)).astype(int) + 2, [w, h])
+    if x1 <= x0 or y1 <= y0:
+      return
     sup = 2
-    canvas = Image.new('L', (size * sup, size * sup), 0)
-    draw = ImageDraw.Draw(canvas)
-    draw.polygon([(float(x) * sup, float(y) * sup) for x, y in inner], fill=255)
-    cavity = np.asarray(canvas.resize((size, size), Image.BILINEAR), np.float32) / 255
-    canvas = Image.new('L', (size * sup, size * sup), 0)
+    origin = np.array([x0, y0], np.float64)
+
+    def coverage(polygon):
+      canvas = Image.new('L', ((x1 - x0) * sup, (y1 - y0) * sup), 0)
+      ImageDraw.Draw(canvas).polygon(
+          [(float(x), float(y)) for x, y in (polygon - origin + 0.5) * sup - 0.5], fill=255)
+      return np.asarray(canvas.resize((x1 - x0, y1 - y0), Image.BILINEAR), np.float32) / 255
+
+    cavity = coverage(inner)
     teeth_edge = upper + rng.uniform(0.25, 0.5) * (lower - upper)
     if rng.uniform() < 0.7:
-      ImageDraw.Draw(canvas).polygon(
-          [(float(x) * sup, float(y) * sup) for x, y in np.concatenate([upper, teeth_edge[::-1]])],
-          fill=255)
-    teeth = np.asarray(canvas.resize((size, size), Image.BILINEAR), np.float32) / 255
-    hole = (~mask).astype(np.float32)
+      teeth = coverage(np.concatenate([upper, teeth_edge[::-1]]))
+    else:
+      teeth = np.zeros_like(cavity)
+    hole = (~mask[y0:y1, x0:x1]).astype(np.float32)
     lit = params.ambient + params.diffuse * max(float(params.light[2]), 0.0)
     colour = (np.float32([0.12, 0.03, 0.03]) * (1 - teeth[..., None])
               + np.float32([0.75, 0.72, 0.64]) * teeth[..., None]) * lit
     cover = (cavity * hole)[..., None]
-    image[:] = image * (1 - cover) + cover * colour * np.asarray(params.light_colour, np.float32)
+    patch = image[y0:y1, x0:x1]
+    image[y0:y1, x0:x1] = patch * (1 - cover) + cover * colour * np.asarray(
+        params.light_colour, np.float32)
 
   # ------------------------------------------------------------------------------- ground truth
   def _depth_2d(self, xy, depth, points) -> np.ndarray:
@@ -413,13 +434,16 @@ class Renderer:
     """
     t = self.triangles
     xs, ys = xy[:, 0][t], xy[:, 1][t]
-    px, py = points[:, 0:1].astype(np.float64), points[:, 1:2].astype(np.float64)
-    near = ((px >= np.minimum(np.minimum(xs[:, 0], xs[:, 1]), xs[:, 2]))
-            & (px <= np.maximum(np.maximum(xs[:, 0], xs[:, 1]), xs[:, 2]))
-            & (py >= np.minimum(np.minimum(ys[:, 0], ys[:, 1]), ys[:, 2]))
-            & (py <= np.maximum(np.maximum(ys[:, 0], ys[:, 1]), ys[:, 2])))
-    pi, ti = np.nonzero(near)
-    x, y = px[pi, 0], py[pi, 0]
+    px, py = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    # Pairs whose x ranges overlap first (one (L, T) pass), then the y test on those only.
+    x_lo = np.minimum(np.minimum(xs[:, 0], xs[:, 1]), xs[:, 2])
+    x_hi = np.maximum(np.maximum(xs[:, 0], xs[:, 1]), xs[:, 2])
+    pi, ti = np.nonzero((px[:, None] >= x_lo) & (px[:, None] <= x_hi))
+    y_lo = np.minimum(np.minimum(ys[ti, 0], ys[ti, 1]), ys[ti, 2])
+    y_hi = np.maximum(np.maximum(ys[ti, 0], ys[ti, 1]), ys[ti, 2])
+    keep = (py[pi] >= y_lo) & (py[pi] <= y_hi)
+    pi, ti = pi[keep], ti[keep]
+    x, y = px[pi], py[pi]
     x0, x1, x2 = xs[ti, 0], xs[ti, 1], xs[ti, 2]
     y0, y1, y2 = ys[ti, 0], ys[ti, 1], ys[ti, 2]
     area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
@@ -434,6 +458,18 @@ class Renderer:
     hidden = np.zeros(len(points), bool)
     hidden[pi[front]] = True
     return ~hidden
+
+
+def _outline_distance(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+  """(L,) distance in pixels from each point to the nearest outline pixel of ``mask`` (a mask
+  pixel with a 4-neighbour outside it; the image border counts as outside)."""
+  pad = np.pad(mask, 1)
+  inner = pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
+  ys, xs = np.nonzero(mask & ~inner)
+  if not len(xs):
+    return np.full(len(points), np.inf)
+  d2 = (xs[None] - points[:, :1]) ** 2 + (ys[None] - points[:, 1:2]) ** 2
+  return np.sqrt(d2.min(1))
 
 
 def _sample_mask(mask, points) -> np.ndarray:

@@ -229,13 +229,23 @@ class AlbedoPainter:
         lip_strength=rng.uniform(0.7, 1.0),
         cheek=rng.uniform(0.0, 0.2))
 
-  def albedo(self, params: dict, uv: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+  def smooth_terms(self, params: dict, uv: np.ndarray) -> np.ndarray:
+    """(N, 4) float32 the slowly varying albedo terms at N texture coordinates: skin blotches
+    (RGB) and cheek redness. Smooth enough to evaluate at the mesh vertices and interpolate."""
+    uv = np.asarray(uv, np.float32)
+    return np.concatenate([sample_texture(params['blotches'], uv),
+                           params['cheek'] * sample_texture(self.cheeks, uv)], 1)
+
+  def albedo(self, params: dict, uv: np.ndarray, noise: np.ndarray | None = None,
+             smooth: np.ndarray | None = None) -> np.ndarray:
     """The face's albedo at N texture coordinates.
 
     Args:
       params: from :meth:`sample`.
       uv: (N, 2) texture coordinates in [0, 1].
       noise: optional (N, 1) standard-normal values for the skin grain (omitted: no grain).
+      smooth: optional (N, 4) :meth:`smooth_terms` at the same points (e.g. interpolated from
+        the vertices); computed from ``uv`` when omitted.
 
     Returns:
       (N, 3) float32 linear reflectances in [0, 1].
@@ -243,12 +253,13 @@ class AlbedoPainter:
     uv = np.asarray(uv, np.float32)
     p = params
     skin = p['skin']
-    blot = sample_texture(p['blotches'], uv)
+    if smooth is None:
+      smooth = self.smooth_terms(params, uv)
+    blot, cheek = smooth[:, :3], smooth[:, 3:]
     tex = skin * (1.0 + 0.25 * blot)
     if noise is not None:
       tex = tex * (1.0 + p['grain'] * noise)
     size = self.layout.size
-    cheek = p['cheek'] * sample_texture(self.cheeks, uv)
     tex = _over(tex, cheek, skin * np.float32([1.15, 0.75, 0.75]))
     u, v = uv[:, 0], uv[:, 1]
     if p['has_hair']:

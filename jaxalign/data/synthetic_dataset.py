@@ -21,7 +21,6 @@ import json
 import multiprocessing
 import os
 import pathlib
-import resource
 import tempfile
 import time
 from typing import Callable, Iterable
@@ -31,6 +30,11 @@ from PIL import Image, ImageDraw
 
 from jaxalign import io
 from jaxalign.data import synthetic
+
+try:
+  import resource             # POSIX: CPU time of the worker processes
+except ImportError:           # pragma: no cover
+  resource = None
 
 FORMAT_VERSION = 1
 ANNOTATIONS = 'annotations.jsonl'
@@ -130,6 +134,14 @@ class Summary:
   @property
   def faces_per_second(self) -> float:
     return self.written / max(self.seconds, 1e-9)
+
+
+def _children_cpu() -> float:
+  """CPU seconds of this process's finished children (NaN where unknown)."""
+  if resource is None:
+    return float('nan')
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 def _check_int(name, value, minimum):
@@ -236,7 +248,7 @@ def synthesize(out_dir: str | os.PathLike, num: int,
   lines: dict[int, str] = {}
   failed: list[tuple[int, str]] = []
   t0, cpu0 = time.perf_counter(), time.process_time()
-  children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+  children0 = _children_cpu()
   args = (config, str(model.directory), seed, str(out))
 
   def collect(results: Iterable[tuple[int, str | None, str | None]]):
@@ -266,9 +278,7 @@ def synthesize(out_dir: str | os.PathLike, num: int,
           os.environ.pop(k, None)
         else:
           os.environ[k] = v
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = ((children.ru_utime + children.ru_stime)
-           - (children0.ru_utime + children0.ru_stime))
+    cpu = _children_cpu() - children0
   _merge_annotations(out, lines)
   return Summary(out_dir=str(out), written=len(lines), failed=failed,
                  seconds=time.perf_counter() - t0, cpu_seconds=cpu, workers=workers)

@@ -83,7 +83,7 @@ def occluder(rng: np.random.Generator, size: int, box: np.ndarray
                   for a, r in zip(angles, radii)], fill=255)
   else:                                                 # from an image edge (scarf, hair, hand)
     side = rng.integers(4)
-    depth = rng.uniform(0.15, 0.4) * ext
+    depth = rng.uniform(0.1, 0.3) * ext
     if side == 0:
       rect = [0, 0, size, y0 + depth]
     elif side == 1:

@@ -110,7 +110,8 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
   bins = [(b['yaw_min'], b['yaw_max']) for b in rows[0]['nme_by_abs_yaw']] if rows else []
   if bins and any(b['count'] for r in rows for b in r['nme_by_abs_yaw']):
     lines += ['', '## NME by |yaw| (degrees; % with image count)', '',
-              '| run | ' + ' | '.join(f'[{a:g}, {b:g})' for a, b in bins) + ' |',
+              '| run | ' + ' | '.join(plots.bin_label(a, b, i == len(bins) - 1)
+                                      for i, (a, b) in enumerate(bins)) + ' |',
               '|---|' + '---:|' * len(bins)]
     for r in rows:
       cells = [f'{_pct(b["nme"])} ({b["count"]})' for b in r['nme_by_abs_yaw']]

@@ -59,8 +59,9 @@ def plot_ced(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os
   plt.close(fig)
 
 
-def _bin_label(b: Mapping) -> str:
-  return f'[{b["yaw_min"]:g}, {b["yaw_max"]:g})'
+def bin_label(lo: float, hi: float, last: bool = False) -> str:
+  """'[lo, hi)', or '[lo, hi]' for the last bin (closed, as in jaxalign.metrics.nme_by_pose)."""
+  return f'[{lo:g}, {hi:g}' + (']' if last else ')')
 
 
 def plot_nme_by_pose(series: Mapping[str, Sequence[Mapping]], path: str | os.PathLike,
@@ -74,7 +75,7 @@ def plot_nme_by_pose(series: Mapping[str, Sequence[Mapping]], path: str | os.Pat
   """
   keys = sorted({(float(b['yaw_min']), float(b['yaw_max']))
                  for bins in series.values() for b in bins})
-  labels = [_bin_label({'yaw_min': a, 'yaw_max': b}) for a, b in keys]
+  labels = [bin_label(a, b, i == len(keys) - 1) for i, (a, b) in enumerate(keys)]
   n_runs = max(len(series), 1)
   width = 0.8 / n_runs
   fig, ax = plt.subplots(figsize=(max(5.5, 0.7 * len(keys) * max(1, n_runs / 2) + 2), 4.2),

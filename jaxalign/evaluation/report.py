@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxalign import metrics
 from jaxalign import schemes as schemes_lib
+from jaxalign.evaluation import plots
 
 # Signed yaw bins of 15 degrees over [-90, 90] (eos sign: > 0 right-looking), as in the paper's
 # Figure 5b (faces outside [-90, 90] are left out of the bins).
@@ -215,8 +216,8 @@ def format_markdown(report: Mapping[str, Any], paper: Mapping[str, float] | None
       continue
     lines += ['', f'## {title_} (degrees, inter-ocular NME in %)', '',
               '| yaw | images | NME |', '|---|---:|---:|']
-    lines += [f'| [{b["yaw_min"]:g}, {b["yaw_max"]:g}) | {b["count"]} | {_pct(b["nme"])} |'
-              for b in bins]
+    lines += [f'| {plots.bin_label(b["yaw_min"], b["yaw_max"], i == len(bins) - 1)} | '
+              f'{b["count"]} | {_pct(b["nme"])} |' for i, b in enumerate(bins)]
   timings = report.get('timings') or {}
   if timings:
     lines += ['', '## Timings (seconds unless said)', '', '| what | value |', '|---|---:|']

@@ -222,9 +222,11 @@ def evaluate(workdir: str | os.PathLike, dataset: str | None = None, completion:
   workdir = str(workdir)
   if completion not in BACKENDS:
     raise ValueError(f'unknown completion backend {completion!r}; expected one of {BACKENDS}')
+  # The data set first (cheap, and its errors come before the model is restored).
+  config = inference.load_config(workdir)
+  records, invalid, info = resolve_dataset(config, dataset, data_dir, workdir)
   model, config, step = inference.load_run(workdir)
   scheme = schemes_lib.get_scheme(config.model.scheme)
-  records, invalid, info = resolve_dataset(config, dataset, data_dir, workdir)
   for bad in invalid:
     logging.warning('skipped %s: %s', bad.path, bad.reason)
   if not records:

@@ -25,6 +25,7 @@ touched by an optimiser built on ``nnx.Param``.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import jax
@@ -141,7 +142,8 @@ def mean_shape_from_training(shapes) -> np.ndarray:
   shapes = np.asarray(shapes, np.float64)
   if shapes.ndim != 3 or shapes.shape[-1] != 2:
     raise ValueError(f'shapes must have shape (N, L, 2), got {shapes.shape}')
-  with np.errstate(invalid='ignore'):
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)  # all-NaN columns: reported below
     mean = np.nanmean(shapes, axis=0)
   if not np.all(np.isfinite(mean)):
     raise ValueError('some landmark is missing (NaN) in every training shape')

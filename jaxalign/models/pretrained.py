@@ -28,6 +28,7 @@ import os
 import pathlib
 from typing import Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -160,6 +161,9 @@ def load_torchvision_into_resnet(model: resnet_lib.ResNet, state_dict: Mapping[s
                                  *, source: str = 'state dict') -> LoadReport:
   """Copies a torchvision ResNet state dict into ``model`` in place (parameters and batch stats).
 
+  ``model`` may also be abstract (built under ``nnx.eval_shape``): its variables then become
+  concrete arrays.
+
   Raises:
     ValueError: naming every missing, unexpected and mis-shaped key (nothing is modified then).
   """
@@ -173,9 +177,10 @@ def load_torchvision_into_resnet(model: resnet_lib.ResNet, state_dict: Mapping[s
   for key in sorted(given & set(entries)):
     var, from_torch, _ = entries[key]
     value = from_torch(np.asarray(state_dict[key]))
-    if value.shape != var[...].shape:
+    expected = var.get_value().shape
+    if value.shape != tuple(expected):
       mismatched.append(f'{key}: file {tuple(np.shape(state_dict[key]))} -> '
-                        f'{value.shape}, model expects {tuple(var[...].shape)}')
+                        f'{value.shape}, model expects {tuple(expected)}')
     else:
       converted[key] = value
   problems = []
@@ -193,7 +198,12 @@ def load_torchvision_into_resnet(model: resnet_lib.ResNet, state_dict: Mapping[s
         + '; '.join(problems))
   for key, value in converted.items():
     var = entries[key][0]
-    var[...] = jnp.asarray(value, var[...].dtype)
+    current = var.get_value()
+    value = jnp.asarray(value, current.dtype)
+    if isinstance(current, jax.Array):
+      var[...] = value  # in place: keeps the variable's sharding
+    else:  # an abstract model from nnx.eval_shape
+      var.set_value(value)
   return LoadReport(loaded=tuple(sorted(converted)), skipped=skipped)
 
 

@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.cnn2_depth = ''       # CNN2's depth; '' = the same as CNN1
   c.model.cnn2_input_size = 0   # CNN2's input side (the canonical frame); 0 = input_size
   c.model.transform_from = 'prediction'   # CNN2 trains on warps of CNN1's predictions (paper)
-  c.model.width = 64            # channels of the stem (64 = the standard ResNet)
+  c.model.width = 64            # stem channels of '18'/'34'/'50' (64 = the standard ResNet)
   c.model.input_size = 224      # network input side in pixels (the paper: 224)
   c.model.dtype = 'float32'     # compute dtype; parameters stay float32
   c.model.scheme = 'ibug68'

@@ -29,8 +29,15 @@ def synthetic_key(config) -> str:
 
 
 def _generate(out_dir: str, num: int, size: int, seed: int, kwargs: dict) -> None:
-  from jaxalign import synthesize  # pylint: disable=g-import-not-at-top
-  synthesize.generate(out_dir, num=num, size=size, seed=seed, **kwargs)
+  """Renders ``num`` faces (:func:`jaxalign.data.synthetic_dataset.synthesize`)."""
+  # pylint: disable=g-import-not-at-top
+  from jaxalign.data import synthetic, synthetic_dataset
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  summary = synthetic_dataset.synthesize(
+      out_dir, num, config=synthetic.SynthConfig(size=size, **fields), seed=seed)
+  for index, error in summary.failed:
+    log.warning('synthetic face %d failed: %s', index, error)
+  log.info('rendered %d faces into %s in %.0f s', summary.written, out_dir, summary.seconds)
 
 
 def ensure_synthetic(config) -> tuple[str, str]:

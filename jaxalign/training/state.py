@@ -23,17 +23,23 @@ from flax import nnx
 
 from jaxalign import schemes
 from jaxalign.models import aligner
+from jaxalign.models import resnet
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
 def model_depth(config, key: str = 'depth'):
-  """``config.model.<key>`` as the model code takes it (ints and 'tiny' test variants);
-  None when empty."""
+  """``config.model.<key>`` as the model code takes it: a :class:`ResNetSpec` of that depth
+  with ``config.model.width`` stem channels (64 = the standard network; 'tiny' variants keep
+  their own width); None when empty."""
   depth = config.model[key]
   if depth in ('', None, 0):
     return None
-  return int(depth) if isinstance(depth, str) and depth.isdigit() else depth
+  depth = int(depth) if isinstance(depth, str) and depth.isdigit() else depth
+  width = int(config.model.get('width', 64) or 64)
+  if isinstance(depth, int) and width != 64:
+    return dataclasses.replace(resnet.resnet_spec(depth), width=width)
+  return depth
 
 
 def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -> nnx.Module:
