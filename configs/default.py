@@ -5,7 +5,7 @@
 (the same as plain ``python -m jaxalign.train``). The first run renders 2,000 training and 200
 test faces of the Surrey Face Model at 96 px (yaw -90..90 degrees) into
 ``runs/data/synthetic-<hash>/`` (cached), then trains the pose-aware pair (two ResNet-18s at
-half width on 64 px crops) with the paper's loss, augmentation and pose-balanced batches, and
+quarter width on 64 px crops) with the paper's loss, augmentation and pose-balanced batches, and
 evaluates the test faces with the 3DMM completion into ``runs/default/eval/test/report.json``.
 
 Deviations from the paper, all for the time budget of a CPU: small images and networks, 1,500
@@ -28,14 +28,14 @@ def get_config():
   c.log_every = 25
   c.model.kind = 'pose_aware'
   c.model.depth = '18'
-  c.model.width = 32
+  c.model.width = 16
   c.model.input_size = 64
   c.data.synthetic.enabled = True
   c.data.synthetic.num_train = 2_000
   c.data.synthetic.num_test = 200
   c.data.synthetic.image_size = 96
   c.data.pose_bins = 5
-  c.data.num_workers = 1       # the CPU cores are busy with the step; one decoder is enough
+  c.data.num_workers = -1      # one decoding process per core
   c.optim.learning_rate = 1e-3
   c.optim.final_learning_rate = 1e-4
   c.optim.decay_steps = 1_000

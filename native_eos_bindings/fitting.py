@@ -149,16 +149,31 @@ class EosFitter:
     if workers == 1:
       return [self.fit_one(p, ids, s, **kwargs) for p, s in zip(pts, sizes)]
     chunks = np.array_split(np.arange(n), workers)
-    ctx = multiprocessing.get_context('fork' if os.name == 'posix' else 'spawn')
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker,
-        initargs=(str(self.directory),)) as pool:
-      futures = [pool.submit(_fit_chunk, pts[c], ids, [sizes[i] for i in c], kwargs)
-                 for c in chunks]
-      out = []
-      for f in futures:
-        out.extend(f.result())
+    pool = self._get_pool(workers)
+    futures = [pool.submit(_fit_chunk, pts[c], ids, [sizes[i] for i in c], kwargs)
+               for c in chunks]
+    out = []
+    for f in futures:
+      out.extend(f.result())
     return out
+
+  def _get_pool(self, workers):
+    """A process pool kept between calls (each worker loads the model once)."""
+    pool = getattr(self, '_pool', None)
+    if pool is None or self._pool_size != workers:
+      self.close()
+      ctx = multiprocessing.get_context('fork' if os.name == 'posix' else 'spawn')
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=ctx, initializer=_init_worker, initargs=(str(self.directory),))
+      self._pool_size = workers
+    return self._pool
+
+  def close(self):
+    """Shuts the worker pool down (it is also shut down at interpreter exit)."""
+    pool = getattr(self, '_pool', None)
+    if pool is not None:
+      pool.shutdown()
+      self._pool = None
 
 
 _WORKER = {}

@@ -37,6 +37,7 @@ class _Oracle(nnx.Module):
 
   def __init__(self, points):
     self.points = ModelConstant(jnp.asarray(points, jnp.float32))
+    self.mean_shape = ModelConstant(self.points[...][0])
 
   def __call__(self, images):
     del images
@@ -120,6 +121,15 @@ def test_spatial_transform_normalises_similarity(model):
   warped = transforms.warp_points(rough, matrix)
   frame = jnp.where(flipped[:, None, None], warped[:, IBUG.flip_index_array()], warped)
   np.testing.assert_allclose(frame, np.stack([canon, canon]), atol=2e-3)
+
+
+def test_degenerate_rough_shape_falls_back_to_the_mean_shape_transform(model):
+  rough = np.full((2, 68, 2), 10.0, np.float32)  # all points coincident
+  rough[1] = np.nan  # or all missing
+  matrix, flipped = model.spatial_transform(jnp.asarray(rough))
+  expected = geometry.estimate_similarity(model.cnn1.mean_shape[...], model.canonical_shape[...])
+  np.testing.assert_allclose(matrix, np.stack([expected, expected]), atol=1e-6)
+  assert not np.any(flipped)
 
 
 def test_flip_path_mirrors_left_looking_faces_in_image_and_indices(model):

@@ -59,7 +59,7 @@ def test_shapes_and_float32_dtypes():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
-  model = resnet_lib.LandmarkRegressor(5, depth='tiny', image_size=32, dtype=jnp.bfloat16,
+  model = resnet_lib.LandmarkRegressor(5, depth='tiny', image_size=32, dtype='bfloat16',
                                        rngs=nnx.Rngs(0))
   ref = resnet_lib.LandmarkRegressor(5, depth='tiny', image_size=32, rngs=nnx.Rngs(0))
   for variable_type in (nnx.Param, nnx.BatchStat):

@@ -8,7 +8,10 @@ import jax
 import numpy as np
 import pytest
 
+from jaxalign import metrics
+from jaxalign.data import records
 from jaxalign.training import config as config_lib
+from jaxalign.training import inference
 from jaxalign.training import logger, trainer
 from test_pipeline import write_fixture
 
@@ -65,6 +68,16 @@ def test_train_resume_nan(data_dirs, tmp_path):
   assert report['nme_inter_ocular'] > 0 and report['mean_shape_nme_inter_ocular'] > 0
   assert os.path.exists(os.path.join(full, 'config.json'))
   assert any(n.startswith('events') for n in os.listdir(os.path.join(full, 'tensorboard')))
+  # The reusable inference: checkpoint -> model -> image-pixel points, as the report saw them.
+  model, cfg, step = inference.load_run(full)
+  assert step == 4 and cfg.model.kind == 'pose_aware'
+  test_records, _ = records.scan_folder(data_dirs[1])
+  out = inference.predict_records(model, cfg, test_records, batch_size=4)
+  assert out['points'].shape == (5, 68, 2) and np.isfinite(out['points']).all()
+  assert out['valid'].all() and out['flipped'].shape == (5,)
+  gt = np.stack([r.points for r in test_records])
+  np.testing.assert_allclose(np.mean(metrics.nme(out['points'], gt)),
+                             report['nme_inter_ocular'], rtol=1e-4)
 
   # "Killed" after step 3 (checkpoint at 2, step 3 already logged), then resumed.
   resumed = str(tmp_path / 'resumed')

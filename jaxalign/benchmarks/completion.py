@@ -6,7 +6,10 @@ shape (all 63 components, N(0, 1)) and expressions, i.i.d. 3D vertex noise (``--
 a random pose (yaw uniform in +-70 deg, pitch +-20, roll +-15), ground truth read off the mesh in
 the '2d' (300-W) convention, and 2D annotation noise on the given points (``--noise``, fraction of
 the inter-ocular distance). Both backends complete the ULs from the noisy SLs. Timings exclude
-JAX compilation (one warm-up call first) and eos's model loading; eos runs on a process per core.
+JAX compilation (one warm-up call first) and eos's model loading. ``jax_faces_per_s`` and
+``eos_faces_per_s`` are end to end (``complete``: flip, fit, read the 68 points, un-flip), eos on a
+process per core; ``*_fit_only_*`` time the fit alone (JAX: the jitted batch fit; eos:
+``fit_shape_and_pose`` in one process, the library's raw speed).
 """
 
 from __future__ import annotations
@@ -94,6 +97,13 @@ def run(batch=256, eos_faces=64, seed=0, repeats=3, mismatch_mm=1.0, noise=0.01,
 
   jax_run()                                   # compile
   jax_s = _time(jax_run, repeats)
+  from jaxalign.morphable import fitting
+  jf = fitting.get_fitter(model)
+  cfg = completion.JAX_DEFAULTS if config is None else config
+  w = schemes_lib.IBUG68.stable_mask().astype(np.float32)
+  jax.block_until_ready(jf.fit(given, w, float(size[1]), cfg))
+  jax_fit_s = _time(lambda: jax.block_until_ready(jf.fit(given, w, float(size[1]), cfg)),
+                    repeats)
   r_jax = jax_run()
   ne = min(eos_faces, batch)
 
@@ -103,6 +113,13 @@ def run(batch=256, eos_faces=64, seed=0, repeats=3, mismatch_mm=1.0, noise=0.01,
   eos_run()                                   # start the pool once (model loading)
   eos_s = _time(eos_run, 1)
   r_eos = eos_run()
+  # eos's fit_shape_and_pose alone (one process, no readout): the library's raw speed.
+  fitter = completion._eos_fitter(model.directory)
+  stable = np.asarray(schemes_lib.IBUG68.stable)
+  work = np.where(r_jax.flipped[:ne, None, None],
+                  completion._mirror(given[:ne], np.full(ne, float(size[0])),
+                                     schemes_lib.IBUG68), given[:ne])[:, stable]
+  raw_s = _time(lambda: [fitter.fit_one(p, stable, size) for p in work], 1)
   ji, jj = ul_errors(r_jax, gt)
   ei, ej = ul_errors(r_eos, gt[:ne])
   out = {
@@ -113,6 +130,8 @@ def run(batch=256, eos_faces=64, seed=0, repeats=3, mismatch_mm=1.0, noise=0.01,
       'jax_faces_per_s': batch / jax_s,
       'eos_faces_per_s': ne / eos_s,
       'speedup': (batch / jax_s) / (ne / eos_s),
+      'eos_fit_only_faces_per_s_1proc': ne / raw_s,
+      'jax_fit_only_faces_per_s': batch / jax_fit_s,
       'compilation_excluded': True,
       'jax_ul_nme_inner': float(np.nanmean(ji[:ne])),
       'eos_ul_nme_inner': float(np.nanmean(ei)),

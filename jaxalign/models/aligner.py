@@ -274,17 +274,24 @@ class PoseAwareAligner(nnx.Module):
 
     Returns:
       matrix (B, 2, 3) float32, flipped (B,) bool. Not differentiated: the caller decides
-      whether to stop gradients (the model and the losses do).
+      whether to stop gradients (the model and the losses do). A degenerate shape (all points
+      coincident or missing, where the similarity is undefined) gets the transform of CNN1's
+      mean shape instead, unflipped, so that no NaN reaches the warp.
     """
+    canonical = self.canonical_shape[...]
+    weights = self.transform_weights[...]
     yaw_dir = geometry.looking_direction(rough, self.scheme, threshold=self.flip_threshold)
     flipped = yaw_dir < 0
     mirrored = transforms.flip_landmarks(rough, self.image_size, self.scheme)
     src = jnp.where(flipped[:, None, None], mirrored, rough)
-    sim = geometry.estimate_similarity(src, self.canonical_shape[...][None],
-                                       self.transform_weights[...][None])
+    sim = geometry.estimate_similarity(src, canonical[None], weights[None])
     flip = transforms.hflip_matrix(self.image_size)
     matrix = jnp.where(flipped[:, None, None], transforms.compose(flip, sim), sim)
-    return matrix, flipped
+    fallback = geometry.estimate_similarity(self.cnn1.mean_shape[...], canonical, weights)
+    ok = jnp.all(jnp.isfinite(matrix), axis=(-2, -1)) & (
+        jnp.abs(jnp.linalg.det(matrix[..., :2])) > 1e-8)
+    matrix = jnp.where(ok[:, None, None], matrix, fallback[None])
+    return matrix, flipped & ok
 
   def cnn2_targets(self, points: jax.Array, matrix: jax.Array, flipped: jax.Array) -> jax.Array:
     """Ground-truth (B, L, 2) input-pixel points -> CNN2's (B, K, 2) targets in its frame.

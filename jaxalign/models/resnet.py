@@ -24,7 +24,6 @@ Module attribute names mirror torchvision's state-dict keys (``conv1``, ``bn1``,
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -184,7 +183,8 @@ class ResNet(nnx.Module):
 
   Args:
     depth: 18, 34, 50, 101, 152, 'tiny', 'tiny_bottleneck' or a :class:`ResNetSpec`.
-    dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters stay float32.
+    dtype: compute dtype (jnp.float32 or jnp.bfloat16, or their names); parameters stay
+      float32.
     bn_momentum: Flax BatchNorm momentum of the running averages (0.9 == torch's 0.1).
     zero_init_residual: start each residual branch's last BatchNorm scale at zero (Goyal et
       al. 2017), so every block begins as the identity; off by default (torchvision's default).
@@ -196,9 +196,10 @@ class ResNet(nnx.Module):
                bn_momentum: float = 0.9, zero_init_residual: bool = False,
                normalize_input: bool = True, rngs: nnx.Rngs):
     self.spec = resnet_spec(depth)
-    self.dtype = jnp.dtype(dtype)
-    if self.dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-      raise ValueError(f'ResNet dtype must be float32 or bfloat16, got {self.dtype}')
+    dtype = jnp.dtype(dtype)  # also accepts the names 'float32' / 'bfloat16' (configs)
+    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+      raise ValueError(f'ResNet dtype must be float32 or bfloat16, got {dtype}')
+    self.dtype = dtype
     self.normalize_input = normalize_input
     spec = self.spec
     width = spec.width

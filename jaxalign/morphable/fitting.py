@@ -229,8 +229,6 @@ class JaxFitter:
     self.lm_mean = jnp.asarray(model.mean[ids])
     self.lm_shape = jnp.asarray(model.shape_basis[ids])
     self.lm_expr = jnp.asarray(model.expression_basis[ids])
-    # eos maps 50 points to vertices; the jaw (but the chin) and inner mouth corners are ours.
-    self.eos_mapped = np.asarray(model.ibug_vertex) >= 0
     self.cand = jnp.asarray(geo.candidates)                   # (16, Kc)
     self.jaw_points = np.asarray(geo.jaw_points)
     self.jaw_side = jnp.asarray(geo.jaw_side, jnp.float32)
@@ -402,8 +400,8 @@ class JaxFitter:
       image_height = np.nan_to_num(np.nanmax(pts[..., 1], axis=1), nan=0.0) + 1.0
     h = np.broadcast_to(np.asarray(image_height, np.float32), (n,))
     if config.dynamic_contour:
-      jaw = geo_jaw = self.jaw_points
-      given = np.isfinite(pts[:, geo_jaw]).all(-1) & (w[:, jaw] > 0)
+      jaw = self.jaw_points
+      given = np.isfinite(pts[:, jaw]).all(-1) & (w[:, jaw] > 0)
       if not given.any():   # no jaw point anywhere: compile the cheaper variant
         config = dataclasses.replace(config, dynamic_contour=False)
     wa = w[0] if shared else w

@@ -150,20 +150,25 @@ def predict_records(model, config, records, batch_size: int = 64, complete: bool
   else:
     complete = config.eval.completion if complete is None else complete
     points = _fill_unstable(stable, rough, scheme, complete,
-                            completion_backend or config.eval.completion_backend, valid)
+                            completion_backend or config.eval.completion_backend, valid, flipped)
   boxes = np.stack([np.asarray(r.box, np.float32) for r in records]) if n else \
       np.zeros((0, 4), np.float32)
   return {'points': points, 'rough': rough, 'stable': stable, 'flipped': flipped,
           'boxes': boxes, 'valid': valid}
 
 
-def _fill_unstable(stable, rough, scheme, complete: bool, backend: str, valid) -> np.ndarray:
-  """CNN2's stable points plus unstable points from the 3DMM completion (or CNN1)."""
+def _fill_unstable(stable, rough, scheme, complete: bool, backend: str, valid, flipped
+                   ) -> np.ndarray:
+  """CNN2's stable points plus unstable points from the 3DMM completion (or CNN1).
+
+  The completion is told which faces CNN2 saw mirrored, so it reads the same (mirror) SL set.
+  """
   out = np.where(np.isnan(stable), rough, stable)
   if not complete or not valid.any():
     return out
   from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
-  result = completion.complete(stable[valid], scheme=scheme, backend=backend)
+  result = completion.complete(stable[valid], scheme=scheme, backend=backend,
+                               flip=flipped[valid])
   completed = np.asarray(result.points, np.float32)
   sel = np.flatnonzero(valid)
   out[sel] = np.where(np.isnan(stable[sel]), completed, stable[sel])

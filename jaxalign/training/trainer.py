@@ -123,7 +123,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        f'set or batch ({data_state.get("sampler")} vs {sampler.state()}); '
                        'use a new --workdir')
     log.info('resumed from step %d (%s)', start, ckpt.directory)
-  inference.save_config(config, workdir)
+  if jax.process_index() == 0:
+    inference.save_config(config, workdir)
   _save_data_stats(workdir, data)
 
   result = {'step': start, 'loss': None, 'report': None, 'skipped_images': 0,
@@ -136,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
   if result.get('interrupted'):
     return result
-  if config.eval.enabled and config.data.test_dir:
+  if config.eval.enabled and config.data.test_dir and jax.process_index() == 0:
     model, _, step = inference.load_run(workdir)
     test_records, _ = data_setup.load_records(config.data.test_dir,
                                               schemes.get_scheme(config.model.scheme).num_points,

@@ -1,0 +1,97 @@
+"""Training pieces: config validation, schedule and optimiser, logging, checkpoints."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxalign.training import checkpointing, config as config_lib, logger, optim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_paper_schedule_and_optimizer():
+  c = config_lib.base_config()
+  schedule = optim.learning_rate_schedule(c)
+  assert c.num_steps == 180_000 and c.optim.momentum == 0.9 and c.optim.weight_decay == 5e-4
+  for step, lr in ((0, 1e-5), (59_999, 1e-5), (60_000, 1e-6), (119_999, 1e-6),
+                   (120_000, 1e-7), (179_999, 1e-7)):
+    np.testing.assert_allclose(float(schedule(step)), lr, rtol=1e-5)
+  # One SGD step: v = g + wd * p; p -= lr * v (momentum starts at zero).
+  tx = optim.make_optimizer(c)
+  params = {'w': jnp.array([1.0, -2.0])}
+  grads = {'w': jnp.array([0.5, 0.5])}
+  updates, state = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], -1e-5 * (grads['w'] + 5e-4 * params['w']), rtol=1e-6)
+  # Second step: momentum 0.9 on the trace.
+  updates2, _ = tx.update(grads, state, params)
+  v1 = grads['w'] + 5e-4 * params['w']
+  np.testing.assert_allclose(updates2['w'], -1e-5 * (0.9 * v1 + v1), rtol=1e-6)
+
+
+def test_validate_names_the_bad_key():
+  c = config_lib.base_config()
+  c.data.train_dir = '/somewhere'
+  config_lib.validate(c, 8)
+  c.batch_size = 12
+  with pytest.raises(ValueError, match=r'batch_size.*12.*8 devices'):
+    config_lib.validate(c, 8)
+  c.batch_size = 16
+  c.model.kind = 'vit'
+  with pytest.raises(ValueError, match='model.kind'):
+    config_lib.validate(c, 1)
+  c.model.kind = 'plain'
+  c.optim.schedule = 'exotic'
+  with pytest.raises(ValueError, match='optim.schedule'):
+    config_lib.validate(c, 1)
+  c.optim.schedule = 'piecewise'
+  c.data.train_dir = ''
+  with pytest.raises(ValueError, match='data.train_dir'):
+    config_lib.validate(c, 1)
+
+
+@pytest.mark.parametrize('name', ['default', 'smoke', 'baseline_resnet50'])
+def test_config_files(name):
+  path = os.path.join(ROOT, 'configs', f'{name}.py')
+  c = config_lib.load_config_file(path)
+  for key in ('num_steps', 'batch_size', 'seed', 'checkpoint_every'):
+    assert key in c
+  with open(path) as f:
+    text = f.read()
+  doc = text.split('"""')[1]
+  assert 'python -m jaxalign.train' in doc.split('\n\n')[1]   # the launch command comes first
+  if name == 'smoke':
+    assert c.batch_size % 8 == 0 and c.log_every == 1
+
+
+def test_metrics_truncation(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  with open(path, 'w') as f:
+    for s in range(1, 6):
+      f.write(json.dumps({'step': s, 'loss': float(s)}) + '\n')
+    f.write('{"step": 6, "lo')      # torn line of a killed run
+  logger.truncate_metrics(path, 3)
+  assert [r['step'] for r in logger.read_metrics(path)] == [1, 2, 3]
+
+
+def test_checkpoint_round_trip(tmp_path):
+  state = {'step': jnp.int32(7), 'params': {'layers': {0: {'w': jnp.arange(6.0).reshape(2, 3)}}},
+           'opt_state': optax.sgd(0.1, momentum=0.9).init({'w': jnp.ones(3)}),
+           'rng': jax.random.key_data(jax.random.key(3))}
+  ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(7, state, {'next_step': 7, 'sampler': {'seed': 1}})
+  ckpt.close()
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  assert ckpt.latest_step() == 7
+  abstract = checkpointing.abstract_with_shardings(
+      state, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  restored, data = ckpt.restore(abstract)
+  ckpt.close()
+  assert data == {'next_step': 7, 'sampler': {'seed': 1}}
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
