@@ -53,6 +53,23 @@ class SynthConfig:
     expression_probability: probability of a non-neutral expression.
     blur_range: Gaussian blur sigma in pixels at 128 px (scaled with the image size).
     noise_range: Gaussian noise sigma in 8-bit levels.
+
+  Model mismatch (for experiments where a fitter of the same model must not see faces it can
+  represent exactly; the defaults add none and keep the output byte-identical):
+    tail_shape_sigma: standard deviation of the shape coefficients from ``tail_start`` on
+      (None = ``shape_sigma``); clipped at 3 times itself instead of 3. The JAX completion
+      fits the first 30 components (``fitting.TUNED.num_shape``), so with ``tail_start=30`` a
+      larger value puts shape the fitter cannot express into the faces.
+    tail_start: index of the first "tail" shape component.
+    deformation_mm: RMS (over the mesh) of a smooth random per-vertex displacement in model
+      millimetres, outside the PCA space of every fitter (0 = none).
+    deformation_scale_mm: its correlation length: the field is a sum of
+      ``DEFORMATION_BUMPS`` Gaussian bumps of this width centred on random vertices.
+    expression_strength: range of the total blendshape weight of a non-neutral expression
+      (default (0.2, 1.0)); values above 1 leave the expressions the fitters' priors expect.
+    annotation_noise: standard deviation of Gaussian noise added to the 2D ground-truth points
+      (the ``.pts``), as a fraction of the landmark box's longer side (0 = exact). The 3D
+      points, the visibility and the rendering are those of the exact points.
   """
 
   size: int = 128
@@ -65,13 +82,38 @@ class SynthConfig:
   expression_probability: float = 0.6
   blur_range: tuple[float, float] = (0.0, 1.0)
   noise_range: tuple[float, float] = (0.0, 4.0)
+  tail_shape_sigma: float | None = None
+  tail_start: int = 30
+  deformation_mm: float = 0.0
+  deformation_scale_mm: float = 40.0
+  expression_strength: tuple[float, float] = (0.2, 1.0)
+  annotation_noise: float = 0.0
 
   def __post_init__(self):
     validate_config(self)
 
   def to_json(self) -> dict:
-    return {f.name: (list(getattr(self, f.name)) if isinstance(getattr(self, f.name), tuple)
-                     else getattr(self, f.name)) for f in dataclasses.fields(self)}
+    """The fields as JSON values; mismatch fields only where they differ from the default, so
+    data sets made without them keep their ``synthesis.json`` bytes."""
+    out = {}
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      if f.name in MISMATCH_FIELDS and value == f.default:
+        continue
+      out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+  @property
+  def has_mismatch(self) -> bool:
+    """True when any model-mismatch option is on."""
+    return any(getattr(self, f.name) != f.default for f in dataclasses.fields(self)
+               if f.name in MISMATCH_FIELDS)
+
+
+MISMATCH_FIELDS = ('tail_shape_sigma', 'tail_start', 'deformation_mm', 'deformation_scale_mm',
+                   'expression_strength', 'annotation_noise')
+# Gaussian bumps summed into the random deformation field.
+DEFORMATION_BUMPS = 12
 
 
 def _check_range(name, value, lo, hi):
@@ -103,6 +145,20 @@ def validate_config(config: SynthConfig) -> None:
       raise ValueError(f'{name} must be a probability in [0, 1], got {p!r}')
   if not (isinstance(config.shape_sigma, (int, float)) and 0 <= config.shape_sigma <= 3):
     raise ValueError(f'shape_sigma must be in [0, 3], got {config.shape_sigma!r}')
+  tail = config.tail_shape_sigma
+  if tail is not None and not (isinstance(tail, (int, float)) and 0 <= tail <= 10):
+    raise ValueError(f'tail_shape_sigma must be None or in [0, 10], got {tail!r}')
+  if (isinstance(config.tail_start, bool) or not isinstance(config.tail_start, (int, np.integer))
+      or config.tail_start < 0):
+    raise ValueError(f'tail_start must be an integer >= 0, got {config.tail_start!r}')
+  for name, hi in (('deformation_mm', 50.0), ('annotation_noise', 0.2)):
+    v = getattr(config, name)
+    if not (isinstance(v, (int, float)) and 0 <= v <= hi):
+      raise ValueError(f'{name} must be in [0, {hi:g}], got {v!r}')
+  d = config.deformation_scale_mm
+  if not (isinstance(d, (int, float)) and 1 <= d <= 500):
+    raise ValueError(f'deformation_scale_mm must be in [1, 500], got {d!r}')
+  _check_range('expression_strength', config.expression_strength, 0, 5)
 
 
 def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -146,6 +202,10 @@ class FaceParams:
     blur_sigma: Gaussian blur in pixels; noise_sigma: noise in 8-bit levels.
     stream: seed material for the draws made while rendering (background, grain, occluders,
       noise), so they never depend on other faces.
+    deformation: (V, 3) float32 per-vertex displacement in model millimetres added to the
+      mesh, or None (model mismatch, :attr:`SynthConfig.deformation_mm`).
+    point_noise: (68, 2) float32 noise added to the 2D ground truth, in units of the landmark
+      box's longer side, or None (:attr:`SynthConfig.annotation_noise`).
   """
 
   shape_coeffs: np.ndarray
@@ -167,6 +227,8 @@ class FaceParams:
   blur_sigma: float
   noise_sigma: float
   stream: int
+  deformation: np.ndarray | None = None
+  point_noise: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,11 +286,16 @@ class Renderer:
     """The random choices of face ``index`` of data set ``seed``."""
     c = self.config
     rng = face_rng(seed, index)
-    shape = np.clip(rng.standard_normal(self.model.num_shape) * c.shape_sigma, -3, 3)
+    z = rng.standard_normal(self.model.num_shape)
+    shape = np.clip(z * c.shape_sigma, -3, 3)
+    if c.tail_shape_sigma is not None:
+      t = c.tail_start
+      limit = 3.0 * max(1.0, c.tail_shape_sigma)
+      shape[t:] = np.clip(z[t:] * c.tail_shape_sigma, -limit, limit)
     expr = np.zeros(self.model.num_expression)
     if rng.uniform() < c.expression_probability:
       weights = rng.dirichlet(np.full(self.model.num_expression, 0.4))
-      expr = weights * rng.uniform(0.2, 1.0)
+      expr = weights * rng.uniform(*c.expression_strength)
     yaw = rng.uniform(*c.yaw_range)
     pitch = rng.uniform(*c.pitch_range)
     roll = rng.uniform(*c.roll_range)
@@ -239,6 +306,16 @@ class Renderer:
     light = np.array([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)])
     ambient = rng.uniform(0.25, 0.6)
     blur_scale = c.size / 128.0
+    fields = {}
+    stream = int(rng.integers(2 ** 63))
+    # The mismatch draws come after every other draw, so they leave the rest of the face as
+    # it is without them.
+    if c.deformation_mm > 0:
+      fields['deformation'] = self.random_deformation(rng, c.deformation_mm,
+                                                      c.deformation_scale_mm)
+    if c.annotation_noise > 0:
+      fields['point_noise'] = (rng.standard_normal((NUM_POINTS, 2))
+                               * c.annotation_noise).astype(np.float32)
     return FaceParams(
         shape_coeffs=shape.astype(np.float32), expression_coeffs=expr.astype(np.float32),
         yaw=float(yaw), pitch=float(pitch), roll=float(roll), face_scale=float(scale),
@@ -249,7 +326,22 @@ class Renderer:
         background=True, occluders=int(rng.uniform() < c.occlusion) * int(rng.integers(1, 3)),
         blur_sigma=float(rng.uniform(*c.blur_range) * blur_scale),
         noise_sigma=float(rng.uniform(*c.noise_range)),
-        stream=int(rng.integers(2 ** 63)))
+        stream=stream, **fields)
+
+  def random_deformation(self, rng: np.random.Generator, rms_mm: float,
+                         scale_mm: float) -> np.ndarray:
+    """(V, 3) float32 smooth random displacement with RMS ``rms_mm`` over the vertices.
+
+    A sum of :data:`DEFORMATION_BUMPS` Gaussian bumps (width ``scale_mm``, centred on random
+    vertices of the mean face, each pushing along a random 3D direction), scaled to the RMS.
+    """
+    mean = self.model.mean.reshape(-1, 3).astype(np.float64)
+    centres = mean[rng.integers(len(mean), size=DEFORMATION_BUMPS)]
+    vectors = rng.standard_normal((DEFORMATION_BUMPS, 3))
+    d2 = ((mean[:, None, :] - centres[None]) ** 2).sum(-1)
+    field = np.einsum('vk,kj->vj', np.exp(-0.5 * d2 / scale_mm ** 2), vectors)
+    rms = np.sqrt((field ** 2).sum(-1).mean())
+    return (field * (rms_mm / max(rms, 1e-12))).astype(np.float32)
 
   # ---------------------------------------------------------------------------------- rendering
   def camera(self, params: FaceParams, vertices: np.ndarray) -> np.ndarray:
@@ -347,6 +439,11 @@ class Renderer:
     occluded = _sample_mask(occ_mask, points) >= 0.5
     occluded_3d = _sample_mask(occ_mask, points_3d) >= 0.5
     final = synthetic_scene.finish(image, rng, params.blur_sigma, params.noise_sigma)
+    if params.point_noise is not None:
+      # Annotation noise: the annotator's points, not the mesh's (the box follows them).
+      points = (points + params.point_noise * np.float32(params.face_scale * size)).astype(
+          np.float32)
+      box = np.concatenate([points.min(0), points.max(0)]).astype(np.float32)
     return SyntheticFace(
         image=final, points=points, points_3d=points_3d, visible=vis_2d & ~occluded,
         visible_3d=vis_3d & ~occluded_3d, occluded=occluded, box=box, params=params,
@@ -356,8 +453,10 @@ class Renderer:
     """(V, 3) float64 model-frame mesh of the params' shape and expression."""
     coeffs = np.concatenate([params.shape_coeffs, params.expression_coeffs]).astype(np.float32)
     # einsum, not BLAS: OpenBLAS's threads slow a shared machine's workers down tenfold.
-    return (self._mean + np.einsum('ij,j->i', self._basis, coeffs)).reshape(-1, 3).astype(
-        np.float64)
+    flat = self._mean + np.einsum('ij,j->i', self._basis, coeffs)
+    if params.deformation is not None:
+      flat = flat + np.asarray(params.deformation, np.float32).reshape(-1)
+    return flat.reshape(-1, 3).astype(np.float64)
 
   def _normals(self, vertices: np.ndarray) -> np.ndarray:
     """(V, 3) unit area-weighted vertex normals (outward, as ``contour.vertex_normals``)."""
