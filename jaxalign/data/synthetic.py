@@ -306,17 +306,7 @@ class Renderer:
     light = np.array([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)])
     ambient = rng.uniform(0.25, 0.6)
     blur_scale = c.size / 128.0
-    fields = {}
-    stream = int(rng.integers(2 ** 63))
-    # The mismatch draws come after every other draw, so they leave the rest of the face as
-    # it is without them.
-    if c.deformation_mm > 0:
-      fields['deformation'] = self.random_deformation(rng, c.deformation_mm,
-                                                      c.deformation_scale_mm)
-    if c.annotation_noise > 0:
-      fields['point_noise'] = (rng.standard_normal((NUM_POINTS, 2))
-                               * c.annotation_noise).astype(np.float32)
-    return FaceParams(
+    params = FaceParams(
         shape_coeffs=shape.astype(np.float32), expression_coeffs=expr.astype(np.float32),
         yaw=float(yaw), pitch=float(pitch), roll=float(roll), face_scale=float(scale),
         centre=centre, albedo=albedo, light=light, ambient=float(ambient),
@@ -326,7 +316,17 @@ class Renderer:
         background=True, occluders=int(rng.uniform() < c.occlusion) * int(rng.integers(1, 3)),
         blur_sigma=float(rng.uniform(*c.blur_range) * blur_scale),
         noise_sigma=float(rng.uniform(*c.noise_range)),
-        stream=stream, **fields)
+        stream=int(rng.integers(2 ** 63)))
+    # The mismatch draws come after every other draw, so they leave the rest of the face as
+    # it is without them.
+    fields = {}
+    if c.deformation_mm > 0:
+      fields['deformation'] = self.random_deformation(rng, c.deformation_mm,
+                                                      c.deformation_scale_mm)
+    if c.annotation_noise > 0:
+      fields['point_noise'] = (rng.standard_normal((NUM_POINTS, 2))
+                               * c.annotation_noise).astype(np.float32)
+    return dataclasses.replace(params, **fields) if fields else params
 
   def random_deformation(self, rng: np.random.Generator, rms_mm: float,
                          scale_mm: float) -> np.ndarray:
