@@ -77,7 +77,10 @@ def _sha256(path: pathlib.Path) -> str:
 
 def fetch(directory: str | os.PathLike | None = None, url_pattern: str = URL_PATTERN,
           commit: str = EOS_COMMIT, files=None, timeout: float = 60.0, log=print) -> pathlib.Path:
-  """Downloads the model files into ``directory`` (default :func:`cache_dir`) and checks them.
+  """Downloads the model files into ``directory`` and checks them.
+
+  The default folder is $JAXALIGN_SFM_DIR when set (so that ``fetch`` on a machine that already
+  has the files there only verifies them), else :func:`cache_dir`.
 
   Each file is downloaded to ``<name>.part`` and moved into place only when its sha256 matches
   :data:`SFM_FILES`; a partial or mismatched download is deleted and reported. Files already
@@ -90,7 +93,12 @@ def fetch(directory: str | os.PathLike | None = None, url_pattern: str = URL_PAT
     FetchError: listing every file that failed and why (the good ones stay).
   """
   import urllib.request
-  where = pathlib.Path(directory) if directory is not None else cache_dir()
+  if directory is not None:
+    where = pathlib.Path(directory)
+  elif os.environ.get(ENV_VAR):
+    where = pathlib.Path(os.environ[ENV_VAR])
+  else:
+    where = cache_dir()
   where.mkdir(parents=True, exist_ok=True)
   failures = []
   for name in (files or SFM_FILES):
@@ -134,7 +142,7 @@ def main(argv=None) -> int:
                               'they are looked up.')
   sub = p.add_subparsers(dest='command', required=True)
   f = sub.add_parser('fetch', help='download the files from the pinned eos commit, check sha256')
-  f.add_argument('--dir', help=f'target folder (default: {cache_dir()})')
+  f.add_argument('--dir', help=f'target folder (default: ${ENV_VAR} if set, else {cache_dir()})')
   f.add_argument('--url-pattern', default=URL_PATTERN,
                  help='URL with {commit} and {file} placeholders (default: GitHub raw)')
   sub.add_parser('where', help='print the folder in use or what is missing')
@@ -152,7 +160,8 @@ def main(argv=None) -> int:
     print(e, file=sys.stderr)
     return 1
   print(f'Surrey Face Model files ready in {where}'
-        + ('' if args.dir is None else f'; set {ENV_VAR}={where} to use them'))
+        + ('' if args.dir is None or os.environ.get(ENV_VAR) == str(where)
+           else f'; set {ENV_VAR}={where} to use them'))
   return 0
 
 

@@ -73,3 +73,13 @@ def test_missing_files_say_how_to_get_them(tmp_path, monkeypatch):
   with pytest.raises(assets.MissingModelFilesError, match='user cache'):
     assets.sfm_dir()
   assert assets.cache_dir() == pathlib.Path(tmp_path / 'xdg' / 'jaxalign' / 'sfm')
+
+
+def test_fetch_defaults_to_the_env_folder_and_only_verifies(monkeypatch, capsys):
+  """With $JAXALIGN_SFM_DIR holding good files, fetch downloads nothing and succeeds."""
+  src = assets.sfm_dir()  # the test model folder
+  monkeypatch.setenv(assets.ENV_VAR, str(src))
+  where = assets.fetch(url_pattern='http://127.0.0.1:9/{commit}/{file}', timeout=1.0)
+  assert where == src
+  out = capsys.readouterr().out
+  assert out.count('present, sha256 ok') == len(assets.SFM_FILES)
