@@ -15,13 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from jaxalign import geometry
+from jaxalign import schemes as schemes_lib
 
 
-def pose_coefficients(shapes: np.ndarray) -> np.ndarray:
+def pose_coefficients(shapes: np.ndarray, scheme=schemes_lib.IBUG68) -> np.ndarray:
   """The 1-D PCA pose coefficient of Procrustes-aligned shapes.
 
   Args:
     shapes: (N, L, 2) landmarks in pixels (NaN points are ignored by the Procrustes fit).
+    scheme: their landmark scheme (a name or a scheme; it fixes the coefficient's sign).
 
   Returns:
     (N,) float64 coefficient, signed so that right-looking faces are positive
@@ -30,7 +32,7 @@ def pose_coefficients(shapes: np.ndarray) -> np.ndarray:
   shapes = np.asarray(shapes, np.float32)
   if shapes.ndim != 3 or shapes.shape[-1] != 2:
     raise ValueError(f'shapes must have shape (N, L, 2), got {shapes.shape}')
-  model = geometry.fit_pose_model(shapes)
+  model = geometry.fit_pose_model(shapes, schemes_lib.get_scheme(scheme))
   coeff = np.asarray(geometry.pose_coefficient(model, shapes), np.float64).reshape(-1)
   return coeff
 
@@ -71,12 +73,12 @@ class BalancedSampler:
 
   @classmethod
   def from_shapes(cls, shapes, batch_size: int, seed: int, num_bins: int,
-                  balanced: bool = True) -> 'BalancedSampler':
+                  balanced: bool = True, scheme=schemes_lib.IBUG68) -> 'BalancedSampler':
     """Bins (N, L, 2) training shapes by pose; ``balanced=False`` gives one bin (uniform)."""
     n = len(shapes)
     if not balanced or num_bins <= 1 or n < 2:
       return cls(np.zeros(n, np.int64), batch_size, seed)
-    return cls(bin_assignments(pose_coefficients(shapes), num_bins), batch_size, seed)
+    return cls(bin_assignments(pose_coefficients(shapes, scheme), num_bins), batch_size, seed)
 
   @property
   def bin_sizes(self) -> list[int]:

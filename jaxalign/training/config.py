@@ -16,6 +16,7 @@ from jaxalign.models import resnet
 
 MODEL_KINDS = ('pose_aware', 'plain')
 SCHEDULES = ('piecewise', 'constant', 'cosine')
+NORMALIZATIONS = ('inter_ocular', 'inter_pupil', 'bbox')   # == jaxalign.metrics.NORMALIZATIONS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -50,6 +51,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_dir = ''         # folder of images + .pts; '' with synthetic.enabled generates one
   c.data.test_dir = ''          # held-out folder for the end-of-run evaluation ('' = none)
   c.data.test_split = 'test'    # name of the held-out split in eval/<split>/report.json
+  # A registered data set (jaxalign.data.sources: '300w', 'cofw68', 'aflw', 'folder',
+  # 'the300w_lp', 'aflw2k3d') instead of train_dir; '' = train_dir / synthetic. See
+  # docs/datasets.md and configs/paper_*.py.
+  c.data.source = ''
+  c.data.root = ''              # the data set's folder (the TFDS data dir for TFDS sets)
+  c.data.train_split = 'train'
+  c.data.options = ml_collections.ConfigDict()        # the source's loader options
+  c.data.test_source = ''       # '' = data.source
+  c.data.test_root = ''         # '' = data.root
+  c.data.test_splits = ()       # every split evaluated into eval/<split>/ (with a source)
+  c.data.test_options = ml_collections.ConfigDict()
   c.data.box_margin = 0.1       # network input = box side * (1 + box_margin), square, centred
   c.data.crop_context = 1.3     # host crop = network input region * crop_context (room to augment)
   c.data.num_workers = -1       # grain worker processes; -1 = one per CPU core, 0 = in-process
@@ -99,6 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.completion = True         # 3DMM completion of the unstable points (pose-aware model)
   c.eval.completion_backend = 'jax'
+  c.eval.normalization = 'inter_ocular'   # the report's `nme`: 'inter_ocular' | 'inter_pupil' |
+                                          # 'bbox' (sqrt(w h) of the face box)
+  c.eval.completion_convention = '2d'     # 3DMM jaw convention: '2d' (300-W) | '3d' (AFLW2000-3D)
   return c
 
 
@@ -140,11 +155,59 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail('data.pose_bins', f'must be at least 1, got {config.data.pose_bins}')
   if config.data.crop_context < 1:
     fail('data.crop_context', f'must be >= 1, got {config.data.crop_context}')
-  if not config.data.train_dir and not config.data.synthetic.enabled:
-    fail('data.train_dir', 'no training data: set data.train_dir to a 300-W-style folder or '
-         'data.synthetic.enabled=True')
+  _validate_sources(config, fail)
+  if config.eval.get('normalization', 'inter_ocular') not in NORMALIZATIONS:
+    fail('eval.normalization', f'unknown normaliser {config.eval.normalization!r}; expected '
+         f'one of {NORMALIZATIONS}')
+  if config.eval.get('completion_convention', '2d') not in ('2d', '3d'):
+    fail('eval.completion_convention', f"expected '2d' or '3d', got "
+         f'{config.eval.completion_convention!r}')
+  if (not config.data.train_dir and not config.data.synthetic.enabled
+      and not config.data.get('source')):
+    fail('data.train_dir', 'no training data: set data.train_dir to a 300-W-style folder, '
+         'data.source to a registered data set, or data.synthetic.enabled=True')
   if config.loss.kind not in ('wing', 'l1', 'l2'):
     fail('loss.kind', f'unknown loss {config.loss.kind!r}; expected wing, l1 or l2')
+
+
+def _validate_sources(config, fail) -> None:
+  """The data.source / data.test_source keys: known data set, split, options and scheme."""
+  from jaxalign.data import sources  # pylint: disable=g-import-not-at-top
+  data = config.data
+  source, test_source = data.get('source', ''), data.get('test_source', '')
+  if source and data.train_dir:
+    fail('data.train_dir', f'set either data.source ({source!r}) or data.train_dir '
+         f'({data.train_dir!r}), not both')
+  if test_source and not (data.get('test_root') or data.get('root')):
+    fail('data.test_root', f'test data set {test_source!r} needs a folder: set data.test_root')
+  checks = []
+  if source:
+    if not data.get('root'):
+      fail('data.root', f'data set {source!r} needs a folder: set data.root')
+    checks.append(('data.source', source, (data.train_split,), 'data.train_split',
+                   'data.options', data.get('options')))
+  if (test_source or source) and data.get('test_splits'):
+    checks.append(('data.test_source' if test_source else 'data.source', test_source or source,
+                   tuple(data.test_splits), 'data.test_splits', 'data.test_options',
+                   data.get('test_options')))
+  for key, name, splits, split_key, options_key, options in checks:
+    try:
+      info = sources.source_info(name)
+    except ValueError as e:
+      fail(key, str(e))
+    for split in splits:
+      if split not in info.splits:
+        fail(split_key, f'data set {name!r} has no split {split!r}; its splits: {info.splits}')
+    options = options.to_dict() if hasattr(options, 'to_dict') else dict(options or {})
+    allowed = sources.option_names(name)
+    for option in options:
+      if option not in allowed:
+        fail(options_key, f'unknown option {option!r} for data set {name!r}; its options: '
+             f'{allowed}')
+    scheme = options.get('scheme', info.scheme) if name == 'folder' else info.scheme
+    if scheme != config.model.scheme:
+      fail('model.scheme', f'data set {name!r} has {scheme} landmarks but the model predicts '
+           f'{config.model.scheme}; set model.scheme={scheme}')
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:

@@ -1,4 +1,12 @@
-"""Resolving a config's data: the folders, the records, the embedded synthetic data set.
+"""Resolving a config's data: the records of a registered data set, the folders, the embedded
+synthetic data set.
+
+:func:`training_records` and :func:`test_sets` are what the trainer reads. With ``data.source``
+set (``configs/paper_*.py``) the faces come from :mod:`jaxalign.data.sources`
+(``data.root``, ``data.train_split``, ``data.options``; the held-out ``data.test_splits`` from
+``data.test_source`` / ``data.test_root`` / ``data.test_options``, defaulting to the training
+ones). Otherwise they come from the 300-W-style folders ``data.train_dir`` / ``data.test_dir``.
+Files a loader cannot use are logged with the reason and counted, never fatal.
 
 With ``data.synthetic.enabled`` and no ``data.train_dir``, a synthetic training and test set is
 rendered once (:mod:`jaxalign.data.synthetic`) into
@@ -14,6 +22,9 @@ import json
 import logging
 import os
 
+import ml_collections
+
+from jaxalign import schemes
 from jaxalign.data import records as records_lib
 
 log = logging.getLogger('jaxalign.train')
@@ -95,3 +106,108 @@ def load_records(folder: str, num_points: int, what: str):
   log.info('%s data: %d faces from %s (%d invalid files skipped)', what, len(recs), folder,
            len(invalid))
   return recs, len(invalid)
+
+
+# ----------------------------------------------------------------------------- registered sources
+
+def uses_source(config) -> bool:
+  """True when the config reads its training data from a registered data set
+  (``data.source``, :mod:`jaxalign.data.sources`) instead of a folder or the synthetic set."""
+  return bool(config.data.get('source', ''))
+
+
+def _log_invalid(invalid, what: str) -> None:
+  for bad in invalid[:20]:
+    log.warning('%s data: skipping %s: %s', what, bad.path, bad.reason)
+  if len(invalid) > 20:
+    log.warning('%s data: ... and %d more invalid files', what, len(invalid) - 20)
+
+
+def _from_source(data, which: str):
+  """:func:`jaxalign.data.sources.from_config` with the config key named in its errors.
+
+  A missing root or annotation file stays a FileNotFoundError, a missing optional dependency
+  (tensorflow-datasets) becomes a ValueError, both naming ``config.data.*`` and one line long.
+  """
+  from jaxalign.data import sources  # pylint: disable=g-import-not-at-top
+  key = 'data.root' if which == 'train' else ('data.test_root' if data.get('test_root')
+                                              else 'data.root')
+  try:
+    return sources.from_config(data, which)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'config.{key}: {e}') from None
+  except ImportError as e:
+    raise ValueError(f'config.{key}: {e}') from None
+
+
+def training_records(config):
+  """The training faces of a run and the number of files skipped: (records, num_invalid).
+
+  From ``data.source`` / ``data.root`` / ``data.train_split`` / ``data.options`` when
+  ``data.source`` is set, else from the ``data.train_dir`` folder (rendering the synthetic set
+  first when configured; :func:`resolve_data_dirs` fills the folders in place). Unusable files
+  are logged with their reason and counted, never fatal.
+
+  Raises:
+    FileNotFoundError: the data folder (or a file the data set needs) does not exist.
+    ValueError: no usable face, or a bad source / split / option.
+  """
+  scheme = schemes.get_scheme(config.model.scheme)
+  if not uses_source(config):
+    resolve_data_dirs(config)
+    return load_records(config.data.train_dir, scheme.num_points, 'training')
+  (split, (recs, invalid)), = _from_source(config.data, 'train').items()
+  _check_scheme(recs, scheme, f'{config.data.source}/{split}')
+  _log_invalid(invalid, 'training')
+  if not recs:
+    raise ValueError(f'config.data.root: split {split!r} of data set {config.data.source!r} in '
+                     f'{config.data.root} holds no usable face ({len(invalid)} invalid files)')
+  log.info('training data: %d faces from %s split %r of %s (%d invalid files skipped)',
+           len(recs), config.data.source, split, config.data.root, len(invalid))
+  return recs, len(invalid)
+
+
+def test_sets(config) -> dict:
+  """The held-out splits to evaluate: ``{split: (records, num_invalid)}``, in config order.
+
+  Every split of ``data.test_splits`` from ``data.test_source`` (default ``data.source``) under
+  ``data.test_root`` (default ``data.root``) when one of the sources is set and test splits are
+  listed; otherwise the ``data.test_dir`` folder as split ``data.test_split`` (nothing when it
+  is empty). A split with no usable face is left out with a warning. ``num_invalid`` counts the
+  files the test data set could not use (shared by its splits: a file of ``common`` is also one
+  of ``full``).
+  """
+  scheme = schemes.get_scheme(config.model.scheme)
+  test_source = config.data.get('test_source', '') or config.data.get('source', '')
+  if test_source and config.data.get('test_splits'):
+    data = config.data
+    if not config.data.get('source'):
+      # Folder / synthetic training with a registered test set: from_config reads data.source.
+      data = ml_collections.ConfigDict(config.data.to_dict())
+      data.source = test_source
+    loaded = _from_source(data, 'test')
+    out = {}
+    for split in config.data.test_splits:
+      recs, invalid = loaded[split]
+      if split == config.data.test_splits[0]:
+        _log_invalid(invalid, 'test')
+      if not recs:
+        log.warning('test split %r of %s holds no usable face; not evaluated', split,
+                    test_source)
+        continue
+      _check_scheme(recs, scheme, f'{test_source}/{split}')
+      log.info('test data: %d faces in split %r of %s', len(recs), split, test_source)
+      out[split] = (recs, len(invalid))
+    return out
+  if config.data.test_dir:
+    recs, num_invalid = load_records(config.data.test_dir, scheme.num_points, 'test')
+    return {str(config.data.test_split): (recs, num_invalid)}
+  return {}
+
+
+def _check_scheme(recs, scheme, what: str) -> None:
+  """The records must carry the model's landmark scheme (config.validate checks the registry;
+  this catches a folder source read with another ``scheme`` option)."""
+  if recs and recs[0].scheme != scheme.name:
+    raise ValueError(f'config.model.scheme: the model predicts {scheme.name} points but {what} '
+                     f'has {recs[0].scheme} points; set model.scheme={recs[0].scheme}')

@@ -7,7 +7,7 @@
 4. Loop: grain batches (sharded on 'data'), one jitted step, metrics (one step behind the
    device so the host never stalls it), a checkpoint every ``checkpoint_every`` steps and at the
    end. A non-finite loss stops the run (:class:`NonFiniteLossError`) before it is saved.
-5. End of run: evaluation of the held-out split into ``WORKDIR/eval/<split>/report.json``.
+5. End of run: evaluation of every held-out split into ``WORKDIR/eval/<split>/report.json``.
 """
 
 from __future__ import annotations
@@ -52,22 +52,23 @@ def _setup_logging():
 
 def prepare_data(config):
   """Records, sampler and shapes of a run (``config.data.*_dir`` resolved in place)."""
-  data_setup.resolve_data_dirs(config)
   scheme = schemes.get_scheme(config.model.scheme)
-  records, num_invalid = data_setup.load_records(config.data.train_dir, scheme.num_points,
-                                                 'training')
+  # data.source (a registered data set) or the data.train_dir folder / synthetic set.
+  records, num_invalid = data_setup.training_records(config)
+  # Read the held-out splits now, so that a wrong test path fails before the training.
+  test_sets = data_setup.test_sets(config) if config.eval.enabled else {}
   spec = pipeline.CropSpec.from_config(config)
   shapes = evaluation.points_in_input(records, spec)
   sampler = sampling.BalancedSampler.from_shapes(
       shapes, config.batch_size, int(config.seed), int(config.data.pose_bins),
-      bool(config.data.balanced))
+      bool(config.data.balanced), scheme)
   mean_shape = aligner.mean_shape_from_training(shapes)
   canonical = None
   if config.model.kind == 'pose_aware':
     size = int(config.model.get('cnn2_input_size') or config.model.input_size)
     canonical = aligner.canonical_shape_from_training(shapes, size, scheme)
   return {'records': records, 'num_invalid': num_invalid, 'sampler': sampler,
-          'mean_shape': mean_shape, 'canonical_shape': canonical}
+          'mean_shape': mean_shape, 'canonical_shape': canonical, 'test_sets': test_sets}
 
 
 def _fetch(metrics) -> dict[str, float]:
@@ -78,8 +79,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from ``workdir`` when it holds a checkpoint), then evaluates.
 
   Returns:
-    dict with ``step`` (steps done), ``loss`` (last logged loss), ``report`` (the evaluation
-    report or None), ``skipped_images``, ``invalid_files``.
+    dict with ``step`` (steps done), ``loss`` (last logged loss), ``report`` (the first
+    held-out split's evaluation report or None), ``reports`` ({split: report}, when evaluated),
+    ``skipped_images``, ``invalid_files``.
 
   Raises:
     ValueError / FileNotFoundError: bad config values or data folders (named in the message).
@@ -137,14 +139,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
   if result.get('interrupted'):
     return result
-  if config.eval.enabled and config.data.test_dir and jax.process_index() == 0:
+  if config.eval.enabled and data['test_sets'] and jax.process_index() == 0:
     model, _, step = inference.load_run(workdir)
-    test_records, _ = data_setup.load_records(config.data.test_dir,
-                                              schemes.get_scheme(config.model.scheme).num_points,
-                                              'test')
-    out_dir = os.path.join(workdir, 'eval', config.data.test_split)
-    result['report'] = evaluation.evaluate(model, config, test_records, out_dir,
-                                           data['mean_shape'], step=step)
+    # Every held-out split -> WORKDIR/eval/<split>/report.json; 'report' is the first one.
+    result['reports'] = evaluation.evaluate_splits(model, config, data['test_sets'], workdir,
+                                                   data['mean_shape'], step=step)
+    result['report'] = next(iter(result['reports'].values()))
   return result
 
 
