@@ -1,7 +1,6 @@
-"""The embedded default: synthetic faces, the pose-aware pair, minutes on a laptop CPU.
+"""python -m jaxalign.train --config configs/default.py --workdir runs/default
 
-  python -m jaxalign.train --config configs/default.py --workdir runs/default
-
+The embedded default: synthetic faces, the pose-aware pair, minutes on a laptop CPU
 (the same as plain ``python -m jaxalign.train``). The first run renders 2,000 training and 200
 test faces of the Surrey Face Model at 96 px (yaw -90..90 degrees) into
 ``runs/data/synthetic-<hash>/`` (cached), then trains the pose-aware pair (two ResNet-18s at

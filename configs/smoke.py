@@ -1,7 +1,7 @@
-"""Smoke test: a tiny pose-aware pair on a few 32 px crops, seconds on a CPU.
+"""python -m jaxalign.train --config configs/smoke.py --workdir /tmp/smoke \
+    --config.data.train_dir=DIR [--config.data.test_dir=DIR]
 
-  python -m jaxalign.train --config configs/smoke.py --workdir /tmp/smoke \
-      --config.data.train_dir=DIR [--config.data.test_dir=DIR]
+Smoke test: a tiny pose-aware pair on a few 32 px crops, seconds on a CPU.
 
 Logs every step; the batch (8) splits evenly over 1, 2, 4 or 8 devices. Used by the tests with
 small fixture folders; without a data folder it renders a tiny synthetic set.

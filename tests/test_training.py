@@ -63,7 +63,7 @@ def test_config_files(name):
   with open(path) as f:
     text = f.read()
   doc = text.split('"""')[1]
-  assert 'python -m jaxalign.train' in doc.split('\n\n')[1]   # the launch command comes first
+  assert doc.startswith(f'python -m jaxalign.train --config configs/{name}.py')  # command first
   if name == 'smoke':
     assert c.batch_size % 8 == 0 and c.log_every == 1
 
