@@ -129,6 +129,13 @@ def test_evaluate_on_a_300w_layout_shows_the_paper(run, tmp_path, capsys):
   # A folder given directly; no paper numbers for it.
   rep = runner.evaluate(run, str(root / 'ibug'), out=tmp_path / 'folder')
   assert rep['num_images'] == 2 and 'paper' not in rep
+  # A run trained on a registered data set evaluates its first configured test split by default.
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({'model': {'scheme': 'ibug68'}, 'data': {
+      'source': '300w', 'root': str(root), 'test_source': '', 'test_root': '',
+      'test_splits': ('challenge', 'full'), 'test_dir': '', 'test_split': 'test'}})
+  records, _, info = runner.resolve_dataset(config)
+  assert info['dataset'] == '300w:challenge' and len(records) == 2
 
 
 def test_evaluate_cli_errors_are_one_line(run, tmp_path, capsys):

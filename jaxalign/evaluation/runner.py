@@ -65,6 +65,11 @@ def resolve_dataset(config, dataset: str | None = None, data_dir: str | None = N
     ValueError / FileNotFoundError: naming the data set, split or folder.
   """
   from jaxalign.data import sources  # pylint: disable=g-import-not-at-top
+  test_source = config.data.get('test_source', '') or config.data.get('source', '')
+  if dataset is None and test_source and config.data.get('test_splits'):
+    # A run trained on a registered data set: its first configured test split.
+    dataset = f'{test_source}:{config.data.test_splits[0]}'
+    data_dir = data_dir or config.data.get('test_root', '') or config.data.get('root', '')
   if dataset is None:
     root = default_test_dir(config, workdir)
     split = str(config.data.get('test_split', 'test') or 'test')
