@@ -112,3 +112,50 @@ def test_numpy_and_jax_agree_batched(model):
     np.testing.assert_allclose(want[1], contour.ibug_points(v[1], cams[1], model, conv))
   with pytest.raises(ValueError, match='convention'):
     contour.ibug_points(v[0], cams[0], model, 'xyz')
+
+
+@pytest.mark.parametrize('yaw', [30.0, 45.0, -45.0])
+def test_far_side_jaw_lies_on_the_rendered_outline(model, yaw):
+  """The marched points are the occluding contour: on the outline of the z-buffered mesh.
+
+  (Searching along the projected outward normal instead, which tilts toward the vertical under
+  yaw, put jaw points 10 and 11 several pixels inside the face at 45 degrees.)
+  """
+  from jaxalign.data import synthetic_raster
+  rng = np.random.default_rng(4)
+  v = model.vertices(rng.standard_normal(20) * 0.8)
+  size = 256
+  cam = contour.camera_from_pose(_rot(yaw, 0.0, 0.0), np.zeros(2), 1.0, 0.0)
+  xy = contour.project(v, cam)
+  lo, hi = xy.min(0), xy.max(0)
+  s = 0.8 * size / (hi - lo).max()
+  cam = np.concatenate([cam[:, :3] * s, (cam[:, 3] * s + 0.1 * size - lo * s)[:, None]], 1)
+  xy = contour.project(v, cam)
+  depth = contour.project(v, np.concatenate([np.stack([contour.view_direction(cam)] * 2),
+                                             np.zeros((2, 1))], 1))[:, 0]
+  mask = synthetic_raster.rasterize(xy, depth, np.asarray(model.triangles, np.int64), size, size,
+                                    cull_back_faces=False).mask
+  pad = np.pad(mask, 1)
+  edge = mask & ~(pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:])
+  ey, ex = np.nonzero(edge)
+  pts = contour.ibug_points(v, cam, model, '2d')
+  far = range(9, 17) if yaw > 0 else range(0, 8)
+  d = [np.hypot(ex - pts[k, 0], ey - pts[k, 1]).min() for k in far]
+  assert max(d) < 2.0, d
+
+
+def test_marching_directions_are_image_normals_of_the_slice(model):
+  geo = contour.landmark_geometry(model)
+  for yaw in (0.0, 50.0, -80.0):
+    cam = _camera(yaw, 10.0, 5.0)
+    u = contour.marching_directions(cam, geo)
+    ct = geo.tangent @ cam[:2, :3].T
+    np.testing.assert_allclose(np.linalg.norm(u, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose((u * ct).sum(-1), 0.0, atol=1e-4 * np.abs(ct).max())
+    # Outward: along the projected outward normal, not against it.
+    assert ((u * (geo.outward @ cam[:2, :3].T)).sum(-1) >= 0).all()
+  # Frontal: the image normal of the projected tangent is the projected outward normal.
+  cam = _camera(0.0)
+  cn = geo.outward @ cam[:2, :3].T
+  np.testing.assert_allclose(contour.marching_directions(cam, geo),
+                             cn / np.linalg.norm(cn, axis=-1, keepdims=True), atol=1e-5)

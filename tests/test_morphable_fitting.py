@@ -114,3 +114,55 @@ def test_yaw_pitch_roll_matches_eos_decomposition():
   r = _rotation(33.0, -12.0, 7.0)
   np.testing.assert_allclose(np.asarray(fitting.yaw_pitch_roll(r)), [33.0, -12.0, 7.0],
                              atol=1e-4)
+
+
+def test_adaptive_noise_tracks_the_landmark_noise(model, jf):
+  """The adaptive pass estimates each face's noise level from its residuals (dof-corrected)
+  and fits noisy faces with a stronger prior, which completes their ULs better."""
+  from jaxalign import metrics
+  from jaxalign.benchmarks.completion import synthetic_faces
+  stable = IBUG68.stable_mask().astype(np.float32)
+  ul = np.flatnonzero(~IBUG68.stable_mask())
+  plain = dataclasses.replace(fitting.TUNED, adaptive_noise=False, num_iterations=6)
+  assert fitting.TUNED.adaptive_noise
+  errs = {}
+  for noise in (0.0, 0.06):
+    f = synthetic_faces(model, 32, seed=9, mismatch_mm=0.5, noise=noise, max_yaw=70.0)
+    for name, cfg in (('adaptive', fitting.TUNED), ('plain', plain)):
+      fit = jf.fit(f['given'], stable, 512.0, cfg)
+      lm = np.asarray(jf.landmarks(fit))
+      errs[name, noise] = float(np.mean(metrics.nme(lm, f['gt'], indices=ul)))
+      if name == 'plain':
+        np.testing.assert_allclose(np.asarray(fit.noise_mm), plain.noise_mm)
+        continue
+      est = np.asarray(fit.noise_mm)
+      assert (est >= fitting.TUNED.noise_mm - 1e-4).all()
+      # The injected level in model mm: noise * inter-ocular px / scale (px per mm).
+      io = np.linalg.norm(f['gt'][:, 36] - f['gt'][:, 45], axis=-1)
+      injected = noise * io / np.asarray(fit.scale)
+      if noise == 0:
+        assert np.median(est) < fitting.TUNED.noise_mm + 0.1      # clean: the default prior
+      else:
+        assert 0.6 < np.median(est / injected) < 1.5, np.median(est / injected)
+  assert errs['adaptive', 0.06] < 0.97 * errs['plain', 0.06], errs
+  assert errs['adaptive', 0.0] < 1.05 * errs['plain', 0.0], errs
+
+
+def test_huber_weights_resist_outlier_points(model, jf):
+  from jaxalign import metrics
+  from jaxalign.benchmarks.completion import synthetic_faces
+  stable = IBUG68.stable_mask().astype(np.float32)
+  ul = np.flatnonzero(~IBUG68.stable_mask())
+  f = synthetic_faces(model, 16, seed=4, mismatch_mm=0.5, noise=0.01, max_yaw=60.0)
+  rng = np.random.default_rng(0)
+  given = f['given'].copy()
+  io = np.linalg.norm(f['gt'][:, 36] - f['gt'][:, 45], axis=-1)
+  for i in range(len(given)):          # three wild SLs per face
+    j = rng.choice(np.flatnonzero(stable), 3, replace=False)
+    given[i, j] += rng.standard_normal((3, 2)) * 0.3 * io[i]
+  errs = {}
+  for name, cfg in (('plain', fitting.TUNED),
+                    ('huber', dataclasses.replace(fitting.TUNED, huber=2.0))):
+    lm = np.asarray(jf.landmarks(jf.fit(given, stable, 512.0, cfg)))
+    errs[name] = float(np.mean(metrics.nme(lm, f['gt'], indices=ul)))
+  assert errs['huber'] < 0.85 * errs['plain'], errs

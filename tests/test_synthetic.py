@@ -320,3 +320,98 @@ def test_benchmark_runs(capsys):
   assert bench.main(['--num', '4', '--workers', '1', '--size', '48', '--json']) == 0
   out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert out['faces'] == 4 and out['faces_per_second'] > 0 and out['cpu_ms_per_face'] > 0
+
+
+# ------------------------------------------------------------------------------ model mismatch
+MISMATCH = dict(tail_shape_sigma=2.0, tail_start=30, deformation_mm=3.0,
+                deformation_scale_mm=40.0, expression_strength=(1.2, 1.8), annotation_noise=0.01)
+
+
+def test_mismatch_defaults_leave_the_data_set_unchanged():
+  plain = synthetic.SynthConfig(size=64)
+  explicit = synthetic.SynthConfig(size=64, tail_shape_sigma=None, tail_start=30,
+                                   deformation_mm=0.0, expression_strength=(0.2, 1.0),
+                                   annotation_noise=0.0)
+  assert not plain.has_mismatch and not explicit.has_mismatch
+  # synthesis.json of an old data set: no mismatch key at all.
+  assert not set(plain.to_json()) & set(synthetic.MISMATCH_FIELDS)
+  assert synthetic.SynthConfig(size=64, deformation_mm=1.0).to_json()['deformation_mm'] == 1.0
+  r = synthetic.Renderer(plain)
+  p = r.sample(3, 5)
+  assert p.deformation is None and p.point_noise is None
+
+
+def test_mismatch_draws_leave_every_other_choice_alone(renderer):
+  mm = synthetic.Renderer(synthetic.SynthConfig(size=128, **MISMATCH), model=renderer.model)
+  for index in range(4):
+    a, b = renderer.sample(7, index), mm.sample(7, index)
+    for f in dataclasses.fields(a):
+      if f.name in ('shape_coeffs', 'expression_coeffs', 'deformation', 'point_noise'):
+        continue
+      va, vb = getattr(a, f.name), getattr(b, f.name)
+      if isinstance(va, dict):
+        assert va.keys() == vb.keys()
+        for k in va:
+          np.testing.assert_array_equal(va[k], vb[k])
+      else:
+        np.testing.assert_array_equal(va, vb, err_msg=f.name)
+    # Head components unchanged, tail ones scaled by 2 / 0.9 (before clipping).
+    np.testing.assert_array_equal(a.shape_coeffs[:30], b.shape_coeffs[:30])
+    unclipped = np.abs(a.shape_coeffs[30:]) < 3 * 0.9 / 2.0
+    np.testing.assert_allclose(b.shape_coeffs[30:][unclipped],
+                               a.shape_coeffs[30:][unclipped] * 2.0 / 0.9, rtol=1e-5)
+    if a.expression_coeffs.sum() > 0:
+      assert 1.2 - 1e-5 <= b.expression_coeffs.sum() <= 1.8 + 1e-5
+
+
+def test_deformation_is_smooth_and_has_the_requested_rms(renderer):
+  rng = np.random.default_rng(0)
+  field = renderer.random_deformation(rng, 3.0, 40.0).astype(np.float64)
+  assert field.shape == renderer.model.mean.reshape(-1, 3).shape
+  np.testing.assert_allclose(np.sqrt((field ** 2).sum(1).mean()), 3.0, rtol=1e-4)
+  # Smooth: along mesh edges the field changes far less than its own size.
+  t = renderer.triangles
+  edge_change = np.linalg.norm(field[t[:, 0]] - field[t[:, 1]], axis=1)
+  assert edge_change.mean() < 0.1 * np.linalg.norm(field, axis=1).mean()
+  # The rendered mesh moves by exactly the field.
+  p = renderer.sample(0, 0)
+  moved = renderer.vertices(dataclasses.replace(p, deformation=field.astype(np.float32)))
+  np.testing.assert_allclose(moved - renderer.vertices(p), field, atol=1e-3)
+
+
+def test_annotation_noise_moves_only_the_2d_ground_truth(renderer):
+  params = _plain(renderer.sample(2, 1))
+  clean = renderer.render(params)
+  noise = np.random.default_rng(1).standard_normal((68, 2)).astype(np.float32) * 0.01
+  noisy = renderer.render(dataclasses.replace(params, point_noise=noise))
+  np.testing.assert_allclose(noisy.points - clean.points,
+                             noise * params.face_scale * renderer.config.size, atol=1e-4)
+  np.testing.assert_array_equal(noisy.points_3d, clean.points_3d)
+  np.testing.assert_array_equal(noisy.image, clean.image)
+  np.testing.assert_array_equal(noisy.visible, clean.visible)
+  np.testing.assert_allclose(noisy.box, [*noisy.points.min(0), *noisy.points.max(0)])
+
+
+def test_mismatch_flags_and_bad_values(tmp_path):
+  from jaxalign import synthesize
+  args = synthesize.parse_args(['--out', 'x', '--num', '1', '--tail-shape-sigma', '1.5',
+                                '--deformation-mm', '2', '--expression-strength', '0.2', '1.5',
+                                '--annotation-noise', '0.004'])
+  cfg = synthetic.SynthConfig(**synthesize.mismatch_kwargs(args))
+  assert (cfg.tail_shape_sigma, cfg.deformation_mm, cfg.expression_strength,
+          cfg.annotation_noise) == (1.5, 2.0, (0.2, 1.5), 0.004)
+  defaults = synthetic.SynthConfig(**synthesize.mismatch_kwargs(
+      synthesize.parse_args(['--out', 'x', '--num', '1'])))
+  assert not defaults.has_mismatch
+  for bad in (dict(deformation_mm=-1.0), dict(annotation_noise=0.5),
+              dict(tail_shape_sigma=-0.1), dict(tail_start=-1),
+              dict(expression_strength=(2.0, 1.0)), dict(deformation_scale_mm=0.0)):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+      synthetic.SynthConfig(**bad)
+  # The data set records the mismatch, and the renders differ from the plain ones.
+  out = tmp_path / 'mm'
+  synthetic_dataset.synthesize(out, 2, config=synthetic.SynthConfig(size=64, **MISMATCH),
+                               workers=1)
+  saved = json.loads((out / synthetic_dataset.SETTINGS).read_text())['config']
+  assert saved['deformation_mm'] == 3.0 and saved['expression_strength'] == [1.2, 1.8]

@@ -1,5 +1,17 @@
-"""``python -m jaxalign.bench completion [--batch 256] [--json] [--tune]``: 3DMM completion speed
-and accuracy, JAX backend vs eos, on the same synthetic faces.
+"""``python -m jaxalign.bench completion [--batch 256] [--json] [--tune] [--by-yaw]``: 3DMM
+completion speed and accuracy, JAX backend vs eos, on the same synthetic faces.
+
+``--by-yaw`` instead scores the completion per |yaw| bin (0-30, 30-60, 60-75, 75-90 degrees),
+split into the non-jaw and the jaw ULs, with the inter-ocular and the landmark-box normaliser,
+for both backends and two references without a 3DMM (the mean training shape of the SL pose
+bin aligned to the SLs by a similarity, and the 2D Gaussian completion of
+:mod:`jaxalign.morphable.statistical`), from ground-truth SLs plus optional Gaussian noise
+(``--noise``, per coordinate, fraction of the landmark box's longer side), with the flip given as
+the true yaw sign and as detected (``complete(flip=None)``). The faces come from
+:class:`jaxalign.data.synthetic.Renderer` (pose and '2d' ground truth only, nothing is
+rasterised; ``--faces``, ``--seed``, the references are fitted on ``--train-faces`` faces of
+another seed) or from a folder of ``.pts`` files with yaw in ``annotations.jsonl`` (``--folder``,
+e.g. a run's synthetic test set).
 
 Faces are drawn from the Surrey Face Model with a mismatch the fitter cannot explain: random
 shape (all 63 components, N(0, 1)) and expressions, i.i.d. 3D vertex noise (``--mismatch-mm``),
@@ -171,17 +183,171 @@ def tune(n=128, seed=1, mismatch_mm=1.0, noise=0.01):
   return rows
 
 
+
+YAW_BINS = (0.0, 30.0, 60.0, 75.0, 90.0)
+
+
+def renderer_faces(n, seed, model=None, size=96, yaw_range=(-90.0, 90.0)):
+  """(gt (n, 68, 2) '2d' points, yaw (n,)) of synthetic faces: the renderer's random faces
+  (default: yaw uniform in +-90 degrees) at ``size`` px, posed and read off the mesh (no
+  pixels)."""
+  from jaxalign.data import synthetic
+  from jaxalign.morphable import contour
+  renderer = synthetic.Renderer(
+      synthetic.SynthConfig(size=size, yaw_range=tuple(map(float, yaw_range))), model)
+  gt = np.zeros((n, 68, 2), np.float32)
+  yaw = np.zeros(n)
+  for i in range(n):
+    params = renderer.sample(seed, i)
+    v = renderer.vertices(params)
+    gt[i] = contour.ibug_points(v, renderer.camera(params, v), renderer.model, '2d')
+    yaw[i] = params.yaw
+  return gt, yaw
+
+
+def folder_faces(folder):
+  """(gt, yaw) of the faces of a folder whose records know their yaw (synthetic data sets)."""
+  from jaxalign.data import records as records_lib
+  recs, _ = records_lib.scan_folder(folder, num_points=68)
+  recs = [r for r in recs if r.yaw is not None]
+  if not recs:
+    raise ValueError(f'{folder}: no face with a known yaw (annotations.jsonl)')
+  return (np.stack([np.asarray(r.points, np.float32) for r in recs]),
+          np.array([float(r.yaw) for r in recs]))
+
+
+def add_noise(gt, level, seed=0):
+  """gt plus N(0, (level * box side)^2) per coordinate (box: the landmarks' longer side)."""
+  if not level:
+    return gt.copy()
+  rng = np.random.default_rng(seed)
+  side = (np.nanmax(gt, 1) - np.nanmin(gt, 1)).max(-1)
+  return (gt + rng.standard_normal(gt.shape) * (level * side)[:, None, None]).astype(np.float32)
+
+
+def binned_ul_errors(points, kept, gt, yaw, bins=YAW_BINS):
+  """{'inter_ocular'|'bbox': {'inner'|'jaw': [mean per |yaw| bin..., mean over all]}}.
+
+  The errors of the completed points (not ``kept``), non-jaw (17-67) and jaw (0-16) apart.
+  """
+  out = {}
+  a = np.abs(yaw)
+  last = len(bins) - 2
+  for norm in ('inter_ocular', 'bbox'):
+    per = {}
+    for part, idx in (('inner', range(17, 68)), ('jaw', range(17))):
+      e = np.full(len(gt), np.nan)
+      for i in range(len(gt)):
+        sel = [j for j in idx if not kept[i, j]]
+        if sel:
+          e[i] = metrics.nme(points[i:i + 1], gt[i:i + 1], norm, indices=sel)[0]
+      row = []
+      for b, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
+        s = (a >= lo) & ((a < hi) | ((b == last) & (a <= hi)))
+        row.append(float(np.nanmean(e[s])) if s.any() else float('nan'))
+      row.append(float(np.nanmean(e)))
+      per[part] = row
+    out[norm] = per
+  return out
+
+
+def _mean_shape_reference(model, points, flip, scheme):
+  """The SL pose bin's mean aligned shape, placed on the SLs by a least-squares similarity."""
+  from jaxalign import geometry
+  from jaxalign.morphable import statistical
+  stable = scheme.stable_mask()
+  pts = np.asarray(points, np.float64)
+  work = np.where(flip[:, None, None], statistical._mirror(pts, scheme), pts)
+  work = np.where(stable[None, :, None], work, np.nan)
+  mean = model.means[np.searchsorted(model.edges, statistical._sl_yaw(work, scheme))]
+  m = np.asarray(geometry.estimate_similarity(mean[:, stable].astype(np.float32),
+                                              work[:, stable].astype(np.float32)), np.float64)
+  pred = np.einsum('nij,nlj->nli', m[:, :, :2], mean) + m[:, None, :, 2]
+  out = np.where(stable[None, :, None], work, pred)
+  out = np.where(flip[:, None, None], statistical._mirror(out, scheme), out)
+  kept = np.where(flip[:, None], stable[scheme.flip_index_array()][None], stable[None])
+  return out.astype(np.float32), kept
+
+
+def by_yaw(faces=400, seed=7, train_faces=1000, folder=None, noise=0.0, backends=('jax', 'eos'),
+           references=True, config=None):
+  """Per-|yaw|-bin UL errors of the completion (see the module docstring); JSON-able dict."""
+  from jaxalign.morphable import completion
+  from jaxalign.morphable import statistical
+  from jaxalign.morphable.model import load_model
+  scheme = schemes_lib.IBUG68
+  model = load_model()
+  if folder is None:
+    gt, yaw = renderer_faces(faces, seed, model)
+    source = f'renderer seed {seed}, {faces} faces'
+  else:
+    gt, yaw = folder_faces(folder)
+    source = str(folder)
+  given = add_noise(gt, noise, seed)
+  size = np.ceil(np.nanmax(gt, axis=(0, 1))) + 1.0
+  counts = [int(c) for c in np.histogram(np.abs(yaw), YAW_BINS)[0]]
+  rows = {}
+  truth = yaw < 0
+  for backend in backends:
+    for mode, flip in (('true_flip', truth), ('detected_flip', None)):
+      r = completion.complete(given, backend=backend, image_size=size, flip=flip, model=model,
+                              config=config if backend == 'jax' else None)
+      rows[f'{backend}/{mode}'] = binned_ul_errors(r.points, r.kept, gt, yaw)
+      if flip is None:
+        rows[f'{backend}/{mode}']['wrong_flips'] = int((r.flipped != truth)[np.abs(yaw) > 10].sum())
+  if references:
+    train, _ = renderer_faces(train_faces, seed + 1000, model)
+    for name, bins in (('mean_shape', 5), ('gaussian', 3)):
+      ref = statistical.fit(train, scheme, num_bins=bins)
+      if name == 'mean_shape':
+        pts, kept = _mean_shape_reference(ref, given, truth, scheme)
+      else:
+        res = statistical.complete(given, ref, scheme, flip=truth)
+        pts, kept = res.points, res.kept
+      rows[f'{name}/true_flip'] = binned_ul_errors(pts, kept, gt, yaw)
+  return {'date': time.strftime('%Y-%m-%d'), 'faces': source, 'noise_box': noise,
+          'bins': list(YAW_BINS), 'counts': counts, 'results': rows}
+
+
+def format_by_yaw(out) -> str:
+  """A plain-text table of :func:`by_yaw` (percent; non-jaw / jaw ULs per bin, then all)."""
+  bins = out['bins']
+  head = ' '.join(f'{int(lo)}-{int(hi)} (n={c})'.rjust(15)
+                  for lo, hi, c in zip(bins[:-1], bins[1:], out['counts']))
+  lines = [f"faces: {out['faces']}; SL noise {100 * out['noise_box']:.1f} % of the box",
+           'UL NME %, non-jaw / jaw', f"{'':28s}{'':6s}{head}{'all'.rjust(15)}"]
+  for name, row in out['results'].items():
+    for norm in ('inter_ocular', 'bbox'):
+      cells = ' '.join(f'{100 * a:6.2f}/{100 * b:6.2f}'.rjust(15)
+                       for a, b in zip(row[norm]['inner'], row[norm]['jaw']))
+      extra = f"  wrong flips: {row['wrong_flips']}" if 'wrong_flips' in row and norm == 'bbox' else ''
+      lines.append(f"{name:28s}{norm[:5]:6s}{cells}{extra}")
+  return '\n'.join(lines)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m jaxalign.bench completion', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--batch', type=int, default=256, help='faces per JAX call (default 256)')
   p.add_argument('--eos-faces', type=int, default=64, help='faces timed with eos (default 64)')
   p.add_argument('--repeats', type=int, default=3)
-  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--seed', type=int, default=None,
+                 help='face seed (default 0; --by-yaw: 7)')
   p.add_argument('--mismatch-mm', type=float, default=1.0)
-  p.add_argument('--noise', type=float, default=0.01)
+  p.add_argument('--noise', type=float, default=None,
+                 help='2D noise on the given points: fraction of the inter-ocular distance '
+                      '(default 0.01); --by-yaw: of the landmark box side (default 0)')
   p.add_argument('--json', action='store_true', help='print one JSON object')
   p.add_argument('--tune', action='store_true', help='run the tuning grid instead')
+  p.add_argument('--by-yaw', action='store_true',
+                 help='score per |yaw| bin (non-jaw / jaw ULs, both normalisers) instead')
+  p.add_argument('--faces', type=int, default=400, help='--by-yaw: renderer faces (default 400)')
+  p.add_argument('--train-faces', type=int, default=1000,
+                 help='--by-yaw: faces the references are fitted on (default 1000)')
+  p.add_argument('--folder', default=None,
+                 help='--by-yaw: score the faces of this folder instead (yaw from '
+                      'annotations.jsonl)')
+  p.add_argument('--backends', default='jax,eos', help='--by-yaw: comma-separated backends')
   args = p.parse_args(argv)
   from jaxalign import assets
   try:
@@ -190,9 +356,17 @@ def main(argv=None) -> int:
     print(e, file=sys.stderr)
     return 1
   if args.tune:
-    tune(mismatch_mm=args.mismatch_mm, noise=args.noise)
+    tune(mismatch_mm=args.mismatch_mm, noise=0.01 if args.noise is None else args.noise)
     return 0
-  out = run(args.batch, args.eos_faces, args.seed, args.repeats, args.mismatch_mm, args.noise)
+  if args.by_yaw:
+    seed = 7 if args.seed is None else args.seed
+    noise = 0.0 if args.noise is None else args.noise
+    out = by_yaw(args.faces, seed, args.train_faces, args.folder, noise,
+                 tuple(b for b in args.backends.split(',') if b))
+    print(json.dumps(out) if args.json else format_by_yaw(out))
+    return 0
+  out = run(args.batch, args.eos_faces, 0 if args.seed is None else args.seed, args.repeats,
+            args.mismatch_mm, 0.01 if args.noise is None else args.noise)
   if args.json:
     print(json.dumps(out))
   else:

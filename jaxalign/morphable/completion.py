@@ -15,6 +15,7 @@ import numpy as np
 from jaxalign import schemes as schemes_lib
 from jaxalign.morphable import contour
 from jaxalign.morphable import fitting as fitting_lib
+from jaxalign.morphable import pose as pose_lib
 from jaxalign.morphable.model import load_model
 
 # The JAX backend's defaults: eos's algorithm with a scale-invariant noise model and a prior
@@ -67,8 +68,9 @@ def complete(points, scheme=schemes_lib.IBUG68, backend: str = 'jax', image_size
     backend: 'jax' (batched JAX fitter) or 'eos' (eos-py, a process per core).
     image_size: (width, height) or (N, 2); default a box around the points. The result does not
       depend on it (it only fixes eos's viewport and the mirror axis).
-    flip: None = flip left-looking faces (``jaxalign.geometry.looking_direction``), or an (N,) /
-      scalar bool forcing it.
+    flip: None = flip left-looking faces (yaw < -10 degrees by
+      :func:`jaxalign.morphable.pose.looking_direction`, a rigid fit of the mean face to the
+      given points), or an (N,) / scalar bool forcing it.
     convention: '2d' (300-W jaw on the silhouette) or '3d' (fixed vertices).
     config: JAX backend :class:`~jaxalign.morphable.fitting.FitConfig` (default
       :data:`JAX_DEFAULTS`); the eos backend uses eos's defaults (5 iterations, lambda 30).
@@ -98,8 +100,9 @@ def complete(points, scheme=schemes_lib.IBUG68, backend: str = 'jax', image_size
     size = np.broadcast_to(np.asarray(image_size, np.float64), (n, 2)).copy()
 
   if flip is None:
-    from jaxalign import geometry
-    flipped = np.asarray(geometry.looking_direction(pts, scheme)) < 0
+    # The rigid 3D pose of the mean face, not the 2D nose-ratio estimate, which wraps around
+    # near profile and flips some 75-90 degree faces the wrong way (see pose.py).
+    flipped = np.asarray(pose_lib.looking_direction(pts, scheme, model=model)) < 0
   else:
     flipped = np.broadcast_to(np.asarray(flip, bool), (n,)).copy()
   # Work on right-looking (or frontal) faces: mirror the left-looking ones.
@@ -141,6 +144,8 @@ def complete(points, scheme=schemes_lib.IBUG68, backend: str = 'jax', image_size
   completed[~ok] = np.where(stable[None, :, None], work, np.nan)[~ok]
   out = np.where(flipped[:, None, None], _mirror(completed, size[:, 0], scheme), completed)
   kept = np.where(flipped[:, None], stable[scheme.flip_index_array()][None], stable[None])
+  # Bit-exact pass-through (mirroring twice can move a float32 coordinate by an ulp).
+  out = np.where(kept[..., None], pts, out)
   # A mirrored face's yaw and roll change sign; pitch does not.
   sign = np.where(flipped, -1.0, 1.0)
   result = CompletionResult(

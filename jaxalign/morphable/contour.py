@@ -28,8 +28,8 @@ Conventions for the 68 points:
 * ``'2d'`` (300-W): like '3d', except that the jaw points of the side turned away from the camera
   follow the visible silhouette ("landmark marching"): each such point moves along a fixed slice of
   the mesh (the plane through its 3D vertex spanned by the contour's outward normal and the depth
-  axis) to the slice vertex that projects outermost along that normal, which is the occluding
-  contour at that height. The chin (8) and the near side stay on their vertices: the near
+  axis) to the slice's occluding-contour vertex: the one that projects outermost along the image
+  normal of the projected slice plane (:func:`marching_directions`). The chin (8) and the near side stay on their vertices: the near
   side's frontal contour stays on the visible face boundary under yaw.
 
 Functions accept numpy or jax arrays (batched with leading axes) and return the same kind, so the
@@ -55,6 +55,12 @@ INNER_MOUTH_VERTICES = {60: 408, 64: 821}
 # the 17 jaw points are spread evenly by arc length along the model contour from there to the
 # chin vertex (iBUG 8 -> SFM 33).
 _JAW_TOP_LANDMARKS = (36, 45)
+
+# Version of the '2d' ground-truth convention this module computes. Bump it whenever the points
+# of a given mesh and camera change, so that cached synthetic data sets (whose .pts hold these
+# points) can be told apart. 2: the slice search direction is the image normal of the projected
+# slice plane (:func:`marching_directions`); 1 searched along the projected outward normal.
+GROUND_TRUTH_VERSION = 2
 
 # Slice geometry for landmark marching (model units, mm): vertices within SLICE_HALF_WIDTH of the
 # slice plane, on the jaw point's side, laterally beyond INNER_FRACTION of the jaw vertex's
@@ -82,6 +88,8 @@ class LandmarkGeometry:
     jaw_points: (16,) int32 iBUG indices of the marching points, 0-7 then 9-16.
     jaw_side: (16,) int8 -1 for the subject's right side (iBUG 0-7, model x < 0), +1 for 9-16.
     outward: (16, 3) float32 unit outward contour normal of each jaw point (model frame, z = 0).
+    tangent: (16, 3) float32 unit normal of each jaw point's slice plane (the jaw line's
+      tangent in the model's xy plane, z = 0): ``outward x z``.
     candidates: (16, K) int32 slice vertices of each jaw point, padded with the jaw vertex itself.
   """
 
@@ -89,6 +97,7 @@ class LandmarkGeometry:
   jaw_points: np.ndarray
   jaw_side: np.ndarray
   outward: np.ndarray
+  tangent: np.ndarray
   candidates: np.ndarray
 
 
@@ -146,6 +155,7 @@ def _geometry(model) -> LandmarkGeometry:
   side = np.where(jaw_points < 8, -1, 1).astype(np.int8)
   jaw = mean[verts[:17]]
   outward = np.zeros((16, 3))
+  tangents = np.zeros((16, 3))
   cands = []
   for k, p in enumerate(jaw_points):
     # Tangent of the jaw polyline (0..16 through the chin) at p, in the image-like xy plane.
@@ -158,6 +168,7 @@ def _geometry(model) -> LandmarkGeometry:
     # The slice plane contains the jaw vertex, the outward normal and the depth axis z; its
     # normal is the in-plane tangent direction.
     plane_n = np.cross(normal, [0.0, 0.0, 1.0])
+    tangents[k] = plane_n
     dist = np.abs((mean - jaw[p]) @ plane_n)
     lateral = (mean - jaw[p]) @ normal
     reach = abs(jaw[p, 0]) * (1.0 - INNER_FRACTION)
@@ -170,7 +181,8 @@ def _geometry(model) -> LandmarkGeometry:
     candidates[k] = verts[jaw_points[k]]
     candidates[k, :len(c)] = c
   return LandmarkGeometry(vertices=verts, jaw_points=jaw_points, jaw_side=side,
-                          outward=outward.astype(np.float32), candidates=candidates)
+                          outward=outward.astype(np.float32),
+                          tangent=tangents.astype(np.float32), candidates=candidates)
 
 
 def landmark_geometry(model) -> LandmarkGeometry:
@@ -256,6 +268,28 @@ def yaw_sign(camera):
   return -xp.sign(view_direction(camera)[..., 0])
 
 
+def marching_directions(camera, geometry: LandmarkGeometry):
+  """(..., 16, 2) unit image direction along which each jaw point's slice is searched outward.
+
+  A slice is the planar curve of mesh vertices in the plane through the jaw vertex spanned by
+  its outward normal n and the model's depth axis; the plane's normal is the jaw tangent t.
+  Seen along the view direction d, the curve's occluding point is where its tangent is parallel
+  to d projected onto the plane, and since C d = 0 that tangent's image is parallel to C t.
+  So the silhouette point is the slice vertex that projects furthest along the image normal of
+  C t, signed to point outward (positive along C n). (C n itself is that normal only in a
+  frontal view; under yaw it tilts toward the vertical and, for a profile, searches the bottom
+  of the slice instead of its silhouette.)
+  """
+  xp = _xp(camera)
+  lin = xp.asarray(camera)[..., :2, :3]
+  ct = xp.einsum('...jk,pk->...pj', lin, xp.asarray(geometry.tangent))
+  cn = xp.einsum('...jk,pk->...pj', lin, xp.asarray(geometry.outward))
+  u = xp.stack([ct[..., 1], -ct[..., 0]], -1)
+  sign = xp.where(xp.sum(u * cn, -1) < 0, -1.0, 1.0)
+  u = u * sign[..., None]
+  return u / xp.maximum(xp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
+
+
 def ibug_points(vertices, camera, model, convention: str = '2d'):
   """(..., 68, 2) the iBUG-68 points of a posed mesh in image pixels.
 
@@ -272,11 +306,7 @@ def ibug_points(vertices, camera, model, convention: str = '2d'):
   fixed = project(vertices[..., geo.vertices, :], camera)
   if convention == '3d':
     return fixed
-  cam = xp.asarray(camera)[..., :2, :]
-  # Outward direction of each jaw point in the image: the camera's linear part applied to the
-  # model-frame outward normal.
-  u = xp.einsum('...jk,pk->...pj', cam[..., :3], xp.asarray(geo.outward))
-  u = u / xp.maximum(xp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
+  u = marching_directions(camera, geo)
   cand = project(vertices[..., geo.candidates.reshape(-1), :], camera)
   cand = cand.reshape(cand.shape[:-2] + geo.candidates.shape + (2,))
   score = xp.einsum('...pkj,...pj->...pk', cand, u)

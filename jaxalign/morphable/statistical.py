@@ -8,7 +8,7 @@ the joint distribution of all 2D points from training shapes and predicts the un
    are aligned by a similarity to the mean SL shape (generalized Procrustes on the SLs), and the
    same similarity is applied to all its points;
 2. the aligned shapes are split into pose bins by the yaw that
-   :func:`jaxalign.geometry.estimate_yaw` reads off the SLs alone (quantile bin edges, so each
+   :func:`jaxalign.morphable.pose.estimate_pose` reads off the SLs alone (quantile bin edges, so each
    bin holds as many faces), and a Gaussian (mean, covariance) of the flattened shape is fitted
    per bin;
 3. a new face's SLs are aligned the same way, its bin is chosen by the same yaw estimate, and
@@ -104,20 +104,25 @@ def _normalise(shape: np.ndarray) -> np.ndarray:
 
 
 def _sl_yaw(points: np.ndarray, scheme) -> np.ndarray:
-  """(N,) yaw estimate in degrees from the SLs alone (the rest NaN)."""
-  from jaxalign import geometry  # pylint: disable=g-import-not-at-top
+  """(N,) yaw estimate in degrees from the SLs alone (the rest NaN).
+
+  The rigid mean-face fit of :mod:`jaxalign.morphable.pose`: the 2D nose-ratio estimate
+  (``jaxalign.geometry.estimate_yaw``) wraps around near profile, which put profile faces in the
+  frontal bin.
+  """
+  from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
   sl = np.full_like(points, np.nan, dtype=np.float32)
   sl[:, scheme.stable_mask()] = points[:, scheme.stable_mask()]
-  return np.asarray(geometry.estimate_yaw(sl, scheme), np.float64)
+  return np.asarray(pose.estimate_pose(sl, scheme)[..., 0], np.float64)
 
 
 def _orient(points: np.ndarray, scheme, flip=None) -> tuple[np.ndarray, np.ndarray]:
-  """Right-looking copies of the shapes and which were mirrored (``flip`` None: by their
-  looking direction with threshold 0, as the pose-aware model decides)."""
-  from jaxalign import geometry  # pylint: disable=g-import-not-at-top
+  """Right-looking copies of the shapes and which were mirrored (``flip`` None: by the sign
+  of their rigid-fit yaw, :func:`jaxalign.morphable.pose.looking_direction` with threshold 0)."""
+  from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
   if flip is None:
-    flipped = np.asarray(geometry.looking_direction(points.astype(np.float32), scheme,
-                                                    threshold=0.0)) < 0
+    flipped = np.asarray(pose.looking_direction(points.astype(np.float32), scheme,
+                                                threshold=0.0)) < 0
   else:
     flipped = np.broadcast_to(np.asarray(flip, bool), (len(points),)).copy()
   return np.where(flipped[:, None, None], _mirror(points, scheme), points), flipped
@@ -189,6 +194,20 @@ def fit_folder(folder: str | os.PathLike, scheme=schemes_lib.IBUG68,
   return fit(np.stack([np.asarray(r.points, np.float64) for r in recs]), scheme, num_bins)
 
 
+_FOLDER_MODELS: dict = {}
+
+
+def model_for_folder(folder: str | os.PathLike, scheme=schemes_lib.IBUG68,
+                     num_bins: int = DEFAULT_BINS) -> GaussianShapeModel:
+  """:func:`fit_folder`, fitted once per process for a folder and stable set (the evaluation's
+  ``'gaussian'`` backend fits it from the run's training folder)."""
+  scheme = schemes_lib.get_scheme(scheme)
+  key = (os.path.realpath(folder), tuple(scheme.stable), int(num_bins))
+  if key not in _FOLDER_MODELS:
+    _FOLDER_MODELS[key] = fit_folder(folder, scheme, num_bins)
+  return _FOLDER_MODELS[key]
+
+
 def _conditional(model: GaussianShapeModel, aligned: np.ndarray, bins: np.ndarray,
                  stable_mask: np.ndarray) -> np.ndarray:
   """(N, L, 2) conditional means of the aligned shapes' points given their SLs."""
@@ -241,8 +260,8 @@ def complete(points, model: GaussianShapeModel, scheme=schemes_lib.IBUG68, flip=
   n = len(pts)
   stable = scheme.stable_mask()
   if flip is None:
-    from jaxalign import geometry  # pylint: disable=g-import-not-at-top
-    flipped = np.asarray(geometry.looking_direction(pts.astype(np.float32), scheme)) < 0
+    from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
+    flipped = np.asarray(pose.looking_direction(pts.astype(np.float32), scheme)) < 0
   else:
     flipped = np.broadcast_to(np.asarray(flip, bool), (n,)).copy()
   work = np.where(flipped[:, None, None], _mirror(pts, scheme), pts)
