@@ -121,3 +121,20 @@ def test_large_yaw_completion_from_ground_truth_sls(model, profile_faces):
   en = binned_ul_errors(rn.points, rn.kept, gt, yaw)['bbox']
   assert en['inner'][2] < 0.035 and en['inner'][3] < 0.040, en['inner']
   assert en['jaw'][2] < 0.065 and en['jaw'][3] < 0.085, en['jaw']
+
+
+def test_by_yaw_benchmark_table(model):
+  from jaxalign.benchmarks import completion as bench
+  out = bench.by_yaw(faces=16, seed=3, train_faces=40, noise=0.01, backends=('jax',))
+  assert sum(out['counts']) == 16 and out['noise_box'] == 0.01
+  rows = out['results']
+  assert set(rows) == {'jax/true_flip', 'jax/detected_flip', 'mean_shape/true_flip',
+                       'gaussian/true_flip'}
+  for row in rows.values():
+    for norm in ('inter_ocular', 'bbox'):
+      assert len(row[norm]['inner']) == len(bench.YAW_BINS)       # the bins, then all
+      assert 0 < row[norm]['inner'][-1] < 1 and 0 < row[norm]['jaw'][-1] < 2
+  assert rows['jax/true_flip']['bbox']['inner'][-1] < rows['mean_shape/true_flip']['bbox'][
+      'inner'][-1]
+  text = bench.format_by_yaw(out)
+  assert 'jax/detected_flip' in text and 'wrong flips' in text

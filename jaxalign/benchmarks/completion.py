@@ -294,7 +294,8 @@ def by_yaw(faces=400, seed=7, train_faces=1000, folder=None, noise=0.0, backends
                               config=config if backend == 'jax' else None)
       rows[f'{backend}/{mode}'] = binned_ul_errors(r.points, r.kept, gt, yaw)
       if flip is None:
-        rows[f'{backend}/{mode}']['wrong_flips'] = int((r.flipped != truth)[np.abs(yaw) > 10].sum())
+        wrong = (r.flipped != truth)[np.abs(yaw) > 20]
+        rows[f'{backend}/{mode}']['wrong_flips'] = int(wrong.sum())
   if references:
     train, _ = renderer_faces(train_faces, seed + 1000, model)
     for name, bins in (('mean_shape', 5), ('gaussian', 3)):
@@ -320,7 +321,9 @@ def format_by_yaw(out) -> str:
     for norm in ('inter_ocular', 'bbox'):
       cells = ' '.join(f'{100 * a:6.2f}/{100 * b:6.2f}'.rjust(15)
                        for a, b in zip(row[norm]['inner'], row[norm]['jaw']))
-      extra = f"  wrong flips: {row['wrong_flips']}" if 'wrong_flips' in row and norm == 'bbox' else ''
+      extra = ''
+      if 'wrong_flips' in row and norm == 'bbox':
+        extra = f"  wrong flips (|yaw| > 20): {row['wrong_flips']}"
       lines.append(f"{name:28s}{norm[:5]:6s}{cells}{extra}")
   return '\n'.join(lines)
 

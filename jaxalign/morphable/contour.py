@@ -29,8 +29,9 @@ Conventions for the 68 points:
   follow the visible silhouette ("landmark marching"): each such point moves along a fixed slice of
   the mesh (the plane through its 3D vertex spanned by the contour's outward normal and the depth
   axis) to the slice's occluding-contour vertex: the one that projects outermost along the image
-  normal of the projected slice plane (:func:`marching_directions`). The chin (8) and the near side stay on their vertices: the near
-  side's frontal contour stays on the visible face boundary under yaw.
+  normal of the projected slice plane (:func:`marching_directions`). The chin (8) and the near
+  side stay on their vertices: the near side's frontal contour stays on the visible face
+  boundary under yaw.
 
 Functions accept numpy or jax arrays (batched with leading axes) and return the same kind, so the
 synthetic renderer (numpy, ground truth) and the JAX fitter (jnp, jitted) share one definition.

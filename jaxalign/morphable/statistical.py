@@ -8,8 +8,8 @@ the joint distribution of all 2D points from training shapes and predicts the un
    are aligned by a similarity to the mean SL shape (generalized Procrustes on the SLs), and the
    same similarity is applied to all its points;
 2. the aligned shapes are split into pose bins by the yaw that
-   :func:`jaxalign.morphable.pose.estimate_pose` reads off the SLs alone (quantile bin edges, so each
-   bin holds as many faces), and a Gaussian (mean, covariance) of the flattened shape is fitted
+   :func:`jaxalign.morphable.pose.estimate_pose` reads off the SLs alone (quantile bin edges, so
+   each bin holds as many faces), and a Gaussian (mean, covariance) of the flattened shape is fitted
    per bin;
 3. a new face's SLs are aligned the same way, its bin is chosen by the same yaw estimate, and
    ``x_U = mu_U + S_US (S_SS + ridge I)^-1 (x_S - mu_S)``; the inverse similarity takes the ULs
