@@ -87,7 +87,8 @@ def test_outputs_shapes_and_dtypes(model, images):
     np.testing.assert_array_equal(out['sl_points'][b, idx[b]], out['stable'][b])
   # The fixed shapes are ModelConstants: in the state, not parameters.
   constants = nnx.state(model, ModelConstant)
-  assert set(constants) == {'canonical_shape', 'transform_weights', 'cnn1', 'cnn2'}
+  assert set(constants) == {'canonical_shape', 'transform_weights', 'pose_reference', 'cnn1',
+                            'cnn2'}
   assert 'canonical_shape' not in nnx.state(model, nnx.Param)
   # bfloat16 compute: same output dtypes (shape evaluation only, no compilation).
   bf16 = nnx.eval_shape(lambda: aligner_lib.PoseAwareAligner(
@@ -303,3 +304,25 @@ def test_input_errors(model):
   with pytest.raises(ValueError, match='transform_from'):
     aligner_lib.compute_losses(model, jnp.zeros((1, SIZE, SIZE, 3)), jnp.zeros((1, 68, 2)),
                                transform_from='oracle')
+
+
+def test_flip_decision_holds_near_profile(model, sfm_model):
+  """The flip follows the sign of the yaw up to profile: random Surrey faces posed at 60-89
+  degrees of yaw (eos sign), projected orthographically with 1.5 mm of landmark noise. (On these
+  60 faces the 2D nose-ratio yaw of jaxalign.geometry gets the sign wrong for 5.)"""
+  from jaxalign.morphable import contour  # pylint: disable=g-import-not-at-top
+  verts = np.asarray(contour.landmark_vertices(sfm_model))
+  rng = np.random.default_rng(0)
+  yaws, shapes = [], []
+  for _ in range(60):
+    v = sfm_model.vertices(rng.normal(0, 1, 63), np.clip(rng.normal(0, 0.5, 6), 0, None))
+    ref = v[verts].astype(np.float64)
+    yaw = rng.choice([-1, 1]) * rng.uniform(60, 89)
+    t = np.deg2rad(yaw)
+    x = ref[:, 0] * np.cos(t) + ref[:, 2] * np.sin(t)   # nose (z > 0) to +x for yaw > 0
+    pts = np.stack([x, -ref[:, 1]], -1) + rng.normal(0, 1.5, (68, 2))
+    pts = (pts - pts.mean(0)) / np.ptp(pts[:, 1]) * SIZE * 0.6 + SIZE / 2
+    yaws.append(yaw)
+    shapes.append(pts)
+  _, flipped = model.spatial_transform(jnp.asarray(np.stack(shapes), jnp.float32))
+  np.testing.assert_array_equal(np.asarray(flipped), np.asarray(yaws) < 0)

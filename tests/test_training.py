@@ -95,3 +95,14 @@ def test_checkpoint_round_trip(tmp_path):
   assert jax.tree.structure(restored) == jax.tree.structure(state)
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_synthetic_cache_key_follows_the_ground_truth_version(monkeypatch):
+  """A new jaw convention must not reuse synthetic data rendered with the old one."""
+  from jaxalign.morphable import contour  # pylint: disable=g-import-not-at-top
+  from jaxalign.training import data_setup  # pylint: disable=g-import-not-at-top
+  c = config_lib.load_config_file(os.path.join(ROOT, 'configs', 'default.py'))
+  key = data_setup.synthetic_key(c)
+  assert data_setup.synthetic_key(c) == key
+  monkeypatch.setattr(contour, 'GROUND_TRUTH_VERSION', contour.GROUND_TRUTH_VERSION + 1)
+  assert data_setup.synthetic_key(c) != key

@@ -37,6 +37,7 @@ from jaxalign import geometry
 from jaxalign import losses
 from jaxalign import schemes as schemes_lib
 from jaxalign import transforms
+from jaxalign.morphable import pose as pose_lib
 from jaxalign.models.resnet import LandmarkRegressor, ModelConstant, ResNetSpec
 
 # The default frontal iBUG-68 shape, derived from the Surrey Face Model's mean mesh by
@@ -174,7 +175,8 @@ def canonical_shape_from_training(
   shapes = jnp.asarray(shapes, jnp.float32)
   if shapes.ndim != 3 or shapes.shape[1:] != (scheme.num_points, 2):
     raise ValueError(f'shapes must have shape (N, {scheme.num_points}, 2), got {shapes.shape}')
-  left = geometry.looking_direction(shapes, scheme, threshold=flip_threshold) < 0
+  yaw = pose_lib.estimate_pose(shapes, scheme)[..., 0]
+  left = yaw < -flip_threshold
   # Mirror about x = 0: the mirror's offset does not matter to Procrustes.
   mirrored = transforms.flip_landmarks(shapes, 1.0, scheme)
   shapes = jnp.where(left[:, None, None], mirrored, shapes)
@@ -212,8 +214,10 @@ class PoseAwareAligner(nnx.Module):
       its stable points (default: :func:`default_shape` at ``cnn2_image_size``).
     transform_weights: optional (L,) weights of the points in the similarity fit (default:
       all points equally; e.g. ``scheme.stable_mask()`` to ignore the contour).
-    flip_threshold: a rough shape whose :func:`jaxalign.geometry.estimate_yaw` is below
-      ``-flip_threshold`` degrees is mirrored (default 0: every left-looking face).
+    flip_threshold: a rough shape whose yaw is below ``-flip_threshold`` degrees is mirrored
+      (default 0: every left-looking face). The yaw is the rigid fit of the Surrey mean face
+      to the rough points (:func:`jaxalign.morphable.pose.pose_from_reference`; the model keeps
+      the (L, 3) reference as a constant, so the model files are read once, at construction).
     dtype: compute dtype of both CNNs (float32 or bfloat16; parameters stay float32).
     bn_momentum, zero_init_residual: see :class:`~jaxalign.models.resnet.ResNet`.
     rngs: ``nnx.Rngs`` with a ``params`` stream.
@@ -254,6 +258,11 @@ class PoseAwareAligner(nnx.Module):
         image_size=self.cnn2_image_size, mean_shape=canonical_shape[stable], **common)
     self.canonical_shape = ModelConstant(jnp.asarray(canonical_shape))
     self.transform_weights = ModelConstant(jnp.asarray(transform_weights))
+    # The flip decision: a rigid fit of the mean 3D face, which unlike the 2D nose-ratio yaw of
+    # jaxalign.geometry does not wrap around near profile (a wrong flip hands CNN2 the hidden
+    # half of the face).
+    self.pose_reference = ModelConstant(jnp.asarray(pose_lib.reference_points(
+        scheme=self.scheme)))
 
   # The index arrays are derived from the (static, hashable) scheme; numpy constants fold into
   # the compiled program.
@@ -280,8 +289,8 @@ class PoseAwareAligner(nnx.Module):
     """
     canonical = self.canonical_shape[...]
     weights = self.transform_weights[...]
-    yaw_dir = geometry.looking_direction(rough, self.scheme, threshold=self.flip_threshold)
-    flipped = yaw_dir < 0
+    yaw = pose_lib.pose_from_reference(rough, self.pose_reference[...])[:, 0]
+    flipped = yaw < -self.flip_threshold   # NaN yaw (too few points): not flipped
     mirrored = transforms.flip_landmarks(rough, self.image_size, self.scheme)
     src = jnp.where(flipped[:, None, None], mirrored, rough)
     sim = geometry.estimate_similarity(src, canonical[None], weights[None])

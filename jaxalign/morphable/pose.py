@@ -63,6 +63,16 @@ def _pose(points, reference):
   return jnp.where(enough[:, None] & jnp.all(jnp.isfinite(ypr), -1, keepdims=True), ypr, jnp.nan)
 
 
+def pose_from_reference(points, reference) -> jax.Array:
+  """(B, 3) yaw, pitch, roll in degrees of (B, L, 2) image points against an (L, 3) reference.
+
+  The traceable core of :func:`estimate_pose` for callers that hold the reference themselves
+  (the pose-aware model keeps it as a constant so that its flip decision needs no model files
+  at run time). NaN rows of ``reference`` (contour points) and NaN points are ignored.
+  """
+  return _pose(jnp.asarray(points, jnp.float32), jnp.asarray(reference, jnp.float32))
+
+
 def estimate_pose(points, scheme=schemes_lib.IBUG68, model=None):
   """(..., 3) yaw, pitch, roll in degrees (eos's convention: yaw > 0 right-looking).
 

@@ -31,9 +31,12 @@ log = logging.getLogger('jaxalign.train')
 
 
 def synthetic_key(config) -> str:
-  """Short hash of the synthetic-data settings (and seed)."""
+  """Short hash of the synthetic-data settings, the seed and the ground-truth convention version
+  (a change of the jaw convention must not reuse a cache rendered with the old one)."""
+  from jaxalign.morphable import contour  # pylint: disable=g-import-not-at-top
   s = config.data.synthetic
   payload = json.dumps({'seed': int(config.seed), 'num_train': int(s.num_train),
+                        'ground_truth_version': int(contour.GROUND_TRUTH_VERSION),
                         'num_test': int(s.num_test), 'image_size': int(s.image_size),
                         'kwargs': s.kwargs.to_dict()}, sort_keys=True)
   return hashlib.sha256(payload.encode()).hexdigest()[:10]
