@@ -162,7 +162,9 @@ class EosFitter:
     pool = getattr(self, '_pool', None)
     if pool is None or self._pool_size != workers:
       self.close()
-      ctx = multiprocessing.get_context('fork' if os.name == 'posix' else 'spawn')
+      # forkserver, not fork: the caller usually runs JAX, which is multithreaded, and forking a
+      # multithreaded process can deadlock the child.
+      ctx = multiprocessing.get_context('forkserver' if os.name == 'posix' else 'spawn')
       self._pool = concurrent.futures.ProcessPoolExecutor(
           workers, mp_context=ctx, initializer=_init_worker, initargs=(str(self.directory),))
       self._pool_size = workers
