@@ -1,7 +1,7 @@
 """Evaluates a training run with the full pipeline (CNN pair + 3DMM completion).
 
   python -m jaxalign.evaluate --workdir RUN [--dataset NAME[:SPLIT] | --dataset FOLDER]
-      [--data_dir ROOT] [--completion jax|eos] [--out DIR] [--batch_size N]
+      [--data_dir ROOT] [--completion jax|eos|gaussian] [--out DIR] [--batch_size N]
   python -m jaxalign.evaluate --compare RUN RUN ... [--dataset ...] [--out DIR]
 
 Without ``--dataset`` the run's own held-out split is evaluated. ``NAME`` is a registered data
@@ -29,8 +29,9 @@ def main(argv=None) -> int:
   who.add_argument('--compare', nargs='+', metavar='RUN', help='runs to compare')
   parser.add_argument('--dataset', help='NAME[:SPLIT] or a folder (default: the run\'s test split)')
   parser.add_argument('--data_dir', help='root folder of the named data set')
-  parser.add_argument('--completion', default='jax', choices=runner.BACKENDS,
-                      help='3DMM completion backend')
+  parser.add_argument('--completion', default=None, choices=runner.BACKENDS,
+                      help="completion backend: 'jax' or 'eos' (3DMM), 'gaussian' (2D "
+                           "statistical); default each run's config.eval.completion_backend")
   parser.add_argument('--out', help='output folder')
   parser.add_argument('--batch_size', type=int, help='images per forward pass')
   args = parser.parse_args(argv)

@@ -27,7 +27,7 @@ from jaxalign.data import records as records_lib
 from jaxalign.evaluation import plots
 from jaxalign.evaluation import report as report_lib
 
-BACKENDS = ('jax', 'eos')
+BACKENDS = ('jax', 'eos', 'gaussian')   # 'gaussian': jaxalign.morphable.statistical
 # Split evaluated when ``--dataset NAME`` names no split.
 DEFAULT_SPLITS = {'300w': 'full', 'cofw68': 'test', 'aflw': 'test', 'aflw2k3d': 'test',
                   'folder': 'all', 'the300w_lp': 'train'}
@@ -134,8 +134,17 @@ def _yaws(records, fitted_yaw) -> tuple[np.ndarray, np.ndarray, str]:
   return yaw, annotated, source
 
 
-def run_pipeline(model, config, records, completion: str = 'jax', batch_size: int | None = None
-                 ) -> dict[str, Any]:
+def run_backend(config, completion: str | None = None) -> str:
+  """The completion backend of a run: ``completion``, or the run's
+  ``config.eval.completion_backend`` when None (default 'jax')."""
+  backend = completion or config.eval.get('completion_backend', 'jax') or 'jax'
+  if backend not in BACKENDS:
+    raise ValueError(f'unknown completion backend {backend!r}; expected one of {BACKENDS}')
+  return backend
+
+
+def run_pipeline(model, config, records, completion: str | None = 'jax',
+                 batch_size: int | None = None) -> dict[str, Any]:
   """The full pipeline on records: CNN pair, then the 3DMM completion with its fit.
 
   Returns:
@@ -144,11 +153,10 @@ def run_pipeline(model, config, records, completion: str = 'jax', batch_size: in
     fit (NaN where not fitted), ``shape_coeffs``/``expression_coeffs`` (N, K) / (N, E) or None,
     ``num_fallbacks`` (faces whose completion failed, their ULs from CNN1) and ``timings``.
   """
-  from jaxalign.morphable import completion as completion_lib  # pylint: disable=g-import-not-at-top
+  from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
-  if completion not in BACKENDS:
-    raise ValueError(f'unknown completion backend {completion!r}; expected one of {BACKENDS}')
-  scheme = schemes_lib.get_scheme(config.model.scheme)
+  completion = run_backend(config, completion)
+  scheme = config_lib.model_scheme(config)
   n = len(records)
   batch_size = int(batch_size or config.eval.get('batch_size', 32))
   t0 = time.perf_counter()
@@ -170,8 +178,11 @@ def run_pipeline(model, config, records, completion: str = 'jax', batch_size: in
   if not plain and not can_fit:
     points = np.where(np.isnan(out['stable']), out['rough'], out['stable']).astype(np.float32)
   if len(sel) and can_fit:
-    result = completion_lib.complete(
-        np.asarray(fit_input, np.float32)[sel], scheme=scheme, backend=completion,
+    # The plain model is fitted for its yaw only: a 3DMM gives one, the 2D model does not.
+    backend = 'jax' if plain and completion == 'gaussian' else completion
+    result = inference.complete_points(
+        np.asarray(fit_input, np.float32)[sel], scheme, backend,
+        train_dir=config.data.get('train_dir') or None,
         flip=None if plain else np.asarray(out['flipped'], bool)[sel])
     for name, arr in (('yaw', yaw), ('pitch', pitch), ('roll', roll)):
       arr[sel] = np.asarray(getattr(result, name), np.float64)
@@ -201,7 +212,8 @@ def run_pipeline(model, config, records, completion: str = 'jax', batch_size: in
                        'faces_per_s': n / (t2 - t0) if t2 > t0 and n else None})
 
 
-def evaluate(workdir: str | os.PathLike, dataset: str | None = None, completion: str = 'jax',
+def evaluate(workdir: str | os.PathLike, dataset: str | None = None,
+             completion: str | None = None,
              out: str | os.PathLike | None = None, data_dir: str | None = None,
              batch_size: int | None = None, grid_size: int = 5) -> dict[str, Any]:
   """Evaluates a run's latest checkpoint on a data set and writes the report folder.
@@ -209,7 +221,8 @@ def evaluate(workdir: str | os.PathLike, dataset: str | None = None, completion:
   Args:
     workdir: the training run.
     dataset: None (the run's held-out split), a folder, or ``NAME[:SPLIT]`` (with ``data_dir``).
-    completion: 3DMM backend, 'jax' or 'eos'.
+    completion: completion backend, 'jax', 'eos' (3DMM) or 'gaussian' (2D statistical);
+      None: the run's ``config.eval.completion_backend``.
     out: output folder (default ``WORKDIR/eval/<tag>``).
     data_dir: root of a named data set.
     batch_size: images per forward pass (default ``config.eval.batch_size``).
@@ -225,13 +238,15 @@ def evaluate(workdir: str | os.PathLike, dataset: str | None = None, completion:
   from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
   workdir = str(workdir)
-  if completion not in BACKENDS:
+  if completion is not None and completion not in BACKENDS:
     raise ValueError(f'unknown completion backend {completion!r}; expected one of {BACKENDS}')
   # The data set first (cheap, and its errors come before the model is restored).
   config = inference.load_config(workdir)
   records, invalid, info = resolve_dataset(config, dataset, data_dir, workdir)
   model, config, step = inference.load_run(workdir)
-  scheme = schemes_lib.get_scheme(config.model.scheme)
+  from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  scheme = config_lib.model_scheme(config)
+  completion = run_backend(config, completion)
   for bad in invalid:
     logging.warning('skipped %s: %s', bad.path, bad.reason)
   if not records:
@@ -307,7 +322,7 @@ def evaluate(workdir: str | os.PathLike, dataset: str | None = None, completion:
   return rep
 
 
-def compare_runs(workdirs, dataset: str | None = None, completion: str = 'jax',
+def compare_runs(workdirs, dataset: str | None = None, completion: str | None = None,
                  out: str | os.PathLike | None = None, data_dir: str | None = None,
                  batch_size: int | None = None) -> dict[str, Any]:
   """Evaluates each run (reusing an existing report of the same data set and backend) and
@@ -334,10 +349,11 @@ def compare_runs(workdirs, dataset: str | None = None, completion: str = 'jax',
         existing = report_lib.read_report(eval_dir)
       except ValueError:
         existing = None
-    fresh = (existing is not None and existing.get('completion_backend') in (completion, None)
+    backend = run_backend(config, completion)   # None: each run's own backend
+    fresh = (existing is not None and existing.get('completion_backend') in (backend, None)
              and existing.get('checkpoint_step') == _latest_step(workdir))
     if not fresh:
-      evaluate(workdir, dataset, completion, eval_dir, data_dir, batch_size)
+      evaluate(workdir, dataset, backend, eval_dir, data_dir, batch_size)
     eval_dirs.append(eval_dir)
   out_dir = pathlib.Path(out) if out is not None else (
       pathlib.Path(workdirs[0]).resolve().parent / 'compare' / (tag or 'data'))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxalign import schemes
 from jaxalign.models import resnet
 
 MODEL_KINDS = ('pose_aware', 'plain')
@@ -45,6 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.input_size = 224      # network input side in pixels (the paper: 224)
   c.model.dtype = 'float32'     # compute dtype; parameters stay float32
   c.model.scheme = 'ibug68'
+  c.model.flip = True           # mirror left-looking faces before CNN2 (False: no-flip ablation)
+  c.model.stable = ''           # comma list of the SL indices; '' = the scheme's own set
 
   # Data (jaxalign.data.pipeline): 300-W-style folders, or the synthetic default.
   c.data = ml_collections.ConfigDict()
@@ -117,6 +120,26 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def model_scheme(config) -> schemes.LandmarkScheme:
+  """The run's landmark scheme: ``config.model.scheme`` with ``config.model.stable`` (a comma
+  list of indices, or a list) as its stable set when set (the pose experiment's arm 6).
+
+  Raises:
+    ValueError: naming ``config.model.stable`` when it is not a list of valid indices.
+  """
+  scheme = schemes.get_scheme(config.model.scheme)
+  stable = config.model.get('stable', '')
+  if stable in ('', None) or (not isinstance(stable, str) and not len(stable)):
+    return scheme
+  try:
+    if isinstance(stable, str):
+      stable = [int(s) for s in stable.replace(' ', '').split(',') if s]
+    return scheme.with_stable([int(i) for i in stable])
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'config.model.stable: {stable!r} is not a comma list of '
+                     f'{scheme.name} point indices ({e})') from None
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ``ValueError`` naming the key when a config value cannot work.
 
@@ -143,6 +166,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       resnet.resnet_spec(depth)
     except ValueError as e:
       fail(f'model.{key}', str(e))
+  model_scheme(config)   # raises naming config.model.stable
   if config.model.input_size < 16:
     fail('model.input_size', f'must be at least 16 pixels, got {config.model.input_size}')
   if config.model.dtype not in ('float32', 'bfloat16', 'float16'):

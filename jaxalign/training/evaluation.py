@@ -28,6 +28,7 @@ from jaxalign import metrics, schemes, transforms
 from jaxalign.data import pipeline
 from jaxalign.data import records as records_lib
 from jaxalign.evaluation import report as report_lib
+from jaxalign.training import config as config_lib
 from jaxalign.training import inference
 
 log = logging.getLogger('jaxalign.train')
@@ -80,7 +81,7 @@ def evaluate(model, config, records, out_dir: str, mean_shape, step: int | None 
     num_invalid: files of the test data set that were skipped (recorded as
       ``num_invalid_files``).
   """
-  scheme = schemes.get_scheme(config.model.scheme)
+  scheme = config_lib.model_scheme(config)
   spec = pipeline.CropSpec.from_config(config)
   normalization = str(config.eval.get('normalization', 'inter_ocular') or 'inter_ocular')
   convention = str(config.eval.get('completion_convention', '2d') or '2d')
@@ -184,11 +185,12 @@ def _predict(model, config, records, complete: bool, convention: str) -> dict:
   out = inference.predict_records(model, config, records, batch, complete=False)
   valid = out['valid']
   if valid.any():
-    from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
     stable = out['stable'][valid]
-    result = completion.complete(stable, scheme=schemes.get_scheme(config.model.scheme),
-                                 backend=config.eval.completion_backend,
-                                 flip=out['flipped'][valid], convention=convention)
+    backend = config.eval.completion_backend
+    result = inference.complete_points(
+        stable, config_lib.model_scheme(config), backend, flip=out['flipped'][valid],
+        train_dir=config.data.get('train_dir') or None,
+        **({} if backend == 'gaussian' else {'convention': convention}))
     completed = np.asarray(result.points, np.float32)
     out['points'][valid] = np.where(np.isnan(stable), completed, stable)
   return out

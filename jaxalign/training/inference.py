@@ -33,6 +33,7 @@ from flax import nnx
 from jaxalign import schemes, transforms
 from jaxalign.data import pipeline
 from jaxalign.training import checkpointing, optim
+from jaxalign.training import config as config_lib
 from jaxalign.training import state as state_lib
 
 CONFIG_FILE = 'config.json'
@@ -123,7 +124,7 @@ def predict_records(model, config, records, batch_size: int = 64, complete: bool
     dict of numpy arrays, see the module docstring.
   """
   n = len(records)
-  scheme = schemes.get_scheme(config.model.scheme)
+  scheme = config_lib.model_scheme(config)
   num_points = scheme.num_points
   spec = pipeline.CropSpec.from_config(config)
   model.eval()
@@ -150,15 +151,36 @@ def predict_records(model, config, records, batch_size: int = 64, complete: bool
   else:
     complete = config.eval.completion if complete is None else complete
     points = _fill_unstable(stable, rough, scheme, complete,
-                            completion_backend or config.eval.completion_backend, valid, flipped)
+                            completion_backend or config.eval.completion_backend, valid, flipped,
+                            train_dir=config.data.get('train_dir') or None)
   boxes = np.stack([np.asarray(r.box, np.float32) for r in records]) if n else \
       np.zeros((0, 4), np.float32)
   return {'points': points, 'rough': rough, 'stable': stable, 'flipped': flipped,
           'boxes': boxes, 'valid': valid}
 
 
-def _fill_unstable(stable, rough, scheme, complete: bool, backend: str, valid, flipped
-                   ) -> np.ndarray:
+def complete_points(points, scheme, backend: str, flip=None, train_dir: str | None = None,
+                    **kwargs):
+  """:func:`jaxalign.morphable.completion.complete` for the 3DMM backends ('jax', 'eos');
+  for 'gaussian' the 2D statistical completion
+  (:func:`jaxalign.morphable.statistical.complete`) fitted on the run's training folder.
+
+  Raises:
+    ValueError: 'gaussian' without a training folder.
+  """
+  if backend == 'gaussian':
+    from jaxalign.morphable import statistical  # pylint: disable=g-import-not-at-top
+    if not train_dir:
+      raise ValueError("the 'gaussian' completion is fitted on the run's training shapes, but "
+                       'config.data.train_dir is empty')
+    return statistical.complete(points, statistical.model_for_folder(train_dir, scheme),
+                                scheme=scheme, flip=flip)
+  from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
+  return completion.complete(points, scheme=scheme, backend=backend, flip=flip, **kwargs)
+
+
+def _fill_unstable(stable, rough, scheme, complete: bool, backend: str, valid, flipped,
+                   train_dir: str | None = None) -> np.ndarray:
   """CNN2's stable points plus unstable points from the 3DMM completion (or CNN1).
 
   The completion is told which faces CNN2 saw mirrored, so it reads the same (mirror) SL set.
@@ -167,8 +189,7 @@ def _fill_unstable(stable, rough, scheme, complete: bool, backend: str, valid, f
   if not complete or not valid.any():
     return out
   from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
-  result = completion.complete(stable[valid], scheme=scheme, backend=backend,
-                               flip=flipped[valid])
+  result = complete_points(stable[valid], scheme, backend, flipped[valid], train_dir)
   completed = np.asarray(result.points, np.float32)
   sel = np.flatnonzero(valid)
   out[sel] = np.where(np.isnan(stable[sel]), completed, stable[sel])

@@ -24,6 +24,7 @@ from flax import nnx
 from jaxalign import schemes
 from jaxalign.models import aligner
 from jaxalign.models import resnet
+from jaxalign.training import config as config_lib
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -42,6 +43,12 @@ def model_depth(config, key: str = 'depth'):
   return depth
 
 
+def flip_threshold(config) -> float:
+  """The pose-aware model's flip threshold: 0 (mirror every left-looking face), or infinity
+  with ``config.model.flip=False`` (never mirror: the no-flip ablation)."""
+  return 0.0 if config.model.get('flip', True) else float('inf')
+
+
 def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -> nnx.Module:
   """The aligner ``config.model`` describes (:func:`jaxalign.models.aligner.make_aligner`).
 
@@ -55,12 +62,12 @@ def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -
   """
   m = config.model
   kwargs = dict(depth=model_depth(config), image_size=int(m.input_size),
-                scheme=schemes.get_scheme(m.scheme), mean_shape=mean_shape,
+                scheme=config_lib.model_scheme(config), mean_shape=mean_shape,
                 dtype=_DTYPES[m.dtype], rngs=nnx.Rngs(params=seed))
   if m.kind == 'pose_aware':
     kwargs.update(cnn2_depth=model_depth(config, 'cnn2_depth'),
                   cnn2_image_size=m.get('cnn2_input_size') or None,
-                  canonical_shape=canonical_shape)
+                  canonical_shape=canonical_shape, flip_threshold=flip_threshold(config))
   return aligner.make_aligner(m.kind, **kwargs)
 
 

@@ -52,7 +52,7 @@ def _setup_logging():
 
 def prepare_data(config):
   """Records, sampler and shapes of a run (``config.data.*_dir`` resolved in place)."""
-  scheme = schemes.get_scheme(config.model.scheme)
+  scheme = config_lib.model_scheme(config)
   # data.source (a registered data set) or the data.train_dir folder / synthetic set.
   records, num_invalid = data_setup.training_records(config)
   # Read the held-out splits now, so that a wrong test path fails before the training.
@@ -66,7 +66,8 @@ def prepare_data(config):
   canonical = None
   if config.model.kind == 'pose_aware':
     size = int(config.model.get('cnn2_input_size') or config.model.input_size)
-    canonical = aligner.canonical_shape_from_training(shapes, size, scheme)
+    canonical = aligner.canonical_shape_from_training(
+        shapes, size, scheme, flip_threshold=state_lib.flip_threshold(config))
   return {'records': records, 'num_invalid': num_invalid, 'sampler': sampler,
           'mean_shape': mean_shape, 'canonical_shape': canonical, 'test_sets': test_sets}
 
