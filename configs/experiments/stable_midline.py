@@ -1,0 +1,15 @@
+"""Pose experiment, arm 6: SLs with right-side 22,34,42,63.
+
+  python -m jaxalign.train --config configs/experiments/stable_midline.py --workdir runs/pose/stable_midline
+
+Paper size on a GPU (ResNet-50, 224 px): `--config configs/experiments/stable_midline.py:paper`.
+The whole experiment (every arm and seed, evaluation and report) is one command:
+`python -m jaxalign.experiments.pose [--size quick|paper]`; see docs/experiments/pose.md
+and jaxalign/experiments/pose_config.py for the sizes, the data and the model mismatch.
+"""
+
+from jaxalign.experiments import pose_config
+
+
+def get_config(size='quick'):
+  return pose_config.arm_config('stable_midline', size)

@@ -1,0 +1,178 @@
+"""The pose experiment's arms, sizes and data (one place; ``configs/experiments/*.py`` and the
+runner :mod:`jaxalign.experiments.pose` both read it).
+
+Every arm shares the backbone, input size, data, steps and seeds of its size and differs from
+the pose-aware pipeline (arm ``pose_aware``) in one setting only:
+
+==================  =========================================================================
+arm                 setting
+==================  =========================================================================
+pose_aware          (1) the paper's pipeline: flip, CNN2 on the SLs, JAX 3DMM completion
+plain               (2) one ResNet regressing all 68 points (``model.kind='plain'``)
+no_flip             (3) no flip of left-looking faces (``model.flip=False``)
+unbalanced          (4) uniformly drawn batches (``data.balanced=False``)
+eos_completion      (5) completion with eos instead of the JAX fitter
+stable_*            (6) another choice of the 4 right-side SLs (``model.stable``)
+gaussian_completion (7) the 2D Gaussian completion (:mod:`jaxalign.morphable.statistical`)
+==================  =========================================================================
+
+Arms 5 and 7 change only the evaluation: the runner evaluates arm 1's trained networks with
+the other completion (copies of its runs), which isolates the completion stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from jaxalign import schemes
+from jaxalign.training.config import base_config
+
+# How the rendered faces differ from what the fitters can represent (see docs/experiments/
+# pose.md): shape components 30-62 (beyond the 30 the JAX fitter uses) drawn 1.5x wider, a
+# smooth random per-vertex deformation of 3 mm RMS (40 mm bumps, outside every fitter's shape
+# space), expression strengths up to 1.6 (the renderer's default tops out at 1.0) and Gaussian
+# annotation noise of 0.5 % of the face box side on the 2D ground truth.
+MISMATCH = dict(tail_shape_sigma=1.5, tail_start=30, deformation_mm=3.0,
+                deformation_scale_mm=40.0, expression_strength=(0.2, 1.6),
+                annotation_noise=0.005)
+
+# Data set seeds: the training and test sets never share a face (different random streams).
+TRAIN_SEED = 0
+TEST_SEED = 1_000_003
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  """One size of the experiment (everything but the arm)."""
+
+  num_train: int
+  num_test: int
+  image_size: int        # rendered image side (pixels)
+  input_size: int        # network input side (pixels)
+  depth: str             # ResNet depth of both CNNs (and of the plain baseline)
+  width: int             # stem channels (64 = the standard ResNet)
+  num_steps: int
+  batch_size: int
+  learning_rate: float
+  final_learning_rate: float
+  decay_steps: int
+  seeds: tuple[int, ...]       # seeds of arms 1, 2 (and 5, 7, which reuse arm 1's networks)
+  ablation_seeds: tuple[int, ...]   # seeds of arms 3, 4, 6
+  eval_batch_size: int
+
+
+SIZES = {
+    # Every arm and seed in 19 minutes on the shared 2-core CPU (measured 2026-11-25).
+    'quick': Size(num_train=1500, num_test=300, image_size=64, input_size=64, depth='18',
+                  width=8, num_steps=800, batch_size=32, learning_rate=1e-3,
+                  final_learning_rate=1e-4, decay_steps=600, seeds=(0, 1, 2),
+                  ablation_seeds=(0,), eval_batch_size=100),
+    # The paper's networks and input (ResNet-50, 224 px) and optimisation, for a GPU.
+    'paper': Size(num_train=20_000, num_test=2_000, image_size=256, input_size=224, depth='50',
+                  width=64, num_steps=180_000, batch_size=64, learning_rate=1e-5,
+                  final_learning_rate=1e-7, decay_steps=60_000, seeds=(0, 1, 2),
+                  ablation_seeds=(0, 1, 2), eval_batch_size=64),
+}
+
+# Arm 6: alternatives to the paper's 4 right-side SLs (22, 35, 42, 54: inner brow end, nose
+# wing, inner eye corner, mouth corner), each added to the same 30 left/midline points.
+DEFAULT_RIGHT = (22, 35, 42, 54)
+STABLE_ALTERNATIVES = {
+    # The right-side points nearest the midline: they stay in view longest under yaw.
+    'stable_midline': (22, 34, 42, 63),
+    # Upper face only: brow and eye (no nose or mouth point on the right).
+    'stable_upper': (22, 23, 42, 47),
+    # The outermost right-side points (brow end, outer eye corner, mouth corner, jaw end): the
+    # first to be hidden when the face turns right.
+    'stable_outer': (16, 26, 45, 54),
+}
+
+
+def stable_set(right) -> tuple[int, ...]:
+  """The 30 default left/midline SLs plus the given right-side points, sorted."""
+  base = [i for i in schemes.IBUG68.stable if i not in DEFAULT_RIGHT]
+  return tuple(sorted(set(base) | {int(i) for i in right}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """An arm: its number in the issue, a description and its config overrides."""
+
+  number: str
+  title: str
+  overrides: dict
+  reuses: str | None = None     # evaluate this arm's networks instead of training
+  ablation: bool = False        # trained with ``Size.ablation_seeds``
+
+
+ARMS = {
+    'pose_aware': Arm('1', 'pose-aware (flip, CNN2 on SLs, JAX 3DMM completion)', {}),
+    'plain': Arm('2', 'plain ResNet on 68 points', {'model.kind': 'plain'}),
+    'no_flip': Arm('3', 'no flip', {'model.flip': False}, ablation=True),
+    'unbalanced': Arm('4', 'no pose-balanced batches', {'data.balanced': False}, ablation=True),
+    'eos_completion': Arm('5', 'eos completion', {'eval.completion_backend': 'eos'},
+                          reuses='pose_aware'),
+    **{name: Arm('6', f'SLs with right-side {",".join(map(str, right))}',
+                 {'model.stable': ','.join(map(str, stable_set(right)))}, ablation=True)
+       for name, right in STABLE_ALTERNATIVES.items()},
+    'gaussian_completion': Arm('7', '2D Gaussian completion',
+                               {'eval.completion_backend': 'gaussian'}, reuses='pose_aware'),
+}
+
+
+def get_size(size: str) -> Size:
+  if size not in SIZES:
+    raise ValueError(f'unknown experiment size {size!r}; expected one of {sorted(SIZES)}')
+  return SIZES[size]
+
+
+def base_experiment_config(size: str = 'quick') -> ml_collections.ConfigDict:
+  """The pose-aware arm's config at a size (synthetic data with the model mismatch)."""
+  s = get_size(size)
+  c = base_config()
+  c.seed = 0
+  c.num_steps = s.num_steps
+  c.batch_size = s.batch_size
+  c.checkpoint_every = s.num_steps
+  c.log_every = max(1, min(100, s.num_steps // 10))
+  c.model.kind = 'pose_aware'
+  c.model.depth = s.depth
+  c.model.width = s.width
+  c.model.input_size = s.input_size
+  c.data.synthetic.enabled = True
+  c.data.synthetic.root = 'runs/data'
+  c.data.synthetic.num_train = s.num_train
+  c.data.synthetic.num_test = s.num_test
+  c.data.synthetic.image_size = s.image_size
+  c.data.synthetic.kwargs = ml_collections.ConfigDict(
+      {k: list(v) if isinstance(v, tuple) else v for k, v in MISMATCH.items()})
+  c.data.pose_bins = 5
+  c.optim.learning_rate = s.learning_rate
+  c.optim.final_learning_rate = s.final_learning_rate
+  c.optim.decay_steps = s.decay_steps
+  c.eval.batch_size = s.eval_batch_size
+  c.eval.completion = True
+  c.eval.completion_backend = 'jax'
+  return c
+
+
+def set_key(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+  """``config.a.b = value`` for ``dotted='a.b'``, adding the key if it is new."""
+  *parents, leaf = dotted.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  with node.unlocked():
+    node[leaf] = value
+
+
+def arm_config(arm: str, size: str = 'quick') -> ml_collections.ConfigDict:
+  """The config of one arm at a size (``configs/experiments/<arm>.py`` returns this)."""
+  if arm not in ARMS:
+    raise ValueError(f'unknown arm {arm!r}; expected one of {sorted(ARMS)}')
+  c = base_experiment_config(size)
+  for key, value in ARMS[arm].overrides.items():
+    set_key(c, key, value)
+  return c
