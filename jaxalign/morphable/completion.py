@@ -113,9 +113,11 @@ def complete(points, scheme=schemes_lib.IBUG68, backend: str = 'jax', image_size
   if backend == 'jax':
     fitter = fitting_lib.get_fitter(model)
     cfg = JAX_DEFAULTS if config is None else config
-    fit = fitter.fit(work, stable.astype(np.float32), size[:, 1], cfg) if n else None
     if n:
-      full = np.asarray(fitter.landmarks(fit, convention))
+      # Fit and read the 68 points in one compiled call.
+      fit, full = fitter.fit_landmarks(work, stable.astype(np.float32), size[:, 1], cfg,
+                                       convention)
+      full = np.asarray(full)
       sc, ec = np.asarray(fit.shape_coeffs), np.asarray(fit.expression_coeffs)
       ypr = np.stack([np.asarray(fit.yaw), np.asarray(fit.pitch), np.asarray(fit.roll)], -1)
       ok &= np.isfinite(full).all(axis=(1, 2))

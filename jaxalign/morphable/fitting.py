@@ -123,11 +123,52 @@ def yaw_pitch_roll(rotation):
   return jnp.degrees(jnp.stack([yaw, pitch, roll], -1))
 
 
+# Small contractions (over 2, 3 or 4 entries, or the 6 blendshapes) are written below as
+# elementwise products and sums rather than ``@`` / einsum: under ``vmap`` a tiny matrix product
+# becomes a batched dot_general of tiny matrices, which XLA's CPU backend runs several times
+# slower than the same arithmetic fused elementwise (the fit is mostly such products).
+
+
+def _dot(a, b):
+  """sum(a * b) over the last (short) axis, unrolled: a chain of fused multiply-adds (XLA's CPU
+  backend runs a reduction over a handful of entries as a separate, slower kernel)."""
+  p = a * b
+  out = p[..., 0]
+  for i in range(1, p.shape[-1]):
+    out = out + p[..., i]
+  return out
+
+
+def _first_argmax(x):
+  """jnp.argmax over the last axis (the first maximum) as two plain reductions (the CPU
+  backend's variadic argmax reduction is several times slower)."""
+  iota = jnp.arange(x.shape[-1], dtype=jnp.int32)
+  top = jnp.max(x, axis=-1, keepdims=True)
+  return jnp.minimum(jnp.min(jnp.where(x == top, iota, x.shape[-1]), axis=-1), x.shape[-1] - 1)
+
+
+def _project(vertices, camera):
+  """:func:`contour.project`, elementwise: (..., L, 3) under (..., 2, 4) -> (..., L, 2)."""
+  v, c = vertices[..., :, None, :], camera[..., None, :, :]
+  return (v[..., 0] * c[..., 0] + v[..., 1] * c[..., 1] + v[..., 2] * c[..., 2]) + c[..., 3]
+
+
+def _gram_of_lin(lin):
+  """(3, 3) C'C of a camera's linear part lin (2, 3), elementwise."""
+  return lin[0][:, None] * lin[0][None, :] + lin[1][:, None] * lin[1][None, :]
+
+
+def _times_lin(r, lin):
+  """(L, 3) = r @ lin for r (L, 2) and a camera's linear part lin (2, 3), elementwise."""
+  return r[:, 0:1] * lin[None, 0] + r[:, 1:2] * lin[None, 1]
+
+
 def _weighted_solve(a, b, w):
-  """min_x sum_i w_i |a_i x - b_i|^2 for a (L, 4), b (L,) via normal equations (+ tiny ridge)."""
+  """min_x sum_i w_i |a_i x - b_i|^2 for a (L, 4), b (L,) or (L, M) (M right-hand sides at
+  once), via the normal equations (+ tiny ridge)."""
   aw = a * w[:, None]
-  ata = aw.T @ a
-  atb = aw.T @ b
+  ata = jnp.sum(aw[:, :, None] * a[:, None, :], axis=0)
+  atb = jnp.sum(aw.reshape(aw.shape + (1,) * (b.ndim - 1)) * b[:, None], axis=0)
   return _small_spd_solve(ata + 1e-9 * jnp.trace(ata) * jnp.eye(4), atb)
 
 
@@ -163,8 +204,10 @@ def estimate_camera(points, model_points, weights, image_height):
     (rotation (3, 3), translation (2,) model units, scale, camera (2, 4)).
   """
   a = jnp.concatenate([model_points, jnp.ones_like(model_points[:, :1])], -1)
-  k1 = _weighted_solve(a, points[:, 0], weights)
-  k2 = _weighted_solve(a, image_height - points[:, 1], weights)   # eos flips y (viewport)
+  # Both image rows share the design matrix: one factorisation, two right-hand sides.
+  rhs = jnp.stack([points[:, 0], image_height - points[:, 1]], -1)   # eos flips y (viewport)
+  k = _weighted_solve(a, rhs, weights)
+  k1, k2 = k[:, 0], k[:, 1]
   r1, r2 = k1[:3], k2[:3]
   s = 0.5 * (jnp.linalg.norm(r1) + jnp.linalg.norm(r2))
   n1, n2 = r1 / jnp.linalg.norm(r1), r2 / jnp.linalg.norm(r2)
@@ -182,7 +225,7 @@ def _nnls(q, c, sweeps, x0=None):
 
   def sweep(_, x):
     for i in range(n):
-      x = x.at[i].set(jnp.maximum(0.0, x[i] - (q[i] @ x + c[i]) / diag[i]))
+      x = x.at[i].set(jnp.maximum(0.0, x[i] - (_dot(q[i], x) + c[i]) / diag[i]))
     return x
 
   return jax.lax.fori_loop(0, sweeps, sweep, jnp.zeros_like(c) if x0 is None else x0)
@@ -223,7 +266,7 @@ def _polar(r, steps=6):
   """
   def step(_, x):
     cof = jnp.stack([jnp.cross(x[1], x[2]), jnp.cross(x[2], x[0]), jnp.cross(x[0], x[1])])
-    det = x[0] @ cof[0]
+    det = _dot(x[0], cof[0])
     return 0.5 * (x + cof / det)        # X^-T = cofactor matrix / det
   return jax.lax.fori_loop(0, steps, step, r)
 
@@ -253,6 +296,13 @@ class JaxFitter:
     self.jaw_side = jnp.asarray(geo.jaw_side, jnp.float32)
     self.outward = jnp.asarray(geo.outward)
     self._used = np.unique(np.concatenate([ids, geo.candidates.reshape(-1)]))
+    # The used vertices' rows (for :meth:`landmarks`) and the positions of the '3d' vertices and
+    # the slice candidates among them.
+    self.used_mean = jnp.asarray(model.mean[self._used])
+    self.used_shape = jnp.asarray(model.shape_basis[self._used])
+    self.used_expr = jnp.asarray(model.expression_basis[self._used])
+    self._used_fixed = np.searchsorted(self._used, ids)
+    self._used_cand = np.searchsorted(self._used, geo.candidates)
     self._jitted = {}
 
   # --- one face ---------------------------------------------------------------------------
@@ -297,14 +347,23 @@ class JaxFitter:
         return 1.0 / _SIGMA2
       return 1.0 / (scale * noise) ** 2
 
-    def fit_expr(cam, m, sb, eb, a, scale, noise, w, b0=None):
+    def fit_expr(cam, m, sb, eb, a, scale, noise, w, gram, b0=None):
+      ne = eb.shape[-1]
       wf = w * noise_scale(scale, noise)
       base = m + sb @ a
-      ae = jnp.einsum('jk,lkm->ljm', cam[:, :3], eb)                  # (L, 2, E)
-      r0 = contour.project(base, cam) - pts                           # (L, 2)
-      aw = (ae * wf[:, None, None]).reshape(-1, ae.shape[-1])
-      q = aw.T @ ae.reshape(-1, ae.shape[-1]) + config.lambda_expression * jnp.eye(ae.shape[-1])
-      c = aw.T @ r0.reshape(-1)
+      lin = cam[:, :3]
+      r0 = _project(base, cam) - pts                                  # (L, 2)
+      # c = A' W r0 with A = C E, as in fit_shape.
+      c = jnp.einsum('lk,lkm->m', _times_lin(r0 * wf[:, None], lin), eb)
+      if gram is None:
+        ae = jnp.einsum('jk,lkm->ljm', lin, eb)                        # (L, 2, E)
+        aw = (ae * wf[:, None, None]).reshape(-1, ne)
+        q = aw.T @ ae.reshape(-1, ne)
+      else:
+        # Shared weights and fixed rows: A' W A = sum_ab (C'C)_ab G_ab, G precomputed.
+        ctc = _gram_of_lin(lin).reshape(9)
+        q = noise_scale(scale, noise) * _dot(ctc, gram[1].reshape(ne * ne, 9)).reshape(ne, ne)
+      q = q + config.lambda_expression * jnp.eye(ne)
       # Warm start from the previous round's weights (Gauss-Seidel converges to the same
       # minimiser; the problem is strictly convex when the 6 blendshapes are observed).
       return _nnls(q, c, config.nnls_sweeps, b0)
@@ -316,18 +375,18 @@ class JaxFitter:
     def fit_shape(cam, m, sb, eb, b, scale, noise, a0, w, gram):
       wf = w * noise_scale(scale, noise)
       base = m + eb @ b
-      r0 = contour.project(base, cam) - pts
+      r0 = _project(base, cam) - pts
       lin = cam[:, :3]
       # c = A' W r0 without forming A = C V: (C' r0_l) first, then the basis rows.
-      c = jnp.einsum('lk,lkn->n', (r0 * wf[:, None]) @ lin, sb)
+      c = jnp.einsum('lk,lkn->n', _times_lin(r0 * wf[:, None], lin), sb)
       if gram is None:
         asb = jnp.einsum('jk,lkn->ljn', lin, sb)                       # (L, 2, K)
         aw = (asb * wf[:, None, None]).reshape(-1, k)
         q = aw.T @ asb.reshape(-1, k)
       else:
         # Shared weights: A' W A = sum_ab (C'C)_ab H_ab with H precomputed for the batch.
-        q = noise_scale(scale, noise) * (
-            (lin.T @ lin).reshape(1, 9) @ gram.reshape(9, k * k)).reshape(k, k)
+        ctc = _gram_of_lin(lin).reshape(1, 9)
+        q = noise_scale(scale, noise) * (ctc @ gram[0].reshape(9, k * k)).reshape(k, k)
       q = q + config.lambda_identity * jnp.eye(k)
       if config.solver == 'direct':
         return jnp.linalg.solve(q, -c)
@@ -339,7 +398,7 @@ class JaxFitter:
     noise0 = jnp.float32(1.0 if eos_noise else config.noise_mm)
     w0 = w.at[self.jaw_points].set(0.0) if use_jaw else w
     rot, t, s, cam = estimate_camera(pts, m, w0, image_height)
-    b = fit_expr(cam, m, sb, eb, a, s, noise0, w)
+    b = fit_expr(cam, m, sb, eb, a, s, noise0, w, gram)
 
     def rows_of(a, b, cam, ids):
       if use_jaw:
@@ -358,7 +417,7 @@ class JaxFitter:
         shape_now = mm + ss @ a + ee @ b
         rot, t, s, cam = estimate_camera(pts, shape_now, w, image_height)
         a = fit_shape(cam, mm, ss, ee, b, s, noise, a, w, gram)
-        b = fit_expr(cam, mm, ss, ee, a, s, noise, w, b)
+        b = fit_expr(cam, mm, ss, ee, a, s, noise, w, gram, b)
         return a, b, rot, t, s, cam, ids, noise
       return jax.lax.fori_loop(0, config.num_iterations, body, state)
 
@@ -372,8 +431,8 @@ class JaxFitter:
       # noise model assumes get a proportionally stronger shape prior; cleaner ones keep it.
       a, b, rot, t, s, cam, ids, noise = state
       mm, ss, ee, _ = rows_of(a, b, cam, ids)
-      res = contour.project(mm + ss @ a + ee @ b, cam) - pts
-      rss = jnp.sum(w * jnp.sum(res * res, -1)) / (s * s)
+      res = _project(mm + ss @ a + ee @ b, cam) - pts
+      rss = (w @ _dot(res, res)) / (s * s)
       g = gain_of(s, noise) * pre_vals
       df = 6.0 + jnp.sum(b > 0) + jnp.sum(g / (g + config.lambda_identity))
       n_obs = 2.0 * jnp.sum(w)
@@ -396,8 +455,11 @@ class JaxFitter:
 
   # --- batched, jitted --------------------------------------------------------------------
 
-  def _compiled(self, config):
-    if config not in self._jitted:
+  def _compiled(self, config, convention=None):
+    """The jitted batched fit; with a ``convention``, it also reads the 68 points off the fits
+    in the same compiled call (no second dispatch, only the fitted shape components)."""
+    key = (config, convention)
+    if key not in self._jitted:
       k = self.model.num_shape if config.num_shape is None else config.num_shape
       frontal = jnp.asarray([1.0, 1.0, 0.0])
 
@@ -407,18 +469,26 @@ class JaxFitter:
                        in_axes=(0, None if shared else 0, 0, None, None, None))
         finite = jnp.all(jnp.isfinite(points), axis=-1)
         sb = self.lm_shape[..., :k]
-        if shared:
-          wbar = weights
-          gram = jnp.einsum('l,lan,lbm->abnm', weights, sb, sb)
-        else:
-          wbar = jnp.mean(jnp.where(finite, weights, 0.0), axis=0)
-          gram = None
+        wbar = weights if shared else jnp.mean(jnp.where(finite, weights, 0.0), axis=0)
+        gram = None
+        if shared and not config.dynamic_contour:
+          # Gram matrices of the shape (9, K, K) and the expression rows (E, E, 9: laid out
+          # for an elementwise contraction) at the points, shared by the whole batch. Not with
+          # the dynamic contour: there the jaw points' rows move to per-face silhouette
+          # vertices, so the fixed rows' Gram matrices would be wrong.
+          eb = self.lm_expr
+          gram = (jnp.einsum('l,lan,lbm->abnm', weights, sb, sb),
+                  jnp.einsum('l,lan,lbm->nmab', weights, eb, eb))
         m0 = jnp.einsum('l,lkn,k,lkm->nm', wbar, sb, frontal, sb)
         vals, vecs = jnp.linalg.eigh(m0)
-        return one(points, weights, heights, vecs, jnp.maximum(vals, 0.0), gram)
+        fit = one(points, weights, heights, vecs, jnp.maximum(vals, 0.0), gram)
+        if convention is None:
+          return fit
+        return fit, self._landmarks(fit['shape_coeffs'][..., :k], fit['expression_coeffs'],
+                                    fit['camera'], convention)
 
-      self._jitted[config] = jax.jit(batched)
-    return self._jitted[config]
+      self._jitted[key] = jax.jit(batched)
+    return self._jitted[key]
 
   def fit(self, points, weights=None, image_height=None, config: FitConfig = EOS_DEFAULTS) -> Fit:
     """Fits N faces at once.
@@ -433,6 +503,30 @@ class JaxFitter:
     Returns:
       :class:`Fit` with leading axis N (no axis for a single (68, 2) input).
     """
+    config, args, single = self._inputs(points, weights, image_height, config)
+    out = self._compiled(config)(*args)
+    if single:
+      out = jax.tree_util.tree_map(lambda x: x[0], out)
+    return out
+
+  def fit_landmarks(self, points, weights=None, image_height=None,
+                    config: FitConfig = EOS_DEFAULTS, convention: str = '2d'):
+    """:meth:`fit` and :meth:`landmarks` of the fits in one compiled call.
+
+    Returns:
+      (:class:`Fit`, (N, 68, 2) jnp float32 iBUG points of the fitted meshes), no N axis for a
+      single (68, 2) input.
+    """
+    if convention not in ('2d', '3d'):
+      raise ValueError(f"convention must be '2d' or '3d', got {convention!r}")
+    config, args, single = self._inputs(points, weights, image_height, config)
+    out = self._compiled(config, convention)(*args)
+    if single:
+      out = jax.tree_util.tree_map(lambda x: x[0], out)
+    return out
+
+  def _inputs(self, points, weights, image_height, config):
+    """(config, device arguments of the compiled fit, single) for :meth:`fit`'s inputs."""
     pts = np.asarray(points, np.float32)
     single = pts.ndim == 2
     if single:
@@ -459,27 +553,40 @@ class JaxFitter:
     wa = w[0] if shared else w
     if shared:
       pts = np.where(w[..., None] > 0, pts, 0.0).astype(np.float32)
-    out = self._compiled(config)(jnp.asarray(pts), jnp.asarray(wa), jnp.asarray(h))
-    if single:
-      out = jax.tree_util.tree_map(lambda x: x[0], out)
-    return out
+    return config, (jnp.asarray(pts), jnp.asarray(wa), jnp.asarray(h)), single
 
   def landmarks(self, fit: Fit, convention: str = '2d'):
     """(..., 68, 2) the iBUG points of fitted meshes (:func:`contour.ibug_points`), jitted."""
+    if convention not in ('2d', '3d'):
+      raise ValueError(f"convention must be '2d' or '3d', got {convention!r}")
     key = ('landmarks', convention)
     if key not in self._jitted:
-      def fn(a, b, cam):
-        return contour.ibug_points(self._sparse_vertices(a, b), cam, self.model, convention)
-      self._jitted[key] = jax.jit(fn)
+      self._jitted[key] = jax.jit(functools.partial(self._landmarks, convention=convention))
     return self._jitted[key](fit.shape_coeffs, fit.expression_coeffs, fit.camera)
 
-  def _sparse_vertices(self, a, b):
-    """(..., V, 3) meshes with only the vertices the 68 points can use filled in (rest 0)."""
-    used = self._used
-    part = (self.mean[used] + jnp.einsum('ujk,...k->...uj', self.shape_basis[used], a)
-            + jnp.einsum('ujm,...m->...uj', self.expression_basis[used], b))
-    full = jnp.zeros(a.shape[:-1] + self.mean.shape, part.dtype)
-    return full.at[..., used, :].set(part)
+  def _landmarks(self, a, b, cam, convention):
+    """:func:`contour.ibug_points` of the meshes (a, b) under ``cam``, from the used vertices.
+
+    Only the '3d' vertices and the jaw slices' candidates are built (a few hundred of the
+    model's vertices, gathered once in ``__init__``), not the whole mesh: the same points, at
+    a fraction of the cost of a full (N, V, 3) mesh.
+    """
+    geo = self.geometry
+    # ``a`` may hold only the leading components (the fitted ones, in the fused readout).
+    shape = self.used_shape[..., :a.shape[-1]]
+    part = (self.used_mean + jnp.einsum('ujk,...k->...uj', shape, a)
+            + jnp.einsum('ujm,...m->...uj', self.used_expr, b))           # (..., U, 3)
+    fixed = _project(part[..., self._used_fixed, :], cam)                # (..., 68, 2)
+    if convention == '3d':
+      return fixed
+    u = contour.marching_directions(cam, geo)                             # (..., 16, 2)
+    cand = _project(part[..., self._used_cand.reshape(-1), :], cam)
+    cand = cand.reshape(cand.shape[:-2] + self._used_cand.shape + (2,))
+    best = _first_argmax(_dot(cand, u[..., None, :]))
+    marched = jnp.take_along_axis(cand, best[..., None, None], axis=-2)[..., 0, :]
+    far = (contour.yaw_sign(cam)[..., None] * jnp.asarray(geo.jaw_side, cand.dtype)) > 0
+    jaw = jnp.where(far[..., None], marched, fixed[..., geo.jaw_points, :])
+    return fixed.at[..., geo.jaw_points, :].set(jaw)
 
   def vertices(self, fit: Fit):
     """(..., V, 3) fitted meshes (model frame)."""

@@ -63,6 +63,25 @@ def _pose(points, reference):
   return jnp.where(enough[:, None] & jnp.all(jnp.isfinite(ypr), -1, keepdims=True), ypr, jnp.nan)
 
 
+@jax.jit
+def _direction(points, reference, threshold):
+  """(B,) int32 looking direction from (B, L, 2) points: :func:`_pose` and the threshold in one
+  compiled call (no eager operations on the host per call)."""
+  yaw = _pose(points, reference)[:, 0]
+  return jnp.where(yaw > threshold, 1, jnp.where(yaw < -threshold, -1, 0)).astype(jnp.int32)
+
+
+def _checked(points, scheme):
+  """(points as a float32 array of shape (B, L, 2) (numpy unless a jax array), leading shape)."""
+  is_jax = isinstance(points, jax.Array) or 'Tracer' in type(points).__name__
+  pts = jnp.asarray(points, jnp.float32) if is_jax else np.asarray(points, np.float32)
+  if pts.ndim < 2 or pts.shape[-2:] != (scheme.num_points, 2):
+    raise ValueError(f'points must have shape (..., {scheme.num_points}, 2) for scheme '
+                     f'{scheme.name}, got {pts.shape}')
+  lead = pts.shape[:-2]
+  return pts.reshape((-1,) + pts.shape[-2:]), lead
+
+
 def pose_from_reference(points, reference) -> jax.Array:
   """(B, 3) yaw, pitch, roll in degrees of (B, L, 2) image points against an (L, 3) reference.
 
@@ -85,13 +104,8 @@ def estimate_pose(points, scheme=schemes_lib.IBUG68, model=None):
     jnp float32; NaN where fewer than :data:`MIN_POINTS` usable points are given.
   """
   scheme = schemes_lib.get_scheme(scheme)
-  pts = jnp.asarray(points, jnp.float32)
-  if pts.ndim < 2 or pts.shape[-2:] != (scheme.num_points, 2):
-    raise ValueError(f'points must have shape (..., {scheme.num_points}, 2) for scheme '
-                     f'{scheme.name}, got {pts.shape}')
-  ref = jnp.asarray(reference_points(model, scheme))
-  lead = pts.shape[:-2]
-  out = _pose(pts.reshape((-1,) + pts.shape[-2:]), ref)
+  pts, lead = _checked(points, scheme)
+  out = _pose(pts, reference_points(model, scheme))
   return out.reshape(lead + (3,))
 
 
@@ -101,5 +115,7 @@ def looking_direction(points, scheme=schemes_lib.IBUG68, threshold: float = 10.0
   The same contract as :func:`jaxalign.geometry.looking_direction`, from :func:`estimate_pose`;
   a shape with too few usable points is frontal (0).
   """
-  yaw = estimate_pose(points, scheme, model)[..., 0]
-  return jnp.where(yaw > threshold, 1, jnp.where(yaw < -threshold, -1, 0)).astype(jnp.int32)
+  scheme = schemes_lib.get_scheme(scheme)
+  pts, lead = _checked(points, scheme)
+  out = _direction(pts, reference_points(model, scheme), float(threshold))
+  return out.reshape(lead)
