@@ -24,7 +24,7 @@ def test_every_arm_has_a_config_file_with_its_launch_command():
   for f in files:
     text = pathlib.Path(f).read_text()
     doc = text.split('"""')[1]
-    assert f'python -m jaxalign.train --config configs/experiments/{pathlib.Path(f).name}' in doc
+    assert doc.startswith(f'python -m jaxalign.train --config configs/experiments/{pathlib.Path(f).name}')
     quick = config_lib.load_config_file(f)
     config_lib.validate(quick, 1)
     assert quick.model.depth == '18' and quick.model.input_size == 64

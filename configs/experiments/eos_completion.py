@@ -1,6 +1,6 @@
-"""Pose experiment, arm 5: eos completion.
+"""python -m jaxalign.train --config configs/experiments/eos_completion.py --workdir runs/pose/eos_completion
 
-  python -m jaxalign.train --config configs/experiments/eos_completion.py --workdir runs/pose/eos_completion
+Pose experiment, arm 5: eos completion.
 
 Paper size on a GPU (ResNet-50, 224 px): `--config configs/experiments/eos_completion.py:paper`.
 The whole experiment (every arm and seed, evaluation and report) is one command:

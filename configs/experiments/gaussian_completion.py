@@ -1,6 +1,6 @@
-"""Pose experiment, arm 7: 2D Gaussian completion.
+"""python -m jaxalign.train --config configs/experiments/gaussian_completion.py --workdir runs/pose/gaussian_completion
 
-  python -m jaxalign.train --config configs/experiments/gaussian_completion.py --workdir runs/pose/gaussian_completion
+Pose experiment, arm 7: 2D Gaussian completion.
 
 Paper size on a GPU (ResNet-50, 224 px): `--config configs/experiments/gaussian_completion.py:paper`.
 The whole experiment (every arm and seed, evaluation and report) is one command:

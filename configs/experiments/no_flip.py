@@ -1,6 +1,6 @@
-"""Pose experiment, arm 3: no flip.
+"""python -m jaxalign.train --config configs/experiments/no_flip.py --workdir runs/pose/no_flip
 
-  python -m jaxalign.train --config configs/experiments/no_flip.py --workdir runs/pose/no_flip
+Pose experiment, arm 3: no flip.
 
 Paper size on a GPU (ResNet-50, 224 px): `--config configs/experiments/no_flip.py:paper`.
 The whole experiment (every arm and seed, evaluation and report) is one command:

@@ -1,6 +1,6 @@
-"""Pose experiment, arm 2: plain ResNet on 68 points.
+"""python -m jaxalign.train --config configs/experiments/plain.py --workdir runs/pose/plain
 
-  python -m jaxalign.train --config configs/experiments/plain.py --workdir runs/pose/plain
+Pose experiment, arm 2: plain ResNet on 68 points.
 
 Paper size on a GPU (ResNet-50, 224 px): `--config configs/experiments/plain.py:paper`.
 The whole experiment (every arm and seed, evaluation and report) is one command:

@@ -1,6 +1,6 @@
-"""Pose experiment, arm 1: pose-aware (flip, CNN2 on SLs, JAX 3DMM completion).
+"""python -m jaxalign.train --config configs/experiments/pose_aware.py --workdir runs/pose/pose_aware
 
-  python -m jaxalign.train --config configs/experiments/pose_aware.py --workdir runs/pose/pose_aware
+Pose experiment, arm 1: pose-aware (flip, CNN2 on SLs, JAX 3DMM completion).
 
 Paper size on a GPU (ResNet-50, 224 px): `--config configs/experiments/pose_aware.py:paper`.
 The whole experiment (every arm and seed, evaluation and report) is one command:

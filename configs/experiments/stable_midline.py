@@ -1,6 +1,6 @@
-"""Pose experiment, arm 6: SLs with right-side 22,34,42,63.
+"""python -m jaxalign.train --config configs/experiments/stable_midline.py --workdir runs/pose/stable_midline
 
-  python -m jaxalign.train --config configs/experiments/stable_midline.py --workdir runs/pose/stable_midline
+Pose experiment, arm 6: SLs with right-side 22,34,42,63.
 
 Paper size on a GPU (ResNet-50, 224 px): `--config configs/experiments/stable_midline.py:paper`.
 The whole experiment (every arm and seed, evaluation and report) is one command:

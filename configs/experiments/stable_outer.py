@@ -1,6 +1,6 @@
-"""Pose experiment, arm 6: SLs with right-side 16,26,45,54.
+"""python -m jaxalign.train --config configs/experiments/stable_outer.py --workdir runs/pose/stable_outer
 
-  python -m jaxalign.train --config configs/experiments/stable_outer.py --workdir runs/pose/stable_outer
+Pose experiment, arm 6: SLs with right-side 16,26,45,54.
 
 Paper size on a GPU (ResNet-50, 224 px): `--config configs/experiments/stable_outer.py:paper`.
 The whole experiment (every arm and seed, evaluation and report) is one command:

@@ -1,6 +1,6 @@
-"""Pose experiment, arm 6: SLs with right-side 22,23,42,47.
+"""python -m jaxalign.train --config configs/experiments/stable_upper.py --workdir runs/pose/stable_upper
 
-  python -m jaxalign.train --config configs/experiments/stable_upper.py --workdir runs/pose/stable_upper
+Pose experiment, arm 6: SLs with right-side 22,23,42,47.
 
 Paper size on a GPU (ResNet-50, 224 px): `--config configs/experiments/stable_upper.py:paper`.
 The whole experiment (every arm and seed, evaluation and report) is one command:

@@ -1,6 +1,6 @@
-"""Pose experiment, arm 4: no pose-balanced batches.
+"""python -m jaxalign.train --config configs/experiments/unbalanced.py --workdir runs/pose/unbalanced
 
-  python -m jaxalign.train --config configs/experiments/unbalanced.py --workdir runs/pose/unbalanced
+Pose experiment, arm 4: no pose-balanced batches.
 
 Paper size on a GPU (ResNet-50, 224 px): `--config configs/experiments/unbalanced.py:paper`.
 The whole experiment (every arm and seed, evaluation and report) is one command:
