@@ -166,3 +166,29 @@ def test_huber_weights_resist_outlier_points(model, jf):
     lm = np.asarray(jf.landmarks(jf.fit(given, stable, 512.0, cfg)))
     errs[name] = float(np.mean(metrics.nme(lm, f['gt'], indices=ul)))
   assert errs['huber'] < 0.85 * errs['plain'], errs
+
+
+def test_shared_weights_equal_per_face_weights_with_jaw_points(model, jf):
+  """Batch-shared Gram matrices must not be used when the jaw rows move per face."""
+  from jaxalign.benchmarks.completion import synthetic_faces  # pylint: disable=g-import-not-at-top
+  from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
+  f = synthetic_faces(model, 8, 0, 1.0, 0.01)
+  shared = jf.landmarks(jf.fit(f['given'], None, 512.0, completion.JAX_DEFAULTS))
+  w = np.ones((8, 68), np.float32)
+  w[0, 30] = 0.99999            # a per-face weight forces the per-face path
+  per_face = jf.landmarks(jf.fit(f['given'], w, 512.0, completion.JAX_DEFAULTS))
+  np.testing.assert_allclose(np.asarray(shared)[1:], np.asarray(per_face)[1:], atol=0.1)
+
+
+def test_fit_landmarks_matches_fit_then_mesh_readout(model, jf):
+  """The fused fit + 68-point readout equals reading the points off the full fitted mesh."""
+  from jaxalign.benchmarks.completion import synthetic_faces  # pylint: disable=g-import-not-at-top
+  from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
+  f = synthetic_faces(model, 8, 1, 1.0, 0.01)
+  w = np.zeros(68, np.float32)
+  w[list(range(17, 68))] = 1.0
+  for conv in ('2d', '3d'):
+    fit, lm = jf.fit_landmarks(f['given'], w, 512.0, completion.JAX_DEFAULTS, conv)
+    ref = contour.ibug_points(np.asarray(jf.vertices(fit)), np.asarray(fit.camera), model, conv)
+    np.testing.assert_allclose(np.asarray(lm), ref, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(jf.landmarks(fit, conv)), ref, atol=1e-3)
