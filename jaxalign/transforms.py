@@ -302,3 +302,27 @@ def flip_landmarks(points, width, scheme: schemes_lib.LandmarkScheme = schemes_l
                      f'{scheme.name}, got {pts.shape}')
   mirrored = warp_points(pts, hflip_matrix(width))
   return jnp.take(mirrored, jnp.asarray(scheme.flip_index_array()), axis=-2)
+
+
+def warp_image_host(image: np.ndarray, matrix, size: int) -> np.ndarray:
+  """The host-side twin of :func:`warp_image` for uint8 RGB decoding workers (numpy in/out).
+
+  The same matrix convention and bilinear sampling with zeros outside, run by PIL so that
+  input-pipeline worker processes need no JAX: it brings images of any size to one square
+  ``size`` for batching; every other warp (augmentation, spatial transform, flips) runs on the
+  device through :func:`warp_image`. Tested to agree with it (tests/test_pipeline.py).
+  ``matrix`` maps input pixel centres to output pixel centres; PIL samples at pixel corners +
+  0.5, hence the half-pixel terms.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  a = np.vstack([matrix, [0, 0, 1]])
+  inv = np.linalg.inv(a)[:2]
+  # PIL samples the input at (a, b, c) . (x + 0.5, y + 0.5, 1) in pixel-corner coordinates for
+  # output pixel (x, y); in centre coordinates that is 0.5 less, so c = t + 0.5 - 0.5 (a + b).
+  c0 = inv[0, 2] - 0.5 * (inv[0, 0] + inv[0, 1]) + 0.5
+  c1 = inv[1, 2] - 0.5 * (inv[1, 0] + inv[1, 1]) + 0.5
+  data = (inv[0, 0], inv[0, 1], c0, inv[1, 0], inv[1, 1], c1)
+  pil = Image.fromarray(image)
+  out = pil.transform((size, size), Image.Transform.AFFINE, data, Image.Resampling.BILINEAR,
+                      fillcolor=(0, 0, 0))
+  return np.asarray(out)

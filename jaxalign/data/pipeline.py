@@ -102,30 +102,11 @@ def decode_image(path: str) -> np.ndarray:
     raise ValueError(f'{path}: cannot decode image ({e})') from None
 
 
-def warp_image_host(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-  """Bilinear affine resampling with PIL (zeros outside): ``out(p) = image(M^-1 p)``.
-
-  ``matrix`` maps input pixel centres to output pixel centres (integer-centred convention);
-  PIL samples at pixel corners + 0.5, hence the half-pixel terms.
-  """
-  a = np.vstack([matrix, [0, 0, 1]])
-  inv = np.linalg.inv(a)[:2]
-  # PIL samples the input at (a, b, c) . (x + 0.5, y + 0.5, 1) in pixel-corner coordinates for
-  # output pixel (x, y); in centre coordinates that is 0.5 less, so c = t + 0.5 - 0.5 (a + b).
-  c0 = inv[0, 2] - 0.5 * (inv[0, 0] + inv[0, 1]) + 0.5
-  c1 = inv[1, 2] - 0.5 * (inv[1, 0] + inv[1, 1]) + 0.5
-  data = (inv[0, 0], inv[0, 1], c0, inv[1, 0], inv[1, 1], c1)
-  pil = Image.fromarray(image)
-  out = pil.transform((size, size), Image.Transform.AFFINE, data, Image.Resampling.BILINEAR,
-                      fillcolor=(0, 0, 0))
-  return np.asarray(out)
-
-
 def load_example(record: FaceRecord, spec: CropSpec) -> dict[str, np.ndarray]:
   """Decodes and crops one record (host side). Raises ``ValueError`` if it is unusable."""
   image = decode_image(record.image)
   matrix = host_crop_matrix(record.box, spec)
-  crop = warp_image_host(image, matrix, spec.crop_size)
+  crop = transforms.warp_image_host(image, matrix, spec.crop_size)
   points = np.asarray(record.points, np.float64)
   if points.ndim != 2 or points.shape[1] != 2:
     raise ValueError(f'{record.image}: landmarks have shape {points.shape}, expected (L, 2)')

@@ -94,16 +94,7 @@ def evaluate(model, config, records, out_dir: str, mean_shape, step: int | None 
     log.warning('%s', completion_error)
     complete = False
   t0 = time.time()
-  try:
-    out = _predict(model, config, records, complete, convention)
-  except (ImportError, AttributeError, NotImplementedError) as e:
-    if not complete:
-      raise
-    completion_error = f'{type(e).__name__}: {e}'
-    log.warning('3DMM completion unavailable (%s); evaluating the CNN pair alone',
-                completion_error)
-    complete = False
-    out = _predict(model, config, records, False, convention)
+  out = _predict(model, config, records, complete, convention)
   seconds = time.time() - t0
   valid = out['valid']
   gt = np.stack([np.asarray(r.points, np.float32) for r in records])[valid]
