@@ -68,7 +68,8 @@ def synthetic_faces(model, n, seed=0, mismatch_mm=1.0, noise=0.01, max_yaw=70.0,
     t = np.array([image_size[0] / 2, image_size[1] / 2]) / scale + rng.normal(0, 10, 2)
     cam = contour.camera_from_pose(rot, t, scale, image_size[1])
     gt[i] = contour.ibug_points(v, cam, model, '2d')
-  io = np.linalg.norm(gt[:, 36] - gt[:, 45], axis=-1)
+  a, b = schemes_lib.IBUG68.inter_ocular
+  io = np.linalg.norm(gt[:, a] - gt[:, b], axis=-1)
   given = gt + rng.normal(0.0, 1.0, gt.shape) * (noise * io)[:, None, None]
   return dict(gt=gt, given=given.astype(np.float32), yaw=yaws, image_size=image_size)
 
