@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m jaxalign.bench {completion,synthesize,train,predict} [flags]``.
+"""Benchmarks: ``python -m jaxalign.bench {completion,synthesize,train,predict,detect,compare,gpu} [flags]``.
 
 Each sub-command lives in ``jaxalign/benchmarks/<name>.py`` with a ``main(argv)``; results go to
 stdout (``--json`` for one JSON object) and, by hand, to ``docs/benchmarks.md``.
@@ -7,7 +7,7 @@ stdout (``--json`` for one JSON object) and, by hand, to ``docs/benchmarks.md``.
 import importlib
 import sys
 
-COMMANDS = ('completion', 'synthesize', 'train', 'predict')
+COMMANDS = ('completion', 'synthesize', 'train', 'predict', 'detect', 'compare', 'gpu')
 
 
 def main(argv=None):
