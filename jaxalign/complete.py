@@ -1,11 +1,15 @@
-"""``python -m jaxalign.complete ANNOTATION... --out DIR [--backend jax|eos] [--report FILE]``
+"""``python -m jaxalign.complete ANNOTATION... --out DIR [--completion jax|eos] [--report FILE]``
 
 Measures the 3DMM completion stage on your own annotations: for each 68-point ``.pts`` or
-``.ljson`` file it keeps the stable landmarks (their mirror for a left-looking face), completes
-the others with the 3DMM, writes ``DIR/<stem>.pts`` and, with ``--report``, a JSON report with
+``.ljson`` file (menpo v1-v3; in a v3 file with several groups, the one with 68 points) it
+keeps the stable landmarks (their mirror for a left-looking face), completes the others with
+the 3DMM, writes ``DIR/<stem>.pts`` and, with ``--report``, a JSON report with
 per file and on average the inter-ocular NME of the completed (unstable) points, the estimated
 yaw and whether the face was flipped. An image with the same stem beside the annotation (.png,
 .jpg, .jpeg, .bmp) gives the image size; otherwise a box around the points is used.
+
+Exit codes: 0 ok, 1 a failure during the work, 2 bad input (no readable annotation) or missing
+model files.
 """
 
 from __future__ import annotations
@@ -38,10 +42,7 @@ def _read(path: pathlib.Path):
   if path.suffix.lower() == '.pts':
     return io.read_pts(path, num_points=68)
   if path.suffix.lower() == '.ljson':
-    pts = io.read_ljson(path)
-    if pts.shape != (68, 2):
-      raise ValueError(f'{path}: expected 68 points, got {pts.shape[0]}')
-    return pts
+    return io.read_ljson(path, num_points=68)
   raise ValueError(f'{path}: unknown annotation format (expected .pts or .ljson)')
 
 
@@ -53,7 +54,6 @@ def complete_files(paths, out_dir, backend='jax', report=None, convention='2d') 
   from jaxalign import io
   from jaxalign import metrics
   from jaxalign.morphable import completion
-  from native_eos_bindings.fitting import default_image_size
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   points, sizes, names, skipped = [], [], [], []
@@ -64,7 +64,7 @@ def complete_files(paths, out_dir, backend='jax', report=None, convention='2d') 
       pts = _read(p)
       if not np.isfinite(pts).all():
         raise ValueError(f'{p}: annotation has missing points')
-      size = _image_size(p) or default_image_size(pts)
+      size = _image_size(p) or completion.default_image_size(pts)
     except (ValueError, FileNotFoundError, OSError) as e:
       skipped.append({'file': str(p), 'error': str(e)})
       continue
@@ -107,7 +107,8 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('annotations', nargs='+', help='.pts or .ljson files with 68 points')
   p.add_argument('--out', required=True, help='output folder for <stem>.pts')
-  p.add_argument('--backend', choices=('jax', 'eos'), default='jax')
+  p.add_argument('--completion', choices=('jax', 'eos'), default='jax',
+                 help='completion backend (the same flag as in evaluate and predict)')
   p.add_argument('--convention', choices=('2d', '3d'), default='2d',
                  help="jaw points: '2d' on the silhouette (300-W), '3d' fixed vertices")
   p.add_argument('--report', help='write the JSON report here')
@@ -117,16 +118,16 @@ def main(argv=None) -> int:
     assets.sfm_dir()
   except assets.MissingModelFilesError as e:
     print(e, file=sys.stderr)
-    return 1
-  out = complete_files(args.annotations, args.out, args.backend, args.report, args.convention)
+    return 2
+  out = complete_files(args.annotations, args.out, args.completion, args.report, args.convention)
   for s in out['skipped']:
     print(f"skipped {s['file']}: {s['error']}", file=sys.stderr)
   m = out['mean']
   if m['count']:
     print(f"{m['count']} faces, mean UL NME {100 * m['ul_nme']:.2f} % (inner "
           f"{100 * m['ul_nme_inner']:.2f} %, jaw {100 * m['ul_nme_jaw']:.2f} %), backend "
-          f"{args.backend}")
-  return 0 if m['count'] or not out['skipped'] else 1
+          f"{args.completion}")
+  return 0 if m['count'] or not out['skipped'] else 2
 
 
 if __name__ == '__main__':

@@ -121,12 +121,31 @@ def write_pts(path: str | os.PathLike, points) -> None:
     f.write(text)
 
 
-def read_ljson(path: str | os.PathLike, group: str | None = None) -> np.ndarray:
+def read_ljson(path: str | os.PathLike, group: str | None = None,
+               num_points: int | None = None) -> np.ndarray:
   """Reads a menpo ``.ljson`` landmark file into (L, 2) float32 (x, y) pixels.
 
-  Supports the v1 (``groups``: {name: {landmarks: [{point: [y, x]}]}}) and v2/v3
-  (``landmarks``: {points: [[y, x], ...]}) layouts. ``group`` picks a v1 group (default: the
-  first). Null points (menpo's missing landmarks) become NaN.
+  menpo stores points as [y, x], 0-based. The layouts (menpo ``io/input/landmark.py``):
+
+  * v3 (menpo >= 0.6, ``"version": 3``): ``groups`` = {name: {``landmarks``: {``points``:
+    [[y, x], ...], ``connectivity``}, ``labels``: [{``label``, ``mask``}]}}: one point set
+    per named group;
+  * v2: ``landmarks``: {``points``: [[y, x], ...]} with ``labels`` beside it;
+  * v1: ``groups`` = [{``label``, ``landmarks``: [{``point``: [y, x]}]}, ...], the labelled
+    parts of one point set, concatenated in order (as menpo reads it); a dict of such
+    ``landmarks`` lists keyed by group name is read like v3.
+
+  Args:
+    path: the file.
+    group: the group to read (v3 / keyed groups); default the only group with ``num_points``
+      points when ``num_points`` is given, else the first group.
+    num_points: if given, the result must have this many points.
+
+  Null points (menpo's missing landmarks) become NaN.
+
+  Raises:
+    ValueError: naming the file: bad JSON, unknown layout, no such group, malformed points,
+      wrong count.
   """
   path = os.fspath(path)
   try:
@@ -142,17 +161,32 @@ def read_ljson(path: str | os.PathLike, group: str | None = None) -> np.ndarray:
     raise ValueError(f'{path}: not valid JSON ({e.msg} at line {e.lineno})') from None
   if not isinstance(data, dict):
     raise ValueError(f'{path}: expected a JSON object at the top level')
+  groups = data.get('groups')
   if isinstance(data.get('landmarks'), dict) and 'points' in data['landmarks']:
     raw = data['landmarks']['points']
-  elif isinstance(data.get('groups'), dict) and data['groups']:
-    groups = data['groups']
-    name = group or next(iter(groups))
-    if name not in groups:
-      raise ValueError(f'{path}: no landmark group {name!r} (has {sorted(groups)})')
-    try:
-      raw = [lm['point'] for lm in groups[name]['landmarks']]
-    except (KeyError, TypeError):
-      raise ValueError(f'{path}: group {name!r} has no landmarks/point entries') from None
+  elif isinstance(groups, list) and groups:
+    raw = []
+    for k, g in enumerate(groups):
+      lms = g.get('landmarks') if isinstance(g, dict) else None
+      if not isinstance(lms, list):
+        raise ValueError(f'{path}: v1 group {k} has no landmarks list')
+      raw += [_ljson_v1_point(path, lm) for lm in lms]
+  elif isinstance(groups, dict) and groups:
+    candidates = {name: _ljson_group_points(path, name, g) for name, g in groups.items()}
+    if group is not None:
+      if group not in candidates:
+        raise ValueError(f'{path}: no landmark group {group!r} (has {sorted(candidates)})')
+      name = group
+    elif num_points is not None:
+      fits = [n for n, r in candidates.items() if len(r) == num_points]
+      if len(fits) != 1:
+        sizes = {n: len(r) for n, r in candidates.items()}
+        raise ValueError(f'{path}: {len(fits)} groups have {num_points} points (groups: '
+                         f'{sizes}); name one')
+      name = fits[0]
+    else:
+      name = next(iter(candidates))
+    raw = candidates[name]
   else:
     raise ValueError(f'{path}: no "landmarks.points" or "groups" entry')
   pts = []
@@ -169,4 +203,23 @@ def read_ljson(path: str | os.PathLike, group: str | None = None) -> np.ndarray:
     pts.append((x, y))
   if not pts:
     raise ValueError(f'{path}: no points')
+  if num_points is not None and len(pts) != num_points:
+    raise ValueError(f'{path}: expected {num_points} points, the file has {len(pts)}')
   return np.asarray(pts, np.float32).reshape(-1, 2)
+
+
+def _ljson_v1_point(path, lm):
+  """The [y, x] of a v1 landmark entry {"point": [y, x]}."""
+  if not isinstance(lm, dict) or 'point' not in lm:
+    raise ValueError(f'{path}: landmark entry without "point": {lm!r}')
+  return lm['point']
+
+
+def _ljson_group_points(path, name, g) -> list:
+  """The raw [y, x] list of a named group: v3 {landmarks: {points}} or {landmarks: [{point}]}."""
+  lms = g.get('landmarks') if isinstance(g, dict) else None
+  if isinstance(lms, dict) and isinstance(lms.get('points'), list):
+    return lms['points']
+  if isinstance(lms, list):
+    return [_ljson_v1_point(path, lm) for lm in lms]
+  raise ValueError(f'{path}: group {name!r} has no landmarks.points (v3) or landmarks list')

@@ -14,8 +14,8 @@ import os
 import numpy as np
 
 from jaxalign import assets
-from jaxalign.morphable import contour as jcontour
-from jaxalign.morphable.model import load_model
+from native_eos_bindings.contour import _project
+from native_eos_bindings.model_files import load_model
 
 
 @dataclasses.dataclass
@@ -51,7 +51,7 @@ class EosFit:
 
   def project(self, vertices) -> np.ndarray:
     """(..., V, 2) image pixels of model-frame vertices (..., V, 3)."""
-    return jcontour.project(np.asarray(vertices, np.float32), self.camera.astype(np.float32))
+    return _project(vertices, self.camera).astype(np.float32)
 
   def vertices(self, model) -> np.ndarray:
     """(V, 3) the fitted mesh (model frame) of ``model`` (a SurreyModel)."""

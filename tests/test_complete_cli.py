@@ -32,3 +32,32 @@ def test_cli_writes_points_and_report(tmp_path, real_face_paths, sfm_dir, capsys
   kept = IBUG68.stable_mask()[IBUG68.flip_index_array()]
   np.testing.assert_allclose(got[kept], gt[kept], atol=1e-3)
   assert 'broken.pts' in capsys.readouterr().err
+
+
+def test_cli_reads_menpo_ljson_v3(tmp_path, real_face_paths, sfm_dir):
+  """A menpo >= 0.6 file: groups -> PTS -> landmarks -> points ([y, x], 0-based) with labels,
+  plus a 2-point group; the 68-point group is completed like the .pts file."""
+  _, pts_path = real_face_paths
+  xy = io.read_pts(pts_path)
+  data = {'version': 3, 'groups': {
+      'eyes': {'landmarks': {'points': [[1.0, 2.0], [3.0, 4.0]], 'connectivity': []},
+               'labels': []},
+      'PTS': {'landmarks': {'points': [[float(y), float(x)] for x, y in xy],
+                            'connectivity': [[i, i + 1] for i in range(16)]},
+              'labels': [{'label': 'jaw', 'mask': list(range(17))},
+                         {'label': 'rest', 'mask': list(range(17, 68))}]}}}
+  (tmp_path / 'face.ljson').write_text(json.dumps(data))
+  rc = complete.main([str(tmp_path / 'face.ljson'), str(pts_path), '--out', str(tmp_path / 'o'),
+                      '--report', str(tmp_path / 'r.json'), '--completion', 'jax'])
+  assert rc == 0
+  a, b = json.loads((tmp_path / 'r.json').read_text())['files']
+  assert a['ok'] and a['flipped'] == b['flipped']
+  assert abs(a['ul_nme'] - b['ul_nme']) < 1e-4
+
+
+def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
+  bad = tmp_path / 'bad.pts'
+  bad.write_text('nothing')
+  monkeypatch.setenv('JAXALIGN_SFM_DIR', str(tmp_path / 'nowhere'))
+  assert complete.main([str(bad), '--out', str(tmp_path / 'o')]) == 2
+  assert 'missing' in capsys.readouterr().err

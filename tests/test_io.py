@@ -130,3 +130,62 @@ def test_pts_round_trip_tiny_and_huge_values(tmp_path):
   # Ordinary values keep short text.
   io.write_pts(path, np.array([[0.5, 10.25]], np.float32))
   assert '1.5 11.25' in path.read_text()
+
+
+def _menpo_v3(points_xy, extra_group=True):
+  """A file in menpo >= 0.6's ljson v3 layout (as ``menpo.io.export_landmark_file`` writes it):
+  68 points [y, x] 0-based with the iBUG-68 labels beside them, plus a 2-point group."""
+  yx = [[float(y), float(x)] for x, y in points_xy]
+  parts = [('jaw', range(0, 17)), ('left_eyebrow', range(17, 22)),
+           ('right_eyebrow', range(22, 27)), ('nose', range(27, 36)),
+           ('left_eye', range(36, 42)), ('right_eye', range(42, 48)), ('mouth', range(48, 68))]
+  groups = {'PTS': {
+      'landmarks': {'points': yx, 'connectivity': [[i, i + 1] for i in range(16)]},
+      'labels': [{'label': name, 'mask': list(idx)} for name, idx in parts]}}
+  if extra_group:
+    groups['eye_centres'] = {'landmarks': {'points': [[1.0, 2.0], [3.0, 4.0]],
+                                           'connectivity': []}, 'labels': []}
+  return {'groups': groups, 'version': 3}
+
+
+def test_read_ljson_v3_menpo_layout(tmp_path):
+  rng = np.random.default_rng(0)
+  xy = rng.uniform(0, 200, (68, 2)).astype(np.float32)
+  path = tmp_path / 'face.ljson'
+  path.write_text(json.dumps(_menpo_v3(xy)))
+  np.testing.assert_array_equal(io.read_ljson(path), xy)             # first group, (x, y)
+  np.testing.assert_array_equal(io.read_ljson(path, num_points=68), xy)
+  np.testing.assert_array_equal(io.read_ljson(path, group='eye_centres'), [[2, 1], [4, 3]])
+  np.testing.assert_array_equal(io.read_ljson(path, num_points=2), [[2, 1], [4, 3]])
+  with pytest.raises(ValueError, match='no landmark group'):
+    io.read_ljson(path, group='missing')
+  with pytest.raises(ValueError, match='0 groups have 5 points'):
+    io.read_ljson(path, num_points=5)
+  with pytest.raises(ValueError, match='expected 68 points'):
+    io.read_ljson(path, group='eye_centres', num_points=68)
+
+
+def test_read_ljson_v3_picks_the_68_point_group_after_another(tmp_path):
+  xy = np.arange(136, dtype=np.float32).reshape(68, 2)
+  data = _menpo_v3(xy)
+  data['groups'] = dict(reversed(list(data['groups'].items())))      # 2-point group first
+  path = tmp_path / 'face.ljson'
+  path.write_text(json.dumps(data))
+  np.testing.assert_array_equal(io.read_ljson(path, num_points=68), xy)
+  data['groups']['PTS']['landmarks'] = {'connectivity': []}
+  path.write_text(json.dumps(data))
+  with pytest.raises(ValueError, match="group 'PTS' has no landmarks.points") as info:
+    io.read_ljson(path)
+  assert str(path) in str(info.value)
+
+
+def test_read_ljson_v1_list_of_labelled_groups(tmp_path):
+  path = tmp_path / 'v1.ljson'
+  data = {'version': 1, 'groups': [
+      {'label': 'chin', 'landmarks': [{'point': [3.0, 4.0]}, {'point': [None, None]}],
+       'connectivity': [[0, 1]]},
+      {'label': 'leye', 'landmarks': [{'point': [5.0, 6.0]}], 'connectivity': []}]}
+  path.write_text(json.dumps(data))
+  pts = io.read_ljson(path)
+  np.testing.assert_array_equal(pts[[0, 2]], [[4.0, 3.0], [6.0, 5.0]])
+  assert np.isnan(pts[1]).all()

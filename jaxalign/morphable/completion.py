@@ -56,32 +56,99 @@ def _mirror(points, width, scheme):
   return out
 
 
+# --- backends ------------------------------------------------------------------------------
+# name -> fit(work, weights, size, model, config, convention, workers) returning
+# (full (N, 68, 2) points of the fitted meshes, shape coeffs (N, K), expression coeffs (N, E),
+# yaw/pitch/roll (N, 3), ok (N,)). ``work`` holds the right-looking faces' given points (NaN
+# elsewhere), ``weights`` (N, 68) their weights. The eos backend is registered lazily: only
+# its function imports :mod:`native_eos_bindings` (the one place this package reaches eos-py's
+# fitter).
+BACKENDS = {}
+
+
+def register_backend(name: str, fn) -> None:
+  """Adds (or replaces) a completion backend in :data:`BACKENDS`."""
+  BACKENDS[name] = fn
+
+
+def _fit_jax(work, weights, size, model, config, convention, workers):
+  del workers
+  fitter = fitting_lib.get_fitter(model)
+  cfg = JAX_DEFAULTS if config is None else config
+  # Fit and read the 68 points in one compiled call.
+  fit, full = fitter.fit_landmarks(work, weights, size[:, 1], cfg, convention)
+  full = np.asarray(full)
+  ypr = np.stack([np.asarray(fit.yaw), np.asarray(fit.pitch), np.asarray(fit.roll)], -1)
+  return (full, np.asarray(fit.shape_coeffs), np.asarray(fit.expression_coeffs), ypr,
+          np.isfinite(full).all(axis=(1, 2)))
+
+
+def _fit_eos(work, weights, size, model, config, convention, workers):
+  del config
+  n = len(work)
+  given = np.isfinite(work).all(-1) & (weights > 0)
+  if not (given == given[:1]).all():
+    raise ValueError('the eos backend takes one point set for the whole batch (no per-face '
+                     'observations or weights); use the jax backend for fusion')
+  ids = np.nonzero(given[0])[0] if n else np.zeros(0, np.int64)
+  fits = _eos_fitter(model.directory).fit(work[:, ids], ids=ids, image_size=size.astype(int),
+                                          workers=workers)
+  full = np.full((n, 68, 2), np.nan, np.float32)
+  sc = np.full((n, model.num_shape), np.nan, np.float32)
+  ec = np.full((n, model.num_expression), np.nan, np.float32)
+  ypr = np.full((n, 3), np.nan)
+  ok = np.zeros(n, bool)
+  for i, f in enumerate(fits):
+    ok[i] = f.ok
+    if f.ok:
+      full[i] = contour.ibug_points(f.vertices(model), f.camera.astype(np.float32), model,
+                                    convention)
+      sc[i], ec[i], ypr[i] = f.shape_coeffs, f.expression_coeffs, (f.yaw, f.pitch, f.roll)
+  return full, sc, ec, ypr, ok
+
+
+register_backend('jax', _fit_jax)
+register_backend('eos', _fit_eos)
+
+
 def complete(points, scheme=schemes_lib.IBUG68, backend: str = 'jax', image_size=None,
              flip=None, convention: str = '2d', config: fitting_lib.FitConfig | None = None,
-             model=None, workers=None) -> CompletionResult:
-  """Completes the ULs of faces from their SLs.
+             model=None, workers=None, observed=None, weights=None,
+             flip_threshold: float = pose_lib.FLIP_THRESHOLD_DEG) -> CompletionResult:
+  """Completes the ULs of faces from their SLs, optionally fused with observed ULs.
 
   Args:
     points: (N, 68, 2) or (68, 2) image pixels holding at least the SLs (for a left-looking
       face, the mirror set); other points are ignored and may be NaN.
     scheme: the landmark scheme (its ``stable`` set; the 3DMM reads iBUG-68 points).
-    backend: 'jax' (batched JAX fitter) or 'eos' (eos-py, a process per core).
-    image_size: (width, height) or (N, 2); default a box around the points. The result does not
-      depend on it (it only fixes eos's viewport and the mirror axis).
-    flip: None = flip left-looking faces (yaw < -10 degrees by
-      :func:`jaxalign.morphable.pose.looking_direction`, a rigid fit of the mean face to the
-      given points), or an (N,) / scalar bool forcing it.
+    backend: a name in :data:`BACKENDS`: 'jax' (batched JAX fitter) or 'eos' (eos-py, a
+      process per core).
+    image_size: (width, height) or (N, 2); default a box around the points
+      (:func:`default_image_size`). The result does not depend on it (it only fixes eos's
+      viewport and the mirror axis).
+    flip: None = flip left-looking faces (:func:`jaxalign.morphable.pose.flip_from_points`: the
+      rigid fit of the mean face to the given points, yaw < -``flip_threshold``), or an (N,) /
+      scalar bool forcing it.
     convention: '2d' (300-W jaw on the silhouette) or '3d' (fixed vertices).
     config: JAX backend :class:`~jaxalign.morphable.fitting.FitConfig` (default
       :data:`JAX_DEFAULTS`); the eos backend uses eos's defaults (5 iterations, lambda 30).
     model: a SurreyModel (default :func:`load_model`).
     workers: eos backend processes (default all cores).
+    observed: fusion (JAX backend): (N, 68, 2) or (68, 2) image pixels of extra observations of
+      the points that are not kept (e.g. CNN1's ULs), in the same frame as ``points``; NaN
+      where absent. Kept points are never taken from here.
+    weights: (N, 68), (68,) or scalar weights of the ``observed`` points relative to the kept
+      points' weight 1 (a weight divides the point's residual variance; e.g.
+      :func:`fusion_weights`). Default 0.5. Points on the hidden side get weight 0 whatever
+      is given (:func:`hidden_points`). The output points stay the fitted mesh's points: the
+      observations pull the fit, they are not copied.
+    flip_threshold: degrees for ``flip=None`` (default the model's convention, 0).
   """
   scheme = schemes_lib.get_scheme(scheme)
   if scheme.name != 'ibug68' or scheme.num_points != 68:
     raise ValueError(f'3DMM completion reads iBUG-68 points; got scheme {scheme.name!r}')
-  if backend not in ('jax', 'eos'):
-    raise ValueError(f"backend must be 'jax' or 'eos', got {backend!r}")
+  if backend not in BACKENDS:
+    raise ValueError(f'backend must be one of {sorted(BACKENDS)}, got {backend!r}')
   if convention not in ('2d', '3d'):
     raise ValueError(f"convention must be '2d' or '3d', got {convention!r}")
   pts = np.asarray(points, np.float32)
@@ -95,48 +162,30 @@ def complete(points, scheme=schemes_lib.IBUG68, backend: str = 'jax', image_size
   stable = scheme.stable_mask()
 
   if image_size is None:
-    size = np.stack([contour_free_size(p) for p in pts]) if n else np.zeros((0, 2))
+    size = np.stack([default_image_size(p) for p in pts]) if n else np.zeros((0, 2))
   else:
     size = np.broadcast_to(np.asarray(image_size, np.float64), (n, 2)).copy()
 
   if flip is None:
     # The rigid 3D pose of the mean face, not the 2D nose-ratio estimate, which wraps around
     # near profile and flips some 75-90 degree faces the wrong way (see pose.py).
-    flipped = np.asarray(pose_lib.looking_direction(pts, scheme, model=model)) < 0
+    flipped = pose_lib.flip_from_points(pts, scheme, model, flip_threshold) if n else (
+        np.zeros(0, bool))
   else:
     flipped = np.broadcast_to(np.asarray(flip, bool), (n,)).copy()
   # Work on right-looking (or frontal) faces: mirror the left-looking ones.
   work = np.where(flipped[:, None, None], _mirror(pts, size[:, 0], scheme), pts)
   work = np.where(stable[None, :, None], work, np.nan).astype(np.float32)
   ok = np.isfinite(work[:, stable]).all(axis=(1, 2))
+  w = np.broadcast_to(stable.astype(np.float32), (n, 68)).copy()
+  if observed is not None:
+    work, w = _add_observations(work, w, observed, weights, flipped, size, scheme, model, n)
 
-  if backend == 'jax':
-    fitter = fitting_lib.get_fitter(model)
-    cfg = JAX_DEFAULTS if config is None else config
-    if n:
-      # Fit and read the 68 points in one compiled call.
-      fit, full = fitter.fit_landmarks(work, stable.astype(np.float32), size[:, 1], cfg,
-                                       convention)
-      full = np.asarray(full)
-      sc, ec = np.asarray(fit.shape_coeffs), np.asarray(fit.expression_coeffs)
-      ypr = np.stack([np.asarray(fit.yaw), np.asarray(fit.pitch), np.asarray(fit.roll)], -1)
-      ok &= np.isfinite(full).all(axis=(1, 2))
+  if n:
+    full, sc, ec, ypr, fit_ok = BACKENDS[backend](work, w, size, model, config, convention,
+                                                  workers)
+    ok &= fit_ok
   else:
-    from native_eos_bindings import EosFitter
-    fitter = _eos_fitter(model.directory)
-    ids = np.nonzero(stable)[0]
-    fits = fitter.fit(work[:, ids], ids=ids, image_size=size.astype(int), workers=workers)
-    full = np.full((n, 68, 2), np.nan, np.float32)
-    sc = np.full((n, model.num_shape), np.nan, np.float32)
-    ec = np.full((n, model.num_expression), np.nan, np.float32)
-    ypr = np.full((n, 3), np.nan)
-    for i, f in enumerate(fits):
-      ok[i] &= f.ok
-      if f.ok:
-        full[i] = contour.ibug_points(f.vertices(model), f.camera.astype(np.float32), model,
-                                      convention)
-        sc[i], ec[i], ypr[i] = f.shape_coeffs, f.expression_coeffs, (f.yaw, f.pitch, f.roll)
-  if not n:
     full = np.zeros((0, 68, 2), np.float32)
     sc = np.zeros((0, model.num_shape), np.float32)
     ec = np.zeros((0, model.num_expression), np.float32)
@@ -160,17 +209,133 @@ def complete(points, scheme=schemes_lib.IBUG68, backend: str = 'jax', image_size
   return result
 
 
-def contour_free_size(points) -> np.ndarray:
-  """(width, height) of an image that contains the finite points with a margin."""
-  from native_eos_bindings.fitting import default_image_size
-  return np.asarray(default_image_size(points), np.float64)
+# --- fusion ----------------------------------------------------------------------------------
 
+DEFAULT_FUSION_WEIGHT = 0.5
+# A fused point's weight never reaches the SLs' 1 (the issue's rule: observations of the ULs
+# are trusted less than the SLs).
+MAX_FUSION_WEIGHT = 0.5
+
+
+def hidden_points(yaw, model=None) -> np.ndarray:
+  """(N, 68) bool: the points the pose says are on the hidden side of a right-looking face.
+
+  In the working frame of :func:`complete` (left-looking faces mirrored, yaw >= 0 up to the
+  rigid estimate's error): a point is hidden when its '3d' vertex on the mean face turns away
+  from the camera at that yaw (back-facing normal under R_y(yaw)); and the far-side jaw points
+  (iBUG 9-16) always count as hidden at yaw > 0, since the 300-W convention puts them on the
+  silhouette, which the fitted model places better than a CNN trained mostly on the near side.
+
+  Args:
+    yaw: (N,) degrees of the right-looking working faces (eos convention).
+  """
+  model = load_model() if model is None else model
+  normals = _landmark_normals(model)                                   # (68, 3)
+  y = np.radians(np.nan_to_num(np.asarray(yaw, np.float64)))
+  view = np.stack([-np.sin(y), np.zeros_like(y), np.cos(y)], -1)       # camera z in model frame
+  hidden = normals @ view.T <= 0.0                                     # (68, N)
+  far_jaw = np.zeros(68, bool)
+  far_jaw[9:17] = True
+  hidden = hidden.T | (far_jaw[None] & (np.asarray(yaw)[:, None] > 0))
+  return hidden
+
+
+def _landmark_normals(model) -> np.ndarray:
+  key = id(model)
+  if key not in _NORMALS:
+    geo = contour.landmark_geometry(model)
+    vn = contour.vertex_normals(model.mean.astype(np.float64), model.triangles)
+    _NORMALS[key] = (model, vn[geo.vertices])
+  return _NORMALS[key][1]
+
+
+_NORMALS = {}
+
+
+def _add_observations(work, w, observed, weights, flipped, size, scheme, model, n):
+  """work / weights with the observed non-kept points added (mirrored like the face)."""
+  obs = np.asarray(observed, np.float32)
+  if obs.ndim == 2:
+    obs = obs[None]
+  if obs.shape != (n, 68, 2):
+    raise ValueError(f'observed must be (N, 68, 2) like points, got {np.shape(observed)}')
+  ow = np.broadcast_to(np.asarray(
+      DEFAULT_FUSION_WEIGHT if weights is None else weights, np.float32), (n, 68)).copy()
+  if not np.isfinite(ow).all() or (ow < 0).any():
+    raise ValueError('fusion weights must be finite and >= 0')
+  ow = np.minimum(ow, MAX_FUSION_WEIGHT)
+  perm = scheme.flip_index_array()
+  obs = np.where(flipped[:, None, None], _mirror(obs, size[:, 0], scheme), obs)
+  ow = np.where(flipped[:, None], ow[:, perm], ow)
+  stable = scheme.stable_mask()
+  yaw = np.asarray(pose_lib.estimate_pose(np.where(stable[None, :, None], work, np.nan),
+                                          scheme, model)[..., 0])
+  use = (~stable[None]) & np.isfinite(obs).all(-1) & (ow > 0) & ~hidden_points(yaw, model)
+  work = np.where(use[..., None], obs, work).astype(np.float32)
+  w = np.where(use, ow, w).astype(np.float32)
+  return work, w
+
+
+def fusion_weights(rms, yaw, bins=(0.0, 30.0, 60.0, 75.0, 90.0), reference_rms=None,
+                   max_weight: float = MAX_FUSION_WEIGHT, scheme=schemes_lib.IBUG68):
+  """(N, L) per-point fusion weights from held-out residual RMS per point and |yaw| bin.
+
+  Inverse-variance weighting relative to the SLs: a point whose observations scatter k times
+  as much as the SLs counts 1/k^2 as much in the least squares,
+
+      w[i, p] = min(max_weight, (reference_rms[b] / rms[b, p])^2),  b = the |yaw| bin of face i,
+
+  with ``reference_rms[b]`` the RMS the SLs are trusted at (default: the mean over the stable
+  points of ``rms[b]``, i.e. the same detector's accuracy on the SLs). NaN or non-positive RMS
+  gives weight 0. Hidden-side points are zeroed later by :func:`complete`.
+
+  Args:
+    rms: (B, L) residual RMS per |yaw| bin and point, any unit (e.g. fraction of the
+      inter-ocular distance), measured on held-out training faces, never on the test set.
+    yaw: (N,) the faces' yaw in degrees (sign ignored).
+    bins: (B + 1,) |yaw| bin edges in degrees (the last bin includes its upper edge; larger
+      |yaw| goes to the last bin).
+    reference_rms: scalar or (B,) RMS of the SLs; default from ``rms`` as above.
+    max_weight: cap (< 1: observations never count as much as an SL).
+  """
+  scheme = schemes_lib.get_scheme(scheme)
+  r = np.asarray(rms, np.float64)
+  edges = np.asarray(bins, np.float64)
+  if r.ndim != 2 or r.shape != (len(edges) - 1, scheme.num_points):
+    raise ValueError(f'rms must be (B, {scheme.num_points}) for {len(edges) - 1} bins, got '
+                     f'{r.shape}')
+  if reference_rms is None:
+    ref = np.nanmean(r[:, scheme.stable_mask()], axis=1)
+  else:
+    ref = np.broadcast_to(np.asarray(reference_rms, np.float64), (len(r),))
+  good = np.isfinite(r) & (r > 0)
+  table = np.where(good, np.minimum(max_weight, (ref[:, None] / np.where(good, r, 1.0)) ** 2),
+                   0.0)
+  table = np.nan_to_num(table)
+  b = np.clip(np.searchsorted(edges, np.abs(np.asarray(yaw, np.float64)), side='right') - 1,
+              0, len(r) - 1)
+  return table[b].astype(np.float32)
+
+
+def default_image_size(points) -> np.ndarray:
+  """(width, height) float64 of an image that contains the finite points: (max x, max y) + 1 +
+  a margin of the points' extent (eos needs an image size only for its camera frustum)."""
+  p = np.asarray(points, np.float64)
+  p = p[np.isfinite(p).all(axis=1)]
+  if not len(p):
+    return np.ones(2)
+  extent = float(np.ptp(p, axis=0).max()) if len(p) > 1 else 1.0
+  return np.ceil(np.maximum(p.max(axis=0), 0) + 1 + extent)
+
+
+# Old name, kept for callers.
+contour_free_size = default_image_size
 
 _EOS = {}
 
 
 def _eos_fitter(directory):
-  from native_eos_bindings import EosFitter
+  from native_eos_bindings import EosFitter  # the only import of the bindings' fitter
   key = str(directory)
   if key not in _EOS:
     _EOS[key] = EosFitter(directory)

@@ -284,50 +284,56 @@ class JaxFitter:
     self.geometry = geo
     ids = geo.vertices                                         # (68,) '3d' vertices
     self.landmark_vertices = ids
-    self.mean = jnp.asarray(model.mean)                        # (V, 3)
-    self.shape_basis = jnp.asarray(model.shape_basis)          # (V, 3, K)
-    self.expression_basis = jnp.asarray(model.expression_basis)  # (V, 3, E)
-    # Rows of the fixed landmark vertices, gathered once.
-    self.lm_mean = jnp.asarray(model.mean[ids])
-    self.lm_shape = jnp.asarray(model.shape_basis[ids])
-    self.lm_expr = jnp.asarray(model.expression_basis[ids])
-    self.cand = jnp.asarray(geo.candidates)                   # (16, Kc)
     self.jaw_points = np.asarray(geo.jaw_points)
-    self.jaw_side = jnp.asarray(geo.jaw_side, jnp.float32)
-    self.outward = jnp.asarray(geo.outward)
     self._used = np.unique(np.concatenate([ids, geo.candidates.reshape(-1)]))
-    # The used vertices' rows (for :meth:`landmarks`) and the positions of the '3d' vertices and
-    # the slice candidates among them.
-    self.used_mean = jnp.asarray(model.mean[self._used])
-    self.used_shape = jnp.asarray(model.shape_basis[self._used])
-    self.used_expr = jnp.asarray(model.expression_basis[self._used])
+    # Positions of the '3d' vertices and the slice candidates among the used vertices.
     self._used_fixed = np.searchsorted(self._used, ids)
     self._used_cand = np.searchsorted(self._used, geo.candidates)
+    # The model's rows the fit and the readout need: passed to the compiled functions as
+    # arguments (not closed over, which would bake megabytes of constants into every program).
+    # Only the vertices a point can use (the '3d' vertices and the jaw slices' candidates).
+    cand_pos = self._used_cand
+    self.arrays = {
+        'lm_mean': jnp.asarray(model.mean[ids]),                     # (68, 3)
+        'lm_shape': jnp.asarray(model.shape_basis[ids]),             # (68, 3, K)
+        'lm_expr': jnp.asarray(model.expression_basis[ids]),         # (68, 3, E)
+        'used_mean': jnp.asarray(model.mean[self._used]),            # (U, 3)
+        'used_shape': jnp.asarray(model.shape_basis[self._used]),    # (U, 3, K)
+        'used_expr': jnp.asarray(model.expression_basis[self._used]),  # (U, 3, E)
+        'cand': jnp.asarray(geo.candidates),                         # (16, Kc) vertex ids
+        'cand_pos': jnp.asarray(cand_pos),                           # (16, Kc) rows of used_*
+    }
+    self.jaw_side = np.asarray(geo.jaw_side, np.float32)
     self._jitted = {}
+    # Distinct batch sizes compiled so far, per compiled function (for tests and diagnostics).
+    self.compiled_sizes = {}
 
   # --- one face ---------------------------------------------------------------------------
 
-  def _jaw_ids(self, a, b, cam):
-    """(16,) current '2d' vertex of each jaw point (far side: slice silhouette)."""
-    c = self.cand
-    verts = (self.mean[c] + jnp.einsum('pkjn,n->pkj', self.shape_basis[c], a)
-             + jnp.einsum('pkjm,m->pkj', self.expression_basis[c], b))   # (16, Kc, 3)
+  def _jaw_ids(self, arrs, a, b, cam):
+    """(16,) current '2d' vertex of each jaw point (far side: slice silhouette), as positions
+    in the used-vertex rows ``arrs['used_*']``."""
+    pos = arrs['cand_pos']
+    k = a.shape[-1]
+    verts = (arrs['used_mean'][pos]
+             + jnp.einsum('pkjn,n->pkj', arrs['used_shape'][pos][..., :k], a)
+             + jnp.einsum('pkjm,m->pkj', arrs['used_expr'][pos], b))   # (16, Kc, 3)
     proj = contour.project(verts, cam)
     u = contour.marching_directions(cam, self.geometry)
     best = jnp.argmax(jnp.einsum('pkj,pj->pk', proj, u), axis=-1)
-    marched = jnp.take_along_axis(c, best[:, None], axis=1)[:, 0]
-    far = contour.yaw_sign(cam) * self.jaw_side > 0
-    return jnp.where(far, marched, jnp.asarray(self.landmark_vertices[self.jaw_points]))
+    marched = jnp.take_along_axis(pos, best[:, None], axis=1)[:, 0]
+    far = contour.yaw_sign(cam) * jnp.asarray(self.jaw_side) > 0
+    return jnp.where(far, marched, jnp.asarray(self._used_fixed[self.jaw_points]))
 
-  def _rows(self, jaw_ids):
-    """Model rows (68, 3, .) of the current correspondences."""
+  def _rows(self, arrs, jaw_pos, k):
+    """Model rows (68, 3, .) of the current correspondences (jaw rows from ``jaw_pos``)."""
     jp = self.jaw_points
-    m = self.lm_mean.at[jp].set(self.mean[jaw_ids])
-    s = self.lm_shape.at[jp].set(self.shape_basis[jaw_ids])
-    e = self.lm_expr.at[jp].set(self.expression_basis[jaw_ids])
+    m = arrs['lm_mean'].at[jp].set(arrs['used_mean'][jaw_pos])
+    s = arrs['lm_shape'][..., :k].at[jp].set(arrs['used_shape'][jaw_pos][..., :k])
+    e = arrs['lm_expr'].at[jp].set(arrs['used_expr'][jaw_pos])
     return m, s, e
 
-  def _fit_one(self, points, weights, image_height, pre_vecs, pre_vals, gram,
+  def _fit_one(self, arrs, points, weights, image_height, pre_vecs, pre_vals, gram,
                config: FitConfig):
     k = self.model.num_shape if config.num_shape is None else config.num_shape
     finite = jnp.all(jnp.isfinite(points), axis=-1)
@@ -335,7 +341,7 @@ class JaxFitter:
     pts = jnp.where(finite[:, None], points, 0.0)
     use_jaw = config.dynamic_contour
     jaw_w = w[self.jaw_points].sum()
-    m, sb, eb = self.lm_mean, self.lm_shape[..., :k], self.lm_expr
+    m, sb, eb = arrs['lm_mean'], arrs['lm_shape'][..., :k], arrs['lm_expr']
     a = jnp.zeros(k, jnp.float32)
     b = jnp.zeros(eb.shape[-1], jnp.float32)
     eos_noise = config.noise_mm is None
@@ -402,10 +408,9 @@ class JaxFitter:
 
     def rows_of(a, b, cam, ids):
       if use_jaw:
-        ids = jnp.where(jaw_w > 0, self._jaw_ids(
-            jnp.zeros(self.model.num_shape).at[:k].set(a), b, cam), ids)
-        mm, ss, ee = self._rows(ids)
-        return mm, ss[..., :k], ee, ids
+        ids = jnp.where(jaw_w > 0, self._jaw_ids(arrs, a, b, cam), ids)
+        mm, ss, ee = self._rows(arrs, ids, k)
+        return mm, ss, ee, ids
       return m, sb, eb, ids
 
     def rounds(state, w, gram):
@@ -421,7 +426,7 @@ class JaxFitter:
         return a, b, rot, t, s, cam, ids, noise
       return jax.lax.fori_loop(0, config.num_iterations, body, state)
 
-    ids0 = jnp.asarray(self.landmark_vertices[self.jaw_points])
+    ids0 = jnp.asarray(self._used_fixed[self.jaw_points])
     state = rounds((a, b, rot, t, s, cam, ids0, noise0), w, gram)
     if config.adaptive_noise and not eos_noise:
       # Empirical noise level of this face: the residual variance of the fit per observed
@@ -446,7 +451,8 @@ class JaxFitter:
         gram = None        # the batch-shared Gram matrices assume the shared weights
       state = rounds((a, b, rot, t, s, cam, ids, noise), w, gram)
     a, b, rot, t, s, cam, ids, noise = state
-    vertex_ids = jnp.asarray(self.landmark_vertices).at[self.jaw_points].set(ids)
+    vertex_ids = jnp.asarray(self.landmark_vertices).at[self.jaw_points].set(
+        jnp.asarray(self._used)[ids])
     ypr = yaw_pitch_roll(rot)
     full_a = jnp.zeros(self.model.num_shape, jnp.float32).at[:k].set(a)
     return Fit(shape_coeffs=full_a, expression_coeffs=b, rotation=rot, translation=t, scale=s,
@@ -457,18 +463,20 @@ class JaxFitter:
 
   def _compiled(self, config, convention=None):
     """The jitted batched fit; with a ``convention``, it also reads the 68 points off the fits
-    in the same compiled call (no second dispatch, only the fitted shape components)."""
+    in the same compiled call (no second dispatch, only the fitted shape components).
+
+    Called as ``f(arrays, points, weights, heights)``: the model rows are an argument."""
     key = (config, convention)
     if key not in self._jitted:
       k = self.model.num_shape if config.num_shape is None else config.num_shape
       frontal = jnp.asarray([1.0, 1.0, 0.0])
 
-      def batched(points, weights, heights):
+      def batched(arrs, points, weights, heights):
         shared = weights.ndim == 1
-        one = jax.vmap(functools.partial(self._fit_one, config=config),
+        one = jax.vmap(functools.partial(self._fit_one, arrs, config=config),
                        in_axes=(0, None if shared else 0, 0, None, None, None))
         finite = jnp.all(jnp.isfinite(points), axis=-1)
-        sb = self.lm_shape[..., :k]
+        sb = arrs['lm_shape'][..., :k]
         wbar = weights if shared else jnp.mean(jnp.where(finite, weights, 0.0), axis=0)
         gram = None
         if shared and not config.dynamic_contour:
@@ -476,7 +484,7 @@ class JaxFitter:
           # for an elementwise contraction) at the points, shared by the whole batch. Not with
           # the dynamic contour: there the jaw points' rows move to per-face silhouette
           # vertices, so the fixed rows' Gram matrices would be wrong.
-          eb = self.lm_expr
+          eb = arrs['lm_expr']
           gram = (jnp.einsum('l,lan,lbm->abnm', weights, sb, sb),
                   jnp.einsum('l,lan,lbm->nmab', weights, eb, eb))
         m0 = jnp.einsum('l,lkn,k,lkm->nm', wbar, sb, frontal, sb)
@@ -484,11 +492,38 @@ class JaxFitter:
         fit = one(points, weights, heights, vecs, jnp.maximum(vals, 0.0), gram)
         if convention is None:
           return fit
-        return fit, self._landmarks(fit['shape_coeffs'][..., :k], fit['expression_coeffs'],
-                                    fit['camera'], convention)
+        return fit, self._landmarks(arrs, fit['shape_coeffs'][..., :k],
+                                    fit['expression_coeffs'], fit['camera'], convention)
 
       self._jitted[key] = jax.jit(batched)
     return self._jitted[key]
+
+  def _run(self, key_config, convention, args, n, single):
+    """Runs the compiled fit on padded chunks of the batch; un-pads and concatenates."""
+    fn = self._compiled(key_config, convention)
+    pts, w, h = args
+    outs = []
+    for start in range(0, max(n, 1), MAX_CHUNK):
+      m = min(n - start, MAX_CHUNK) if n else 0
+      size = padded_size(m)
+      sl = slice(start, start + m)
+      # Pad with copies of the chunk's first face (well-posed; the copies are dropped).
+      idx = np.concatenate([np.arange(m), np.zeros(size - m, np.int64)]) if m else (
+          np.zeros(size, np.int64))
+      cp = pts[sl] if m else np.zeros((1, 68, 2), np.float32)
+      ch = h[sl] if m else np.ones(1, np.float32)
+      cw = w if w.ndim == 1 else (w[sl] if m else np.zeros((1, 68), np.float32))
+      cw = cw if cw.ndim == 1 else cw[idx]
+      self.compiled_sizes.setdefault((key_config, convention), set()).add(size)
+      out = fn(self.arrays, jnp.asarray(cp[idx]), jnp.asarray(cw), jnp.asarray(ch[idx]))
+      outs.append(jax.tree_util.tree_map(lambda x, m=m: x[:m], out))
+      if not n:
+        break
+    out = outs[0] if len(outs) == 1 else jax.tree_util.tree_map(
+        lambda *xs: jnp.concatenate(xs), *outs)
+    if single:
+      out = jax.tree_util.tree_map(lambda x: x[0], out)
+    return out
 
   def fit(self, points, weights=None, image_height=None, config: FitConfig = EOS_DEFAULTS) -> Fit:
     """Fits N faces at once.
@@ -496,18 +531,17 @@ class JaxFitter:
     Args:
       points: (N, 68, 2) or (68, 2) iBUG points in image pixels; NaN = not given.
       weights: (68,) or (N, 68) per-point weights (0 = ignore); default 1 for every finite point.
+        A point's weight divides its residual variance (weighted least squares).
       image_height: scalar or (N,) image heights in pixels (only fixes eos's y-flip; any value
         gives the same projections). Default: each face's max y + 1.
       config: :class:`FitConfig`.
 
     Returns:
-      :class:`Fit` with leading axis N (no axis for a single (68, 2) input).
+      :class:`Fit` with leading axis N (no axis for a single (68, 2) input). The batch is padded
+      to one of a few fixed sizes (:func:`padded_size`), so any N reuses a compiled program.
     """
-    config, args, single = self._inputs(points, weights, image_height, config)
-    out = self._compiled(config)(*args)
-    if single:
-      out = jax.tree_util.tree_map(lambda x: x[0], out)
-    return out
+    config, args, single, n = self._inputs(points, weights, image_height, config)
+    return self._run(config, None, args, n, single)
 
   def fit_landmarks(self, points, weights=None, image_height=None,
                     config: FitConfig = EOS_DEFAULTS, convention: str = '2d'):
@@ -519,14 +553,11 @@ class JaxFitter:
     """
     if convention not in ('2d', '3d'):
       raise ValueError(f"convention must be '2d' or '3d', got {convention!r}")
-    config, args, single = self._inputs(points, weights, image_height, config)
-    out = self._compiled(config, convention)(*args)
-    if single:
-      out = jax.tree_util.tree_map(lambda x: x[0], out)
-    return out
+    config, args, single, n = self._inputs(points, weights, image_height, config)
+    return self._run(config, convention, args, n, single)
 
   def _inputs(self, points, weights, image_height, config):
-    """(config, device arguments of the compiled fit, single) for :meth:`fit`'s inputs."""
+    """(config, host arguments (points, weights, heights) of the compiled fit, single, N)."""
     pts = np.asarray(points, np.float32)
     single = pts.ndim == 2
     if single:
@@ -537,6 +568,8 @@ class JaxFitter:
     if weights is None:
       weights = np.ones(68, np.float32)
     w = np.broadcast_to(np.asarray(weights, np.float32), (n, 68))
+    if not np.isfinite(w).all() or (w < 0).any():
+      raise ValueError('weights must be finite and >= 0')
     # One weight vector for the whole batch (and no NaN where it is > 0): the Gram matrices of
     # the shape basis at the points are shared and precomputed once per call.
     shared_w = np.asarray(weights, np.float32)
@@ -550,10 +583,10 @@ class JaxFitter:
       given = np.isfinite(pts[:, jaw]).all(-1) & (w[:, jaw] > 0)
       if not given.any():   # no jaw point anywhere: compile the cheaper variant
         config = dataclasses.replace(config, dynamic_contour=False)
-    wa = w[0] if shared else w
+    wa = np.ascontiguousarray(w[0] if shared else w) if n else np.ones(68, np.float32)
     if shared:
       pts = np.where(w[..., None] > 0, pts, 0.0).astype(np.float32)
-    return config, (jnp.asarray(pts), jnp.asarray(wa), jnp.asarray(h)), single
+    return config, (pts, wa, np.asarray(h, np.float32)), single, n
 
   def landmarks(self, fit: Fit, convention: str = '2d'):
     """(..., 68, 2) the iBUG points of fitted meshes (:func:`contour.ibug_points`), jitted."""
@@ -562,9 +595,9 @@ class JaxFitter:
     key = ('landmarks', convention)
     if key not in self._jitted:
       self._jitted[key] = jax.jit(functools.partial(self._landmarks, convention=convention))
-    return self._jitted[key](fit.shape_coeffs, fit.expression_coeffs, fit.camera)
+    return self._jitted[key](self.arrays, fit.shape_coeffs, fit.expression_coeffs, fit.camera)
 
-  def _landmarks(self, a, b, cam, convention):
+  def _landmarks(self, arrs, a, b, cam, convention):
     """:func:`contour.ibug_points` of the meshes (a, b) under ``cam``, from the used vertices.
 
     Only the '3d' vertices and the jaw slices' candidates are built (a few hundred of the
@@ -573,9 +606,9 @@ class JaxFitter:
     """
     geo = self.geometry
     # ``a`` may hold only the leading components (the fitted ones, in the fused readout).
-    shape = self.used_shape[..., :a.shape[-1]]
-    part = (self.used_mean + jnp.einsum('ujk,...k->...uj', shape, a)
-            + jnp.einsum('ujm,...m->...uj', self.used_expr, b))           # (..., U, 3)
+    shape = arrs['used_shape'][..., :a.shape[-1]]
+    part = (arrs['used_mean'] + jnp.einsum('ujk,...k->...uj', shape, a)
+            + jnp.einsum('ujm,...m->...uj', arrs['used_expr'], b))        # (..., U, 3)
     fixed = _project(part[..., self._used_fixed, :], cam)                # (..., 68, 2)
     if convention == '3d':
       return fixed
@@ -590,8 +623,26 @@ class JaxFitter:
 
   def vertices(self, fit: Fit):
     """(..., V, 3) fitted meshes (model frame)."""
-    return (self.mean + jnp.einsum('vjk,...k->...vj', self.shape_basis, fit.shape_coeffs)
-            + jnp.einsum('vjm,...m->...vj', self.expression_basis, fit.expression_coeffs))
+    m = self.model
+    return (jnp.asarray(m.mean)
+            + jnp.einsum('vjk,...k->...vj', jnp.asarray(m.shape_basis), fit.shape_coeffs)
+            + jnp.einsum('vjm,...m->...vj', jnp.asarray(m.expression_basis),
+                         fit.expression_coeffs))
+
+
+# The compiled fit sees only these batch sizes (powers of 4; larger batches run in chunks of
+# MAX_CHUNK): any number of faces reuses one of a handful of programs, at most 4x padding.
+BATCH_SIZES = (4, 16, 64, 256, 1024)
+MAX_CHUNK = BATCH_SIZES[-1]
+
+
+def padded_size(n: int) -> int:
+  """The compiled batch size for n <= :data:`MAX_CHUNK` faces: the smallest of
+  :data:`BATCH_SIZES` that holds them."""
+  for size in BATCH_SIZES:
+    if n <= size:
+      return size
+  raise ValueError(f'a chunk holds at most {MAX_CHUNK} faces, got {n}')
 
 
 @functools.lru_cache(maxsize=4)

@@ -28,6 +28,11 @@ from jaxalign.morphable import fitting
 # A camera needs at least 4 non-coplanar correspondences (8 unknowns of the affine camera).
 MIN_POINTS = 4
 
+# The flip decision's default threshold (degrees): the pose-aware model's convention is that
+# every left-looking face (yaw < 0) is mirrored, so that the SLs always come from the viewer's
+# left half; a face at -5 degrees is mirrored by the model and by the completion alike.
+FLIP_THRESHOLD_DEG = 0.0
+
 
 @functools.lru_cache(maxsize=8)
 def _reference(model, scheme) -> np.ndarray:
@@ -107,6 +112,30 @@ def estimate_pose(points, scheme=schemes_lib.IBUG68, model=None):
   pts, lead = _checked(points, scheme)
   out = _pose(pts, reference_points(model, scheme))
   return out.reshape(lead + (3,))
+
+
+def is_left_looking(yaw, threshold: float = FLIP_THRESHOLD_DEG):
+  """The one flip decision: True where a face is left-looking, ``yaw < -threshold``.
+
+  Args:
+    yaw: (...,) degrees, eos's convention (yaw > 0 right-looking), e.g. from
+      :func:`estimate_pose` or :func:`pose_from_reference`; NaN (no pose) is not left-looking.
+    threshold: degrees (default :data:`FLIP_THRESHOLD_DEG`: mirror every left-looking face).
+
+  Returns:
+    (...,) bool, numpy for numpy input, jnp for a jax array or tracer (usable under ``jit``).
+  """
+  if isinstance(yaw, jax.Array) or 'Tracer' in type(yaw).__name__:
+    return jnp.asarray(yaw) < -threshold
+  return np.asarray(yaw, np.float64) < -float(threshold)
+
+
+def flip_from_points(points, scheme=schemes_lib.IBUG68, model=None,
+                     threshold: float = FLIP_THRESHOLD_DEG) -> np.ndarray:
+  """(...,) bool :func:`is_left_looking` of the rigid-fit yaw of (..., L, 2) points (NaN
+  points ignored; too few points: not flipped)."""
+  yaw = np.asarray(estimate_pose(points, scheme, model)[..., 0])
+  return is_left_looking(yaw, threshold)
 
 
 def looking_direction(points, scheme=schemes_lib.IBUG68, threshold: float = 10.0, model=None):

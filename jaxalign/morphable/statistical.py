@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 
 import numpy as np
 
@@ -117,12 +118,11 @@ def _sl_yaw(points: np.ndarray, scheme) -> np.ndarray:
 
 
 def _orient(points: np.ndarray, scheme, flip=None) -> tuple[np.ndarray, np.ndarray]:
-  """Right-looking copies of the shapes and which were mirrored (``flip`` None: by the sign
-  of their rigid-fit yaw, :func:`jaxalign.morphable.pose.looking_direction` with threshold 0)."""
+  """Right-looking copies of the shapes and which were mirrored (``flip`` None: the one flip
+  decision, :func:`jaxalign.morphable.pose.flip_from_points`)."""
   from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
   if flip is None:
-    flipped = np.asarray(pose.looking_direction(points.astype(np.float32), scheme,
-                                                threshold=0.0)) < 0
+    flipped = pose.flip_from_points(points.astype(np.float32), scheme)
   else:
     flipped = np.broadcast_to(np.asarray(flip, bool), (len(points),)).copy()
   return np.where(flipped[:, None, None], _mirror(points, scheme), points), flipped
@@ -177,35 +177,55 @@ def fit(shapes, scheme=schemes_lib.IBUG68, num_bins: int = DEFAULT_BINS,
                             counts=np.asarray(counts), ridge=float(ridge))
 
 
+_CACHE: dict = {}
+
+
+def cached_fit(key, load_shapes, scheme=schemes_lib.IBUG68,
+               num_bins: int = DEFAULT_BINS) -> GaussianShapeModel:
+  """:func:`fit` once per process for ``key`` (e.g. a training folder's real path), the stable
+  set and the bin count; ``load_shapes()`` gives the (N, L, 2) training shapes when the model
+  is not cached yet (the caller reads its folders: this module takes arrays only)."""
+  scheme = schemes_lib.get_scheme(scheme)
+  k = (key, tuple(scheme.stable), int(num_bins))
+  if k not in _CACHE:
+    _CACHE[k] = fit(load_shapes(), scheme, num_bins)
+  return _CACHE[k]
+
+
+def _pts_shapes(folder, scheme) -> np.ndarray:
+  """(N, L, 2) the readable ``.pts`` files under ``folder`` with the scheme's point count."""
+  from jaxalign import io  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f'training folder {folder} does not exist')
+  shapes = []
+  for path in sorted(pathlib.Path(folder).rglob('*.pts')):
+    try:
+      shapes.append(io.read_pts(path, num_points=scheme.num_points))
+    except ValueError:
+      continue
+  if not shapes:
+    raise ValueError(f'training folder {folder} holds no usable .pts file')
+  return np.stack(shapes).astype(np.float64)
+
+
 def fit_folder(folder: str | os.PathLike, scheme=schemes_lib.IBUG68,
                num_bins: int = DEFAULT_BINS) -> GaussianShapeModel:
-  """:func:`fit` on the ``.pts`` of a 300-W-style folder (e.g. a run's training set).
+  """Compatibility: :func:`fit` on the ``.pts`` files under a folder. Callers should read
+  their folders themselves and pass arrays to :func:`fit` / :func:`cached_fit`.
 
   Raises:
     FileNotFoundError: no such folder; ValueError: no usable face in it.
   """
-  from jaxalign.data import records as records_lib  # pylint: disable=g-import-not-at-top
   scheme = schemes_lib.get_scheme(scheme)
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f'training folder {folder} does not exist')
-  recs, _ = records_lib.scan_folder(folder, num_points=scheme.num_points)
-  if not recs:
-    raise ValueError(f'training folder {folder} holds no usable image + .pts pair')
-  return fit(np.stack([np.asarray(r.points, np.float64) for r in recs]), scheme, num_bins)
-
-
-_FOLDER_MODELS: dict = {}
+  return fit(_pts_shapes(folder, scheme), scheme, num_bins)
 
 
 def model_for_folder(folder: str | os.PathLike, scheme=schemes_lib.IBUG68,
                      num_bins: int = DEFAULT_BINS) -> GaussianShapeModel:
-  """:func:`fit_folder`, fitted once per process for a folder and stable set (the evaluation's
-  ``'gaussian'`` backend fits it from the run's training folder)."""
+  """Compatibility: :func:`cached_fit` keyed by the folder's real path (see :func:`fit_folder`)."""
   scheme = schemes_lib.get_scheme(scheme)
-  key = (os.path.realpath(folder), tuple(scheme.stable), int(num_bins))
-  if key not in _FOLDER_MODELS:
-    _FOLDER_MODELS[key] = fit_folder(folder, scheme, num_bins)
-  return _FOLDER_MODELS[key]
+  return cached_fit(os.path.realpath(folder), lambda: _pts_shapes(folder, scheme), scheme,
+                    num_bins)
 
 
 def _conditional(model: GaussianShapeModel, aligned: np.ndarray, bins: np.ndarray,
@@ -236,7 +256,8 @@ def complete(points, model: GaussianShapeModel, scheme=schemes_lib.IBUG68, flip=
       the mirror set); other points are ignored and may be NaN.
     model: from :func:`fit` (its stable set must be ``scheme``'s).
     scheme: the landmark scheme.
-    flip: None = mirror left-looking faces (looking direction from the points), or an (N,) /
+    flip: None = mirror left-looking faces (:func:`jaxalign.morphable.pose.flip_from_points`,
+      as the model and :func:`jaxalign.morphable.completion.complete` decide), or an (N,) /
       scalar bool forcing it (as :func:`jaxalign.morphable.completion.complete`).
     image_size: accepted for the same call shape; unused (the model is similarity invariant).
 
@@ -259,12 +280,7 @@ def complete(points, model: GaussianShapeModel, scheme=schemes_lib.IBUG68, flip=
                      f'got {np.shape(points)}')
   n = len(pts)
   stable = scheme.stable_mask()
-  if flip is None:
-    from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
-    flipped = np.asarray(pose.looking_direction(pts.astype(np.float32), scheme)) < 0
-  else:
-    flipped = np.broadcast_to(np.asarray(flip, bool), (n,)).copy()
-  work = np.where(flipped[:, None, None], _mirror(pts, scheme), pts)
+  work, flipped = _orient(pts, scheme, flip)
   work = np.where(stable[None, :, None], work, np.nan)
   ok = np.isfinite(work[:, stable]).all(axis=(1, 2))
   completed = work.copy()
