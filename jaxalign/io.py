@@ -117,8 +117,9 @@ def format_pts(points) -> str:
 def write_pts(path: str | os.PathLike, points) -> None:
   """Writes (L, 2) 0-based points as a 1-based iBUG ``.pts`` file."""
   text = format_pts(points)
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write(text)
+  # Temporary file + rename: a kill leaves the old file or the new one, never half of it.
+  from jaxalign import atomic  # pylint: disable=g-import-not-at-top
+  atomic.write_text(path, text)
 
 
 def read_ljson(path: str | os.PathLike, group: str | None = None,

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxalign import atomic
 from jaxalign import metrics
 from jaxalign import schemes as schemes_lib
 from jaxalign.evaluation import plots
@@ -162,7 +163,8 @@ def save_predictions(path: str | os.PathLike, pred, gt, boxes, **extra) -> None:
             'boxes': np.asarray(boxes, np.float32)}
   for k, v in extra.items():
     arrays[k] = np.asarray(v)
-  np.savez_compressed(path, **arrays)
+  with atomic.atomic_open(path, 'wb') as f:   # a kill leaves the old file or the new one
+    np.savez_compressed(f, **arrays)
 
 
 def load_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -236,8 +238,8 @@ def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any],
   if paper:
     obj['paper'] = dict(paper)
   json_path, md_path = out / 'report.json', out / 'report.md'
-  json_path.write_text(json.dumps(obj, indent=2, allow_nan=False) + '\n', encoding='utf-8')
-  md_path.write_text(format_markdown(report, paper), encoding='utf-8')
+  atomic.write_text(json_path, json.dumps(obj, indent=2, allow_nan=False) + '\n')
+  atomic.write_text(md_path, format_markdown(report, paper))
   return json_path, md_path
 
 

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxalign import atomic
 from jaxalign import io
 from jaxalign import schemes as schemes_lib
 
@@ -86,7 +87,7 @@ def format_json(obj: dict[str, Any]) -> str:
 
 def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
   """Writes a JSON object (numpy values converted), one top-level key per line."""
-  pathlib.Path(path).write_text(format_json(obj), encoding='utf-8')
+  atomic.write_text(path, format_json(obj))
 
 
 def draw_landmarks(image: np.ndarray, faces: Sequence[tuple[np.ndarray, np.ndarray | None]],
@@ -172,7 +173,7 @@ def format_obj(vertices, triangles, texcoords=None) -> str:
 def write_obj(path: str | os.PathLike, vertices, triangles, texcoords=None) -> None:
   """Writes a triangle mesh as ``.obj`` (see :func:`format_obj`)."""
   text = format_obj(vertices, triangles, texcoords)
-  pathlib.Path(path).write_text(text, encoding='utf-8')
+  atomic.write_text(path, text)
 
 
 def fitted_mesh(model, shape_coeffs, expression_coeffs, flipped: bool = False):

@@ -5,47 +5,203 @@ optimiser state, batch statistics and other model variables, step, RNG key: the 
 :class:`jaxalign.training.state.TrainState`) and ``data`` (JSON: the next step the input
 pipeline will produce and the sampler's identity, checked on resume). Saves are asynchronous
 and atomic (orbax writes to a temporary folder and renames), so a run killed while saving
-resumes from the previous complete checkpoint.
+resumes from the previous complete checkpoint. Multi-process runs: every process calls save and
+restore; orbax writes each array once (the primary replica) and coordinates the processes.
+
+Damaged checkpoints (truncated or missing files, arrays of other shapes):
+:meth:`Checkpointer.restore_newest` tries the steps newest first, logs one line per checkpoint
+that does not restore (its step and the reason), moves those aside to
+``WORKDIR/checkpoints_damaged/<step>`` (so the rerun can save that step again) and resumes from
+the newest that restores; when none does it raises :class:`CheckpointError` (the CLI exits 2).
+A config change that alters the parameter shapes is refused up front
+(:func:`check_config_compatible`) with the config key named.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
+log = logging.getLogger('jaxalign.train')
+DAMAGED_DIR = 'checkpoints_damaged'
+# Config subtrees whose values decide the shapes or the structure of the saved state.
+SHAPE_KEYS = ('model.',)
+
+
+class CheckpointError(ValueError):
+  """No checkpoint of a run can be restored, or the config no longer fits the checkpoints."""
+
+
+def _one_line(e: BaseException) -> str:
+  """The first non-empty line of an exception (orbax / tensorstore errors span many lines)."""
+  for line in str(e).splitlines():
+    if line.strip():
+      return f'{type(e).__name__}: {line.strip()[:300]}'
+  return type(e).__name__
+
+
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return '/'.join(parts)
+
+
+def shape_table(tree) -> dict[str, tuple]:
+  """``{'params/cnn1/...': shape}`` of a pytree of arrays, ShapeDtypeStructs or orbax metadata."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_str(p): tuple(getattr(x, 'shape', ())) for p, x in leaves}
+
+
+def shape_differences(saved: dict, wanted: dict, limit: int = 3) -> list[str]:
+  """Up to ``limit`` lines 'path: saved (a,) vs now (b,)' (or missing / new entries)."""
+  out = []
+  for path in sorted(set(saved) | set(wanted)):
+    if path not in wanted:
+      out.append(f'{path}: in the checkpoint only')
+    elif path not in saved:
+      out.append(f'{path}: not in the checkpoint')
+    elif tuple(saved[path]) != tuple(wanted[path]):
+      out.append(f'{path}: saved {tuple(saved[path])} vs now {tuple(wanted[path])}')
+    if len(out) >= limit:
+      break
+  return out
+
 
 class Checkpointer:
-  """Saves and restores training state under ``WORKDIR/checkpoints``."""
+  """Saves and restores training state under ``WORKDIR/checkpoints``.
 
-  def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  ``this_process_only``: a manager used by one process of a multi-process run on its own
+  (e.g. process 0 loading the final checkpoint for the evaluation), so orbax does not wait for
+  the other processes.
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True,
+               this_process_only: bool = False):
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
+    kwargs = {}
+    if this_process_only and jax.process_count() > 1:
+      me = jax.process_index()
+      kwargs['multiprocessing_options'] = ocp.options.MultiprocessingOptions(
+          primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'solo{me}')
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('state', 'data'))
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True, **kwargs)
+    self._solo = bool(kwargs)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """The steps of the checkpoints on disk, oldest first."""
+    return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, data_state: dict) -> None:
     """Saves ``state`` (a pytree of arrays) and ``data_state`` (JSON-able) at ``step``."""
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
+  def saved_shapes(self, step: int) -> dict[str, tuple] | None:
+    """:func:`shape_table` of the state saved at ``step``; None if its metadata is unreadable."""
+    try:
+      meta = self.manager.item_metadata(step)['state']
+    except Exception:  # pylint: disable=broad-except
+      return None      # a damaged checkpoint: restore_newest reports it
+    return None if meta is None else shape_table(meta)
+
   def restore(self, abstract_state, step: int | None = None):
     """Restores ``(state, data_state)`` of ``step`` (default: the latest).
 
     ``abstract_state`` gives the structure, dtypes and shardings (e.g. ``jax.eval_shape`` of
     the initial state with shardings attached).
+
+    Raises:
+      FileNotFoundError: no checkpoint.
+      ValueError: the saved arrays have other shapes or another structure than
+        ``abstract_state`` (orbax would otherwise pad or truncate them silently).
+      Exception: orbax / tensorstore errors of a damaged checkpoint.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    saved = self.saved_shapes(step)
+    if saved is not None:
+      diff = shape_differences(saved, shape_table(abstract_state))
+      if diff:
+        raise ValueError('the saved state does not fit the model: ' + '; '.join(diff))
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    if not isinstance(restored['data'], dict):
+      raise ValueError(f'data item is {type(restored["data"]).__name__}, expected a JSON object')
     return restored['state'], restored['data']
+
+  def restore_newest(self, abstract_state):
+    """Restores the newest checkpoint that restores: ``(state, data_state, step)``, or None
+    when there is no checkpoint.
+
+    Every newer checkpoint that fails is logged in one line (step and reason) and moved to
+    ``WORKDIR/checkpoints_damaged/``; a fallback is logged too.
+
+    Raises:
+      CheckpointError: there are checkpoints but none restores (the message names the newest
+        and its reason).
+    """
+    steps = self.all_steps()
+    if not steps:
+      return None
+    failed = []
+    for step in reversed(steps):
+      try:
+        state, data_state = self.restore(abstract_state, step)
+      except Exception as e:  # pylint: disable=broad-except
+        # Any failure (tensorstore, orbax, shape, JSON) means this checkpoint is unusable.
+        reason = _one_line(e)
+        log.warning('checkpoint step %d in %s cannot be restored: %s', step, self.directory,
+                    reason)
+        failed.append((step, reason))
+        continue
+      if failed:
+        log.warning('resuming from step %d, the newest checkpoint that restores (damaged: '
+                    'step %s, moved to %s)', step, ', '.join(str(s) for s, _ in failed),
+                    os.path.join(self.workdir, DAMAGED_DIR))
+        self._set_aside([s for s, _ in failed])
+      return state, data_state, step
+    newest, reason = failed[0]
+    raise CheckpointError(
+        f'{self.directory}: no checkpoint can be restored (steps {steps}; the newest, step '
+        f'{newest}: {reason}); move the folder away to train from scratch, or use a new '
+        '--workdir')
+
+  def _set_aside(self, steps) -> None:
+    """Moves damaged step folders out of ``checkpoints/`` (process 0), so that the resumed run
+    can save those steps again."""
+    if jax.process_index() == 0 or self._solo:
+      dest_root = os.path.join(self.workdir, DAMAGED_DIR)
+      os.makedirs(dest_root, exist_ok=True)
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        if os.path.exists(src):
+          dest = os.path.join(dest_root, f'{step}-{int(time.time())}')
+          shutil.move(src, dest)
+    if jax.process_count() > 1 and not self._solo:
+      ocp.multihost.sync_global_processes('jaxalign_checkpoints_set_aside')
+    self.manager.reload()
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -54,6 +210,58 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def config_changes(workdir: str, config, prefixes=SHAPE_KEYS) -> list[tuple[str, object, object]]:
+  """``(key, saved, new)`` for the keys under ``prefixes`` that differ between the run's saved
+  ``WORKDIR/config.json`` and ``config`` (empty when there is no saved config)."""
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return []
+  new = json.loads(config.to_json_best_effort())
+
+  def flat(d, prefix=''):
+    out = {}
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f'{prefix}{k}.'))
+      else:
+        out[f'{prefix}{k}'] = v
+    return out
+
+  a, b = flat(saved), flat(new)
+  keys = sorted(k for k in set(a) | set(b) if k.startswith(tuple(prefixes)))
+  return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
+
+
+def check_config_compatible(ckpt: Checkpointer, workdir: str, config, abstract_state) -> None:
+  """Refuses a config whose model no longer fits the run's checkpoints.
+
+  When the newest readable checkpoint's saved shapes differ from ``abstract_state`` and the
+  shape-relevant keys (``model.*``) differ from ``WORKDIR/config.json``, the change is named.
+
+  Raises:
+    CheckpointError: naming ``config.<key>`` (saved and new value) and the workdir.
+  """
+  changes = config_changes(workdir, config)
+  if not changes:
+    return
+  wanted = shape_table(abstract_state)
+  for step in reversed(ckpt.all_steps()):
+    saved = ckpt.saved_shapes(step)
+    if saved is None:
+      continue          # unreadable: restore_newest reports it
+    diff = shape_differences(saved, wanted, limit=1)
+    if not diff:
+      return
+    names = ', '.join(f'config.{k} ({old!r} -> {new!r})' for k, old, new in changes)
+    raise CheckpointError(
+        f'{workdir}: {names} changes the model\'s parameter shapes ({diff[0]}), so the '
+        f'checkpoints of step {step} and before cannot be resumed; use a new --workdir or '
+        'restore the old value')
 
 
 def abstract_with_shardings(state, sharding):

@@ -1,9 +1,10 @@
 """Logging a person can follow: progress bar or plain lines, metrics.jsonl, TensorBoard.
 
 Only process 0 writes. ``WORKDIR/metrics.jsonl`` holds one JSON object per logged step (``step``,
-``loss``, ``learning_rate``, ``images_per_s`` and whatever else the step reports); on resume,
-lines after the restored step are dropped first, so a killed-and-resumed run's file equals the
-uninterrupted run's (every step logged exactly once). TensorBoard event files go to
+``loss``, ``learning_rate``, ``images_per_s`` and whatever else the step reports), each
+appended in one unbuffered write; on resume, lines after the restored step (and a torn last
+line) are dropped first, so a killed-and-resumed run's file equals the uninterrupted run's
+(every step logged exactly once). TensorBoard event files go to
 ``WORKDIR/tensorboard``. On a terminal a tqdm bar shows step, loss, images/s and ETA; otherwise
 a plain line every ``log_every`` steps.
 """
@@ -19,30 +20,40 @@ import time
 
 import jax
 
+from jaxalign import atomic
+
 log = logging.getLogger('jaxalign.train')
 
 
-def truncate_metrics(path: str, last_step: int) -> None:
-  """Keeps the lines of ``path`` with ``step <= last_step`` (and drops a torn last line)."""
-  if not os.path.exists(path):
-    return
-  keep = []
-  with open(path, encoding='utf-8') as f:
+def _parse_lines(path: str) -> list[dict]:
+  """The JSON objects of ``path``'s lines; a torn (unparsable) line of a killed run is dropped."""
+  rows = []
+  with open(path, 'rb') as f:
     for line in f:
       try:
-        obj = json.loads(line)
-      except json.JSONDecodeError:
+        obj = json.loads(line.decode('utf-8'))
+      except (UnicodeDecodeError, json.JSONDecodeError):
         continue
-      if obj.get('step', math.inf) <= last_step:
-        keep.append(json.dumps(obj) + '\n')
-  with open(path, 'w', encoding='utf-8') as f:
-    f.writelines(keep)
+      if isinstance(obj, dict):
+        rows.append(obj)
+  return rows
+
+
+def truncate_metrics(path: str, last_step: int) -> None:
+  """Keeps the lines of ``path`` with ``step <= last_step`` (and drops a torn last line).
+
+  The file is rewritten atomically, so a kill during the rewrite keeps the old lines.
+  """
+  if not os.path.exists(path):
+    return
+  keep = [json.dumps(obj) + '\n' for obj in _parse_lines(path)
+          if obj.get('step', math.inf) <= last_step]
+  atomic.write_text(path, ''.join(keep))
 
 
 def read_metrics(path: str) -> list[dict]:
-  """The objects of a metrics.jsonl file."""
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The objects of a metrics.jsonl file (a torn last line of a killed run is left out)."""
+  return _parse_lines(path)
 
 
 class MetricsLogger:
@@ -61,7 +72,8 @@ class MetricsLogger:
     if not self.enabled:
       return
     truncate_metrics(self.path, start_step)
-    self._file = open(self.path, 'a', encoding='utf-8')
+    # Unbuffered: each row reaches the file in one write (atomic.append_line).
+    self._file = atomic.open_append(self.path)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=start_step + 1)
@@ -77,8 +89,7 @@ class MetricsLogger:
     if not self.enabled:
       return
     row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
-    self._file.write(json.dumps(row) + '\n')
-    self._file.flush()
+    atomic.append_line(self._file, json.dumps(row))
     if self._writer is not None:
       for k, v in metrics.items():
         self._writer.add_scalar(f'train/{k}', float(v), step)

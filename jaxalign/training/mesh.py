@@ -3,8 +3,8 @@
 The training state is replicated (``P()``), batches are sharded on their leading axis
 (``P('data')``); the jitted step then computes with global batch semantics (BatchNorm statistics
 and the loss are over the whole global batch) and XLA inserts the gradient all-reduce.
-Multi-host: every process builds the same mesh over ``jax.devices()`` and feeds its local
-slice of the batch (:func:`shard_batch`).
+Multi-process: every process builds the same mesh over ``jax.devices()`` (process-major order)
+and feeds its contiguous slice of the global batch (:func:`shard_batch`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,15 @@ DATA_AXIS = 'data'
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh named ``'data'`` over ``devices`` (default: every device of every host)."""
-  devices = list(jax.devices() if devices is None else devices)
+  """A 1-D mesh named ``'data'`` over ``devices`` (default: every device of every host).
+
+  Devices are ordered by process, so process ``p`` of ``P`` holds the rows
+  ``[p B / P, (p + 1) B / P)`` of a global batch of ``B``: the slice its input pipeline loads
+  (:class:`jaxalign.data.pipeline.TrainBatches`), making the global batch the same for any
+  number of processes.
+  """
+  devices = sorted(jax.devices() if devices is None else devices,
+                   key=lambda d: (d.process_index, d.id))
   return jax.make_mesh((len(devices),), (DATA_AXIS,),
                        axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
@@ -50,5 +57,14 @@ def shard_batch(batch: dict, mesh) -> dict:
 
 
 def replicate(tree, mesh):
-  """Places every leaf of ``tree`` on every device of ``mesh``."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places every leaf of ``tree`` on every device of ``mesh``.
+
+  Multi-process: every process passes the same values (built from the same seed). They are
+  placed with ``make_array_from_process_local_data``, because ``device_put``'s check that the
+  processes agree compares with ``==`` and fails on the NaN entries some model constants hold.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)

@@ -1,0 +1,155 @@
+"""Damaged checkpoints: fall back to the newest that restores, exit 2 when none does, refuse a
+model config change naming the key.
+
+One 4-step smoke run (checkpoints at 2 and 4) is trained once per module; every test damages a
+copy of its workdir and resumes it.
+"""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxalign.training import checkpointing
+from jaxalign.training import config as config_lib
+from jaxalign.training import logger, trainer
+from test_pipeline import write_fixture
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, 'configs', 'smoke.py')
+
+
+def _config(train_dir, **overrides):
+  c = config_lib.load_config_file(SMOKE)
+  c.data.train_dir = train_dir
+  c.eval.enabled = False
+  c.keep_checkpoints = 5
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp('ckpt')
+  # The persistent compilation cache lets the resumed runs reuse the first run's programs.
+  jax.config.update('jax_compilation_cache_dir', str(root / 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  train_dir = write_fixture(str(root / 'train'), num=8, size=48, seed=0)
+  workdir = str(root / 'run')
+  trainer.train(_config(train_dir), workdir)
+  return train_dir, workdir
+
+
+def _copy(trained, tmp_path):
+  dst = str(tmp_path / 'run')
+  shutil.copytree(trained[1], dst)
+  return dst
+
+
+def _losses(workdir):
+  return [(r['step'], r['loss']) for r in logger.read_metrics(
+      os.path.join(workdir, 'metrics.jsonl'))]
+
+
+def _state_files(workdir, step):
+  """The data files of a checkpoint's state, largest first."""
+  root = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+           if os.sep + 'd' + os.sep in os.path.join(d, f) + os.sep]
+  return sorted(files, key=os.path.getsize, reverse=True)
+
+
+def _truncate_largest(workdir, step):
+  path = _state_files(workdir, step)[0]
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 3)
+  return path
+
+
+def test_truncated_latest_falls_back_to_previous(trained, tmp_path, caplog):
+  work = _copy(trained, tmp_path)
+  reference = _losses(work)
+  _truncate_largest(work, 4)
+  # The damaged step 4 is also what metrics.jsonl says was done; the rerun redoes steps 3-4.
+  with caplog.at_level(logging.WARNING, logger='jaxalign.train'):
+    result = trainer.train(_config(trained[0]), work)
+  lines = [r.getMessage() for r in caplog.records]
+  assert any('checkpoint step 4' in m and 'cannot be restored' in m for m in lines), lines
+  assert any('resuming from step 2' in m for m in lines), lines
+  assert result['step'] == 4
+  assert _losses(work) == reference        # steps 3-4 recomputed exactly
+  assert os.listdir(os.path.join(work, checkpointing.DAMAGED_DIR))
+  assert checkpointing.Checkpointer(work).all_steps() == [2, 4]
+
+
+def test_missing_files_fall_back(trained, tmp_path, caplog):
+  work = _copy(trained, tmp_path)
+  for name in ('_METADATA', 'manifest.ocdbt'):
+    p = os.path.join(work, 'checkpoints', '4', 'state', name)
+    if os.path.exists(p):
+      os.remove(p)
+  ckpt = checkpointing.Checkpointer(work)
+  state = _abstract_state(trained[0])
+  with caplog.at_level(logging.WARNING, logger='jaxalign.train'):
+    restored = ckpt.restore_newest(state)
+  ckpt.close()
+  assert restored is not None and restored[2] == 2
+  assert int(restored[0]['step']) == 2
+  assert any('checkpoint step 4' in r.getMessage() for r in caplog.records)
+
+
+def _abstract_state(train_dir, **overrides):
+  """The restore target of the smoke run (1 device)."""
+  from jaxalign.training import mesh as mesh_lib, optim, state as state_lib
+  c = _config(train_dir, **overrides)
+  data = trainer.prepare_data(c)
+  model = state_lib.create_model(c, data['mean_shape'], data['canonical_shape'], int(c.seed))
+  _, params, model_state = state_lib.split_model(model)
+  init = state_lib.init_state(params, model_state, optim.make_optimizer(c), c.seed)
+  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+  return checkpointing.abstract_with_shardings(init, mesh_lib.replicated(mesh))
+
+
+def test_wrong_shapes_are_a_damaged_checkpoint(trained, tmp_path):
+  """A checkpoint whose arrays do not fit (here: the restore target changed behind the
+  config's back) is reported, never padded or truncated silently."""
+  work = _copy(trained, tmp_path)
+  target = _abstract_state(trained[0])
+  target = dict(target, step=jax.ShapeDtypeStruct((3,), np.int32,
+                                                  sharding=target['step'].sharding))
+  ckpt = checkpointing.Checkpointer(work)
+  with pytest.raises(checkpointing.CheckpointError, match=r'step 4: .*step: saved \(\) vs now'):
+    ckpt.restore_newest(target)
+  ckpt.close()
+
+
+def test_model_config_change_is_refused_naming_the_key(trained, tmp_path):
+  work = _copy(trained, tmp_path)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"config\.model\.depth \('tiny' -> 'tiny_bottleneck'\)"):
+    trainer.train(_config(trained[0], **{'model.depth': 'tiny_bottleneck'}), work)
+  # A model key that does not change shapes resumes (nothing left to train here).
+  result = trainer.train(_config(trained[0], **{'model.flip': False}), work)
+  assert result['step'] == 4
+
+
+def test_no_checkpoint_restores_exits_2(trained, tmp_path):
+  work = _copy(trained, tmp_path)
+  for step in (2, 4):
+    _truncate_largest(work, step)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'jaxalign.train', '--config', SMOKE, '--workdir', work,
+       f'--config.data.train_dir={trained[0]}', '--config.eval.enabled=False',
+       '--config.keep_checkpoints=5'],
+      capture_output=True, text=True, timeout=300, cwd=REPO,
+      env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=''))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
+  assert len(errors) == 1 and 'no checkpoint can be restored' in errors[0], proc.stderr[-3000:]
+  assert 'step 4' in errors[0]
