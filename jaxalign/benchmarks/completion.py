@@ -1,5 +1,11 @@
-"""``python -m jaxalign.bench completion [--batch 256] [--json] [--tune] [--by-yaw]``: 3DMM
-completion speed and accuracy, JAX backend vs eos, on the same synthetic faces.
+"""``python -m jaxalign.bench completion [--batch-size 256] [--json] [--tune] [--by-yaw]
+[--real DIR...]``: 3DMM completion speed and accuracy, JAX backend vs eos, on the same faces.
+
+``--real DIR...`` (folders or single files of ``.pts`` / ``.ljson`` 68-point faces, e.g.
+``../shared/faces/real ../shared/faces/image_0010.pts``) scores both backends on real
+annotations: ground-truth SLs in (their mirror for a left-looking face), the other points out,
+inter-ocular NME over all completed points, the non-jaw and the jaw ones, per face (with the
+estimated yaw) and on average. No synthetic face is involved.
 
 ``--by-yaw`` instead scores the completion per |yaw| bin (0-30, 30-60, 60-75, 75-90 degrees),
 split into the non-jaw and the jaw ULs, with the inter-ocular and the landmark-box normaliser,
@@ -138,7 +144,7 @@ def run(batch=256, eos_faces=64, seed=0, repeats=3, mismatch_mm=1.0, noise=0.01,
   out = {
       'date': time.strftime('%Y-%m-%d'),
       'device': jax.devices()[0].device_kind,
-      'batch': batch,
+      'batch_size': batch,
       'eos_faces': ne,
       'jax_faces_per_s': batch / jax_s,
       'eos_faces_per_s': ne / eos_s,
@@ -329,10 +335,96 @@ def format_by_yaw(out) -> str:
   return '\n'.join(lines)
 
 
+def real_faces(paths):
+  """(points (N, 68, 2), names) of the 68-point ``.pts`` / ``.ljson`` files in the given folders
+  (not recursive) or files.
+
+  Raises:
+    FileNotFoundError: a path that does not exist; ValueError: an unreadable file, or no face.
+  """
+  import pathlib
+  from jaxalign import io
+  files = []
+  for p in map(pathlib.Path, paths):
+    if p.is_dir():
+      files += sorted(f for f in p.iterdir() if f.suffix.lower() in ('.pts', '.ljson'))
+    elif p.is_file():
+      files.append(p)
+    else:
+      raise FileNotFoundError(f'{p}: no such file or folder')
+  pts = []
+  for f in files:
+    x = (io.read_pts(f, num_points=68) if f.suffix.lower() == '.pts'
+         else io.read_ljson(f, num_points=68))
+    if not np.isfinite(x).all():
+      raise ValueError(f'{f}: annotation has missing points')
+    pts.append(x)
+  if not pts:
+    raise ValueError(f'no .pts or .ljson face in {", ".join(map(str, paths))}')
+  return np.stack(pts).astype(np.float32), [str(f) for f in files]
+
+
+def real_errors(result, gt):
+  """{'all', 'inner', 'jaw'}: (N,) inter-ocular NME of the completed points, all of them, the
+  non-jaw ones (17-67) and the jaw ones (0-16)."""
+  out = {k: np.full(len(gt), np.nan) for k in ('all', 'inner', 'jaw')}
+  for i in range(len(gt)):
+    if not result.ok[i]:
+      continue
+    ul = [j for j in range(68) if not result.kept[i, j]]
+    for k, sel in (('all', ul), ('inner', [j for j in ul if j >= 17]),
+                   ('jaw', [j for j in ul if j < 17])):
+      out[k][i] = metrics.nme(result.points[i:i + 1], gt[i:i + 1], indices=sel)[0]
+  return out
+
+
+def real(paths, backends=('jax', 'eos'), config=None):
+  """Both backends on real annotated faces (see the module docstring); JSON-able dict."""
+  from jaxalign.morphable import completion
+  from jaxalign.morphable.model import load_model
+  model = load_model()
+  gt, names = real_faces(paths)
+  size = np.stack([completion.default_image_size(p) for p in gt])
+  out = {'date': time.strftime('%Y-%m-%d'), 'faces': len(gt), 'sources': list(map(str, paths)),
+         'normalization': 'inter_ocular', 'mean': {}, 'per_face': []}
+  rows = [{'file': n} for n in names]
+  for backend in backends:
+    r = completion.complete(gt, backend=backend, image_size=size, model=model,
+                            config=config if backend == 'jax' else None)
+    e = real_errors(r, gt)
+    out['mean'][backend] = {k: float(np.nanmean(v)) for k, v in e.items()}
+    out['mean'][backend]['failed'] = int((~r.ok).sum())
+    for i, row in enumerate(rows):
+      row[backend] = {k: float(e[k][i]) for k in e}
+      row.setdefault('yaw', float(r.yaw[i]))
+      row.setdefault('flipped', bool(r.flipped[i]))
+  out['per_face'] = rows
+  return out
+
+
+def format_real(out) -> str:
+  """A plain-text table of :func:`real` (percent)."""
+  backends = list(out['mean'])
+  lines = [f"{out['faces']} real faces from {', '.join(out['sources'])}; inter-ocular NME %, "
+           'completed points: all / non-jaw / jaw']
+  head = f"{'face':28s}{'yaw':>7s}" + ''.join(f'{b:>24s}' for b in backends)
+  lines.append(head)
+  for row in out['per_face']:
+    cells = ''.join(
+        f"{100 * row[b]['all']:8.2f}{100 * row[b]['inner']:8.2f}{100 * row[b]['jaw']:8.2f}"
+        for b in backends)
+    name = row['file'].rsplit('/', 1)[-1]
+    lines.append(f"{name[:28]:28s}{row['yaw']:7.1f}{cells}")
+  cells = ''.join(f"{100 * out['mean'][b]['all']:8.2f}{100 * out['mean'][b]['inner']:8.2f}"
+                  f"{100 * out['mean'][b]['jaw']:8.2f}" for b in backends)
+  lines.append(f"{'mean':28s}{'':7s}{cells}")
+  return '\n'.join(lines)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m jaxalign.bench completion', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--batch', type=int, default=256, help='faces per JAX call (default 256)')
+  p.add_argument('--batch-size', type=int, default=256, help='faces per JAX call (default 256)')
   p.add_argument('--eos-faces', type=int, default=64, help='faces timed with eos (default 64)')
   p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--seed', type=int, default=None,
@@ -351,14 +443,25 @@ def main(argv=None) -> int:
   p.add_argument('--folder', default=None,
                  help='--by-yaw: score the faces of this folder instead (yaw from '
                       'annotations.jsonl)')
-  p.add_argument('--backends', default='jax,eos', help='--by-yaw: comma-separated backends')
+  p.add_argument('--backends', default='jax,eos',
+                 help='--by-yaw, --real: comma-separated backends')
+  p.add_argument('--real', nargs='+', metavar='DIR', default=None,
+                 help='score the real faces (.pts / .ljson) of these folders or files instead')
   args = p.parse_args(argv)
   from jaxalign import assets
   try:
     assets.sfm_dir()
   except assets.MissingModelFilesError as e:
     print(e, file=sys.stderr)
-    return 1
+    return 2
+  if args.real:
+    try:
+      out = real(args.real, tuple(b for b in args.backends.split(',') if b))
+    except (FileNotFoundError, ValueError) as e:
+      print(e, file=sys.stderr)
+      return 2
+    print(json.dumps(out) if args.json else format_real(out))
+    return 0
   if args.tune:
     tune(mismatch_mm=args.mismatch_mm, noise=0.01 if args.noise is None else args.noise)
     return 0
@@ -369,7 +472,7 @@ def main(argv=None) -> int:
                  tuple(b for b in args.backends.split(',') if b))
     print(json.dumps(out) if args.json else format_by_yaw(out))
     return 0
-  out = run(args.batch, args.eos_faces, 0 if args.seed is None else args.seed, args.repeats,
+  out = run(args.batch_size, args.eos_faces, 0 if args.seed is None else args.seed, args.repeats,
             args.mismatch_mm, 0.01 if args.noise is None else args.noise)
   if args.json:
     print(json.dumps(out))

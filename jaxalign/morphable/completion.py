@@ -9,6 +9,7 @@ silhouette in the '2d' convention) and un-flips. Kept points pass through unchan
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -86,11 +87,7 @@ def _fit_jax(work, weights, size, model, config, convention, workers):
 def _fit_eos(work, weights, size, model, config, convention, workers):
   del config
   n = len(work)
-  given = np.isfinite(work).all(-1) & (weights > 0)
-  if not (given == given[:1]).all():
-    raise ValueError('the eos backend takes one point set for the whole batch (no per-face '
-                     'observations or weights); use the jax backend for fusion')
-  ids = np.nonzero(given[0])[0] if n else np.zeros(0, np.int64)
+  ids = np.nonzero(weights[0] > 0)[0] if n else np.zeros(0, np.int64)   # the SLs
   fits = _eos_fitter(model.directory).fit(work[:, ids], ids=ids, image_size=size.astype(int),
                                           workers=workers)
   full = np.full((n, 68, 2), np.nan, np.float32)
@@ -179,6 +176,9 @@ def complete(points, scheme=schemes_lib.IBUG68, backend: str = 'jax', image_size
   ok = np.isfinite(work[:, stable]).all(axis=(1, 2))
   w = np.broadcast_to(stable.astype(np.float32), (n, 68)).copy()
   if observed is not None:
+    if backend != 'jax':
+      raise ValueError(f'fusion (observed=...) needs the jax backend (weighted fit), got '
+                       f'{backend!r}')
     work, w = _add_observations(work, w, observed, weights, flipped, size, scheme, model, n)
 
   if n:
@@ -221,10 +221,11 @@ def hidden_points(yaw, model=None) -> np.ndarray:
   """(N, 68) bool: the points the pose says are on the hidden side of a right-looking face.
 
   In the working frame of :func:`complete` (left-looking faces mirrored, yaw >= 0 up to the
-  rigid estimate's error): a point is hidden when its '3d' vertex on the mean face turns away
-  from the camera at that yaw (back-facing normal under R_y(yaw)); and the far-side jaw points
-  (iBUG 9-16) always count as hidden at yaw > 0, since the 300-W convention puts them on the
-  silhouette, which the fitted model places better than a CNN trained mostly on the near side.
+  rigid estimate's error): a non-jaw point is hidden when its '3d' vertex on the mean face
+  turns away from the camera at that yaw (back-facing normal under R_y(yaw)); the far-side jaw
+  points (iBUG 9-16) count as hidden at any yaw > 0, the near side and the chin never. (The jaw
+  vertices lie on the face outline, where the normal test is a coin toss; the 300-W convention
+  puts the far-side jaw on the silhouette, which the fitted model places from the whole face.)
 
   Args:
     yaw: (N,) degrees of the right-looking working faces (eos convention).
@@ -236,20 +237,16 @@ def hidden_points(yaw, model=None) -> np.ndarray:
   hidden = normals @ view.T <= 0.0                                     # (68, N)
   far_jaw = np.zeros(68, bool)
   far_jaw[9:17] = True
+  hidden[:17] = False
   hidden = hidden.T | (far_jaw[None] & (np.asarray(yaw)[:, None] > 0))
   return hidden
 
 
+@functools.lru_cache(maxsize=4)
 def _landmark_normals(model) -> np.ndarray:
-  key = id(model)
-  if key not in _NORMALS:
-    geo = contour.landmark_geometry(model)
-    vn = contour.vertex_normals(model.mean.astype(np.float64), model.triangles)
-    _NORMALS[key] = (model, vn[geo.vertices])
-  return _NORMALS[key][1]
-
-
-_NORMALS = {}
+  """(68, 3) unit normals of the '3d' landmark vertices on the mean face (model frame)."""
+  vn = contour.vertex_normals(model.mean.astype(np.float64), model.triangles)
+  return vn[contour.landmark_geometry(model).vertices]
 
 
 def _add_observations(work, w, observed, weights, flipped, size, scheme, model, n):

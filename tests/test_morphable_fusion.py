@@ -1,0 +1,101 @@
+"""Fusion of observed ULs into the 3DMM fit, the weights helper, and no recompilation per face
+count in the batched fitter."""
+
+import numpy as np
+import pytest
+
+from jaxalign.benchmarks import completion as bench
+from jaxalign.morphable import completion
+from jaxalign.morphable import fitting
+from jaxalign.morphable.model import load_model
+from jaxalign.schemes import IBUG68
+
+
+@pytest.fixture(scope='module')
+def model(sfm_dir):
+  return load_model(sfm_dir)
+
+
+@pytest.fixture(scope='module')
+def faces(model):
+  return bench.synthetic_faces(model, 16, seed=3, mismatch_mm=1.0, noise=0.01)
+
+
+def _ul_error(r, gt):
+  inner, jaw = bench.ul_errors(r, gt)
+  return float(np.nanmean(inner)), float(np.nanmean(jaw))
+
+
+def test_fused_completion_with_good_observations_beats_unfused(model, faces):
+  gt, given, size = faces['gt'], faces['given'], faces['image_size']
+  rng = np.random.default_rng(0)
+  io = np.linalg.norm(gt[:, 36] - gt[:, 45], axis=-1)
+  observed = gt + rng.normal(0.0, 1.0, gt.shape) * (0.01 * io)[:, None, None]
+  plain = completion.complete(given, image_size=size, model=model)
+  fused = completion.complete(given, image_size=size, model=model, observed=observed,
+                              weights=0.5)
+  assert fused.ok.all()
+  # Kept points pass through; the fused ULs are the mesh's points, not copies of observed.
+  np.testing.assert_array_equal(fused.points[fused.kept], given[fused.kept])
+  assert not np.allclose(fused.points[~fused.kept], observed[~fused.kept])
+  pi, pj = _ul_error(plain, gt)
+  fi, fj = _ul_error(fused, gt)
+  assert fi < 0.9 * pi and fj < 0.9 * pj, (pi, pj, fi, fj)
+  # Zero weights give back the unfused result.
+  zero = completion.complete(given, image_size=size, model=model, observed=observed, weights=0)
+  np.testing.assert_allclose(zero.points, plain.points, atol=1e-3)
+
+
+def test_hidden_points_follow_the_pose(model):
+  hidden = completion.hidden_points(np.array([0.0, 60.0, np.nan]), model)
+  assert hidden.shape == (3, 68)
+  assert not hidden[0, :17].any()               # frontal: no jaw point hidden
+  assert hidden[1, 9:17].all() and not hidden[1, :9].any()   # far-side jaw at 60 deg
+  assert not hidden[2, 9:17].any()              # no pose: nothing hidden for being far
+
+
+def test_fusion_weights_formula():
+  bins = (0.0, 30.0, 90.0)
+  rms = np.full((2, 68), 0.04)
+  rms[:, list(IBUG68.stable)] = 0.02
+  rms[1, 5] = 0.08
+  rms[0, 6] = np.nan
+  w = completion.fusion_weights(rms, np.array([10.0, -45.0]), bins)
+  assert w.shape == (2, 68)
+  assert w[0, 5] == pytest.approx((0.02 / 0.04) ** 2)       # inverse variance vs the SLs
+  assert w[1, 5] == pytest.approx((0.02 / 0.08) ** 2)       # |yaw| bin of the face
+  assert w[0, 6] == 0.0                                      # no residuals: not fused
+  assert w.max() <= completion.MAX_FUSION_WEIGHT            # never as much as an SL
+  w2 = completion.fusion_weights(rms, [10.0], bins, reference_rms=0.04)
+  assert w2[0, 5] == pytest.approx(completion.MAX_FUSION_WEIGHT)
+  with pytest.raises(ValueError, match='rms must be'):
+    completion.fusion_weights(rms[:, :5], [0.0], bins)
+
+
+def test_observations_errors(model, faces):
+  given = faces['given'][:2]
+  with pytest.raises(ValueError, match='observed must be'):
+    completion.complete(given, model=model, observed=given[:1, :5])
+  with pytest.raises(ValueError, match='needs the jax backend'):
+    completion.complete(given, model=model, observed=given, backend='eos')
+  with pytest.raises(ValueError, match='fusion weights'):
+    completion.complete(given, model=model, observed=given, weights=-1.0)
+
+
+def test_no_recompilation_per_face_count(model, faces):
+  jf = fitting.JaxFitter(model)        # a fresh fitter: its own compiled programs
+  w = IBUG68.stable_mask().astype(np.float32)
+  pts = np.concatenate([faces['given']] * 3)
+  for n in (3, 17, 40):
+    fit, full = jf.fit_landmarks(pts[:n], w, 512.0, completion.JAX_DEFAULTS)
+    assert full.shape == (n, 68, 2) and fit.shape_coeffs.shape[0] == n
+  (compiled,) = [f for k, f in jf._jitted.items() if k[1] == '2d']
+  sizes = {fitting.padded_size(n) for n in (3, 17, 40)}
+  assert compiled._cache_size() == len(sizes) == 2
+  # The padded batch gives the same points as an exact-size batch.
+  one, _ = jf.fit_landmarks(pts[:1], w, 512.0, completion.JAX_DEFAULTS)
+  np.testing.assert_allclose(np.asarray(one.shape_coeffs[0]), np.asarray(fit.shape_coeffs[0]),
+                             atol=1e-3)
+  assert fitting.padded_size(1024) == 1024
+  with pytest.raises(ValueError):
+    fitting.padded_size(1025)
