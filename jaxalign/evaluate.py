@@ -1,11 +1,11 @@
 """Evaluates a training run with the full pipeline (CNN pair + 3DMM completion).
 
   python -m jaxalign.evaluate --workdir RUN [--dataset NAME[:SPLIT] | --dataset FOLDER]
-      [--data_dir ROOT] [--completion jax|eos|gaussian] [--out DIR] [--batch_size N]
+      [--data-dir ROOT] [--completion jax|eos|gaussian|none] [--out DIR] [--batch-size N]
   python -m jaxalign.evaluate --compare RUN RUN ... [--dataset ...] [--out DIR]
 
 Without ``--dataset`` the run's own held-out split is evaluated. ``NAME`` is a registered data
-set (300w, cofw68, aflw, aflw2k3d, folder; see docs/datasets.md) read from ``--data_dir``; a
+set (300w, cofw68, aflw, aflw2k3d, folder; see docs/datasets.md) read from ``--data-dir``; a
 folder of images + ``.pts`` can be given directly. Writes into DIR (default
 ``RUN/eval/<data set>/``): report.json, report.md, predictions.npz, ced.png, nme_by_pose.png,
 best_worst.png. ``--compare`` evaluates each run where needed and writes one table
@@ -28,12 +28,12 @@ def main(argv=None) -> int:
   who.add_argument('--workdir', help='the training run to evaluate')
   who.add_argument('--compare', nargs='+', metavar='RUN', help='runs to compare')
   parser.add_argument('--dataset', help='NAME[:SPLIT] or a folder (default: the run\'s test split)')
-  parser.add_argument('--data_dir', help='root folder of the named data set')
+  parser.add_argument('--data-dir', help='root folder of the named data set')
   parser.add_argument('--completion', default=None, choices=runner.BACKENDS,
                       help="completion backend: 'jax' or 'eos' (3DMM), 'gaussian' (2D "
                            "statistical); default each run's config.eval.completion_backend")
   parser.add_argument('--out', help='output folder')
-  parser.add_argument('--batch_size', type=int, help='images per forward pass')
+  parser.add_argument('--batch-size', type=int, help='images per forward pass')
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
   try:

@@ -1,11 +1,11 @@
-"""Shape geometry: least-squares transforms, Procrustes, the pose coefficient, looking direction.
+"""Shape geometry: least-squares transforms, Procrustes, the pose coefficient, yaw.
 
 Everything here is jnp and jit/vmap-able. Shapes are (..., L, 2) float arrays of (x, y) image
 pixels (y down). Missing points are NaN: every estimator gives them zero weight, so a mask is just
 NaN (or a zero weight) at the points to ignore. Transforms are (..., 2, 3) input-to-output
 matrices, as in :mod:`jaxalign.transforms`.
 
-Looking direction and yaw sign (DESIGN.md, checked against eos in ``tests/test_geometry.py``):
+Yaw sign (eos's convention, see ``docs/method.md``; checked against eos in ``tests/test_geometry.py``):
 a right-looking face turns toward the viewer's right, shows its viewer's-left half, and has
 yaw > 0 in eos's ``RenderingParameters.get_yaw_pitch_roll()``; its protruding nose tip then
 moves toward the viewer's right (+x) relative to symmetric pairs of points behind it.
@@ -238,24 +238,6 @@ def estimate_yaw(points, scheme: schemes_lib.LandmarkScheme = schemes_lib.IBUG68
   kk = jnp.where(ok, k, 0.0)
   tan = jnp.sum(kk * s, -1) / jnp.sum(kk * kk, -1)
   return jnp.degrees(jnp.arctan(tan))
-
-
-@functools.partial(jax.jit, static_argnames=('scheme',))
-def looking_direction(points, scheme: schemes_lib.LandmarkScheme = schemes_lib.IBUG68,
-                      threshold: float = 10.0) -> jnp.ndarray:
-  """-1 (left-looking), 0 (frontal) or +1 (right-looking) per shape.
-
-  Right-looking means yaw > ``threshold`` degrees by :func:`estimate_yaw` (eos's sign: the face
-  turns toward the viewer's right and shows its viewer's-left half); left-looking means yaw <
-  ``-threshold``. Works from all points, from the stable points alone or from their mirror (the
-  rest NaN). A shape with no usable points is frontal (0).
-
-  Returns:
-    (...,) int32.
-  """
-  yaw = estimate_yaw(points, scheme)
-  out = jnp.where(yaw > threshold, 1, jnp.where(yaw < -threshold, -1, 0))
-  return out.astype(jnp.int32)
 
 
 # --- The paper's pose coefficient --------------------------------------------------------------

@@ -85,7 +85,7 @@ def point_errors(pred, gt) -> np.ndarray:
 
 def nme(pred, gt, normalization: str = 'inter_ocular',
         scheme: schemes_lib.LandmarkScheme = schemes_lib.IBUG68, boxes=None,
-        indices: Sequence[int] | None = None) -> np.ndarray:
+        indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
   """Per-face normalised mean error as a fraction, (N,) float64.
 
   Args:
@@ -95,7 +95,8 @@ def nme(pred, gt, normalization: str = 'inter_ocular',
     normalization: 'inter_ocular', 'inter_pupil' or 'bbox'.
     scheme: the landmark scheme (its normaliser points).
     boxes: (N, 4) (x0, y0, x1, y1) face boxes for 'bbox' (default: the gt landmarks' box).
-    indices: evaluate only these points (e.g. ``scheme.stable``); default all.
+    indices: evaluate only these points: a list shared by every face (e.g. ``scheme.stable``),
+      or an (N, L) bool mask per face (e.g. :func:`stable_mask_by_direction`); default all.
   """
   pred = _points(pred, 'pred')
   gt = _points(gt, 'gt')
@@ -104,7 +105,10 @@ def nme(pred, gt, normalization: str = 'inter_ocular',
                      f'{pred.shape[-2]}')
   norm = normalizer(gt, normalization, scheme, boxes)
   err = point_errors(pred, gt)
-  if indices is not None:
+  if indices is not None and np.asarray(indices).dtype == bool:
+    mask = np.broadcast_to(np.asarray(indices, bool), err.shape)
+    err = np.where(mask, err, np.nan)
+  elif indices is not None:
     err = err[:, list(indices)]
   evaluated = ~np.isnan(err)
   count = evaluated.sum(1)
@@ -114,6 +118,18 @@ def nme(pred, gt, normalization: str = 'inter_ocular',
     out = mean / norm
   out = np.where(np.isfinite(norm) & (norm > 0), out, np.nan)
   return out
+
+
+def stable_mask_by_direction(left_looking, scheme: schemes_lib.LandmarkScheme = schemes_lib.IBUG68
+                             ) -> np.ndarray:
+  """(N, L) bool: each face's stable points for its looking direction: ``scheme.stable``, or
+  its mirror set ``flip_permutation[stable]`` for a left-looking face (the points CNN2
+  predicts once the face is mirrored)."""
+  left = np.asarray(left_looking, bool).reshape(-1)
+  plain = scheme.stable_mask().astype(bool)
+  mirror = np.zeros_like(plain)
+  mirror[scheme.flip_index_array()[np.asarray(scheme.stable)]] = True
+  return np.where(left[:, None], mirror[None], plain[None])
 
 
 def _evaluable(nmes) -> np.ndarray:

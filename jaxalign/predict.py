@@ -1,7 +1,7 @@
 """Landmarks, head pose and the 3DMM fit for faces in any photo.
 
   python -m jaxalign.predict --workdir RUN IMAGE... [--bbox x0,y0,x1,y1] [--out DIR] [--mesh]
-      [--completion jax|eos] [--batch_size 32]
+      [--completion jax|eos] [--batch-size 32]
 
 Writes per face ``DIR/<stem>.pts`` (68 points, 1-based iBUG format), ``DIR/<stem>.json``
 (points, box, yaw/pitch/roll, 3DMM coefficients, completion backend), with ``--mesh`` the fitted
@@ -27,12 +27,12 @@ def main(argv=None) -> int:
   parser.add_argument('--mesh', action='store_true', help='also write the fitted mesh (.obj)')
   parser.add_argument('--completion', default='jax', choices=('jax', 'eos'),
                       help='3DMM completion backend')
-  parser.add_argument('--batch_size', type=int, default=32, help='faces per forward pass')
-  parser.add_argument('--no_refine', action='store_true',
+  parser.add_argument('--batch-size', type=int, default=32, help='faces per forward pass')
+  parser.add_argument('--no-refine', action='store_true',
                       help='use detector boxes as they are (no second pass around the points)')
   args = parser.parse_args(argv)
   if args.batch_size < 1:
-    parser.error('--batch_size must be positive')
+    parser.error('--batch-size must be positive')
   return pipeline.predict(args.workdir, args.images, bbox=args.bbox, out=args.out,
                           mesh=args.mesh, completion=args.completion,
                           batch_size=args.batch_size, refine=not args.no_refine)

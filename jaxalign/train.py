@@ -26,9 +26,10 @@ _WORKDIR = flags.DEFINE_string('workdir', 'runs/default',
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from jaxalign import workflow  # pylint: disable=g-import-not-at-top
   from jaxalign.training import trainer  # pylint: disable=g-import-not-at-top
   try:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    workflow.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except trainer.NonFiniteLossError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

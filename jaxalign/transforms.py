@@ -34,11 +34,6 @@ def _as_matrix(m) -> jnp.ndarray:
   return m
 
 
-def _to_3x3(m: jnp.ndarray) -> jnp.ndarray:
-  bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0], m.dtype), m.shape[:-2] + (1, 3))
-  return jnp.concatenate([m, bottom], axis=-2)
-
-
 def _out_hw(out_size) -> tuple[int, int]:
   if isinstance(out_size, (int, np.integer)):
     return int(out_size), int(out_size)
@@ -116,15 +111,6 @@ def translation_matrix(offset) -> jnp.ndarray:
   offset = jnp.asarray(offset, jnp.float32)
   eye = identity(offset.shape[:-1])
   return eye.at[..., :, 2].set(offset)
-
-
-def scale_matrix(sx, sy=None) -> jnp.ndarray:
-  """``p_out = (sx * x, sy * y)`` about the origin (sy defaults to sx)."""
-  sx = jnp.asarray(sx, jnp.float32)
-  sy = sx if sy is None else jnp.asarray(sy, jnp.float32)
-  sx, sy = jnp.broadcast_arrays(sx, sy)
-  zero = jnp.zeros_like(sx)
-  return jnp.stack([jnp.stack([sx, zero, zero], -1), jnp.stack([zero, sy, zero], -1)], -2)
 
 
 def hflip_matrix(width) -> jnp.ndarray:

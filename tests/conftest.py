@@ -1,4 +1,4 @@
-"""Shared test fixtures: model-file location, the real face, simulated devices.
+"""Shared test fixtures: model-file location, the real face.
 
 Paths are computed from this file (``<repo>/tests/conftest.py``); the shared data lives next to
 the repository in ``../shared``.
@@ -7,8 +7,10 @@ the repository in ``../shared``.
 import os
 import pathlib
 
-# Simulated devices for the parallelism tests; must be set before JAX starts.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# In-process tests run on one CPU device: an 8-way program compiles far slower on 2 cores, and
+# the multi-device checks start their own processes with
+# XLA_FLAGS=--xla_force_host_platform_device_count=N (test_training_parallel.py,
+# test_multiprocess.py).
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / 'shared'

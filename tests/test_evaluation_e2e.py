@@ -58,7 +58,7 @@ def _write_faces(out: pathlib.Path, n: int, seed: int, size: int = 64, yaws=None
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-  from jaxalign.training import trainer
+  from jaxalign import workflow
   root = tmp_path_factory.mktemp('e2e')
   _write_faces(root / 'train', 16, 0)
   # Half of the test faces carry an annotated yaw: the report mixes both sources.
@@ -73,12 +73,13 @@ def run(tmp_path_factory):
   config.data.test_dir = str(root / 'test')
   config.eval.enabled = False
   workdir = root / 'run'
-  trainer.train_and_evaluate(config, str(workdir))
+  workflow.train_and_evaluate(config, str(workdir))
   return workdir
 
 
 def test_evaluate_writes_the_report(run):
-  rep = runner.evaluate(run)
+  # The smoke config switches the completion off (eval.completion=False); ask for it.
+  rep = runner.evaluate(run, completion='jax')
   out = run / 'eval' / 'test'
   assert rep['out_dir'] == str(out)
   data = json.loads((out / 'report.json').read_text())
@@ -110,6 +111,22 @@ def test_evaluate_writes_the_report(run):
   assert '| NME inter-ocular |' in (out / 'report.md').read_text()
 
 
+def test_end_of_run_and_cli_evaluation_give_identical_numbers(run, tmp_path):
+  """The end-of-run evaluation (workflow -> evaluate_splits) and ``python -m jaxalign.evaluate``
+  run the same evaluator on the same records: the same metrics to the last bit."""
+  from jaxalign import inference
+  from jaxalign.training import data_setup
+  cli = runner.evaluate(run, out=tmp_path / 'cli')
+  model, config, step = inference.load_run(str(run))
+  end = runner.evaluate_splits(model, config, data_setup.test_sets(config), str(tmp_path / 'w'),
+                               runner.read_mean_shape(run), step=step)['test']
+  for key in ('nme', 'nme_inter_ocular', 'nme_bbox', 'nme_stable', 'nme_unstable',
+              'cnn_nme_inter_ocular', 'mean_shape_nme_inter_ocular', 'fr_0.08', 'auc_0.08',
+              'num_images', 'checkpoint_step', 'completion_backend', 'nme_by_yaw'):
+    assert cli[key] == end[key], key
+  assert np.isfinite(cli['mean_shape_nme_inter_ocular'])   # data_stats.json's mean shape
+
+
 def test_evaluate_on_a_300w_layout_shows_the_paper(run, tmp_path, capsys):
   root = tmp_path / '300w'
   for sub in ('ibug', 'helen/testset', 'lfpw/testset'):
@@ -118,7 +135,7 @@ def test_evaluate_on_a_300w_layout_shows_the_paper(run, tmp_path, capsys):
     for ext in ('.png', '.pts'):
       shutil.copy(run.parent / 'test' / f'face_{i:03d}{ext}', root / sub / f'f{i}{ext}')
   status = evaluate_cli.main(['--workdir', str(run), '--dataset', '300w:challenge',
-                              '--data_dir', str(root), '--out', str(tmp_path / 'out')])
+                              '--data-dir', str(root), '--out', str(tmp_path / 'out')])
   assert status == 0
   data = json.loads((tmp_path / 'out' / 'report.json').read_text())
   assert data['num_images'] == 2 and data['dataset'] == '300w:challenge'
@@ -143,10 +160,10 @@ def test_evaluate_cli_errors_are_one_line(run, tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith('error: ') and 'Traceback' not in err and 'nothing' in err
   assert evaluate_cli.main(['--workdir', str(run), '--dataset', 'nosuchset:x',
-                            '--data_dir', str(tmp_path)]) == 2
+                            '--data-dir', str(tmp_path)]) == 2
   assert 'nosuchset' in capsys.readouterr().err
   assert evaluate_cli.main(['--workdir', str(run), '--dataset', '300w:full']) == 2
-  assert '--data_dir' in capsys.readouterr().err
+  assert '--data-dir' in capsys.readouterr().err
 
 
 def test_compare_two_runs(run, tmp_path, capsys):
@@ -236,7 +253,7 @@ def test_predict_tiny_synthetic_image_with_bbox(run, tmp_path, capsys):
 def test_bench_predict_json(run, tmp_path, capsys):
   from jaxalign.benchmarks import predict as bench_predict
   # Batch 1 on the run of this module: the shapes compiled by the predict tests are reused.
-  status = bench_predict.main(['--workdir', str(run), '--bbox', _bbox_arg(), '--batch', '1',
+  status = bench_predict.main(['--workdir', str(run), '--bbox', _bbox_arg(), '--batch-size', '1',
                                '--faces', '2', '--json'])
   assert status == 0
   result = json.loads(capsys.readouterr().out)

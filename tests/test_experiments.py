@@ -84,7 +84,7 @@ def test_plan_orders_reused_arms_after_their_source():
 
 
 def test_run_config_and_run_copies(tmp_path):
-  from jaxalign.training import inference
+  from jaxalign import inference
   c = pose.run_config('no_flip', 2, 'quick', '/data/train', '/data/test', {'num_steps': 3})
   assert (c.seed, c.num_steps, c.data.train_dir, c.eval.enabled) == (2, 3, '/data/train', False)
   assert c.model.flip is False

@@ -15,7 +15,7 @@ from jaxalign.data import synthetic
 from jaxalign.data import synthetic_dataset
 from jaxalign.evaluation import runner
 from jaxalign.training import config as config_lib
-from jaxalign.training import inference
+from jaxalign import inference
 from jaxalign.training import state as state_lib
 
 S = schemes.IBUG68
@@ -80,11 +80,11 @@ def test_gaussian_backend_and_run_backend(folders):
   with pytest.raises(ValueError, match='train_dir'):
     inference.complete_points(sls, S, 'gaussian', yaw < 0)
   c = config_lib.base_config()
-  assert runner.run_backend(c) == 'jax'
+  assert inference.resolve_backend(c) == 'jax'
   c.eval.completion_backend = 'gaussian'
-  assert runner.run_backend(c) == 'gaussian' and runner.run_backend(c, 'eos') == 'eos'
+  assert inference.resolve_backend(c) == 'gaussian' and inference.resolve_backend(c, 'eos') == 'eos'
   with pytest.raises(ValueError, match='unknown completion backend'):
-    runner.run_backend(c, 'nope')
+    inference.resolve_backend(c, 'nope')
 
 
 def test_evaluate_cli_offers_gaussian(capsys):
@@ -96,7 +96,7 @@ def test_evaluate_cli_offers_gaussian(capsys):
 
 def test_trained_run_with_every_hook(folders, tmp_path):
   """Two steps without flip, with another SL set, evaluated with the run's own backend."""
-  from jaxalign.training import trainer
+  from jaxalign import workflow
   c = config_lib.load_config_file(os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'smoke.py'))
   c.num_steps, c.checkpoint_every = 2, 2
@@ -106,7 +106,7 @@ def test_trained_run_with_every_hook(folders, tmp_path):
   c.model.stable = ','.join(map(str, ALT))
   c.eval.completion_backend = 'gaussian'
   workdir = str(tmp_path / 'run')
-  trainer.train_and_evaluate(c, workdir)
+  workflow.train_and_evaluate(c, workdir)
   rep = runner.evaluate(workdir)         # completion None: the run's 'gaussian'
   assert rep['completion_backend'] == 'gaussian' and rep['num_images'] == 8
   preds = np.load(os.path.join(rep['out_dir'], 'predictions.npz'))

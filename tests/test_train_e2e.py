@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
+from jaxalign import workflow
 from jaxalign import metrics
 from jaxalign.data import records
 from jaxalign.training import config as config_lib
-from jaxalign.training import inference
+from jaxalign import inference
 from jaxalign.training import logger, trainer
 from test_pipeline import write_fixture
 
@@ -55,7 +56,7 @@ def _losses(workdir):
 def test_train_resume_nan(data_dirs, tmp_path):
   # Uninterrupted run: 4 steps, checkpoints at 2 and 4, evaluation at the end.
   full = str(tmp_path / 'full')
-  result = trainer.train_and_evaluate(_config(data_dirs), full)
+  result = workflow.train_and_evaluate(_config(data_dirs), full)
   assert result['step'] == 4 and result['invalid_files'] == 1
   assert result['skipped_images'] > 0         # the corrupt PNG was drawn and replaced
   rows = logger.read_metrics(os.path.join(full, 'metrics.jsonl'))
@@ -72,7 +73,7 @@ def test_train_resume_nan(data_dirs, tmp_path):
   model, cfg, step = inference.load_run(full)
   assert step == 4 and cfg.model.kind == 'pose_aware'
   test_records, _ = records.scan_folder(data_dirs[1])
-  out = inference.predict_records(model, cfg, test_records, batch_size=4)
+  out = inference.run_pipeline(model, cfg, test_records, batch_size=4)
   assert out['points'].shape == (5, 68, 2) and np.isfinite(out['points']).all()
   assert out['valid'].all() and out['flipped'].shape == (5,)
   gt = np.stack([r.points for r in test_records])
@@ -82,28 +83,28 @@ def test_train_resume_nan(data_dirs, tmp_path):
   # "Killed" after step 3 (checkpoint at 2, step 3 already logged), then resumed.
   resumed = str(tmp_path / 'resumed')
   # (The end-of-run evaluation is off here: it does not change the losses, and saves time.)
-  out = trainer.train_and_evaluate(
+  out = workflow.train_and_evaluate(
       _config(data_dirs, stop_after_steps=3, **{'eval.enabled': False}), resumed)
   assert out['interrupted'] and [s for s, _ in _losses(resumed)] == [1, 2, 3]
   nan_dir = str(tmp_path / 'nan')
   shutil.copytree(resumed, nan_dir)
-  trainer.train_and_evaluate(_config(data_dirs, **{'eval.enabled': False}), resumed)
+  workflow.train_and_evaluate(_config(data_dirs, **{'eval.enabled': False}), resumed)
   assert _losses(resumed) == _losses(full)     # bit-exact: the same losses, each step once
 
   # A non-finite loss stops the run with a clear error and keeps the last good checkpoint.
   with pytest.raises(trainer.NonFiniteLossError, match='last good checkpoint is step 2'):
-    trainer.train_and_evaluate(
+    workflow.train_and_evaluate(
         _config(data_dirs, **{'optim.learning_rate': 1e30, 'eval.enabled': False}), nan_dir)
   assert sorted(os.listdir(os.path.join(nan_dir, 'checkpoints'))) == ['2']
 
 
 def test_bad_config_values(data_dirs, tmp_path):
   with pytest.raises(ValueError, match='model.kind'):
-    trainer.train_and_evaluate(_config(data_dirs, **{'model.kind': 'transformer'}),
+    workflow.train_and_evaluate(_config(data_dirs, **{'model.kind': 'transformer'}),
                                str(tmp_path / 'a'))
   with pytest.raises(FileNotFoundError, match='does-not-exist'):
-    trainer.train_and_evaluate(
+    workflow.train_and_evaluate(
         _config(data_dirs, **{'data.train_dir': str(tmp_path / 'does-not-exist')}),
         str(tmp_path / 'b'))
   with pytest.raises(ValueError, match='model.depth'):
-    trainer.train_and_evaluate(_config(data_dirs, **{'model.depth': '42'}), str(tmp_path / 'c'))
+    workflow.train_and_evaluate(_config(data_dirs, **{'model.depth': '42'}), str(tmp_path / 'c'))

@@ -18,10 +18,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxalign import workflow
 from jaxalign import io, metrics, schemes
 from jaxalign.data import records as records_lib
 from jaxalign.training import config as config_lib
-from jaxalign.training import data_setup, evaluation, inference, trainer
+from jaxalign import inference
+from jaxalign.evaluation import runner
+from jaxalign.training import data_setup, trainer
 from test_datasets import make_300w, make_aflw, make_cofw68, make_points, write_image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -70,7 +73,7 @@ def test_paper_300w_trains_on_the_source_and_reports_every_split(tmp_path):
   # pose-aware pair runs in the AFLW test below (and on 68 points in test_train_e2e.py).
   config = _paper_config('paper_300w', **{'data.root': str(root), 'model.kind': 'plain'})
   workdir = str(tmp_path / 'run')
-  result = trainer.train_and_evaluate(config, workdir)
+  result = workflow.train_and_evaluate(config, workdir)
   assert result['step'] == 2
   # Training: afw 2 + 1 + helen/trainset 1 + lfpw/trainset 1 faces; the bad afw .pts counted,
   # the corrupt helen image replaced in the batches (every face is drawn in two steps).
@@ -107,7 +110,7 @@ def test_paper_aflw_19_points_train_and_evaluate_with_box_nme(tmp_path):
                                           'eval.completion': True})
   assert config.model.kind == 'pose_aware' and config.model.scheme == 'aflw19'
   workdir = str(tmp_path / 'run')
-  result = trainer.train_and_evaluate(config, workdir)
+  result = workflow.train_and_evaluate(config, workdir)
   assert result['step'] == 2
   by_split = {s: len(v[0]) for s, v in data_setup.test_sets(config).items()}
   assert set(by_split) == {'test', 'frontal'} and sum(by_split.values()) > 0
@@ -215,8 +218,10 @@ def _fake_predictions(records, scheme, shift=1.0, stable_only=False):
   gt = np.stack([r.points for r in records]).astype(np.float32)
   pred = gt + shift
   stable = np.where(scheme.stable_mask()[None, :, None], pred, np.nan).astype(np.float32)
-  return {'points': (stable if stable_only else pred).copy(), 'rough': pred + 1.0,
-          'stable': stable, 'flipped': np.zeros(len(records), bool),
+  rough = pred + 1.0
+  return {'points': (stable if stable_only else pred).copy(), 'rough': rough,
+          'stable': stable, 'cnn_points': np.where(np.isnan(stable), rough, stable),
+          'flipped': np.zeros(len(records), bool),
           'boxes': np.stack([r.box for r in records]).astype(np.float32),
           'valid': np.ones(len(records), bool)}
 
@@ -229,15 +234,15 @@ def test_evaluate_uses_the_configured_normaliser_and_3d_completion(tmp_path, mon
                                  box=np.asarray([0, 0, 60, 50], np.float32)) for i in range(3)]
   calls = {}
 
-  def fake_predict(model, config, records, batch_size, complete=None, **kw):
-    calls['complete'] = complete
-    return _fake_predictions(records, scheme, stable_only=not complete)
+  def fake_predict(model, config, records, batch_size, **kw):
+    calls['predict'] = True
+    return _fake_predictions(records, scheme, stable_only=True)
 
   class FakeResult:
     def __init__(self, points):
       self.points = points
 
-  def fake_complete(points, scheme, backend, flip, convention):
+  def fake_complete(points, scheme, backend, flip, convention, **kw):
     calls['convention'] = convention
     return FakeResult(np.where(np.isnan(points), 7.0, points))
 
@@ -246,9 +251,11 @@ def test_evaluate_uses_the_configured_normaliser_and_3d_completion(tmp_path, mon
   monkeypatch.setattr(completion, 'complete', fake_complete)
   c = _paper_config('the300w_lp', **{'eval.completion': True})
   mean = np.asarray(make_points(9, size=32))
-  rep = evaluation.evaluate(None, c, recs, str(tmp_path / 'e'), mean, step=3,
-                            dataset='aflw2k3d', split='test', num_invalid=2)
-  assert calls == {'complete': False, 'convention': '3d'}
+  info = {'dataset': 'aflw2k3d:test', 'name': 'aflw2k3d', 'split': 'test',
+          'normalization': 'bbox'}
+  rep = runner.evaluate_records(None, c, recs, tmp_path / 'e', info, mean_shape=mean, step=3,
+                                num_invalid=2, with_plots=False)
+  assert calls == {'predict': True, 'convention': '3d'}
   assert rep['completion'] and rep['completion_convention'] == '3d'
   assert rep['primary_normalization'] == 'bbox' and rep['nme'] == rep['nme_bbox']
   assert rep['dataset'] == 'aflw2k3d:test'
@@ -257,18 +264,19 @@ def test_evaluate_uses_the_configured_normaliser_and_3d_completion(tmp_path, mon
   boxes = np.stack([r.box for r in recs])
   np.testing.assert_allclose(rep['nme'], metrics.nme(expected, gt, 'bbox', scheme=scheme,
                                                      boxes=boxes).mean(), rtol=1e-5)
-  assert rep['num_invalid_files'] == 2 and rep['step'] == 3
+  assert rep['num_invalid_files'] == 2 and rep['checkpoint_step'] == 3
   assert 'mean_shape_nme_bbox' in rep and 'mean_shape_nme_inter_ocular' in rep
-  # The 2D convention goes through the inference helper's own completion.
   # Inter-ocular primary: ``nme`` is the inter-ocular NME and the box NME uses the landmarks'
   # box, as the evaluation CLI does.
   calls.clear()
   c.eval.completion_convention = '2d'
   c.eval.normalization = 'inter_ocular'
-  rep = evaluation.evaluate(None, c, recs, str(tmp_path / 'e2'), mean)
-  assert calls == {'complete': True}
-  np.testing.assert_allclose(rep['nme'], metrics.nme(gt + 1.0, gt, scheme=scheme).mean(),
+  info = {'dataset': 'test', 'name': None, 'split': 'test', 'normalization': 'inter_ocular'}
+  rep = runner.evaluate_records(None, c, recs, tmp_path / 'e2', info, mean_shape=mean,
+                                with_plots=False)
+  assert calls == {'predict': True, 'convention': '2d'}
+  np.testing.assert_allclose(rep['nme'], metrics.nme(expected, gt, scheme=scheme).mean(),
                              rtol=1e-5)
-  np.testing.assert_allclose(rep['nme_bbox'], metrics.nme(gt + 1.0, gt, 'bbox', scheme=scheme)
+  np.testing.assert_allclose(rep['nme_bbox'], metrics.nme(expected, gt, 'bbox', scheme=scheme)
                              .mean(), rtol=1e-5)
-  assert rep['primary_normalization'] == 'inter_ocular' and rep['dataset'] is None
+  assert rep['primary_normalization'] == 'inter_ocular' and rep['dataset'] == 'test'

@@ -2,7 +2,7 @@
 
 Faces per second of the whole pipeline behind ``python -m jaxalign.predict`` on given boxes:
 decode the photo, crop, CNN1 -> spatial transform -> CNN2 on the device, 3DMM completion
-(:func:`jaxalign.evaluation.runner.run_pipeline`), at batch 1 and batch 32 (by default), with
+(:func:`jaxalign.inference.run_pipeline`), at batch 1 and batch 32 (by default), with
 the CNN and completion shares. The face detector (OpenCV Haar cascades, once per photo) is timed
 separately. Compilation is excluded (one warm-up pass per batch size), said so in the output.
 
@@ -14,7 +14,6 @@ the speed. Photos: the shared real face (1280 x 1024) unless ``--image`` is give
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -23,46 +22,25 @@ import time
 
 import numpy as np
 
+from jaxalign import inference
+from jaxalign.training import config as config_lib
+
 DEFAULT_IMAGE = pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'faces' / \
     'image_0010.png'
 
 
 def _load_config(path: str | None):
-  from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
   if path is None:
     return config_lib.base_config()
-  spec = importlib.util.spec_from_file_location('bench_config', path)
-  if spec is None or not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: no such config file')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def _parse_value(text: str):
-  """A command-line value as int, float or bool where it reads as one, else the string."""
-  for cast in (int, float):
-    try:
-      return cast(text)
-    except ValueError:
-      pass
-  return {'true': True, 'false': False}.get(text.lower(), text)
+  return config_lib.load_config_file(path)
 
 
 def _model(args):
   if args.workdir:
-    from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
     model, config, _ = inference.load_run(args.workdir)
     return model, config, f'run {args.workdir}'
   from jaxalign.training import state as state_lib  # pylint: disable=g-import-not-at-top
-  config = _load_config(args.config)
-  for override in args.set or ():
-    key, _, value = override.partition('=')
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = _parse_value(value)
+  config = config_lib.apply_overrides(_load_config(args.config), args.set)
   model = state_lib.create_model(config, seed=0)
   model.eval()
   m = config.model
@@ -80,7 +58,7 @@ def main(argv=None) -> int:
                  help='config override, e.g. --set model.depth=18 (repeatable)')
   p.add_argument('--image', default=str(DEFAULT_IMAGE), help='photo to predict on')
   p.add_argument('--bbox', help='face box x0,y0,x1,y1 (default: the detector\'s first face)')
-  p.add_argument('--batch', type=int, nargs='+', default=[1, 32], help='batch sizes')
+  p.add_argument('--batch-size', type=int, nargs='+', default=[1, 32], help='batch sizes')
   p.add_argument('--faces', type=int, default=None,
                  help='faces timed per batch size (default: 2 batches, at least 4 faces)')
   p.add_argument('--completion', default='jax', choices=('jax', 'eos'))
@@ -88,7 +66,6 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   from jaxalign.data import records as records_lib  # pylint: disable=g-import-not-at-top
-  from jaxalign.evaluation import runner  # pylint: disable=g-import-not-at-top
   from jaxalign.prediction import detector, pipeline  # pylint: disable=g-import-not-at-top
   try:
     image = pipeline.read_image(args.image)
@@ -108,14 +85,14 @@ def main(argv=None) -> int:
     return 2
   nan = np.full((68 if config.model.scheme == 'ibug68' else 19, 2), np.nan, np.float32)
   rows = []
-  for batch in args.batch:
+  for batch in args.batch_size:
     calls = max(1, -(-(args.faces or max(4, 2 * batch)) // batch))
     records = [records_lib.FaceRecord(image=args.image, points=nan, box=box)] * batch
-    runner.run_pipeline(model, config, records, args.completion, batch)  # compile
+    inference.run_pipeline(model, config, records, args.completion, batch)  # compile
     cnn_s = completion_s = 0.0
     t = time.perf_counter()
     for _ in range(calls):   # one call per batch, as predict does per chunk of photos
-      res = runner.run_pipeline(model, config, records, args.completion, batch)
+      res = inference.run_pipeline(model, config, records, args.completion, batch)
       cnn_s += res['timings']['cnn_s']
       completion_s += res['timings']['completion_s']
     wall = time.perf_counter() - t

@@ -42,23 +42,46 @@ class CropSpec:
   """Host crop geometry.
 
   Attributes:
-    input_size: network input side in pixels.
+    input_size: network input side in pixels (CNN1's).
     box_margin: the network input covers the box's longer side times ``1 + box_margin``.
     crop_context: the host crop covers the network-input square times this factor.
+    host_scale: host-crop pixels per network-input pixel. Above 1 the host crop keeps more
+      resolution than CNN1's input, so that CNN2 (which zooms in on the stable points) samples
+      the face once, from the host crop, at its own resolution; CNN1 gets an antialiased
+      downscale.
   """
 
   input_size: int
   box_margin: float = 0.1
   crop_context: float = 1.3
+  host_scale: float = 1.0
 
   @property
   def crop_size(self) -> int:
-    return int(round(self.input_size * self.crop_context))
+    return int(round(self.input_size * self.crop_context * self.host_scale))
 
   @classmethod
   def from_config(cls, config) -> 'CropSpec':
     return cls(int(config.model.input_size), float(config.data.box_margin),
-               float(config.data.crop_context))
+               float(config.data.crop_context), host_scale(config))
+
+
+# CNN2 frames the stable points tighter than CNN1 frames the whole face: about this much more
+# resolution is needed on the host for CNN2 not to upsample (see docs/method.md).
+CNN2_ZOOM = 1.5
+
+
+def host_scale(config) -> float:
+  """``config.data.host_scale``, or when 0 (auto): 1 for the plain model, and for the
+  pose-aware model ``CNN2_ZOOM * cnn2_input_size / input_size`` (at least 1)."""
+  value = float(config.data.get('host_scale', 0.0) or 0.0)
+  if value > 0:
+    return value
+  if config.model.get('kind', 'plain') != 'pose_aware':
+    return 1.0
+  size = int(config.model.input_size)
+  size2 = int(config.model.get('cnn2_input_size') or size)
+  return max(1.0, CNN2_ZOOM * size2 / size)
 
 
 def input_square(box, box_margin: float) -> tuple[np.ndarray, float]:
@@ -92,8 +115,17 @@ def crop_box(spec: CropSpec) -> np.ndarray:
   return np.array([s / 2 - half, s / 2 - half, s / 2 + half, s / 2 + half], np.float32)
 
 
-def decode_image(path: str) -> np.ndarray:
-  """(H, W, 3) uint8 RGB of an image file; ``ValueError`` naming the file if unreadable."""
+def decode_image(path) -> np.ndarray:
+  """(H, W, 3) uint8 RGB of an image file; ``ValueError`` naming the file if unreadable.
+
+  An (H, W, 3) uint8 array (an image the caller already decoded, as ``predict`` does so that
+  each photo is decoded once) is returned as it is.
+  """
+  if isinstance(path, np.ndarray):
+    if path.ndim != 3 or path.shape[-1] != 3 or path.dtype != np.uint8:
+      raise ValueError(f'image array of shape {path.shape} and dtype {path.dtype}: expected '
+                       '(H, W, 3) uint8')
+    return path
   try:
     with Image.open(path) as im:
       im.load()
@@ -116,6 +148,7 @@ def load_example(record: FaceRecord, spec: CropSpec) -> dict[str, np.ndarray]:
       'points': points.astype(np.float32),
       'box': crop_box(spec),
       'crop_from_image': matrix.astype(np.float32),
+      'image_hw': np.array(image.shape[:2], np.int32),
   }
 
 
@@ -222,7 +255,8 @@ class EvalExamples:
       num_points = np.asarray(record.points).shape[0]
       example = {'image': np.zeros((s, s, 3), np.uint8),
                  'points': np.zeros((num_points, 2), np.float32), 'box': crop_box(self.spec),
-                 'crop_from_image': np.eye(2, 3, dtype=np.float32), 'valid': np.bool_(False)}
+                 'crop_from_image': np.eye(2, 3, dtype=np.float32),
+                 'image_hw': np.array([s, s], np.int32), 'valid': np.bool_(False)}
     example['index'] = np.int32(index)
     return example
 
@@ -302,33 +336,62 @@ def gaussian_blur(images, sigma) -> jax.Array:
   return jnp.einsum('bkw,biwc->bikc', band(w), out)
 
 
-def prepare_batch(batch, config, key=None):
+def eval_jitter(config) -> tuple[float, float, float]:
+  """``config.eval.box_jitter`` as (rotation_deg, translation, scale); zeros when unset."""
+  j = config.eval.get('box_jitter', None)
+  if not j:
+    return 0.0, 0.0, 0.0
+  return float(j.get('rotation_deg', 0.0)), float(j.get('shift', 0.0)), float(j.get('scale', 0.0))
+
+
+def jitter_keys(config, index) -> jax.Array:
+  """(B,) per-face keys of the evaluation box jitter: ``fold_in(PRNGKey(eval.box_jitter.seed),
+  record index)``, so a face's jitter depends only on its index in the test set."""
+  j = config.eval.get('box_jitter', None)
+  seed = int(j.get('seed', 0)) if j else 0
+  root = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.maximum(jnp.asarray(index), 0))
+
+
+def prepare_views(batch, config, key=None, eval_index=None) -> dict:
   """Device half of the pipeline: crop -> network input (+ augmentation when ``key`` is given).
 
   Args:
-    batch: dict with ``image`` (B, S, S, 3) uint8, ``points`` (B, L, 2) crop pixels, ``box``
-      (B, 4) crop pixels.
-    config: the training config (``model.input_size``, ``augment.*``).
+    batch: dict with ``image`` (B, S, S, 3) uint8 host crops, ``points`` (B, L, 2) crop pixels,
+      ``box`` (B, 4) crop pixels.
+    config: the training config (``model.input_size``, ``augment.*``, ``eval.box_jitter``).
     key: None for evaluation; otherwise a PRNG key for this step (per-example keys are folded
       from it).
+    eval_index: (B,) record indices for evaluation: the deterministic per-face box jitter of
+      ``config.eval.box_jitter`` (none when its magnitudes are zero).
 
   Returns:
-    (images (B, n, n, 3) float32 in 0..255 (the models normalise), points (B, L, 2) input pixels, matrices (B, 2, 3)
-    crop -> input).
+    dict with ``images`` (B, n, n, 3) float32 0..255 (CNN1's input; the models normalise),
+    ``points`` (B, L, 2) input pixels, ``matrices`` (B, 2, 3) crop -> input, and ``source``
+    (B, S, S, 3) float32: the host crop itself (blurred like ``images`` when the augmentation
+    blurs), which CNN2 samples through ``matrices`` composed with its own transform.
   """
   size = int(config.model.input_size)
   aug = config.augment
   b = batch['image'].shape[0]
-  if key is None or not aug.enabled:
-    matrices = input_matrices(batch['box'], size)
-  else:
+  keys = None
+  if key is not None and aug.enabled:
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(b))
     geometry_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     matrices = input_matrices(batch['box'], size, geometry_keys, aug.rotation_deg,
                               aug.translation, aug.scale)
-  images = transforms.warp_images(jnp.asarray(batch['image'], jnp.float32), matrices, (size, size))
-  points = transforms.warp_points(jnp.asarray(batch['points'], jnp.float32), matrices)
-  if key is not None and aug.enabled and aug.blur_prob > 0:
+  elif key is None and eval_index is not None and any(eval_jitter(config)):
+    rotation, shift, scale = eval_jitter(config)
+    matrices = input_matrices(batch['box'], size, jitter_keys(config, eval_index), rotation,
+                              shift, scale)
+  else:
+    matrices = input_matrices(batch['box'], size)
+  source = jnp.asarray(batch['image'], jnp.float32)
+  # Input pixels per crop pixel (< 1 when the host crop has more resolution than the input).
+  density = jnp.sqrt(jnp.abs(jnp.linalg.det(matrices[:, :, :2])))
+  sigma_aa = 0.5 * jnp.sqrt(jnp.maximum(1.0 / density ** 2 - 1.0, 0.0))   # crop pixels
+  blur_sigma = jnp.zeros((b,), jnp.float32)    # extra blur, input pixels
+  if keys is not None and aug.blur_prob > 0:
     lo, hi = aug.blur_sigma
     scale = size / 224.0
 
@@ -336,9 +399,48 @@ def prepare_batch(batch, config, key=None):
       k1, k2 = jax.random.split(jax.random.fold_in(k, 1))
       on = jax.random.uniform(k1) < aug.blur_prob
       s = jax.random.uniform(k2, minval=lo, maxval=hi) * scale
-      return on, s
+      return jnp.where(on, s, 0.0)
 
-    on, sigma = jax.vmap(blur_params)(keys)
-    blurred = gaussian_blur(images, sigma)
-    images = jnp.where(on[:, None, None, None], blurred, images)
-  return images, points, matrices
+    blur_sigma = jax.vmap(blur_params)(keys)
+  # One blur of the host crop serves both views: the augmentation blur (in crop pixels) and,
+  # for CNN1's downscale only, the antialiasing prefilter.
+  aug_sigma = blur_sigma / density
+  if keys is not None and aug.blur_prob > 0:
+    blurred = gaussian_blur(source, aug_sigma)
+    source = jnp.where((aug_sigma > 0)[:, None, None, None], blurred, source)
+  if float(host_scale(config)) > 1.0:
+    low = gaussian_blur(source, sigma_aa)
+    low = jnp.where((sigma_aa > 0.05)[:, None, None, None], low, source)
+  else:
+    low = source
+  images = transforms.warp_images(low, matrices, (size, size))
+  points = transforms.warp_points(jnp.asarray(batch['points'], jnp.float32), matrices)
+  return {'images': images, 'points': points, 'matrices': matrices, 'source': source}
+
+
+def prepare_batch(batch, config, key=None):
+  """:func:`prepare_views` as ``(images, points, matrices)`` (CNN1's view only)."""
+  views = prepare_views(batch, config, key)
+  return views['images'], views['points'], views['matrices']
+
+
+# ----------------------------------------------------------------------------- input frames
+
+def input_from_image_matrices(records, spec: CropSpec) -> np.ndarray:
+  """(N, 2, 3) maps from each record's image pixels to its network input (no augmentation)."""
+  host = np.stack([host_crop_matrix(r.box, spec) for r in records]).astype(np.float32)
+  crop = transforms.crop_matrix(jnp.asarray(crop_box(spec)), spec.input_size)
+  return np.asarray(transforms.compose(host, crop[None]), np.float32)
+
+
+def points_in_input(records, spec: CropSpec) -> np.ndarray:
+  """(N, L, 2) the records' landmarks in network-input pixels."""
+  pts = np.stack([np.asarray(r.points, np.float32) for r in records])
+  return np.asarray(transforms.warp_points(pts, input_from_image_matrices(records, spec)))
+
+
+def shape_in_boxes(shape, records, spec: CropSpec) -> np.ndarray:
+  """(N, L, 2) an (L, 2) input-pixel shape (e.g. the training mean shape) placed in each
+  record's box, in image pixels: the trivial baseline's prediction."""
+  inv = transforms.invert(input_from_image_matrices(records, spec))
+  return np.asarray(transforms.warp_points(jnp.asarray(shape)[None], inv))

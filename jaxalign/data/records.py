@@ -89,19 +89,6 @@ def check_image(path: str | os.PathLike, decode: bool = False) -> str | None:
   return None
 
 
-def verify_images(records: list[FaceRecord], decode: bool = False
-                  ) -> tuple[list[FaceRecord], list[InvalidFile]]:
-  """Splits ``records`` into those whose image opens and the rest (listed with the reason)."""
-  ok, bad = [], []
-  for r in records:
-    reason = check_image(r.image, decode=decode)
-    if reason is None:
-      ok.append(r)
-    else:
-      bad.append(InvalidFile(r.image, reason))
-  return ok, bad
-
-
 def _read_jsonl(path: pathlib.Path, invalid: list[InvalidFile]) -> dict[str, dict]:
   entries = {}
   with open(path, encoding='utf-8') as f:

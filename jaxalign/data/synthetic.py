@@ -2,7 +2,7 @@
 
 A face is a random shape (63 PCA coefficients) and expression (6 blendshapes) of the Surrey Face
 Model, posed with eos's scaled orthographic camera (yaw, pitch, roll in degrees with eos's sign:
-yaw > 0 is a right-looking face, see ``DESIGN.md``), z-buffer rasterised
+yaw > 0 is a right-looking face, see ``docs/method.md``), z-buffer rasterised
 (:mod:`~jaxalign.data.synthetic_raster`), painted with a procedural albedo in the model's texture
 coordinates (:mod:`~jaxalign.data.synthetic_albedo`), lit by one random Lambertian light with a
 weak specular term, composited over a random background with optional COFW-like occluders, then

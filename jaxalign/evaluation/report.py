@@ -88,16 +88,27 @@ def yaw_bins(nme, yaw, edges: Sequence[float] = YAW_BINS, absolute: bool = False
           for r in rows]
 
 
-def per_image_errors(pred, gt, boxes, scheme=schemes_lib.IBUG68) -> dict[str, np.ndarray]:
-  """(N,) NME per image under each normaliser and over the SL / UL groups (fractions)."""
+def per_image_errors(pred, gt, boxes, scheme=schemes_lib.IBUG68, left_looking=None
+                     ) -> dict[str, np.ndarray]:
+  """(N,) NME per image under each normaliser and over the SL / UL groups (fractions).
+
+  The SL group of a face is the stable set of its true looking direction
+  (:func:`jaxalign.metrics.stable_mask_by_direction`: the mirror set for a left-looking face,
+  ``left_looking`` (N,) bool); without ``left_looking`` the fixed ``scheme.stable`` set.
+  """
   scheme = schemes_lib.get_scheme(scheme)
+  if left_looking is None:
+    sl = np.asarray(scheme.stable_mask(), bool)[None]
+  else:
+    sl = metrics.stable_mask_by_direction(left_looking, scheme)
   out = {
       'nme_inter_ocular': metrics.nme(pred, gt, 'inter_ocular', scheme=scheme),
       'nme_inter_pupil': metrics.nme(pred, gt, 'inter_pupil', scheme=scheme),
       'nme_bbox': metrics.nme(pred, gt, 'bbox', scheme=scheme, boxes=boxes),
-      'nme_stable': metrics.nme(pred, gt, 'inter_ocular', scheme=scheme, indices=scheme.stable),
+      'nme_stable': metrics.nme(pred, gt, 'inter_ocular', scheme=scheme,
+                                indices=np.broadcast_to(sl, np.shape(gt)[:2])),
       'nme_unstable': metrics.nme(pred, gt, 'inter_ocular', scheme=scheme,
-                                  indices=scheme.unstable),
+                                  indices=np.broadcast_to(~sl, np.shape(gt)[:2])),
   }
   return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
@@ -149,6 +160,46 @@ def compute_report(pred, gt, boxes, *, scheme=schemes_lib.IBUG68, yaw=None,
   report['nme_by_abs_yaw'] = yaw_bins(io_nme, yaw, ABS_YAW_BINS, absolute=True)
   report['yaw_source'] = yaw_source
   return report
+
+
+def stage2_metrics(cnn, cnn1, gt, boxes, left_looking, flipped, yaw,
+                   scheme=schemes_lib.IBUG68) -> dict[str, Any]:
+  """Whether the cascade refines: CNN2's stable points against CNN1's on the same points.
+
+  Args:
+    cnn: (N, L, 2) the CNN pair's points (CNN2's where it predicts, CNN1's elsewhere).
+    cnn1: (N, L, 2) CNN1's points.
+    gt, boxes: ground truth and normalising boxes.
+    left_looking: (N,) bool, the true looking direction (picks each face's SL set).
+    flipped: (N,) bool, whether the model mirrored the face.
+    yaw: (N,) true yaw in degrees (NaN unknown), for ``flip_accuracy_by_yaw``.
+
+  Returns:
+    ``cnn1_nme_stable`` (inter-ocular), ``cnn1_nme_stable_bbox`` and ``cnn_nme_stable_bbox``
+    (box-normalised means), ``stage2_gain`` (1 - CNN2 / CNN1 mean box-normalised SL error),
+    ``stage2_win_rate`` (fraction of faces where CNN2's SL error is below CNN1's) and
+    ``flip_accuracy_by_yaw`` (per |yaw| bin: faces, fraction mirrored as their true direction).
+  """
+  scheme = schemes_lib.get_scheme(scheme)
+  sl = metrics.stable_mask_by_direction(left_looking, scheme)
+  e2 = metrics.nme(cnn, gt, 'bbox', scheme=scheme, boxes=boxes, indices=sl)
+  e1 = metrics.nme(cnn1, gt, 'bbox', scheme=scheme, boxes=boxes, indices=sl)
+  io1 = metrics.nme(cnn1, gt, 'inter_ocular', scheme=scheme, indices=sl)
+  ok = np.isfinite(e1) & np.isfinite(e2)
+  m1, m2 = _mean(e1[ok]), _mean(e2[ok])
+  correct = (np.asarray(flipped, bool) == np.asarray(left_looking, bool)).astype(np.float64)
+  yaw = np.asarray(yaw, np.float64)
+  by_yaw = [{'yaw_min': b['yaw_min'], 'yaw_max': b['yaw_max'], 'count': b['count'],
+             'accuracy': b['nme']} for b in yaw_bins(correct, yaw, ABS_YAW_BINS, absolute=True)]
+  return {
+      'cnn1_nme_stable': _mean(io1),
+      'cnn1_nme_stable_bbox': m1,
+      'cnn_nme_stable_bbox': m2,
+      'stage2_gain': None if not m1 or m2 is None else 1.0 - m2 / m1,
+      'stage2_win_rate': float(np.mean(e2[ok] < e1[ok])) if ok.any() else None,
+      'flip_accuracy': _mean(correct),
+      'flip_accuracy_by_yaw': by_yaw,
+  }
 
 
 def ced_curve(errors, max_error: float = CED_MAX_ERROR, num: int = 201):

@@ -1,11 +1,8 @@
 """``evaluate(workdir, ...)``: the latest checkpoint of a run, the full pipeline, one data set.
 
-Pipeline per face: crop around the data set's box as in training -> CNN1 -> spatial transform
-(flip of left-looking faces) -> CNN2 -> stable points in image pixels
-(:func:`jaxalign.training.inference.predict_records`) -> 3DMM completion of the unstable points
-(:func:`jaxalign.morphable.completion.complete`, told which faces CNN1 flipped so that it keeps
-the points CNN2 predicted). The plain baseline has no completion stage; its faces are still
-fitted once to give a yaw where the annotations have none.
+The pipeline is :func:`jaxalign.inference.run_pipeline` (CNN pair, then the completion of the
+unstable points); :func:`evaluate_records` is the one evaluator, shared by the end-of-run
+evaluation (:func:`evaluate_splits`) and ``python -m jaxalign.evaluate`` (:func:`evaluate`).
 
 Output folder (default ``WORKDIR/eval/<data set tag>/``): ``report.json``, ``report.md``,
 ``predictions.npz``, ``ced.png``, ``nme_by_pose.png``, ``best_worst.png``.
@@ -20,14 +17,21 @@ import re
 import time
 from typing import Any
 
+import json
+
 import numpy as np
 
-from jaxalign import schemes as schemes_lib
+from jaxalign import inference
+from jaxalign import metrics
+from jaxalign.data import pipeline
 from jaxalign.data import records as records_lib
 from jaxalign.evaluation import plots
 from jaxalign.evaluation import report as report_lib
+from jaxalign.training import checkpointing
+from jaxalign.training import config as config_lib
+from jaxalign.training import data_setup
 
-BACKENDS = ('jax', 'eos', 'gaussian')   # 'gaussian': jaxalign.morphable.statistical
+BACKENDS = inference.BACKENDS
 # Split evaluated when ``--dataset NAME`` names no split.
 DEFAULT_SPLITS = {'300w': 'full', 'cofw68': 'test', 'aflw': 'test', 'aflw2k3d': 'test',
                   'folder': 'all', 'the300w_lp': 'train'}
@@ -67,16 +71,20 @@ def resolve_dataset(config, dataset: str | None = None, data_dir: str | None = N
   from jaxalign.data import sources  # pylint: disable=g-import-not-at-top
   test_source = config.data.get('test_source', '') or config.data.get('source', '')
   if dataset is None and test_source and config.data.get('test_splits'):
-    # A run trained on a registered data set: its first configured test split.
-    dataset = f'{test_source}:{config.data.test_splits[0]}'
+    # A run trained on a registered data set: its first configured test split, described as
+    # the end-of-run evaluation describes it (same folder, same numbers).
+    split = config.data.test_splits[0]
     data_dir = data_dir or config.data.get('test_root', '') or config.data.get('root', '')
+    if not data_dir:
+      raise ValueError(f'the run\'s test set {test_source} has no folder: pass --data-dir')
+    records, invalid = sources.get_source(test_source, data_dir, split)
+    return records, invalid, _split_info(config, split)
   if dataset is None:
     root = default_test_dir(config, workdir)
     split = str(config.data.get('test_split', 'test') or 'test')
     records, invalid = records_lib.scan_folder(root, scheme=config.model.scheme)
-    return records, invalid, {'dataset': f'{split} ({root})', 'name': None, 'split': split,
-                              'tag': _tag(split), 'root': str(root),
-                              'normalization': 'inter_ocular'}
+    info = dict(_split_info(config, split), root=str(root))
+    return records, invalid, info
   if os.path.isdir(dataset) and data_dir is None:
     records, invalid = records_lib.scan_folder(dataset, scheme=config.model.scheme)
     return records, invalid, {'dataset': dataset, 'name': 'folder', 'split': 'all',
@@ -86,7 +94,7 @@ def resolve_dataset(config, dataset: str | None = None, data_dir: str | None = N
   info = sources.source_info(name)
   split = split or DEFAULT_SPLITS.get(name) or info.splits[-1]
   if not data_dir:
-    raise ValueError(f'--dataset {dataset}: give the data set\'s folder with --data_dir (see '
+    raise ValueError(f'--dataset {dataset}: give the data set\'s folder with --data-dir (see '
                      'docs/datasets.md), or pass a folder of images + .pts as --dataset')
   options = {'scheme': config.model.scheme} if name == 'folder' else {}
   records, invalid = sources.get_source(name, data_dir, split, **options)
@@ -112,7 +120,6 @@ def default_test_dir(config, workdir: str | None = None) -> pathlib.Path:
       return c
   synthetic = config.data.get('synthetic')
   if synthetic is not None and synthetic.get('enabled') and synthetic.get('num_test', 0) > 0:
-    from jaxalign.training import data_setup  # pylint: disable=g-import-not-at-top
     _, rendered = data_setup.ensure_synthetic(config)
     if rendered and os.path.isdir(rendered):
       return pathlib.Path(rendered)
@@ -134,82 +141,211 @@ def _yaws(records, fitted_yaw) -> tuple[np.ndarray, np.ndarray, str]:
   return yaw, annotated, source
 
 
-def run_backend(config, completion: str | None = None) -> str:
-  """The completion backend of a run: ``completion``, or the run's
-  ``config.eval.completion_backend`` when None (default 'jax')."""
-  backend = completion or config.eval.get('completion_backend', 'jax') or 'jax'
-  if backend not in BACKENDS:
-    raise ValueError(f'unknown completion backend {backend!r}; expected one of {BACKENDS}')
-  return backend
+def _json_safe(obj):
+  if isinstance(obj, dict):
+    return {k: _json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_json_safe(v) for v in obj]
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if np.isfinite(obj) else None
+  if isinstance(obj, np.integer):
+    return int(obj)
+  return obj
 
 
-def run_pipeline(model, config, records, completion: str | None = 'jax',
-                 batch_size: int | None = None) -> dict[str, Any]:
-  """The full pipeline on records: CNN pair, then the 3DMM completion with its fit.
+def _finite_mean(x) -> float | None:
+  x = np.asarray(x, np.float64)
+  x = x[np.isfinite(x)]
+  return float(x.mean()) if x.size else None
+
+
+def _true_direction(records, gt, scheme, annotated) -> tuple[np.ndarray, np.ndarray]:
+  """(left-looking (N,) bool, yaw (N,) degrees) of the faces as annotated: the annotated yaw
+  where there is one, else the rigid-fit yaw of the ground-truth points (iBUG-68 only; other
+  schemes: NaN, not left-looking)."""
+  from jaxalign.morphable import pose as pose_lib  # pylint: disable=g-import-not-at-top
+  yaw = np.array([np.nan if r.yaw is None else float(r.yaw) for r in records], np.float64)
+  missing = ~np.asarray(annotated, bool)
+  if missing.any() and scheme.name == 'ibug68':
+    yaw[missing] = np.asarray(pose_lib.estimate_pose(gt[missing], scheme)[..., 0], np.float64)
+  return pose_lib.is_left_looking(yaw), yaw
+
+
+def read_mean_shape(workdir) -> np.ndarray | None:
+  """The training mean shape (L, 2) in network-input pixels that the trainer saved in
+  ``WORKDIR/data_stats.json``, or None (an older run, or not a run)."""
+  path = pathlib.Path(workdir) / 'data_stats.json'
+  try:
+    with open(path, encoding='utf-8') as f:
+      mean = json.load(f).get('mean_shape')
+  except (OSError, ValueError):
+    return None
+  return None if mean is None else np.asarray(mean, np.float32)
+
+
+def evaluate_records(model, config, records, out_dir, info: dict, *, step: int | None = None,
+                     workdir: str | None = None, mean_shape=None, completion: str | None = None,
+                     batch_size: int | None = None, num_invalid: int = 0, grid_size: int = 5,
+                     with_plots: bool = True) -> dict[str, Any]:
+  """The one evaluator: the full pipeline (:func:`jaxalign.inference.run_pipeline`) on
+  ``records`` against their ground truth; writes ``report.json``, ``report.md``,
+  ``predictions.npz`` and the plots into ``out_dir``.
+
+  The end-of-run evaluation and ``python -m jaxalign.evaluate`` both call this, so they give
+  the same numbers. Besides :func:`jaxalign.evaluation.report.compute_report`'s metrics the
+  report has ``nme`` (under ``primary_normalization``), ``cnn_nme_<norm>`` (the CNNs alone:
+  CNN2's stable points, CNN1's others) and ``mean_shape_nme_<norm>`` (the training mean shape
+  placed in each box; when ``mean_shape`` is given), for the inter-ocular and the primary
+  normaliser.
+
+  Args:
+    info: :func:`resolve_dataset`'s description (``dataset``, ``name``, ``split``,
+      ``normalization``).
+    num_invalid: files of the data set that could not be read (recorded).
+
+  Raises:
+    ValueError: no image could be decoded.
+  """
+  t_start = time.perf_counter()
+  scheme = config_lib.model_scheme(config)
+  res = inference.run_pipeline(model, config, records, completion, batch_size)
+  valid = np.asarray(res['valid'], bool)
+  kept = [r for r, v in zip(records, valid) if v]
+  for r, v in zip(records, valid):
+    if not v:
+      logging.warning('skipped %s: the image could not be decoded', r.image)
+  if not kept:
+    raise ValueError(f'no image of {info["dataset"]} could be decoded')
+  pred = res['points'][valid]
+  gt = np.stack([np.asarray(r.points, np.float32) for r in kept])
+  input_boxes = np.asarray(res['boxes'], np.float32)[valid]
+  primary = info.get('normalization') or 'inter_ocular'
+  # The box normaliser: the data set's face box where its protocol normalises by it (AFLW),
+  # else the ground-truth landmarks' tight box. Saved as ``boxes`` so the npz reproduces it.
+  if primary == 'bbox':
+    norm_boxes = np.stack([np.asarray(r.box, np.float32) for r in kept])
+  else:
+    norm_boxes = np.stack([records_lib.landmark_box(r.points) for r in kept])
+  yaw, annotated, yaw_source = _yaws(kept, res['yaw'][valid])
+  true_left, true_yaw = _true_direction(kept, gt, scheme, annotated)
+  errors = report_lib.per_image_errors(pred, gt, norm_boxes, scheme, left_looking=true_left)
+  rep = report_lib.compute_report(pred, gt, norm_boxes, scheme=scheme, yaw=yaw,
+                                  yaw_source=yaw_source, errors=errors)
+  cnn = res['cnn_points'][valid]
+  cnn1 = np.asarray(res['rough'], np.float32)[valid]
+  flipped = np.asarray(res['flipped'], bool)[valid]
+  if config.model.kind == 'pose_aware':
+    rep.update(report_lib.stage2_metrics(cnn, cnn1, gt, norm_boxes, true_left, flipped,
+                                         true_yaw, scheme))
+    rep['cnn2_outside_fraction'] = _finite_mean(res['cnn2_outside'][valid])
+  baseline = None
+  if mean_shape is not None:
+    baseline = pipeline.shape_in_boxes(mean_shape, kept, pipeline.CropSpec.from_config(config))
+  for norm in dict.fromkeys(('inter_ocular', primary)):
+    rep[f'cnn_nme_{norm}'] = float(np.nanmean(metrics.nme(cnn, gt, norm, scheme=scheme,
+                                                          boxes=norm_boxes)))
+    if baseline is not None:
+      rep[f'mean_shape_nme_{norm}'] = float(np.nanmean(metrics.nme(
+          baseline, gt, norm, scheme=scheme, boxes=norm_boxes)))
+  t_metrics = time.perf_counter()
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  report_lib.save_predictions(
+      out_dir / 'predictions.npz', pred, gt, norm_boxes, input_boxes=input_boxes, yaw=yaw,
+      yaw_annotated=annotated, flipped=flipped, true_left=true_left, true_yaw=true_yaw,
+      cnn=cnn, cnn1=cnn1,
+      images=np.array([str(r.image) for r in kept]), **errors)
+  name = pathlib.Path(workdir).name if workdir else 'run'
+  if with_plots:
+    primary_errors = errors[f'nme_{primary}']
+    label = {'inter_ocular': 'inter-ocular', 'bbox': 'box', 'inter_pupil': 'inter-pupil'}[primary]
+    x, y = report_lib.ced_curve(primary_errors)
+    plots.plot_ced({f'{name} (NME {100 * np.nanmean(primary_errors):.2f}%)': (x, y)},
+                   out_dir / 'ced.png', xlabel=f'NME ({label})', title=f'CED: {info["dataset"]}')
+    plots.plot_nme_by_pose({name: rep['nme_by_yaw']}, out_dir / 'nme_by_pose.png',
+                           title=f'NME by yaw: {info["dataset"]}')
+
+    def load_image(i):
+      try:
+        return pipeline.decode_image(kept[i].image)
+      except ValueError:
+        return None
+
+    plots.plot_best_worst(load_image, pred, gt, norm_boxes, errors['nme_inter_ocular'],
+                          out_dir / 'best_worst.png', k=grid_size, scheme=scheme,
+                          names=[str(r.image) for r in kept])
+  t_end = time.perf_counter()
+  backend = res['backend']
+  rep.update({
+      'workdir': None if workdir is None else str(workdir),
+      'dataset': info['dataset'], 'split': info.get('split'),
+      'checkpoint_step': None if step is None else int(step),
+      'model_kind': config.model.kind,
+      'primary_normalization': primary,
+      'nme': rep[f'nme_{primary}'],
+      'completion': backend is not None,
+      'completion_backend': backend,
+      'completion_convention': (str(config.eval.get('completion_convention', '2d') or '2d')
+                                if backend in ('jax', 'eos') else None),
+      'completion_error': res['completion_error'],
+      'num_completion_fallbacks': int(res['num_fallbacks']),
+      'num_skipped': int(num_invalid) + int((~valid).sum()),
+      'num_invalid_files': int(num_invalid),
+      'box_jitter': config.eval.get('box_jitter', {}).to_dict()
+      if config.eval.get('box_jitter', None) else None,
+      'timings': {'cnn_s': res['timings']['cnn_s'],
+                  'completion_s': res['timings']['completion_s'],
+                  'faces_per_s': res['timings']['faces_per_s'],
+                  'metrics_s': t_metrics - t_start - res['timings']['pipeline_s'],
+                  'plots_s': t_end - t_metrics, 'total_s': t_end - t_start},
+  })
+  rep = _json_safe(rep)
+  # The paper reports AFLW-Full only (not the AFLW-Frontal subset).
+  paper = None if info.get('split') == 'frontal' else report_lib.paper_reference(
+      info.get('name'), info.get('split'))
+  report_lib.write_report(out_dir, rep, paper)
+  logging.info('eval %s: %d images, NME (%s) %.4f, CNN only %.4f -> %s', info['dataset'],
+               rep['num_images'], primary, rep['nme'] if rep['nme'] is not None else np.nan,
+               rep[f'cnn_nme_{primary}'] or np.nan, out_dir)
+  rep['out_dir'] = str(out_dir)
+  if paper:
+    rep['paper'] = paper
+  return rep
+
+
+def evaluate_splits(model, config, test_sets: dict, workdir: str, mean_shape=None,
+                    step: int | None = None) -> dict:
+  """The end-of-run evaluation: every held-out split into ``workdir/eval/<split>/``.
+
+  Args:
+    test_sets: ``{split: (records, num_invalid)}`` from
+      :func:`jaxalign.training.data_setup.test_sets`.
 
   Returns:
-    dict with ``points`` (N, L, 2) final image-pixel landmarks, ``rough``, ``stable``,
-    ``flipped``, ``boxes``, ``valid`` (from inference), ``yaw``/``pitch``/``roll`` (N,) of the
-    fit (NaN where not fitted), ``shape_coeffs``/``expression_coeffs`` (N, K) / (N, E) or None,
-    ``num_fallbacks`` (faces whose completion failed, their ULs from CNN1) and ``timings``.
+    ``{split: report}``.
   """
-  from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
-  completion = run_backend(config, completion)
-  scheme = config_lib.model_scheme(config)
-  n = len(records)
-  batch_size = int(batch_size or config.eval.get('batch_size', 32))
-  t0 = time.perf_counter()
-  out = inference.predict_records(model, config, records, batch_size=batch_size, complete=False)
-  t1 = time.perf_counter()
-  valid = np.asarray(out['valid'], bool)
-  plain = config.model.kind == 'plain'
-  # The plain model's 68 points are fitted too (only for their yaw); the pose-aware model's
-  # CNN2 points are completed.
-  fit_input = out['rough'] if plain else out['stable']
-  # The 3DMM reads iBUG-68 points; other schemes (AFLW-19) keep CNN1's unstable points.
-  can_fit = scheme.name == 'ibug68'
-  yaw = np.full(n, np.nan)
-  pitch, roll = yaw.copy(), yaw.copy()
-  shape_coeffs = expression_coeffs = None
-  points = np.asarray(out['points'], np.float32).copy()
-  num_fallbacks = 0
-  sel = np.flatnonzero(valid)
-  if not plain and not can_fit:
-    points = np.where(np.isnan(out['stable']), out['rough'], out['stable']).astype(np.float32)
-  if len(sel) and can_fit:
-    # The plain model is fitted for its yaw only: a 3DMM gives one, the 2D model does not.
-    backend = 'jax' if plain and completion == 'gaussian' else completion
-    result = inference.complete_points(
-        np.asarray(fit_input, np.float32)[sel], scheme, backend,
-        train_dir=config.data.get('train_dir') or None,
-        flip=None if plain else np.asarray(out['flipped'], bool)[sel])
-    for name, arr in (('yaw', yaw), ('pitch', pitch), ('roll', roll)):
-      arr[sel] = np.asarray(getattr(result, name), np.float64)
-    k = np.asarray(result.shape_coeffs)
-    e = np.asarray(result.expression_coeffs)
-    shape_coeffs = np.full((n, k.shape[-1]), np.nan, np.float32)
-    expression_coeffs = np.full((n, e.shape[-1]), np.nan, np.float32)
-    shape_coeffs[sel], expression_coeffs[sel] = k, e
-    if not plain:
-      completed = np.asarray(result.points, np.float32)
-      stable = np.asarray(out['stable'], np.float32)[sel]
-      rough = np.asarray(out['rough'], np.float32)[sel]
-      # Kept points are CNN2's; the others come from the fit, or from CNN1 where it failed.
-      filled = np.where(np.isnan(stable), completed, stable)
-      failed = ~np.asarray(result.ok, bool)[:, None] & np.isnan(stable).any(-1)
-      bad = ~np.isfinite(filled).all(-1) | failed
-      num_fallbacks = int(bad.any(-1).sum())
-      if num_fallbacks:
-        logging.warning('3DMM completion failed on %d faces; their unstable points are CNN1\'s',
-                        num_fallbacks)
-      points[sel] = np.where(bad[..., None], rough, filled)
-  t2 = time.perf_counter()
-  return dict(out, points=points, yaw=yaw, pitch=pitch, roll=roll, shape_coeffs=shape_coeffs,
-              expression_coeffs=expression_coeffs, num_fallbacks=num_fallbacks,
-              backend=completion if can_fit and not plain else None,
-              timings={'cnn_s': t1 - t0, 'completion_s': t2 - t1, 'pipeline_s': t2 - t0,
-                       'faces_per_s': n / (t2 - t0) if t2 > t0 and n else None})
+  reports = {}
+  for split, (records, num_invalid) in test_sets.items():
+    info = _split_info(config, split)
+    reports[split] = evaluate_records(
+        model, config, records, pathlib.Path(workdir) / 'eval' / info['tag'], info, step=step,
+        workdir=workdir, mean_shape=mean_shape, num_invalid=num_invalid)
+  return reports
+
+
+def _split_info(config, split: str) -> dict:
+  """The description of one of the run's own held-out splits."""
+  test_source = config.data.get('test_source', '') or config.data.get('source', '')
+  if test_source and config.data.get('test_splits'):
+    from jaxalign.data import sources  # pylint: disable=g-import-not-at-top
+    return {'dataset': f'{test_source}:{split}', 'name': test_source, 'split': split,
+            'tag': _tag(split), 'root': str(config.data.get('test_root', '') or
+                                            config.data.get('root', '')),
+            'normalization': sources.source_info(test_source).normalization}
+  return {'dataset': f'{split} ({config.data.get("test_dir", "")})', 'name': None,
+          'split': split, 'tag': _tag(split), 'root': str(config.data.get('test_dir', '')),
+          'normalization': str(config.eval.get('normalization', 'inter_ocular') or
+                               'inter_ocular')}
 
 
 def evaluate(workdir: str | os.PathLike, dataset: str | None = None,
@@ -221,8 +357,8 @@ def evaluate(workdir: str | os.PathLike, dataset: str | None = None,
   Args:
     workdir: the training run.
     dataset: None (the run's held-out split), a folder, or ``NAME[:SPLIT]`` (with ``data_dir``).
-    completion: completion backend, 'jax', 'eos' (3DMM) or 'gaussian' (2D statistical);
-      None: the run's ``config.eval.completion_backend``.
+    completion: completion backend, 'jax', 'eos' (3DMM), 'gaussian' (2D statistical) or
+      'none'; None: the run's (:func:`jaxalign.inference.resolve_backend`).
     out: output folder (default ``WORKDIR/eval/<tag>``).
     data_dir: root of a named data set.
     batch_size: images per forward pass (default ``config.eval.batch_size``).
@@ -235,90 +371,23 @@ def evaluate(workdir: str | os.PathLike, dataset: str | None = None,
     FileNotFoundError: no run, checkpoint or data set; ValueError: bad arguments or no usable
     image.
   """
-  from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
   workdir = str(workdir)
-  if completion is not None and completion not in BACKENDS:
-    raise ValueError(f'unknown completion backend {completion!r}; expected one of {BACKENDS}')
   # The data set first (cheap, and its errors come before the model is restored).
   config = inference.load_config(workdir)
+  inference.resolve_backend(config, completion)
   records, invalid, info = resolve_dataset(config, dataset, data_dir, workdir)
   model, config, step = inference.load_run(workdir)
-  from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
-  scheme = config_lib.model_scheme(config)
-  completion = run_backend(config, completion)
   for bad in invalid:
     logging.warning('skipped %s: %s', bad.path, bad.reason)
   if not records:
     raise ValueError(f'no usable face in {info["dataset"]} ({len(invalid)} invalid files)')
   out_dir = pathlib.Path(out) if out is not None else pathlib.Path(workdir) / 'eval' / info['tag']
   t_load = time.perf_counter()
-  res = run_pipeline(model, config, records, completion, batch_size)
-  valid = np.asarray(res['valid'], bool)
-  kept = [r for r, v in zip(records, valid) if v]
-  for r, v in zip(records, valid):
-    if not v:
-      logging.warning('skipped %s: the image could not be decoded', r.image)
-  if not kept:
-    raise ValueError(f'no image of {info["dataset"]} could be decoded')
-  pred = res['points'][valid]
-  gt = np.stack([np.asarray(r.points, np.float32) for r in kept])
-  input_boxes = np.asarray(res['boxes'], np.float32)[valid]
-  # The box normaliser: the data set's face box where its protocol normalises by it (AFLW),
-  # else the ground-truth landmarks' tight box. Saved as ``boxes`` so the npz reproduces it.
-  if info['normalization'] == 'bbox':
-    norm_boxes = np.stack([np.asarray(r.box, np.float32) for r in kept])
-  else:
-    norm_boxes = np.stack([records_lib.landmark_box(r.points) for r in kept])
-  yaw, annotated, yaw_source = _yaws(kept, res['yaw'][valid])
-  errors = report_lib.per_image_errors(pred, gt, norm_boxes, scheme)
-  rep = report_lib.compute_report(pred, gt, norm_boxes, scheme=scheme, yaw=yaw,
-                                   yaw_source=yaw_source, errors=errors)
-  t_metrics = time.perf_counter()
-  out_dir.mkdir(parents=True, exist_ok=True)
-  report_lib.save_predictions(
-      out_dir / 'predictions.npz', pred, gt, norm_boxes, input_boxes=input_boxes, yaw=yaw,
-      yaw_annotated=annotated, flipped=np.asarray(res['flipped'], bool)[valid],
-      images=np.array([r.image for r in kept]), **errors)
-  primary = info['normalization']
-  primary_errors = errors[f'nme_{primary}']
-  label = {'inter_ocular': 'inter-ocular', 'bbox': 'box', 'inter_pupil': 'inter-pupil'}[primary]
-  x, y = report_lib.ced_curve(primary_errors)
-  plots.plot_ced({f'{pathlib.Path(workdir).name} (NME {100 * np.nanmean(primary_errors):.2f}%)':
-                  (x, y)}, out_dir / 'ced.png', xlabel=f'NME ({label})',
-                 title=f'CED: {info["dataset"]}')
-  plots.plot_nme_by_pose({pathlib.Path(workdir).name: rep['nme_by_yaw']},
-                         out_dir / 'nme_by_pose.png', title=f'NME by yaw: {info["dataset"]}')
-
-  def load_image(i):
-    from jaxalign.data import pipeline  # pylint: disable=g-import-not-at-top
-    try:
-      return pipeline.decode_image(kept[i].image)
-    except ValueError:
-      return None
-
-  plots.plot_best_worst(load_image, pred, gt, norm_boxes, errors['nme_inter_ocular'],
-                        out_dir / 'best_worst.png', k=grid_size, scheme=scheme,
-                        names=[r.image for r in kept])
-  t_end = time.perf_counter()
-  rep.update({
-      'workdir': workdir, 'dataset': info['dataset'], 'split': info['split'],
-      'checkpoint_step': int(step), 'model_kind': config.model.kind,
-      'completion_backend': res['backend'],
-      'num_skipped': len(invalid) + int((~valid).sum()),
-      'num_completion_fallbacks': int(res['num_fallbacks']),
-      'primary_normalization': primary,
-      'timings': {'load_s': t_load - t_start, 'cnn_s': res['timings']['cnn_s'],
-                  'completion_s': res['timings']['completion_s'],
-                  'faces_per_s': res['timings']['faces_per_s'],
-                  'metrics_s': t_metrics - t_load - res['timings']['pipeline_s'],
-                  'plots_s': t_end - t_metrics, 'total_s': t_end - t_start},
-  })
-  paper = report_lib.paper_reference(info['name'], info['split'])
-  report_lib.write_report(out_dir, rep, paper)
-  rep['out_dir'] = str(out_dir)
-  if paper:
-    rep['paper'] = paper
+  rep = evaluate_records(model, config, records, out_dir, info, step=step, workdir=workdir,
+                         mean_shape=read_mean_shape(workdir), completion=completion,
+                         batch_size=batch_size, num_invalid=len(invalid), grid_size=grid_size)
+  rep['timings']['load_s'] = t_load - t_start
   return rep
 
 
@@ -331,7 +400,6 @@ def compare_runs(workdirs, dataset: str | None = None, completion: str | None = 
   The output folder defaults to ``compare/<tag>`` beside the first run.
   """
   from jaxalign.evaluation import compare  # pylint: disable=g-import-not-at-top
-  from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
   eval_dirs, tag = [], None
   for workdir in workdirs:
     config = inference.load_config(str(workdir))
@@ -349,7 +417,7 @@ def compare_runs(workdirs, dataset: str | None = None, completion: str | None = 
         existing = report_lib.read_report(eval_dir)
       except ValueError:
         existing = None
-    backend = run_backend(config, completion)   # None: each run's own backend
+    backend = inference.resolve_backend(config, completion)   # None: each run's own backend
     fresh = (existing is not None and existing.get('completion_backend') in (backend, None)
              and existing.get('checkpoint_step') == _latest_step(workdir))
     if not fresh:
@@ -363,7 +431,6 @@ def compare_runs(workdirs, dataset: str | None = None, completion: str | None = 
 
 
 def _latest_step(workdir) -> int | None:
-  from jaxalign.training import checkpointing  # pylint: disable=g-import-not-at-top
   ckpt = checkpointing.Checkpointer(str(workdir), async_save=False)
   try:
     return ckpt.latest_step()

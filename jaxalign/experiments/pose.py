@@ -131,7 +131,7 @@ def _get(config, dotted: str):
 
 def _copy_run(src: pathlib.Path, dst: pathlib.Path, overrides: dict) -> None:
   """A copy of a finished run with config keys changed (for the evaluation-only arms)."""
-  from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
+  from jaxalign import inference  # pylint: disable=g-import-not-at-top
   if dst.exists():
     try:   # already copied from this very checkpoint: keep it (and its evaluation)
       same = (_checkpoint_steps(dst) == _checkpoint_steps(src) and all(
@@ -153,7 +153,7 @@ def train_all(root: str | os.PathLike, size: str, runs: Sequence[tuple[str, int]
               progress: Callable[[str], None] | None = None) -> dict[str, dict]:
   """Trains (or copies) every run; returns {run name: {'arm', 'seed', 'workdir', 'seconds',
   'error'}}. A failed run is recorded and the others go on."""
-  from jaxalign.training import trainer  # pylint: disable=g-import-not-at-top
+  from jaxalign import workflow  # pylint: disable=g-import-not-at-top
   base = pathlib.Path(root) / 'runs'
   base.mkdir(parents=True, exist_ok=True)
   info = {}
@@ -174,7 +174,7 @@ def train_all(root: str | os.PathLike, size: str, runs: Sequence[tuple[str, int]
       elif not _finished(workdir, config.num_steps):
         if progress:
           progress(f'training {name}')
-        trainer.train_and_evaluate(config, str(workdir))
+        workflow.train_and_evaluate(config, str(workdir))
         (workdir / TIMING_FILE).write_text(json.dumps(
             {'train_s': time.perf_counter() - t0}) + '\n', encoding='utf-8')
       else:

@@ -11,7 +11,6 @@ from jaxalign.models.aligner import (
     canonical_shape_from_training,
     compute_losses,
     default_shape,
-    loss_fn,
     make_aligner,
     mean_shape_from_training,
     place_shape,
@@ -28,6 +27,6 @@ from jaxalign.models.resnet import (
 __all__ = [
     'Aligner', 'LandmarkRegressor', 'ModelConstant', 'PlainAligner', 'PoseAwareAligner', 'ResNet',
     'ResNetSpec', 'canonical_shape_from_training', 'compute_losses', 'default_shape',
-    'init_from_pretrained', 'loss_fn', 'make_aligner', 'mean_shape_from_training',
+    'init_from_pretrained', 'make_aligner', 'mean_shape_from_training',
     'place_shape', 'resnet_spec',
 ]

@@ -153,7 +153,7 @@ def mean_shape_from_training(shapes) -> np.ndarray:
 
 def canonical_shape_from_training(
     shapes, image_size: int, scheme: schemes_lib.LandmarkScheme = schemes_lib.IBUG68,
-    fill: float = DEFAULT_FILL, flip_threshold: float = 0.0) -> np.ndarray:
+    fill: float = DEFAULT_FILL, flip_threshold: float = 0.0, frame_points=None) -> np.ndarray:
   """The canonical frame for CNN2 from training shapes.
 
   Left-looking shapes are mirrored first (the frame CNN2 works in only holds frontal and
@@ -168,6 +168,8 @@ def canonical_shape_from_training(
     fill: fraction of the input side spanned by the shape's bounding box.
     flip_threshold: yaw in degrees below which (i.e. < -threshold) a shape counts as
       left-looking, as in :class:`PoseAwareAligner`.
+    frame_points: indices of the points whose bounding box spans ``fill`` (default all; the
+      pose-aware model frames its stable points, the only ones CNN2 predicts).
 
   Returns:
     (L, 2) float32 in CNN2-input pixels.
@@ -176,7 +178,7 @@ def canonical_shape_from_training(
   if shapes.ndim != 3 or shapes.shape[1:] != (scheme.num_points, 2):
     raise ValueError(f'shapes must have shape (N, {scheme.num_points}, 2), got {shapes.shape}')
   yaw = pose_lib.estimate_pose(shapes, scheme)[..., 0]
-  left = yaw < -flip_threshold
+  left = pose_lib.is_left_looking(yaw, flip_threshold)
   # Mirror about x = 0: the mirror's offset does not matter to Procrustes.
   mirrored = transforms.flip_landmarks(shapes, 1.0, scheme)
   shapes = jnp.where(left[:, None, None], mirrored, shapes)
@@ -185,7 +187,14 @@ def canonical_shape_from_training(
   d = mean[b] - mean[a]
   angle = np.arctan2(d[1], d[0])
   rot = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
-  return place_shape(mean @ rot.T, image_size, fill)
+  mean = mean @ rot.T
+  if frame_points is None:
+    return place_shape(mean, image_size, fill)
+  # Scale and centre on the framed points' box; the other points follow the same map.
+  framed = mean[np.asarray(frame_points)]
+  lo, hi = framed.min(0), framed.max(0)
+  scale = fill * image_size / float(np.max(hi - lo))
+  return ((mean - (lo + hi) / 2) * scale + (image_size - 1) / 2.0).astype(np.float32)
 
 
 def _check_shape(name, value, num_points):
@@ -214,6 +223,9 @@ class PoseAwareAligner(nnx.Module):
       its stable points (default: :func:`default_shape` at ``cnn2_image_size``).
     transform_weights: optional (L,) weights of the points in the similarity fit (default:
       all points equally; e.g. ``scheme.stable_mask()`` to ignore the contour).
+    residual: CNN2 predicts a correction to CNN1's stable points mapped into its frame (its
+      head starts at zero, so CNN2 starts as the identity on CNN1's estimate) instead of
+      offsets from the canonical shape (the paper). Beyond the paper; ``model.cnn2_residual``.
     flip_threshold: a rough shape whose yaw is below ``-flip_threshold`` degrees is mirrored
       (default 0: every left-looking face). The yaw is the rigid fit of the Surrey mean face
       to the rough points (:func:`jaxalign.morphable.pose.pose_from_reference`; the model keeps
@@ -228,9 +240,11 @@ class PoseAwareAligner(nnx.Module):
                cnn2_image_size: int | None = None,
                scheme: schemes_lib.LandmarkScheme | str = schemes_lib.IBUG68,
                mean_shape=None, canonical_shape=None, transform_weights=None,
-               flip_threshold: float = 0.0, dtype=jnp.float32, bn_momentum: float = 0.9,
+               flip_threshold: float = pose_lib.FLIP_THRESHOLD_DEG, residual: bool = False,
+               dtype=jnp.float32, bn_momentum: float = 0.9,
                zero_init_residual: bool = False, rngs: nnx.Rngs):
     self.scheme = schemes_lib.get_scheme(scheme)
+    self.residual = bool(residual)
     num_points = self.scheme.num_points
     self.image_size = int(image_size)
     self.cnn2_image_size = int(cnn2_image_size or image_size)
@@ -256,6 +270,9 @@ class PoseAwareAligner(nnx.Module):
     self.cnn2 = LandmarkRegressor(
         len(stable), depth=depth if cnn2_depth is None else cnn2_depth,
         image_size=self.cnn2_image_size, mean_shape=canonical_shape[stable], **common)
+    if self.residual:
+      # A zero head: CNN2's first output is exactly CNN1's (warped) stable points.
+      self.cnn2.head.kernel[...] = jnp.zeros_like(self.cnn2.head.kernel[...])
     self.canonical_shape = ModelConstant(jnp.asarray(canonical_shape))
     self.transform_weights = ModelConstant(jnp.asarray(transform_weights))
     # The flip decision: a rigid fit of the mean 3D face, which unlike the 2D nose-ratio yaw of
@@ -275,11 +292,15 @@ class PoseAwareAligner(nnx.Module):
     """Original-image index of each CNN2 output for a mirrored face."""
     return self.scheme.flip_index_array()[self.stable_indices]
 
-  def spatial_transform(self, rough: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def spatial_transform(self, rough: jax.Array, flipped: jax.Array | None = None
+                        ) -> tuple[jax.Array, jax.Array]:
     """The per-face input -> canonical-frame matrix and whether the face was mirrored.
 
     Args:
       rough: (B, L, 2) points in input pixels (CNN1's output, or ground truth).
+      flipped: (B,) bool to force the mirror decision (training with ground-truth transforms);
+        None: :func:`jaxalign.morphable.pose.is_left_looking` of the rigid-fit yaw of
+        ``rough``.
 
     Returns:
       matrix (B, 2, 3) float32, flipped (B,) bool. Not differentiated: the caller decides
@@ -289,8 +310,10 @@ class PoseAwareAligner(nnx.Module):
     """
     canonical = self.canonical_shape[...]
     weights = self.transform_weights[...]
-    yaw = pose_lib.pose_from_reference(rough, self.pose_reference[...])[:, 0]
-    flipped = yaw < -self.flip_threshold   # NaN yaw (too few points): not flipped
+    if flipped is None:
+      yaw = pose_lib.pose_from_reference(rough, self.pose_reference[...])[:, 0]
+      # NaN yaw (too few points): not flipped.
+      flipped = pose_lib.is_left_looking(yaw, self.flip_threshold)
     mirrored = transforms.flip_landmarks(rough, self.image_size, self.scheme)
     src = jnp.where(flipped[:, None, None], mirrored, rough)
     sim = geometry.estimate_similarity(src, canonical[None], weights[None])
@@ -314,11 +337,34 @@ class PoseAwareAligner(nnx.Module):
                     self.stable_indices[None])
     return jnp.take_along_axis(warped, idx[..., None], axis=1)
 
-  def __call__(self, images: jax.Array, *, return_warped: bool = False) -> dict[str, jax.Array]:
+  def cnn2_view(self, images, matrix, source=None, source_to_input=None) -> jax.Array:
+    """CNN2's input (B, S2, S2, 3): one resample of ``source`` (the host crop, which keeps
+    more resolution than CNN1's input) through ``source_to_input`` then ``matrix``; of
+    ``images`` itself when no source is given."""
+    if source is None:
+      return transforms.warp_images(images, matrix, self.cnn2_image_size)
+    return transforms.warp_images(source, transforms.compose(source_to_input, matrix),
+                                  self.cnn2_image_size)
+
+  def cnn2_points(self, view, rough, matrix, flipped) -> jax.Array:
+    """CNN2's stable points (B, K, 2) in its frame: the canonical mean plus CNN2's offsets, or
+    (``residual``) CNN1's stable points mapped into the frame plus CNN2's correction."""
+    out = self.cnn2(view)
+    if not self.residual:
+      return out
+    base = jax.lax.stop_gradient(self.cnn2_targets(rough, matrix, flipped))
+    base = jnp.where(jnp.isfinite(base), base, self.cnn2.mean_shape[...][None])
+    return base + (out - self.cnn2.mean_shape[...][None])
+
+  def __call__(self, images: jax.Array, *, source: jax.Array | None = None,
+               source_to_input: jax.Array | None = None,
+               return_warped: bool = False) -> dict[str, jax.Array]:
     """Runs the pipeline.
 
     Args:
       images: (B, S, S, 3) RGB in 0..255 (float or uint8), S = ``image_size``.
+      source: optional (B, H, H, 3) host crops CNN2 samples from (see :meth:`cnn2_view`).
+      source_to_input: (B, 2, 3) source pixels -> ``images`` pixels (with ``source``).
       return_warped: also return CNN2's input images (for inspection).
 
     Returns:
@@ -342,8 +388,8 @@ class PoseAwareAligner(nnx.Module):
     rough = self.cnn1(images)
     matrix, flipped = self.spatial_transform(jax.lax.stop_gradient(rough))
     matrix = jax.lax.stop_gradient(matrix)
-    warped = transforms.warp_images(images, matrix, self.cnn2_image_size)
-    sl_frame = self.cnn2(warped)
+    warped = self.cnn2_view(images, matrix, source, source_to_input)
+    sl_frame = self.cnn2_points(warped, rough, matrix, flipped)
     stable = transforms.warp_points(sl_frame, transforms.invert(matrix))
     indices = jnp.where(flipped[:, None], self.mirrored_stable_indices[None],
                         self.stable_indices[None]).astype(jnp.int32)
@@ -402,16 +448,56 @@ def make_aligner(kind: str, **kwargs) -> Aligner:
     return PoseAwareAligner(**kwargs)
   if kind == 'plain':
     for key in ('cnn2_depth', 'cnn2_image_size', 'canonical_shape', 'transform_weights',
-                'flip_threshold'):
+                'flip_threshold', 'residual'):
       kwargs.pop(key, None)
     return PlainAligner(**kwargs)
   raise ValueError(f"unknown aligner kind {kind!r}; expected 'pose_aware' or 'plain'")
 
 
+# The |yaw| bin edges (degrees) of ``transform_noise['misflip']``.
+MISFLIP_EDGES = (0.0, 15.0, 30.0, 45.0, 60.0, 75.0)
+TRANSFORM_SOURCES = ('prediction', 'ground_truth', 'jittered_truth')
+
+
+def jittered_truth_transform(model: 'PoseAwareAligner', points: jax.Array, key: jax.Array,
+                             noise: dict) -> tuple[jax.Array, jax.Array]:
+  """The spatial transform of the ground truth, disturbed as CNN1's estimate would be.
+
+  The flip is the truth's (its rigid-fit yaw), made wrong with probability
+  ``noise['misflip'][k]`` for a face in |yaw| bin ``k`` (edges :data:`MISFLIP_EDGES`); the
+  similarity is then perturbed in the canonical frame by a rotation of N(0, ``rotation_deg``)
+  degrees, a scale of exp(N(0, ``scale``)) and a shift of N(0, ``translation``) times CNN2's
+  input side, about the frame's centre. The standard deviations are meant to be CNN1's
+  held-out errors (``docs/method.md``).
+
+  Returns:
+    matrix (B, 2, 3), flipped (B,) bool, as :meth:`PoseAwareAligner.spatial_transform`.
+  """
+  b = points.shape[0]
+  yaw = pose_lib.pose_from_reference(points, model.pose_reference[...])[:, 0]
+  truth = pose_lib.is_left_looking(yaw, model.flip_threshold)
+  k_flip, k_rot, k_scale, k_shift = jax.random.split(key, 4)
+  rates = jnp.asarray(noise.get('misflip', (0.0,)), jnp.float32)
+  edges = jnp.asarray(MISFLIP_EDGES[:rates.shape[0]], jnp.float32)
+  bins = jnp.clip(jnp.searchsorted(edges, jnp.abs(yaw), side='right') - 1, 0,
+                  rates.shape[0] - 1)
+  wrong = (jax.random.uniform(k_flip, (b,)) < rates[bins]) & jnp.isfinite(yaw)
+  matrix, flipped = model.spatial_transform(points, truth ^ wrong)
+  size = model.cnn2_image_size
+  angle = jax.random.normal(k_rot, (b,)) * jnp.deg2rad(float(noise.get('rotation_deg', 0.0)))
+  scale = jnp.exp(jax.random.normal(k_scale, (b,)) * float(noise.get('scale', 0.0)))
+  shift = jax.random.normal(k_shift, (b, 2)) * float(noise.get('translation', 0.0)) * size
+  centre = jnp.full((b, 2), (size - 1) / 2.0, jnp.float32)
+  perturb = transforms.similarity_matrix(angle, scale, centre, shift)
+  return transforms.compose(matrix, perturb), flipped
+
+
 def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
                    weights: jax.Array | None = None, kind: str = 'wing',
                    cnn1_weight: float = 1.0, cnn2_weight: float = 1.0,
-                   transform_from: str = 'prediction', loss_params: dict | None = None
+                   transform_from: str = 'prediction', loss_params: dict | None = None,
+                   source: jax.Array | None = None, source_to_input: jax.Array | None = None,
+                   key: jax.Array | None = None, transform_noise: dict | None = None
                    ) -> tuple[jax.Array, dict[str, Any]]:
   """Training loss of either aligner on one batch, for ``nnx.value_and_grad(has_aux=True)``.
 
@@ -421,9 +507,10 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
   behaviour (``model.train()`` for training).
 
   Pose-aware model: ``loss = cnn1_weight * L(CNN1(images), points) + cnn2_weight *
-  L(CNN2(warp(images, M)), targets)`` where ``M`` is the spatial transform of CNN1's
-  predictions on this very batch (``transform_from='prediction'``, the default; or of the
-  ground truth with ``'ground_truth'``) under ``stop_gradient``: CNN2's loss trains CNN2 only,
+  L(CNN2(view(M)), targets)`` where ``M`` is the spatial transform (under ``stop_gradient``)
+  of CNN1's predictions on this very batch (``transform_from='prediction'``, the paper), of the
+  ground truth (``'ground_truth'``), or of the ground truth disturbed like CNN1's estimate
+  (``'jittered_truth'``, :func:`jittered_truth_transform`). CNN2's loss trains CNN2 only,
   CNN1's trains CNN1 only. The targets are the ground truth mapped with the same ``M`` and,
   for a mirrored face, read at the mirrored indices (:meth:`PoseAwareAligner.cnn2_targets`).
 
@@ -435,9 +522,12 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
       follow its targets through the mirror permutation).
     kind: elementwise loss of :func:`jaxalign.losses.landmark_loss`.
     cnn1_weight, cnn2_weight: weights of the two terms (pose-aware model only).
-    transform_from: 'prediction' (the paper: CNN2 trains on CNN1's warps) or 'ground_truth'.
+    transform_from: one of :data:`TRANSFORM_SOURCES`.
     loss_params: keyword parameters of the elementwise loss (``{'w': 18., 'epsilon': 3.}``, the
       wing defaults, when None).
+    source, source_to_input: CNN2's source view (:meth:`PoseAwareAligner.cnn2_view`).
+    key: PRNG key of ``'jittered_truth'``.
+    transform_noise: ``'jittered_truth'``'s standard deviations and mis-flip rates.
 
   Returns:
     (loss, aux): loss a float32 scalar; aux a dict with the scalar terms ``loss``,
@@ -453,15 +543,20 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
   if not isinstance(model, PoseAwareAligner):
     raise TypeError(f'compute_losses takes a PoseAwareAligner or PlainAligner, got '
                     f'{type(model).__name__}')
-  if transform_from not in ('prediction', 'ground_truth'):
-    raise ValueError(f"transform_from must be 'prediction' or 'ground_truth', got "
+  if transform_from not in TRANSFORM_SOURCES:
+    raise ValueError(f'transform_from must be one of {TRANSFORM_SOURCES}, got '
                      f'{transform_from!r}')
   rough = model.cnn1(images)
   l1 = loss(rough, points, weights=weights)
-  source = rough if transform_from == 'prediction' else points
-  matrix, flipped = model.spatial_transform(jax.lax.stop_gradient(source))
+  if transform_from == 'jittered_truth':
+    if key is None:
+      raise ValueError("transform_from='jittered_truth' needs a PRNG key")
+    matrix, flipped = jittered_truth_transform(model, points, key, dict(transform_noise or {}))
+  else:
+    src = rough if transform_from == 'prediction' else points
+    matrix, flipped = model.spatial_transform(jax.lax.stop_gradient(src))
   matrix = jax.lax.stop_gradient(matrix)
-  warped = transforms.warp_images(images, matrix, model.cnn2_image_size)
+  view = model.cnn2_view(images, matrix, source, source_to_input)
   targets = model.cnn2_targets(points, matrix, flipped)
   w2 = None
   if weights is not None:
@@ -469,10 +564,8 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
     idx = jnp.where(flipped[:, None], model.mirrored_stable_indices[None],
                     model.stable_indices[None])
     w2 = jnp.take_along_axis(w_full, idx, axis=1)
-  l2 = loss(model.cnn2(warped), targets, weights=w2)
+  pred2 = model.cnn2_points(view, jax.lax.stop_gradient(rough), matrix, flipped)
+  l2 = loss(pred2, targets, weights=w2)
   total = cnn1_weight * l1 + cnn2_weight * l2
   return total, {'loss': total, 'loss_cnn1': l1, 'loss_cnn2': l2,
                  'flipped_fraction': jnp.mean(flipped.astype(jnp.float32)), 'points': rough}
-
-
-loss_fn = compute_losses

@@ -2,8 +2,9 @@
 
 Per image: decode (an unreadable or missing file is reported in one line and skipped), find the
 faces (the given ``--bbox``, else :mod:`jaxalign.prediction.detector`), run the full pipeline
-(:func:`jaxalign.evaluation.runner.run_pipeline`: CNN pair + 3DMM completion) on all faces of a
-chunk of images in batches, and write per face ``<stem>.pts``, ``<stem>.json`` (and
+(:func:`jaxalign.inference.run_pipeline`: CNN pair + 3DMM completion) on all faces of a chunk
+of images in batches (faces of different photos share a batch; each photo is decoded once), and
+write per face ``<stem>.pts``, ``<stem>.json`` (and
 ``<stem>.obj`` with ``mesh``) plus one overlay ``<stem>.png`` per image.
 
 Detector boxes follow the Haar cascades' framing, not the landmark box the network was trained
@@ -22,7 +23,9 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
+from jaxalign import inference
 from jaxalign import schemes as schemes_lib
+from jaxalign.data import pipeline as data_pipeline
 from jaxalign.data import records as records_lib
 from jaxalign.prediction import detector as detector_lib
 from jaxalign.prediction import writer
@@ -55,48 +58,48 @@ def parse_bbox(text: str) -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """(H, W, 3) uint8 RGB; FileNotFoundError / ValueError naming the file."""
-  from jaxalign.data import pipeline  # pylint: disable=g-import-not-at-top
   path = str(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such file')
   if os.path.isdir(path):
     raise ValueError(f'{path}: is a folder, not an image')
-  return pipeline.decode_image(path)
+  return data_pipeline.decode_image(path)
 
 
-def _records(paths, faces: Sequence[Face], num_points: int, boxes=None):
+def _records(images, faces: Sequence[Face], num_points: int, boxes=None):
+  """One record per face; ``image`` is the decoded photo (decoded once, shared by its faces)."""
   nan = np.full((num_points, 2), np.nan, np.float32)
-  return [records_lib.FaceRecord(image=str(paths[f.image_index]), points=nan,
+  return [records_lib.FaceRecord(image=images[f.image_index], points=nan,
                                  box=np.asarray(f.box if boxes is None else boxes[i], np.float32))
           for i, f in enumerate(faces)]
 
 
-def predict_faces(model, config, paths, faces: Sequence[Face], completion: str = 'jax',
+def predict_faces(model, config, images, faces: Sequence[Face], completion: str = 'jax',
                   batch_size: int = 32, refine: bool = True):
   """The full pipeline on the given faces; detector boxes get a refinement pass.
 
+  Args:
+    images: ``{image_index: (H, W, 3) uint8}`` (or a list) of the decoded photos the faces
+      index.
+
   Returns:
-    :func:`jaxalign.evaluation.runner.run_pipeline`'s dict (``boxes`` are the boxes of the
-    final pass).
+    :func:`jaxalign.inference.run_pipeline`'s dict (``boxes`` are the boxes of the final pass).
   """
-  from jaxalign.evaluation import runner  # pylint: disable=g-import-not-at-top
   scheme = schemes_lib.get_scheme(config.model.scheme)
   # Few faces need no full batch: the next power of two bounds both the padding and the number
   # of compiled batch shapes.
   batch_size = min(batch_size, 1 << max(0, len(faces) - 1).bit_length())
-  records = _records(paths, faces, scheme.num_points)
+  records = _records(images, faces, scheme.num_points)
   if refine and any(f.box_source.startswith('detector') for f in faces):
     # First pass only for the CNN1 points (no completion needed for a box).
-    from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
-    first = inference.predict_records(model, config, records, batch_size=batch_size,
-                                      complete=False)
+    first = inference.predict_records(model, config, records, batch_size=batch_size)
     boxes = []
     for f, rough, ok in zip(faces, first['rough'], first['valid']):
       box = records_lib.landmark_box(rough) if ok and np.isfinite(rough).all() else f.box
       boxes.append(box if f.box_source.startswith('detector') and
                    records_lib.valid_box(box) else f.box)
-    records = _records(paths, faces, scheme.num_points, boxes)
-  return runner.run_pipeline(model, config, records, completion, batch_size)
+    records = _records(images, faces, scheme.num_points, boxes)
+  return inference.run_pipeline(model, config, records, completion, batch_size)
 
 
 def _stem_of(path: str, used: dict[str, int]) -> str:
@@ -117,7 +120,6 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
     The exit status: 0 when every image gave at least one face, 1 when any image failed
     (missing, unreadable, or no face detected), 2 when nothing could run (no run, bad flags).
   """
-  from jaxalign.training import inference  # pylint: disable=g-import-not-at-top
   err = stderr or sys.stderr
   log = stdout or sys.stdout
   if completion not in ('jax', 'eos'):
@@ -174,7 +176,7 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
       faces += found
     if not faces:
       continue
-    res = predict_faces(model, config, paths, faces, completion, batch_size, refine)
+    res = predict_faces(model, config, decoded, faces, completion, batch_size, refine)
     by_image: dict[int, list[int]] = {}
     for k, f in enumerate(faces):
       by_image.setdefault(f.image_index, []).append(k)

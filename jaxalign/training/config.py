@@ -32,6 +32,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.init_from = ''           # torchvision ResNet-50 weights (.pth / .safetensors) for both CNNs
   c.distributed = False      # call jax.distributed.initialize() (multi-host)
+  # Multi-process launch without a cluster manager (jaxalign.training.distributed); any of
+  # them set implies distributed. Unset: SLURM / TPU pod / Open MPI auto-detection.
+  c.coordinator_address = ''  # 'host:port' of process 0, e.g. '127.0.0.1:12345'
+  c.num_processes = 0        # 0 = auto-detected
+  c.process_id = -1          # this process's id, 0 .. num_processes - 1; -1 = auto-detected
+  c.distributed_timeout_s = 300   # how long a process waits for the others to join
   c.stop_after_steps = 0     # > 0: stop after this many steps as if killed (resume tests)
 
   # Model (jaxalign.models).
@@ -41,10 +47,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.depth = '50'          # ResNet-18 / 34 / 50 (or 'tiny' for tests)
   c.model.cnn2_depth = ''       # CNN2's depth; '' = the same as CNN1
   c.model.cnn2_input_size = 0   # CNN2's input side (the canonical frame); 0 = input_size
-  c.model.transform_from = 'prediction'   # CNN2 trains on warps of CNN1's predictions (paper)
+  # CNN2's training transforms: 'prediction' (warps of CNN1's predictions, the paper),
+  # 'ground_truth', or 'jittered_truth' (the truth disturbed like CNN1's held-out estimate,
+  # model.transform_noise; jaxalign.models.aligner.jittered_truth_transform).
+  c.model.transform_from = 'prediction'
+  c.model.transform_noise = ml_collections.ConfigDict()
+  c.model.transform_noise.rotation_deg = 0.0   # std of the in-plane rotation error, degrees
+  c.model.transform_noise.scale = 0.0          # std of the log scale error
+  c.model.transform_noise.translation = 0.0    # std of the shift, fraction of CNN2's input side
+  c.model.transform_noise.misflip = (0.0,)     # wrong-flip rate per |yaw| bin 0-15-30-45-60-75-90
+  c.model.transform_points = 'all'   # the similarity fit on 'all' points or the 'stable' ones
+  c.model.cnn2_fill = 0.7       # fraction of CNN2's input spanned by the framed points' box
+  c.model.cnn2_residual = False  # CNN2 corrects CNN1's stable points (beyond the paper)
+  c.model.init_cnn1_from = ''   # a run folder whose CNN1 (latest checkpoint) starts this one
+  c.model.freeze_cnn1 = False   # CNN1 is not trained (with init_cnn1_from: sequential schedule)
   c.model.width = 64            # stem channels of '18'/'34'/'50' (64 = the standard ResNet)
   c.model.input_size = 224      # network input side in pixels (the paper: 224)
   c.model.dtype = 'float32'     # compute dtype; parameters stay float32
+  # How the ResNets' ops are expressed (same parameters and results; docs/benchmarks.md):
+  c.model.conv1x1 = 'dot'       # 1x1 convolutions as matrix products ('conv': lax.conv)
+  c.model.max_pool = 'slices'   # stem max pool as a max of slices ('reduce_window': nnx.max_pool)
   c.model.scheme = 'ibug68'
   c.model.flip = True           # mirror left-looking faces before CNN2 (False: no-flip ablation)
   c.model.stable = ''           # comma list of the SL indices; '' = the scheme's own set
@@ -67,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_options = ml_collections.ConfigDict()
   c.data.box_margin = 0.1       # network input = box side * (1 + box_margin), square, centred
   c.data.crop_context = 1.3     # host crop = network input region * crop_context (room to augment)
+  # Host-crop pixels per network-input pixel; 0 = auto (pose-aware: enough for CNN2's zoom,
+  # jaxalign.data.pipeline.host_scale).
+  c.data.host_scale = 0.0
   c.data.num_workers = -1       # grain worker processes; -1 = one per CPU core, 0 = in-process
   c.data.prefetch = 2           # batches buffered per worker
   c.data.balanced = True        # pose-balanced batches (Procrustes + 1-D PCA bins)
@@ -79,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.image_size = 128
   c.data.synthetic.kwargs = ml_collections.ConfigDict()  # passed on to the generator
 
-  # Device augmentation (jaxalign.data.pipeline.augment).
+  # Device augmentation (jaxalign.data.pipeline.prepare_batch).
   c.augment = ml_collections.ConfigDict()
   c.augment.enabled = True
   c.augment.rotation_deg = 10.0
@@ -108,12 +133,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 5e-4
   c.optim.grad_clip_norm = 0.0     # 0 = off (the paper does not clip)
 
-  # End-of-run evaluation (jaxalign.training.evaluation).
+  # Evaluation (jaxalign.evaluation.runner; end of run and python -m jaxalign.evaluate).
   c.eval = ml_collections.ConfigDict()
   c.eval.enabled = True
   c.eval.batch_size = 64
   c.eval.completion = True         # 3DMM completion of the unstable points (pose-aware model)
   c.eval.completion_backend = 'jax'
+  # Detector-like test boxes: a deterministic per-face disturbance of the box (uniform in
+  # +-shift box sides, +-scale, +-rotation_deg), seeded by the face's index. 0 = the boxes as given.
+  c.eval.box_jitter = ml_collections.ConfigDict()
+  c.eval.box_jitter.shift = 0.0
+  c.eval.box_jitter.scale = 0.0
+  c.eval.box_jitter.rotation_deg = 0.0
+  c.eval.box_jitter.seed = 0
   c.eval.normalization = 'inter_ocular'   # the report's `nme`: 'inter_ocular' | 'inter_pupil' |
                                           # 'bbox' (sqrt(w h) of the face box)
   c.eval.completion_convention = '2d'     # 3DMM jaw convention: '2d' (300-W) | '3d' (AFLW2000-3D)
@@ -171,6 +203,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail('model.input_size', f'must be at least 16 pixels, got {config.model.input_size}')
   if config.model.dtype not in ('float32', 'bfloat16', 'float16'):
     fail('model.dtype', f'unknown dtype {config.model.dtype!r}')
+  try:
+    resnet.ResNetOptions(**resnet.options_from_config(config))
+  except ValueError as e:
+    fail('model.conv1x1' if 'conv1x1' in str(e) else 'model.max_pool', str(e))
+  for key, allowed in (('transform_from', ('prediction', 'ground_truth', 'jittered_truth')),
+                       ('transform_points', ('all', 'stable'))):
+    if config.model.get(key, allowed[0]) not in allowed:
+      fail(f'model.{key}', f'expected one of {allowed}, got {config.model[key]!r}')
+  if not 0.1 <= float(config.model.get('cnn2_fill', 0.7)) <= 1.5:
+    fail('model.cnn2_fill', f'expected a fraction in [0.1, 1.5], got {config.model.cnn2_fill}')
+  if config.model.get('freeze_cnn1', False) and not config.model.get('init_cnn1_from', ''):
+    fail('model.freeze_cnn1', 'a frozen CNN1 must come from a trained run: set '
+         'model.init_cnn1_from')
+  if float(config.data.get('host_scale', 0.0) or 0.0) < 0:
+    fail('data.host_scale', f'must be 0 (auto) or positive, got {config.data.host_scale}')
   if config.optim.schedule not in SCHEDULES:
     fail('optim.schedule', f'unknown schedule {config.optim.schedule!r}; expected {SCHEDULES}')
   if not config.optim.learning_rate > 0:
@@ -245,3 +292,73 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+# ----------------------------------------------------------------------------- run folders
+
+RUN_CONFIG_FILE = 'config.json'
+
+
+def save_run_config(config, workdir: str) -> str:
+  """Writes the resolved config as ``WORKDIR/config.json`` (what :func:`load_run_config` and
+  :func:`jaxalign.inference.load_run` read)."""
+  import os  # pylint: disable=g-import-not-at-top
+  from jaxalign import atomic  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  atomic.write_text(path, config.to_json_best_effort(indent=2, sort_keys=True))
+  return path
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config of a run (``WORKDIR/config.json``).
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no ``config.json`` (not a training run).
+    ValueError: the file is not valid JSON.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} does not exist: {workdir} is not a jaxalign training run')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path}: not a valid config file ({e})') from None
+
+
+def parse_override_value(raw: str, current=None):
+  """A ``--config.key=value`` value: a Python literal (number, bool, tuple, ...), else the
+  string; kept a string when the key currently holds a string (``model.depth=50``)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  if isinstance(current, str):
+    return raw
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+  """Applies ``['key.sub=value', ...]`` (an optional leading ``--config.`` is dropped) in place
+  with ``ConfigDict.update_from_flattened_dict``.
+
+  Raises:
+    ValueError: an item without ``=`` or a key the config does not have (named).
+  """
+  flat = {}
+  for item in overrides or ():
+    text = item[len('--config.'):] if item.startswith('--config.') else item
+    key, sep, raw = text.partition('=')
+    if not sep or not key:
+      raise ValueError(f'config override {item!r}: expected key=value')
+    node = config
+    try:
+      for part in key.split('.'):
+        node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise ValueError(f'config override {item!r}: the config has no key {key!r}') from None
+    flat[key] = parse_override_value(raw, node)
+  config.update_from_flattened_dict(flat)
+  return config

@@ -49,6 +49,18 @@ def flip_threshold(config) -> float:
   return 0.0 if config.model.get('flip', True) else float('inf')
 
 
+def transform_weights(config):
+  """The spatial transform's per-point weights: the stable points only
+  (``model.transform_points='stable'``: the points CNN2 predicts, and where CNN1 is most
+  accurate), or every point (``'all'``)."""
+  which = config.model.get('transform_points', 'all') or 'all'
+  if which == 'all':
+    return None
+  if which != 'stable':
+    raise ValueError(f"config.model.transform_points: expected 'stable' or 'all', got {which!r}")
+  return config_lib.model_scheme(config).stable_mask().astype(np.float32)
+
+
 def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -> nnx.Module:
   """The aligner ``config.model`` describes (:func:`jaxalign.models.aligner.make_aligner`).
 
@@ -67,7 +79,9 @@ def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -
   if m.kind == 'pose_aware':
     kwargs.update(cnn2_depth=model_depth(config, 'cnn2_depth'),
                   cnn2_image_size=m.get('cnn2_input_size') or None,
-                  canonical_shape=canonical_shape, flip_threshold=flip_threshold(config))
+                  canonical_shape=canonical_shape, flip_threshold=flip_threshold(config),
+                  transform_weights=transform_weights(config),
+                  residual=bool(m.get('cnn2_residual', False)))
   return aligner.make_aligner(m.kind, **kwargs)
 
 

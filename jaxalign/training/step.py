@@ -12,6 +12,7 @@ import jax
 import optax
 
 from jaxalign.models import aligner
+from jaxalign.models import resnet
 from jaxalign.data import pipeline
 from jaxalign.training import mesh as mesh_lib
 from jaxalign.training import state as state_lib
@@ -19,14 +20,22 @@ from jaxalign.training import state as state_lib
 DEVICE_KEYS = ('image', 'points', 'box')
 
 
+def transform_noise(config) -> dict:
+  """``config.model.transform_noise`` as a plain dict (``'jittered_truth'`` transforms)."""
+  noise = config.model.get('transform_noise', None)
+  return {} if noise is None else {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                                   for k, v in noise.to_dict().items()}
+
+
 def loss_kwargs(config) -> dict:
   return {'w': float(config.loss.w), 'epsilon': float(config.loss.epsilon)} \
       if config.loss.kind == 'wing' else {}
 
 
-def model_loss(model, images, points, config):
+def model_loss(model, images, points, config, source=None, source_to_input=None, key=None):
   """``(loss, metrics)`` of a model in training mode on (B, n, n, 3) images with (B, L, 2)
-  target points in input pixels (:func:`jaxalign.models.aligner.compute_losses`).
+  target points in input pixels (:func:`jaxalign.models.aligner.compute_losses`); CNN2 samples
+  ``source`` (the host crops) through ``source_to_input`` when given.
 
   The plain model regresses all points. The pose-aware pair is trained as the paper does:
   CNN1 on all points, CNN2 on the stable points of the image warped with CNN1's prediction
@@ -35,9 +44,12 @@ def model_loss(model, images, points, config):
   """
   loss, aux = aligner.compute_losses(
       model, images, points, kind=config.loss.kind,
-      cnn1_weight=float(config.loss.cnn1_weight), cnn2_weight=float(config.loss.cnn2_weight),
+      cnn1_weight=0.0 if config.model.get('freeze_cnn1', False) else
+      float(config.loss.cnn1_weight), cnn2_weight=float(config.loss.cnn2_weight),
       transform_from=config.model.get('transform_from', 'prediction'),
-      loss_params=loss_kwargs(config))
+      loss_params=loss_kwargs(config), source=source, source_to_input=source_to_input,
+      key=None if key is None else jax.random.fold_in(key, 7),
+      transform_noise=transform_noise(config))
   return loss, {k: v for k, v in aux.items() if k != 'points'}
 
 
@@ -46,15 +58,20 @@ def make_step_fn(defs: state_lib.ModelDefs, tx, schedule, config):
 
   def step_fn(state, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
-    images, points, _ = pipeline.prepare_batch(batch, config, key)
+    views = pipeline.prepare_views(batch, config, key)
 
     def loss_of(params):
       model = state_lib.merge(defs.train, params, state['model_state'])
-      loss, metrics = model_loss(model, images, points, config)
+      loss, metrics = model_loss(model, views['images'], views['points'], config,
+                                 views['source'], views['matrices'], key)
       return loss, (metrics, state_lib.model_state_of(model))
 
-    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-        state['params'])
+    with resnet.options(**resnet.options_from_config(config)):   # read while tracing
+      (_, (metrics, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+          state['params'])
+    if config.model.get('freeze_cnn1', False) and 'cnn1' in model_state:
+      # A frozen CNN1 keeps its BatchNorm statistics too.
+      model_state = dict(model_state, cnn1=state['model_state']['cnn1'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads),

@@ -1,4 +1,4 @@
-"""``train_and_evaluate(config, workdir)``: the whole training run.
+"""``train(config, workdir)``: the training run (:mod:`jaxalign.workflow` adds the evaluation).
 
 1. Data: resolve the folders (rendering the synthetic set once if configured), read the
    records (bad files skipped and counted), fit the pose bins and the mean / canonical shapes.
@@ -7,12 +7,10 @@
 4. Loop: grain batches (sharded on 'data'), one jitted step, metrics (one step behind the
    device so the host never stalls it), a checkpoint every ``checkpoint_every`` steps and at the
    end. A non-finite loss stops the run (:class:`NonFiniteLossError`) before it is saved.
-5. End of run: evaluation of every held-out split into ``WORKDIR/eval/<split>/report.json``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,10 +20,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxalign import schemes
+from jaxalign import atomic
 from jaxalign.data import pipeline, sampling
 from jaxalign.models import aligner
-from jaxalign.training import checkpointing, data_setup, evaluation, inference
+from jaxalign.training import checkpointing, data_setup, distributed
 from jaxalign.training import config as config_lib
 from jaxalign.training import logger as logger_lib
 from jaxalign.training import mesh as mesh_lib
@@ -58,7 +56,7 @@ def prepare_data(config):
   # Read the held-out splits now, so that a wrong test path fails before the training.
   test_sets = data_setup.test_sets(config) if config.eval.enabled else {}
   spec = pipeline.CropSpec.from_config(config)
-  shapes = evaluation.points_in_input(records, spec)
+  shapes = pipeline.points_in_input(records, spec)
   sampler = sampling.BalancedSampler.from_shapes(
       shapes, config.batch_size, int(config.seed), int(config.data.pose_bins),
       bool(config.data.balanced), scheme)
@@ -66,8 +64,10 @@ def prepare_data(config):
   canonical = None
   if config.model.kind == 'pose_aware':
     size = int(config.model.get('cnn2_input_size') or config.model.input_size)
+    framed = scheme.stable if config.model.get('transform_points', 'all') == 'stable' else None
     canonical = aligner.canonical_shape_from_training(
-        shapes, size, scheme, flip_threshold=state_lib.flip_threshold(config))
+        shapes, size, scheme, flip_threshold=state_lib.flip_threshold(config),
+        fill=float(config.model.get('cnn2_fill', aligner.DEFAULT_FILL)), frame_points=framed)
   return {'records': records, 'num_invalid': num_invalid, 'sampler': sampler,
           'mean_shape': mean_shape, 'canonical_shape': canonical, 'test_sets': test_sets}
 
@@ -76,13 +76,14 @@ def _fetch(metrics) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from ``workdir`` when it holds a checkpoint), then evaluates.
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from ``workdir`` when it holds a checkpoint); the evaluation is
+  :func:`jaxalign.workflow.train_and_evaluate`'s.
 
   Returns:
-    dict with ``step`` (steps done), ``loss`` (last logged loss), ``report`` (the first
-    held-out split's evaluation report or None), ``reports`` ({split: report}, when evaluated),
-    ``skipped_images``, ``invalid_files``.
+    dict with ``step`` (steps done), ``loss`` (last logged loss), ``skipped_images``,
+    ``invalid_files``, ``interrupted`` (stopped by ``stop_after_steps``), ``config`` (the
+    resolved config) and ``data`` (:func:`prepare_data`'s dict: test sets, mean shape).
 
   Raises:
     ValueError / FileNotFoundError: bad config values or data folders (named in the message).
@@ -90,8 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   _setup_logging()
   config = ml_collections.ConfigDict(config.to_dict())   # resolved copy; the caller's stays
-  if config.distributed:
-    jax.distributed.initialize()
+  distributed.initialize(config)   # multi-process runs (config.distributed & co.)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh()
@@ -108,6 +108,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from jaxalign.models import pretrained  # pylint: disable=g-import-not-at-top
     n = pretrained.init_from_pretrained(model, config.init_from)
     log.info('initialised %d ResNet backbone(s) from %s', n, config.init_from)
+  if config.model.get('init_cnn1_from', ''):
+    from jaxalign.training import runs  # pylint: disable=g-import-not-at-top
+    src_step = runs.copy_cnn1(model, str(config.model.init_cnn1_from))
+    log.info('CNN1 from %s (step %d)%s', config.model.init_cnn1_from, src_step,
+             ', frozen' if config.model.get('freeze_cnn1', False) else '')
   defs, params, model_state = state_lib.split_model(model)
   log.info('model %s ResNet-%s, %.2f M parameters, input %d px', config.model.kind,
            config.model.depth, state_lib.count_params(params) / 1e6, config.model.input_size)
@@ -117,9 +122,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   ckpt = checkpointing.Checkpointer(workdir, int(config.keep_checkpoints))
   start = 0
-  if ckpt.latest_step() is not None:
-    abstract = checkpointing.abstract_with_shardings(state, mesh_lib.replicated(mesh))
-    state, data_state = ckpt.restore(abstract)
+  abstract = checkpointing.abstract_with_shardings(state, mesh_lib.replicated(mesh))
+  # A changed model config is refused naming the key; a damaged newest checkpoint falls back
+  # to the newest that restores (both raise CheckpointError, a ValueError, when nothing fits).
+  checkpointing.check_config_compatible(ckpt, workdir, config, abstract)
+  restored = ckpt.restore_newest(abstract)
+  if restored is not None:
+    state, data_state, _ = restored
     start = int(state['step'])
     if data_state.get('sampler') != sampler.state():
       raise ValueError(f'{ckpt.directory}: the checkpoint was written with another training '
@@ -127,25 +136,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        'use a new --workdir')
     log.info('resumed from step %d (%s)', start, ckpt.directory)
   if jax.process_index() == 0:
-    inference.save_config(config, workdir)
+    config_lib.save_run_config(config, workdir)
   _save_data_stats(workdir, data)
 
-  result = {'step': start, 'loss': None, 'report': None, 'skipped_images': 0,
-            'invalid_files': data['num_invalid']}
+  result = {'step': start, 'loss': None, 'skipped_images': 0,
+            'invalid_files': data['num_invalid'], 'config': config}
   try:
     if start < config.num_steps:
       result.update(_train_loop(config, workdir, mesh, defs, tx, schedule, state, start, ckpt,
                                 sampler, records))
   finally:
     ckpt.close()
-  if result.get('interrupted'):
-    return result
-  if config.eval.enabled and data['test_sets'] and jax.process_index() == 0:
-    model, _, step = inference.load_run(workdir)
-    # Every held-out split -> WORKDIR/eval/<split>/report.json; 'report' is the first one.
-    result['reports'] = evaluation.evaluate_splits(model, config, data['test_sets'], workdir,
-                                                   data['mean_shape'], step=step)
-    result['report'] = next(iter(result['reports'].values()))
+  result['data'] = data
   return result
 
 
@@ -155,8 +157,7 @@ def _save_data_stats(workdir, data):
   stats = {'num_train': len(data['records']), 'invalid_files': data['num_invalid'],
            'pose_bin_sizes': data['sampler'].bin_sizes,
            'mean_shape': np.asarray(data['mean_shape']).tolist()}
-  with open(os.path.join(workdir, DATA_STATS), 'w', encoding='utf-8') as f:
-    json.dump(stats, f)
+  atomic.write_json(os.path.join(workdir, DATA_STATS), stats)
 
 
 def _train_loop(config, workdir, mesh, defs, tx, schedule, state, start, ckpt, sampler,

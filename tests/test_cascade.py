@@ -1,0 +1,226 @@
+"""The cascade (issue 11): CNN2's own view from the host crop, the evaluation box jitter, the
+mirror-aware stable-point metrics, CNN2's training transforms and the sequential schedule."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxalign import metrics, schemes, transforms
+from jaxalign.data import pipeline
+from jaxalign.data import records as records_lib
+from jaxalign.evaluation import report as report_lib
+from jaxalign.models import aligner
+from jaxalign.training import config as config_lib
+from jaxalign.training import state as state_lib
+
+S = schemes.IBUG68
+SMOKE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                     'smoke.py')
+
+
+def _pattern(x, y):
+  """A smooth RGB test pattern as a function of image coordinates (pixels)."""
+  return np.stack([127 + 100 * np.sin(x / 9.0), 127 + 100 * np.cos(y / 7.0),
+                   127 + 80 * np.sin((x + y) / 11.0)], -1)
+
+
+def test_cnn2_view_samples_the_host_crop_with_the_warp_image_convention(tmp_path):
+  """CNN2's input, sampled once from the higher-resolution host crop through
+  crop->input->canonical, shows the photo at the image coordinates that the inverse of the
+  same composed matrix gives (the convention of transforms.warp_image), and is sharper than a
+  resample of CNN1's input."""
+  h, w = 180, 200
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+  image = np.clip(_pattern(xx, yy), 0, 255).astype(np.uint8)
+  path = str(tmp_path / 'face.png')
+  from PIL import Image
+  Image.fromarray(image).save(path)
+  c = config_lib.base_config()
+  c.model.input_size = 32
+  c.model.cnn2_input_size = 32
+  spec = pipeline.CropSpec.from_config(c)
+  assert spec.host_scale == pytest.approx(pipeline.CNN2_ZOOM)
+  assert spec.crop_size > int(32 * spec.crop_context)
+  rec = records_lib.FaceRecord(image=path, points=np.full((68, 2), 100.0, np.float32),
+                               box=np.array([60, 50, 140, 130], np.float32))
+  ex = pipeline.load_example(rec, spec)
+  batch = {k: jnp.asarray(ex[k])[None] for k in ('image', 'points', 'box')}
+  views = pipeline.prepare_views(batch, c)
+  model = state_lib.create_model(c)
+  # A canonical transform with a zoom and a rotation, as the spatial transform makes.
+  m = transforms.similarity_matrix(0.3, 1.4, (15.5, 15.5), (1.0, -2.0))[None]
+  view = model.cnn2_view(views['images'], m, views['source'], views['matrices'])
+  image_to_view = transforms.compose(jnp.asarray(ex['crop_from_image'])[None],
+                                     views['matrices'], m)
+  g = np.arange(32, dtype=np.float32)
+  grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+  src = np.asarray(transforms.warp_points(grid[None], transforms.invert(image_to_view)))[0]
+  expected = _pattern(src[:, 0], src[:, 1]).reshape(32, 32, 3)
+  err_host = np.abs(np.asarray(view[0]) - expected).mean()
+  # The old path: resampling CNN1's (downscaled) input instead of the host crop.
+  old = model.cnn2_view(views['images'], m)
+  err_old = np.abs(np.asarray(old[0]) - expected).mean()
+  assert err_host < 3.0, err_host
+  assert err_host < err_old, (err_host, err_old)
+
+
+def test_eval_box_jitter_is_deterministic_per_face():
+  c = config_lib.base_config()
+  c.model.input_size = 32
+  spec = pipeline.CropSpec.from_config(c)
+  box = np.tile(pipeline.crop_box(spec), (4, 1))
+  batch = {'image': np.zeros((4, spec.crop_size, spec.crop_size, 3), np.uint8),
+           'points': np.zeros((4, 68, 2), np.float32), 'box': box}
+  plain = pipeline.prepare_views(batch, c, eval_index=np.arange(4))['matrices']
+  np.testing.assert_allclose(plain, pipeline.input_matrices(box, 32))   # no jitter by default
+  c.eval.box_jitter.shift, c.eval.box_jitter.scale = 0.05, 0.07
+  c.eval.box_jitter.rotation_deg = 10.0
+  a = pipeline.prepare_views(batch, c, eval_index=np.arange(4))['matrices']
+  b = pipeline.prepare_views(batch, c, eval_index=np.array([0, 1, 2, 3]))['matrices']
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a[0], a[1])          # per face
+  assert not np.allclose(a, plain)
+  # A face's jitter depends on its index only, not on its batch position.
+  swapped = pipeline.prepare_views(batch, c, eval_index=np.array([3, 2, 1, 0]))['matrices']
+  np.testing.assert_allclose(swapped[0], a[3], atol=1e-6)
+  c.eval.box_jitter.seed = 1
+  other = pipeline.prepare_views(batch, c, eval_index=np.arange(4))['matrices']
+  assert not np.allclose(other, a)
+
+
+def test_stable_metric_uses_the_mirror_set_of_left_looking_faces():
+  """Hand-made: a face whose stable points are exact and whose mirror-set points are off by
+  3 px. Scored on its own direction's SL set it is perfect when right-looking and 3 px off
+  (over the points of the mirror set that are not also stable) when left-looking."""
+  gt = np.zeros((2, 68, 2), np.float32)
+  gt[:, :, 0] = np.arange(68)
+  gt[:, :, 1] = np.arange(68) % 7
+  gt[:, 36] = [0.0, 0.0]
+  gt[:, 45] = [30.0, 0.0]                  # inter-ocular distance 30 px
+  pred = gt.copy()
+  stable = S.stable_mask()
+  pred[:, ~stable, 0] += 3.0               # every non-stable point 3 px off
+  left = np.array([False, True])
+  mask = metrics.stable_mask_by_direction(left, S)
+  assert mask[0].sum() == mask[1].sum() == len(S.stable)
+  np.testing.assert_array_equal(mask[1], np.isin(np.arange(68),
+                                                 S.flip_index_array()[list(S.stable)]))
+  errors = report_lib.per_image_errors(pred, gt, None, S, left_looking=left)
+  assert errors['nme_stable'][0] == pytest.approx(0.0)
+  off = (mask[1] & ~stable).sum()
+  assert errors['nme_stable'][1] == pytest.approx(3.0 * off / len(S.stable) / 30.0)
+  # The fixed set scores both faces as perfect: the bug this metric fixes.
+  fixed = report_lib.per_image_errors(pred, gt, None, S)
+  assert fixed['nme_stable'][1] == pytest.approx(0.0)
+
+
+def test_stage2_metrics_on_a_hand_made_case():
+  gt = np.random.default_rng(0).uniform(10, 90, (3, 68, 2)).astype(np.float32)
+  boxes = np.tile(np.array([0, 0, 100, 100], np.float32), (3, 1))
+  left = np.array([False, True, False])
+  sl = metrics.stable_mask_by_direction(left, S)
+  cnn1 = gt + 2.0
+  cnn = np.where(sl[..., None], gt + np.array([1.0, 0.0, 3.0])[:, None, None], cnn1)
+  r = report_lib.stage2_metrics(cnn, cnn1, gt, boxes, left, np.array([False, True, True]),
+                                np.array([10.0, -40.0, 70.0]), S)
+  e1 = np.sqrt(8.0) / 100
+  e2 = np.sqrt(2.0) * np.array([1.0, 0.0, 3.0]) / 100    # the offset is on x and y
+  assert r['stage2_gain'] == pytest.approx(1 - e2.mean() / e1)
+  assert r['stage2_win_rate'] == pytest.approx(2 / 3)
+  assert r['flip_accuracy'] == pytest.approx(2 / 3)
+  by = {(b['yaw_min'], b['yaw_max']): b for b in r['flip_accuracy_by_yaw']}
+  assert by[(60, 90)]['accuracy'] == 0.0 and by[(0, 30)]['accuracy'] == 1.0
+
+
+def _tiny_pose_aware(**model):
+  c = config_lib.base_config()
+  c.model.depth = 'tiny'
+  c.model.input_size = 32
+  for k, v in model.items():
+    c.model[k] = v
+  return c
+
+
+def test_residual_cnn2_starts_at_cnn1_and_stable_framing():
+  c = _tiny_pose_aware(cnn2_residual=True, transform_points='stable')
+  model = state_lib.create_model(c)
+  model.eval()
+  x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
+  out = model(x)
+  idx = np.asarray(out['stable_indices'])
+  rough = np.asarray(out['rough'])
+  # A zero head: CNN2's stable points are CNN1's.
+  np.testing.assert_allclose(np.asarray(out['stable']),
+                             np.take_along_axis(rough, idx[..., None], 1), atol=1e-3)
+  w = np.asarray(model.transform_weights[...])
+  np.testing.assert_array_equal(w > 0, S.stable_mask())
+  shapes = np.random.default_rng(1).normal(0, 1, (5, 68, 2)) + aligner.default_shape(S, 32)
+  canon = aligner.canonical_shape_from_training(shapes, 32, S, fill=0.9,
+                                                frame_points=S.stable)
+  framed = canon[list(S.stable)]
+  assert np.max(framed.max(0) - framed.min(0)) == pytest.approx(0.9 * 32, rel=1e-4)
+
+
+def test_jittered_truth_transform_noise_and_misflips():
+  c = _tiny_pose_aware()
+  model = state_lib.create_model(c)
+  pts = jnp.asarray(np.tile(aligner.default_shape(S, 32)[None], (64, 1, 1)))
+  exact, flip0 = model.spatial_transform(pts)
+  same, flip1 = aligner.jittered_truth_transform(model, pts, jax.random.PRNGKey(0), {})
+  np.testing.assert_allclose(same, exact, atol=1e-5)
+  np.testing.assert_array_equal(flip0, flip1)
+  noisy, flip2 = aligner.jittered_truth_transform(
+      model, pts, jax.random.PRNGKey(0), {'rotation_deg': 5.0, 'scale': 0.05,
+                                          'translation': 0.03, 'misflip': (1.0,)})
+  assert not np.allclose(noisy, exact)
+  # The frontal default shape is in the first |yaw| bin, whose mis-flip rate is 1 here.
+  np.testing.assert_array_equal(np.asarray(flip2), ~np.asarray(flip0))
+  scale = np.sqrt(np.abs(np.linalg.det(np.asarray(noisy)[:, :, :2])))
+  scale0 = np.sqrt(np.abs(np.linalg.det(np.asarray(exact)[:, :, :2])))
+  assert 0.01 < np.std(np.log(scale / scale0)) < 0.1
+
+
+@pytest.mark.slow
+def test_sequential_run_loads_cnn1_from_a_checkpoint(tmp_path):
+  """Stage 1 trains a run; stage 2 starts from its CNN1 (frozen) and trains CNN2 only."""
+  from jaxalign import inference, workflow
+  from test_pipeline import write_fixture
+  train = write_fixture(str(tmp_path / 'train'), num=8, size=48, seed=0)
+
+  def config():
+    c = config_lib.load_config_file(SMOKE)
+    c.data.train_dir, c.data.test_dir = train, ''
+    c.num_steps = c.checkpoint_every = 2
+    c.eval.enabled = False
+    c.data.num_workers = 0
+    return c
+
+  first = str(tmp_path / 'cnn1')
+  workflow.train_and_evaluate(config(), first)
+  c2 = config()
+  c2.model.init_cnn1_from = first
+  c2.model.freeze_cnn1 = True
+  c2.model.transform_from = 'prediction'
+  second = str(tmp_path / 'cnn2')
+  workflow.train_and_evaluate(c2, second)
+  a, _, _ = inference.load_run(first)
+  b, _, _ = inference.load_run(second)
+  sa = nnx.to_pure_dict(nnx.state(a.cnn1))
+  sb = nnx.to_pure_dict(nnx.state(b.cnn1))
+  for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # CNN2 did train.
+  fresh = state_lib.create_model(c2)
+  moved = [not np.allclose(np.asarray(x), np.asarray(y)) for x, y in zip(
+      jax.tree.leaves(nnx.to_pure_dict(nnx.state(b.cnn2, nnx.Param))),
+      jax.tree.leaves(nnx.to_pure_dict(nnx.state(fresh.cnn2, nnx.Param))))]
+  assert any(moved)
+  # A frozen CNN1 needs a source run.
+  c3 = config_lib.load_config_file(SMOKE)
+  c3.model.freeze_cnn1 = True
+  with pytest.raises(ValueError, match='model.init_cnn1_from'):
+    config_lib.validate(c3, 1)
