@@ -168,3 +168,5 @@ def test_bench_detect_bad_inputs(tmp_path, capsys):
   assert bench_detect.main([str(empty), '--detector', 'nope']) == 2
   assert 'unknown face detector' in capsys.readouterr().err
   assert bench_detect.main([]) == 2
+  from jaxalign import bench  # the registered sub-command reaches the same main
+  assert bench.main(['detect', str(tmp_path / 'missing')]) == 2
