@@ -60,16 +60,33 @@ def test_fusion_weights_formula():
   rms[:, list(IBUG68.stable)] = 0.02
   rms[1, 5] = 0.08
   rms[0, 6] = np.nan
-  w = completion.fusion_weights(rms, np.array([10.0, -45.0]), bins)
-  assert w.shape == (2, 68)
+  mirror5 = int(IBUG68.flip_index_array()[5])                 # 11
+  w = completion.fusion_weights(rms, np.array([10.0, 45.0, -45.0]), bins)
+  assert w.shape == (3, 68)
   assert w[0, 5] == pytest.approx((0.02 / 0.04) ** 2)       # inverse variance vs the SLs
   assert w[1, 5] == pytest.approx((0.02 / 0.08) ** 2)       # |yaw| bin of the face
+  assert w[2, mirror5] == pytest.approx((0.02 / 0.08) ** 2)  # left-looking: mirror point
   assert w[0, 6] == 0.0                                      # no residuals: not fused
   assert w.max() <= completion.MAX_FUSION_WEIGHT            # never as much as an SL
   w2 = completion.fusion_weights(rms, [10.0], bins, reference_rms=0.04)
   assert w2[0, 5] == pytest.approx(completion.MAX_FUSION_WEIGHT)
   with pytest.raises(ValueError, match='rms must be'):
     completion.fusion_weights(rms[:, :5], [0.0], bins)
+
+
+def test_residual_rms_per_bin_in_the_working_frame():
+  rng = np.random.default_rng(1)
+  gt = rng.uniform(0, 100, (12, 68, 2)).astype(np.float32)
+  gt[:, 36], gt[:, 45] = (10.0, 50.0), (60.0, 50.0)           # inter-ocular distance 50
+  pred = gt.copy()
+  pred[:, 5, 0] += 5.0                                         # 0.1 inter-ocular at point 5
+  yaw = np.array([10.0] * 6 + [-50.0] * 6)
+  rms = completion.residual_rms(pred, gt, yaw, bins=(0.0, 30.0, 90.0))
+  mirror5 = int(IBUG68.flip_index_array()[5])
+  assert rms[0, 5] == pytest.approx(0.1) and rms[0, mirror5] == 0.0
+  assert rms[1, mirror5] == pytest.approx(0.1) and rms[1, 5] == 0.0   # left-looking: mirrored
+  assert np.isnan(completion.residual_rms(pred, gt, yaw, bins=(0.0, 30.0, 90.0),
+                                          min_faces=7)).all()
 
 
 def test_observations_errors(model, faces):

@@ -273,7 +273,49 @@ def _add_observations(work, w, observed, weights, flipped, size, scheme, model, 
   return work, w
 
 
-def fusion_weights(rms, yaw, bins=(0.0, 30.0, 60.0, 75.0, 90.0), reference_rms=None,
+YAW_BINS = (0.0, 30.0, 60.0, 75.0, 90.0)
+
+
+def _yaw_bin(yaw, bins):
+  """(N,) index of the |yaw| bin (the last bin also takes |yaw| beyond its upper edge)."""
+  edges = np.asarray(bins, np.float64)
+  b = np.searchsorted(edges, np.abs(np.asarray(yaw, np.float64)), side='right') - 1
+  return np.clip(b, 0, len(edges) - 2)
+
+
+def residual_rms(pred, gt, yaw, bins=YAW_BINS, scheme=schemes_lib.IBUG68,
+                 min_faces: int = 5) -> np.ndarray:
+  """(B, L) RMS of a detector's per-point error per |yaw| bin, in inter-ocular units, in the
+  working (right-looking) frame: a left-looking face's errors (by
+  :func:`jaxalign.morphable.pose.is_left_looking` of ``yaw``) are counted at its mirror points.
+
+  Estimate it on held-out training faces (e.g. CNN1's points on a held-out slice of the
+  training data), never on the test set; :func:`fusion_weights` turns it into weights.
+
+  Args:
+    pred, gt: (N, L, 2) image pixels. yaw: (N,) degrees (signed, eos convention).
+    min_faces: a bin with fewer faces gets NaN (no weight).
+  """
+  scheme = schemes_lib.get_scheme(scheme)
+  p, g = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+  if p.shape != g.shape or p.ndim != 3 or p.shape[1:] != (scheme.num_points, 2):
+    raise ValueError(f'pred and gt must both be (N, {scheme.num_points}, 2), got {p.shape} '
+                     f'and {g.shape}')
+  a, b = scheme.inter_ocular
+  d = np.linalg.norm(g[:, a] - g[:, b], axis=-1)
+  err = np.linalg.norm(p - g, axis=-1) / d[:, None]                    # (N, L)
+  left = pose_lib.is_left_looking(np.asarray(yaw, np.float64))
+  err = np.where(left[:, None], err[:, scheme.flip_index_array()], err)
+  idx = _yaw_bin(yaw, bins)
+  out = np.full((len(bins) - 1, scheme.num_points), np.nan)
+  for k in range(len(bins) - 1):
+    sel = idx == k
+    if sel.sum() >= min_faces:
+      out[k] = np.sqrt(np.nanmean(err[sel] ** 2, axis=0))
+  return out
+
+
+def fusion_weights(rms, yaw, bins=YAW_BINS, reference_rms=None,
                    max_weight: float = MAX_FUSION_WEIGHT, scheme=schemes_lib.IBUG68):
   """(N, L) per-point fusion weights from held-out residual RMS per point and |yaw| bin.
 
@@ -284,34 +326,36 @@ def fusion_weights(rms, yaw, bins=(0.0, 30.0, 60.0, 75.0, 90.0), reference_rms=N
 
   with ``reference_rms[b]`` the RMS the SLs are trusted at (default: the mean over the stable
   points of ``rms[b]``, i.e. the same detector's accuracy on the SLs). NaN or non-positive RMS
-  gives weight 0. Hidden-side points are zeroed later by :func:`complete`.
+  gives weight 0. ``rms`` is in the working (right-looking) frame (:func:`residual_rms`); the
+  weights come back in each face's own frame (mirrored for a left-looking ``yaw``), as
+  :func:`complete` takes them. Hidden-side points are zeroed later by :func:`complete`.
 
   Args:
     rms: (B, L) residual RMS per |yaw| bin and point, any unit (e.g. fraction of the
       inter-ocular distance), measured on held-out training faces, never on the test set.
-    yaw: (N,) the faces' yaw in degrees (sign ignored).
-    bins: (B + 1,) |yaw| bin edges in degrees (the last bin includes its upper edge; larger
-      |yaw| goes to the last bin).
+    yaw: (N,) the faces' yaw in degrees (eos convention).
+    bins: (B + 1,) |yaw| bin edges in degrees (larger |yaw| goes to the last bin).
     reference_rms: scalar or (B,) RMS of the SLs; default from ``rms`` as above.
     max_weight: cap (< 1: observations never count as much as an SL).
   """
   scheme = schemes_lib.get_scheme(scheme)
   r = np.asarray(rms, np.float64)
-  edges = np.asarray(bins, np.float64)
-  if r.ndim != 2 or r.shape != (len(edges) - 1, scheme.num_points):
-    raise ValueError(f'rms must be (B, {scheme.num_points}) for {len(edges) - 1} bins, got '
+  if r.ndim != 2 or r.shape != (len(bins) - 1, scheme.num_points):
+    raise ValueError(f'rms must be (B, {scheme.num_points}) for {len(bins) - 1} bins, got '
                      f'{r.shape}')
   if reference_rms is None:
     ref = np.nanmean(r[:, scheme.stable_mask()], axis=1)
   else:
     ref = np.broadcast_to(np.asarray(reference_rms, np.float64), (len(r),))
   good = np.isfinite(r) & (r > 0)
-  table = np.where(good, np.minimum(max_weight, (ref[:, None] / np.where(good, r, 1.0)) ** 2),
-                   0.0)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    table = np.where(good, np.minimum(max_weight, (ref[:, None] / np.where(good, r, 1.0)) ** 2),
+                     0.0)
   table = np.nan_to_num(table)
-  b = np.clip(np.searchsorted(edges, np.abs(np.asarray(yaw, np.float64)), side='right') - 1,
-              0, len(r) - 1)
-  return table[b].astype(np.float32)
+  w = table[_yaw_bin(yaw, bins)]
+  left = pose_lib.is_left_looking(np.asarray(yaw, np.float64))
+  w = np.where(left[:, None], w[:, scheme.flip_index_array()], w)
+  return w.astype(np.float32)
 
 
 def default_image_size(points) -> np.ndarray:
