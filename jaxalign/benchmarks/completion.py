@@ -1,6 +1,12 @@
 """``python -m jaxalign.bench completion [--batch-size 256] [--json] [--tune] [--by-yaw]
 [--real DIR...]``: 3DMM completion speed and accuracy, JAX backend vs eos, on the same faces.
 
+``--fusion`` scores fused completion (:func:`jaxalign.morphable.completion.complete` with
+``observed`` / ``weights``) on synthetic faces: observations = true points plus Gaussian noise of
+a few levels (fractions of the inter-ocular distance, a stand-in for CNN1's points), weighted 0.5
+or by :func:`~jaxalign.morphable.completion.fusion_weights` from the residuals of the same
+noise on held-out faces (seed + 1).
+
 ``--real DIR...`` (folders or single files of ``.pts`` / ``.ljson`` 68-point faces, e.g.
 ``../shared/faces/real ../shared/faces/image_0010.pts``) scores both backends on real
 annotations: ground-truth SLs in (their mirror for a left-looking face), the other points out,
@@ -402,6 +408,38 @@ def real(paths, backends=('jax', 'eos'), config=None):
   return out
 
 
+def fusion(faces=128, seed=11, levels=(0.01, 0.03, 0.06, 0.10), reference_rms=0.01):
+  """UL errors of fused completion per observation noise level (see the module docstring)."""
+  from jaxalign.morphable import completion
+  from jaxalign.morphable.model import load_model
+  model = load_model()
+  f = synthetic_faces(model, faces, seed)
+  held = synthetic_faces(model, faces, seed + 1)
+  rng = np.random.default_rng(seed)
+
+  def noisy(x, level):
+    a, b = schemes_lib.IBUG68.inter_ocular
+    d = np.linalg.norm(x[:, a] - x[:, b], axis=-1)
+    return (x + rng.normal(0.0, 1.0, x.shape) * (level * d)[:, None, None]).astype(np.float32)
+
+  def score(r):
+    inner, jaw = ul_errors(r, f['gt'])
+    return {'inner': float(np.nanmean(inner)), 'jaw': float(np.nanmean(jaw))}
+
+  rows = [{'observations': None, 'weights': None,
+           **score(completion.complete(f['given'], image_size=f['image_size'], model=model))}]
+  for level in levels:
+    obs = noisy(f['gt'], level)
+    rms = completion.residual_rms(noisy(held['gt'], level), held['gt'], held['yaw'])
+    w = completion.fusion_weights(rms, f['yaw'], reference_rms=reference_rms)
+    for name, weights in (('0.5', 0.5), ('residual', w)):
+      r = completion.complete(f['given'], image_size=f['image_size'], model=model,
+                              observed=obs, weights=weights)
+      rows.append({'observations': level, 'weights': name, **score(r)})
+  return {'date': time.strftime('%Y-%m-%d'), 'faces': faces, 'seed': seed,
+          'reference_rms': reference_rms, 'rows': rows}
+
+
 def format_real(out) -> str:
   """A plain-text table of :func:`real` (percent)."""
   backends = list(out['mean'])
@@ -445,6 +483,8 @@ def main(argv=None) -> int:
                       'annotations.jsonl)')
   p.add_argument('--backends', default='jax,eos',
                  help='--by-yaw, --real: comma-separated backends')
+  p.add_argument('--fusion', action='store_true',
+                 help='score fused completion (noisy observations of the ULs) instead')
   p.add_argument('--real', nargs='+', metavar='DIR', default=None,
                  help='score the real faces (.pts / .ljson) of these folders or files instead')
   args = p.parse_args(argv)
@@ -454,6 +494,15 @@ def main(argv=None) -> int:
   except assets.MissingModelFilesError as e:
     print(e, file=sys.stderr)
     return 2
+  if args.fusion:
+    out = fusion(seed=11 if args.seed is None else args.seed)
+    if args.json:
+      print(json.dumps(out))
+    else:
+      for row in out['rows']:
+        print(f"observations {row['observations']} weights {row['weights']}: non-jaw "
+              f"{100 * row['inner']:.2f} %, jaw {100 * row['jaw']:.2f} %")
+    return 0
   if args.real:
     try:
       out = real(args.real, tuple(b for b in args.backends.split(',') if b))
