@@ -41,4 +41,8 @@ def get_config():
   c.eval.batch_size = 50
   c.eval.completion = True
   c.eval.completion_backend = 'jax'
+  # Detector-like test boxes (the training augmentation's ranges): see docs/method.md.
+  c.eval.box_jitter.shift = 0.05
+  c.eval.box_jitter.scale = 0.07
+  c.eval.box_jitter.rotation_deg = 10.0
   return c

@@ -201,9 +201,8 @@ def complete_points(points, scheme, backend: str, flip=None, train_dir: str | No
                              convention=convention, **kwargs)
 
 
-@functools.lru_cache(maxsize=4)
 def _gaussian_model(folder: str, scheme_name: str):
-  """The 2D Gaussian shape model of a training folder's shapes (cached per folder).
+  """The 2D Gaussian shape model of a training folder's shapes (fitted once per folder).
 
   Raises:
     FileNotFoundError: no such folder; ValueError: no usable face in it.
@@ -212,14 +211,49 @@ def _gaussian_model(folder: str, scheme_name: str):
   scheme = schemes_lib.get_scheme(scheme_name)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'training folder {folder} does not exist')
-  recs, _ = records_lib.scan_folder(folder, num_points=scheme.num_points)
-  if not recs:
-    raise ValueError(f'training folder {folder} holds no usable image + .pts pair')
-  return statistical.fit(np.stack([np.asarray(r.points, np.float64) for r in recs]), scheme)
+
+  def load_shapes():
+    recs, _ = records_lib.scan_folder(folder, num_points=scheme.num_points)
+    if not recs:
+      raise ValueError(f'training folder {folder} holds no usable image + .pts pair')
+    return np.stack([np.asarray(r.points, np.float64) for r in recs])
+
+  return statistical.cached_fit(os.path.realpath(folder), load_shapes, scheme)
+
+
+def fusion_inputs(rough, fusion: dict | None) -> dict:
+  """The fusion keywords of :func:`jaxalign.morphable.completion.complete` for CNN1's points
+  ``rough`` (N, L, 2): ``observed`` = CNN1's points, ``weights`` from the held-out residual table
+  ``fusion`` (``{'rms': (B, L), 'bins': (B + 1,)}``, :func:`fusion_table`) at each face's |yaw|
+  bin, the yaw being the rigid fit of CNN1's own points (the truth is unknown at test time)."""
+  if not fusion:
+    return {}
+  from jaxalign.morphable import completion, pose  # pylint: disable=g-import-not-at-top
+  yaw = np.asarray(pose.estimate_pose(rough)[..., 0], np.float64)
+  weights = completion.fusion_weights(np.asarray(fusion['rms'], np.float64), yaw,
+                                      bins=tuple(fusion['bins']))
+  return {'observed': rough, 'weights': np.nan_to_num(weights, nan=0.0)}
+
+
+FUSION_FILE = 'cnn1_residuals.json'
+
+
+def fusion_table(workdir) -> dict | None:
+  """The held-out residual table of CNN1 a run saved at the end of training
+  (``WORKDIR/cnn1_residuals.json``: ``rms`` (B, L) per |yaw| bin and point, inter-ocular units,
+  ``bins``, ``num_faces``), or None."""
+  path = os.path.join(str(workdir), FUSION_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    table = json.load(f)
+  table['rms'] = np.asarray(table['rms'], np.float64)
+  return table
 
 
 def run_pipeline(model, config, records, completion: str | None = None,
-                 batch_size: int | None = None, convention: str | None = None) -> dict[str, Any]:
+                 batch_size: int | None = None, convention: str | None = None,
+                 fusion: dict | None = None) -> dict[str, Any]:
   """The full pipeline on records: the CNN pair, then the completion of the unstable points.
 
   Args:
@@ -230,6 +264,9 @@ def run_pipeline(model, config, records, completion: str | None = None,
     batch_size: images per forward pass (default ``config.eval.batch_size``).
     convention: the 3DMM jaw convention, '2d' or '3d' (default
       ``config.eval.completion_convention``).
+    fusion: CNN1's held-out residual table (:func:`fusion_table`): with the 'jax' backend the
+      fit also takes CNN1's unstable points, weighted by it (beyond the paper). The unfused
+      completion is then returned too, as ``points_unfused``.
 
   Returns:
     :func:`predict_records`'s dict plus ``points`` (the final landmarks), ``yaw``/``pitch``/
@@ -255,6 +292,7 @@ def run_pipeline(model, config, records, completion: str | None = None,
   num_fallbacks = 0
   error = None
   ran = None
+  points_unfused = None     # the completion without fusion, when fused
   # The 3DMM reads iBUG-68 points. The plain model is fitted for its yaw only (a 3DMM gives
   # one where the annotations have none); the pose-aware model's stable points are completed.
   fit_backend = ('jax' if backend in ('gaussian', 'none') else backend) if plain else backend
@@ -266,9 +304,18 @@ def run_pipeline(model, config, records, completion: str | None = None,
   elif valid.any() and fit_backend != 'none':
     sel = np.flatnonzero(valid)
     fit_input = out['rough'] if plain else out['stable']
-    result = complete_points(
-        fit_input[sel], scheme, fit_backend, flip=None if plain else out['flipped'][sel],
-        train_dir=config.data.get('train_dir') or None, convention=convention)
+    fuse = fusion if (fusion and not plain and fit_backend == 'jax') else None
+
+    def fit(**extra):
+      return complete_points(
+          fit_input[sel], scheme, fit_backend, flip=None if plain else out['flipped'][sel],
+          train_dir=config.data.get('train_dir') or None, convention=convention, **extra)
+
+    result = fit(**fusion_inputs(out['rough'][sel], fuse))
+    if fuse:
+      unfused = merge_stable(out['stable'][sel], np.asarray(fit().points, np.float32))
+      points_unfused = points.copy()
+      points_unfused[sel] = np.where(np.isfinite(unfused), unfused, out['rough'][sel])
     for name, arr in (('yaw', yaw), ('pitch', pitch), ('roll', roll)):
       value = getattr(result, name, None)
       if value is not None:
@@ -292,7 +339,7 @@ def run_pipeline(model, config, records, completion: str | None = None,
                     num_fallbacks)
       points[sel] = np.where(bad[..., None], out['rough'][sel], filled)
   t2 = time.perf_counter()
-  return dict(out, points=points, yaw=yaw, pitch=pitch, roll=roll, shape_coeffs=shape_coeffs,
+  return dict(out, points=points, points_unfused=points_unfused, yaw=yaw, pitch=pitch, roll=roll, shape_coeffs=shape_coeffs,
               expression_coeffs=expression_coeffs, num_fallbacks=num_fallbacks, backend=ran,
               completion_error=error,
               timings={'cnn_s': t1 - t0, 'completion_s': t2 - t1, 'pipeline_s': t2 - t0,

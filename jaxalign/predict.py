@@ -1,19 +1,21 @@
 """Landmarks, head pose and the 3DMM fit for faces in any photo.
 
   python -m jaxalign.predict --workdir RUN IMAGE... [--bbox x0,y0,x1,y1] [--out DIR] [--mesh]
-      [--completion jax|eos] [--batch-size 32]
+      [--completion jax|eos] [--batch-size 32] [--detector mtcnn|haar] [--no-refine]
 
 Writes per face ``DIR/<stem>.pts`` (68 points, 1-based iBUG format), ``DIR/<stem>.json``
 (points, box, yaw/pitch/roll, 3DMM coefficients, completion backend), with ``--mesh`` the fitted
 mesh ``DIR/<stem>.obj``, and per image ``DIR/<stem>.png`` (stable landmarks green, completed
-ones orange). Faces are found with OpenCV's Haar cascades (frontal and profile) unless
-``--bbox`` gives the box. Exit status: 0 all images done, 1 some image failed (missing,
-unreadable, no face), 2 nothing ran. Default ``DIR``: ``RUN/predict``.
+ones orange). Faces are found by a face detector (``--detector``: MTCNN when installed, else
+OpenCV's Haar cascades) unless ``--bbox`` gives the box; faces of many photos share the CNN and
+completion batches. Exit status: 0 all images done, 1 some image failed (missing, unreadable,
+no face; the others are still written), 2 nothing ran. Default ``DIR``: ``RUN/predict``.
 """
 
 import argparse
 import sys
 
+from jaxalign.prediction import detector as detector_lib
 from jaxalign.prediction import pipeline
 
 
@@ -28,6 +30,10 @@ def main(argv=None) -> int:
   parser.add_argument('--completion', default='jax', choices=('jax', 'eos'),
                       help='3DMM completion backend')
   parser.add_argument('--batch-size', type=int, default=32, help='faces per forward pass')
+  parser.add_argument('--detector', default=None, choices=detector_lib.DETECTORS,
+                      help='face detector (default: the best installed: '
+                      f'{", ".join(detector_lib.DETECTORS)})')
+  parser.add_argument('--no-progress', action='store_true', help='no progress bar')
   parser.add_argument('--no-refine', action='store_true',
                       help='use detector boxes as they are (no second pass around the points)')
   args = parser.parse_args(argv)
@@ -35,7 +41,8 @@ def main(argv=None) -> int:
     parser.error('--batch-size must be positive')
   return pipeline.predict(args.workdir, args.images, bbox=args.bbox, out=args.out,
                           mesh=args.mesh, completion=args.completion,
-                          batch_size=args.batch_size, refine=not args.no_refine)
+                          batch_size=args.batch_size, refine=not args.no_refine,
+                          detector=args.detector, progress=False if args.no_progress else None)
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ import os
 import jax
 import ml_collections
 
+from jaxalign import atomic
 from jaxalign import inference
 from jaxalign.evaluation import runner
 from jaxalign.training import trainer
@@ -37,6 +38,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   result['report'] = None
   if result.get('interrupted'):
     return result
+  if data.get('holdout') and jax.process_index() == 0:
+    model, _, _ = inference.load_run(os.path.abspath(workdir))
+    table = residual_table(model, resolved, data['holdout'])
+    if table is not None:
+      atomic.write_json(os.path.join(os.path.abspath(workdir), inference.FUSION_FILE), table)
   if resolved.eval.enabled and data['test_sets'] and jax.process_index() == 0:
     model, _, step = inference.load_run(os.path.abspath(workdir))
     result['reports'] = runner.evaluate_splits(model, resolved, data['test_sets'],
@@ -44,3 +50,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result['report'] = next(iter(result['reports'].values()))
   return result
 
+
+
+def residual_table(model, config, records) -> dict | None:
+  """CNN1's residual RMS per point and |yaw| bin on held-out training faces (``records``), the
+  table the completion's fusion weights come from (:func:`jaxalign.inference.fusion_table`);
+  None for the plain model or a scheme without a 3DMM completion."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxalign.morphable import completion, pose  # pylint: disable=g-import-not-at-top
+  if config.model.kind != 'pose_aware' or config.model.scheme != 'ibug68' or not records:
+    return None
+  out = inference.predict_records(model, config, records,
+                                  batch_size=int(config.eval.get('batch_size', 32)))
+  valid = out['valid']
+  gt = np.stack([np.asarray(r.points, np.float32) for r in records])[valid]
+  yaw = np.array([np.nan if r.yaw is None else float(r.yaw) for r in records])[valid]
+  missing = ~np.isfinite(yaw)
+  if missing.any():
+    yaw[missing] = np.asarray(pose.estimate_pose(gt[missing])[..., 0], np.float64)
+  bins = completion.YAW_BINS
+  rms = completion.residual_rms(out['rough'][valid], gt, yaw, bins=bins)
+  return {'rms': np.where(np.isfinite(rms), rms, None).tolist(), 'bins': list(bins),
+          'num_faces': int(valid.sum()), 'units': 'inter-ocular distance',
+          'frame': 'right-looking (left-looking faces mirrored)'}

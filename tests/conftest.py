@@ -62,3 +62,60 @@ def sfm_model(sfm_dir):
   """The loaded Surrey Face Model (jaxalign.morphable.model.SurreyModel)."""
   from jaxalign.morphable import model
   return model.load_model(sfm_dir)
+
+
+def write_faces(out: pathlib.Path, n: int, seed: int, size: int = 64, yaws=None):
+  """Random similarity warps (half of them mirrored) of the real face, 300-W folder style."""
+  import json
+  import cv2
+  from jaxalign import io, schemes
+  src = cv2.imread(str(FACES_DIR / 'image_0010.png'))
+  pts = io.read_pts(FACES_DIR / 'image_0010.pts')
+  rng = np.random.default_rng(seed)
+  out.mkdir(parents=True, exist_ok=True)
+  centre = (pts.min(0) + pts.max(0)) / 2
+  side = (pts.max(0) - pts.min(0)).max()
+  lines = []
+  for i in range(n):
+    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), rng.uniform(-15, 15),
+                                size / side * rng.uniform(0.55, 0.7))
+    m[:, 2] += size / 2 - centre + rng.uniform(-3, 3, 2)
+    img = cv2.warpAffine(src, m, (size, size))
+    p = pts @ m[:, :2].T + m[:, 2]
+    if i % 2:
+      img = np.ascontiguousarray(img[:, ::-1])
+      p = p[schemes.IBUG68.flip_index_array()]
+      p[:, 0] = size - 1 - p[:, 0]
+    cv2.imwrite(str(out / f'face_{i:03d}.png'), img)
+    io.write_pts(out / f'face_{i:03d}.pts', p)
+    if yaws is not None and yaws[i] is not None:
+      lines.append(json.dumps({'file': f'face_{i:03d}.png', 'yaw': yaws[i]}))
+  if lines:
+    (out / 'annotations.jsonl').write_text('\n'.join(lines) + '\n')
+
+
+
+
+@pytest.fixture(scope='session')
+def smoke_run(tmp_path_factory):
+  """One trained smoke run shared by the tests of a session (each xdist worker trains its own):
+  configs/smoke.py, two steps on 64 px warps of the real face; held-out faces with and without
+  an annotated yaw. Returns the run folder (pathlib.Path)."""
+  import importlib.util
+  from jaxalign import workflow
+  root = tmp_path_factory.mktemp('e2e')
+  write_faces(root / 'train', 16, 0)
+  # Half of the test faces carry an annotated yaw: the report mixes both sources.
+  write_faces(root / 'test', 6, 1, yaws=[30.0, -30.0, 10.0, None, None, None])
+  spec = importlib.util.spec_from_file_location('smoke', REPO_ROOT / 'configs' / 'smoke.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.num_steps = 2
+  config.checkpoint_every = 2
+  config.data.train_dir = str(root / 'train')
+  config.data.test_dir = str(root / 'test')
+  config.eval.enabled = False
+  workdir = root / 'run'
+  workflow.train_and_evaluate(config, str(workdir))
+  return workdir

@@ -45,8 +45,25 @@ class _Oracle(nnx.Module):
 
 
 @pytest.fixture(scope='module')
-def model():
-  return aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, rngs=nnx.Rngs(0))
+def reference(sfm_dir):
+  from jaxalign.morphable import pose
+  return pose.reference_points()
+
+
+@pytest.fixture(scope='module')
+def model(reference):
+  return aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, pose_reference=reference,
+                                      rngs=nnx.Rngs(0))
+
+
+def test_constructing_a_model_reads_no_model_file(reference, monkeypatch):
+  from jaxalign.morphable import model as model_files
+  monkeypatch.setattr(model_files, 'load_model', lambda *a, **k: (_ for _ in ()).throw(
+      AssertionError('the model files were read')))
+  aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, pose_reference=reference,
+                               rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='pose_reference'):
+    aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope='module')
@@ -92,7 +109,8 @@ def test_outputs_shapes_and_dtypes(model, images):
   assert 'canonical_shape' not in nnx.state(model, nnx.Param)
   # bfloat16 compute: same output dtypes (shape evaluation only, no compilation).
   bf16 = nnx.eval_shape(lambda: aligner_lib.PoseAwareAligner(
-      depth='tiny', image_size=SIZE, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+      depth='tiny', image_size=SIZE, dtype=jnp.bfloat16, pose_reference=model.pose_reference[...],
+      rngs=nnx.Rngs(0)))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
   assert bf16.cnn2.backbone.conv1.dtype == jnp.bfloat16
   shapes = nnx.eval_shape(lambda m, x: m(x), bf16, images)

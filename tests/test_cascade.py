@@ -184,24 +184,16 @@ def test_jittered_truth_transform_noise_and_misflips():
   assert 0.01 < np.std(np.log(scale / scale0)) < 0.1
 
 
-@pytest.mark.slow
-def test_sequential_run_loads_cnn1_from_a_checkpoint(tmp_path):
-  """Stage 1 trains a run; stage 2 starts from its CNN1 (frozen) and trains CNN2 only."""
+def test_sequential_run_loads_cnn1_from_a_checkpoint(smoke_run, tmp_path):
+  """Stage 1 is the session's trained smoke run; stage 2 starts from its CNN1 (frozen) and
+  trains CNN2 only."""
   from jaxalign import inference, workflow
-  from test_pipeline import write_fixture
-  train = write_fixture(str(tmp_path / 'train'), num=8, size=48, seed=0)
-
-  def config():
-    c = config_lib.load_config_file(SMOKE)
-    c.data.train_dir, c.data.test_dir = train, ''
-    c.num_steps = c.checkpoint_every = 2
-    c.eval.enabled = False
-    c.data.num_workers = 0
-    return c
-
-  first = str(tmp_path / 'cnn1')
-  workflow.train_and_evaluate(config(), first)
-  c2 = config()
+  first = str(smoke_run)
+  c2 = config_lib.load_config_file(SMOKE)
+  c2.data.train_dir = str(smoke_run.parent / 'train')
+  c2.data.test_dir = ''
+  c2.num_steps = c2.checkpoint_every = 2
+  c2.eval.enabled = False
   c2.model.init_cnn1_from = first
   c2.model.freeze_cnn1 = True
   c2.model.transform_from = 'prediction'
@@ -224,3 +216,15 @@ def test_sequential_run_loads_cnn1_from_a_checkpoint(tmp_path):
   c3.model.freeze_cnn1 = True
   with pytest.raises(ValueError, match='model.init_cnn1_from'):
     config_lib.validate(c3, 1)
+
+
+def test_holdout_split_is_deterministic_and_disjoint():
+  from jaxalign.training import data_setup
+  recs = list(range(50))
+  a, ha = data_setup.split_holdout(recs, 0.1, 3)
+  b, hb = data_setup.split_holdout(recs, 0.1, 3)
+  assert (a, ha) == (b, hb) and len(ha) == 5 and not set(a) & set(ha)
+  assert sorted(a + ha) == recs
+  assert data_setup.split_holdout(recs, 0.0, 3) == (recs, [])
+  with pytest.raises(ValueError, match='holdout_fraction'):
+    data_setup.split_holdout(recs, 1.0, 3)

@@ -1,11 +1,10 @@
 """End to end: a tiny trained run -> python -m jaxalign.evaluate / --compare / jaxalign.predict.
 
 One smoke run (configs/smoke.py, two steps on 64 px crops of the shared real face) is trained
-once for the module; the tests check the files, keys and numbers the commands produce, not the
+once per test session (``smoke_run`` in conftest.py); the tests check the files, keys and numbers the commands produce, not the
 accuracy of a model trained for two steps.
 """
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -18,7 +17,6 @@ from jaxalign import evaluate as evaluate_cli
 from jaxalign import io
 from jaxalign import metrics
 from jaxalign import predict as predict_cli
-from jaxalign import schemes
 from jaxalign.evaluation import report as report_lib
 from jaxalign.evaluation import runner
 
@@ -29,52 +27,10 @@ REPORT_KEYS = ('num_images', 'nme_inter_ocular', 'nme_inter_pupil', 'nme_bbox', 
                'completion_backend', 'checkpoint_step', 'timings')
 
 
-def _write_faces(out: pathlib.Path, n: int, seed: int, size: int = 64, yaws=None):
-  """Random similarity warps (half of them mirrored) of the real face, 300-W folder style."""
-  src = cv2.imread(str(FACES / 'image_0010.png'))
-  pts = io.read_pts(FACES / 'image_0010.pts')
-  rng = np.random.default_rng(seed)
-  out.mkdir(parents=True, exist_ok=True)
-  centre = (pts.min(0) + pts.max(0)) / 2
-  side = (pts.max(0) - pts.min(0)).max()
-  lines = []
-  for i in range(n):
-    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), rng.uniform(-15, 15),
-                                size / side * rng.uniform(0.55, 0.7))
-    m[:, 2] += size / 2 - centre + rng.uniform(-3, 3, 2)
-    img = cv2.warpAffine(src, m, (size, size))
-    p = pts @ m[:, :2].T + m[:, 2]
-    if i % 2:
-      img = np.ascontiguousarray(img[:, ::-1])
-      p = p[schemes.IBUG68.flip_index_array()]
-      p[:, 0] = size - 1 - p[:, 0]
-    cv2.imwrite(str(out / f'face_{i:03d}.png'), img)
-    io.write_pts(out / f'face_{i:03d}.pts', p)
-    if yaws is not None and yaws[i] is not None:
-      lines.append(json.dumps({'file': f'face_{i:03d}.png', 'yaw': yaws[i]}))
-  if lines:
-    (out / 'annotations.jsonl').write_text('\n'.join(lines) + '\n')
-
-
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-  from jaxalign import workflow
-  root = tmp_path_factory.mktemp('e2e')
-  _write_faces(root / 'train', 16, 0)
-  # Half of the test faces carry an annotated yaw: the report mixes both sources.
-  _write_faces(root / 'test', 6, 1, yaws=[30.0, -30.0, 10.0, None, None, None])
-  spec = importlib.util.spec_from_file_location('smoke', REPO / 'configs' / 'smoke.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.num_steps = 2
-  config.checkpoint_every = 2
-  config.data.train_dir = str(root / 'train')
-  config.data.test_dir = str(root / 'test')
-  config.eval.enabled = False
-  workdir = root / 'run'
-  workflow.train_and_evaluate(config, str(workdir))
-  return workdir
+def run(smoke_run):
+  """The session's trained smoke run (tests/conftest.py)."""
+  return smoke_run
 
 
 def test_evaluate_writes_the_report(run):
@@ -262,3 +218,58 @@ def test_bench_predict_json(run, tmp_path, capsys):
   assert result['compilation'] == 'excluded' and result['completion'] == 'jax'
   assert bench_predict.main(['--image', str(tmp_path / 'none.png')]) == 2
   assert 'no such file' in capsys.readouterr().err
+
+
+def test_predict_many_faces_of_several_photos_with_a_named_detector(run, tmp_path, capsys):
+  """Faces of several photos share the batches; ``--detector`` picks the detector; one bad
+  photo among good ones is reported and the rest are written."""
+  real = FACES / 'real'
+  photos = [real / '2008_001322.jpg', real / '2007_007763.jpg']
+  bad = tmp_path / 'truncated.jpg'
+  bad.write_bytes(photos[0].read_bytes()[:200])
+  status = predict_cli.main(['--workdir', str(run), *map(str, photos), str(bad), '--detector',
+                             'haar', '--out', str(tmp_path / 'out'), '--no-progress'])
+  captured = capsys.readouterr()
+  assert status == 1 and 'truncated.jpg' in captured.err and 'Traceback' not in captured.err
+  faces = sorted((tmp_path / 'out').glob('*.json'))
+  assert len(faces) >= 4            # several faces per photo
+  sources = {json.loads(f.read_text())['box_source'] for f in faces}
+  assert all(s.startswith('detector:haar') for s in sources)
+  for p in photos:
+    assert (tmp_path / 'out' / f'{p.stem}.png').is_file()
+  with pytest.raises(SystemExit) as e:
+    predict_cli.main(['--workdir', str(run), str(photos[0]), '--detector', 'nope'])
+  assert e.value.code == 2
+
+
+def test_evaluation_with_fusion_reports_fused_unfused_and_cnn_only(run, tmp_path):
+  """eval.completion_fusion: the fit also takes CNN1's points, weighted by the run's held-out
+  residual table; the report has the fused NME (``nme``), the unfused one and the CNN pair's."""
+  from jaxalign import inference
+  from jaxalign.morphable import completion
+  from jaxalign.training import config as config_lib
+  other = tmp_path / 'fused'
+  shutil.copytree(run, other, ignore=shutil.ignore_patterns('eval'))
+  config = config_lib.load_run_config(str(other))
+  config.eval.completion_fusion = True
+  config.eval.completion = True
+  config_lib.save_run_config(config, str(other))
+  # Without the residual table the fusion is skipped with a warning.
+  rep = runner.evaluate(other, out=tmp_path / 'nofile')
+  assert rep['completion_fusion'] is False
+  bins = completion.YAW_BINS
+  rms = np.full((len(bins) - 1, 68), 0.05)
+  (other / inference.FUSION_FILE).write_text(json.dumps({'rms': rms.tolist(),
+                                                          'bins': list(bins)}))
+  rep = runner.evaluate(other, out=tmp_path / 'e')
+  assert rep['completion_fusion'] is True
+  for key in ('nme_inter_ocular', 'unfused_nme_inter_ocular', 'cnn_nme_inter_ocular'):
+    assert np.isfinite(rep[key]), key
+  assert rep['nme_inter_ocular'] != rep['unfused_nme_inter_ocular']
+  assert 'without fusion' in (tmp_path / 'e' / 'report.md').read_text()
+  # The stage-2 keys recompute exactly from predictions.npz.
+  npz = report_lib.load_predictions(tmp_path / 'e' / 'predictions.npz')
+  again = report_lib.stage2_metrics(npz['cnn'], npz['cnn1'], npz['gt'], npz['boxes'],
+                                    npz['true_left'], npz['flipped'], npz['true_yaw'])
+  for key in ('stage2_gain', 'stage2_win_rate', 'cnn1_nme_stable', 'flip_accuracy'):
+    assert again[key] == rep[key], key

@@ -232,3 +232,39 @@ def test_plain_is_cnn1_reads_the_final_losses(tmp_path):
   summary = _fake_summary(0.1, 0.2)
   summary['plain_is_cnn1'] = True
   assert 'baseline *is* the first stage' in pose_report.markdown(summary, 'p.png')
+
+
+def test_paired_differences_pair_faces_and_bound_the_mean(tmp_path):
+  """Pose-aware minus plain, face by face: a constant 1-point box-NME improvement on every
+  face is found exactly, with an interval around it; unpaired (other faces) runs are left out."""
+  from jaxalign.evaluation import report as report_lib
+  rng = np.random.default_rng(0)
+  gt = rng.uniform(20, 80, (40, 68, 2)).astype(np.float32)
+  boxes = np.tile(np.array([0, 0, 100, 100], np.float32), (40, 1))
+  yaw = np.linspace(-90, 90, 40)
+  runs = {}
+  for seed in (0, 1):
+    for arm, extra in (('plain', 3.0), ('pose_aware', 2.0)):
+      d = tmp_path / f'{arm}{seed}'
+      d.mkdir()
+      pred = gt + extra / np.sqrt(2)
+      report_lib.save_predictions(d / 'predictions.npz', pred, gt, boxes, yaw=yaw)
+      runs[f'{arm}{seed}'] = {'arm': arm, 'seed': seed, 'error': None, 'eval_dir': str(d)}
+  other = tmp_path / 'other'
+  other.mkdir()
+  report_lib.save_predictions(other / 'predictions.npz', gt[:10], gt[:10] + 1, boxes[:10],
+                              yaw=yaw[:10])
+  runs['plain2'] = {'arm': 'plain', 'seed': 2, 'error': None, 'eval_dir': str(other)}
+  runs['pose_aware2'] = {'arm': 'pose_aware', 'seed': 2, 'error': None,
+                         'eval_dir': str(tmp_path / 'pose_aware0')}
+  out = pose_report.paired_differences(runs, num_boot=200)
+  assert out['seeds'] == [0, 1]          # seed 2's runs saw different faces
+  from jaxalign import metrics
+  expected = (metrics.nme(gt + 2.0 / np.sqrt(2), gt, 'bbox') -
+              metrics.nme(gt + 3.0 / np.sqrt(2), gt, 'bbox'))
+  allrow = out['bbox']['all']
+  assert allrow['n'] == 80
+  assert allrow['lo'] <= allrow['mean'] <= allrow['hi'] < 0
+  assert allrow['mean'] == pytest.approx(expected.mean(), rel=1e-6)
+  assert sum(out['bbox'][k]['n'] for k in pose_report.BIN_KEYS) == allrow['n']
+  assert pose_report.paired_differences({}) == {}

@@ -315,25 +315,51 @@ def input_matrices(boxes, input_size: int, key=None, rotation_deg: float = 0.0,
   return transforms.compose(rotate, transforms.crop_matrix(new_boxes, input_size))
 
 
-def gaussian_blur(images, sigma) -> jax.Array:
+def gaussian_blur(images, sigma, radius: int | None = None) -> jax.Array:
   """Blurs (B, H, W, C) float images with per-example sigma (B,) pixels (0 = unchanged).
 
-  Separable, as two batched matrix products with row-normalised Gaussian band matrices (the
-  border is renormalised rather than zero-padded); cheap at network-input sizes and free of
-  per-example convolution kernels.
+  With ``radius`` (static, taps on each side; enough for the largest sigma, about 3 sigma):
+  separable depthwise convolutions with per-example Gaussian kernels, edges replicated; the cost
+  grows with the radius, not with the image side. Without: exact, as two batched products with
+  row-normalised Gaussian band matrices (border renormalised), whose cost grows with the side.
   """
   images = jnp.asarray(images, jnp.float32)
-  _, h, w, _ = images.shape
+  b, h, w, c = images.shape
   sigma = jnp.maximum(jnp.asarray(sigma, jnp.float32), 1e-3)
+  if radius is None:
+    def band(n):
+      d = jnp.arange(n, dtype=jnp.float32)
+      d = d[:, None] - d[None, :]
+      k = jnp.exp(-0.5 * (d[None] / sigma[:, None, None]) ** 2)
+      return k / jnp.sum(k, axis=-1, keepdims=True)
 
-  def band(n):
-    d = jnp.arange(n, dtype=jnp.float32)
-    d = d[:, None] - d[None, :]
-    k = jnp.exp(-0.5 * (d[None] / sigma[:, None, None]) ** 2)
-    return k / jnp.sum(k, axis=-1, keepdims=True)
+    out = jnp.einsum('bij,bjwc->biwc', band(h), images)
+    return jnp.einsum('bkw,biwc->bikc', band(w), out)
+  r = int(radius)
+  taps = jnp.arange(-r, r + 1, dtype=jnp.float32)
+  k = jnp.exp(-0.5 * (taps[None] / sigma[:, None]) ** 2)
+  k = k / jnp.sum(k, axis=-1, keepdims=True)                    # (B, 2r + 1)
+  kernel = jnp.repeat(k, c, axis=0).T                            # (2r + 1, B * C)
+  # The batch goes into the channels, so one depthwise convolution serves every example.
+  x = jnp.transpose(images, (1, 2, 0, 3)).reshape(1, h, w, b * c)
+  x = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode='edge')
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  x = jax.lax.conv_general_dilated(x, kernel[:, None, None, :], (1, 1), 'VALID',
+                                   dimension_numbers=dn, feature_group_count=b * c)
+  x = jax.lax.conv_general_dilated(x, kernel[None, :, None, :], (1, 1), 'VALID',
+                                   dimension_numbers=dn, feature_group_count=b * c)
+  return jnp.transpose(x.reshape(h, w, b, c), (2, 0, 1, 3))
 
-  out = jnp.einsum('bij,bjwc->biwc', band(h), images)
-  return jnp.einsum('bkw,biwc->bikc', band(w), out)
+
+def blur_radius(config) -> int:
+  """Static tap radius for :func:`prepare_views`' blurs: 3 sigma of the largest blur it draws
+  (augmentation blur and antialiasing prefilter together, in host-crop pixels)."""
+  size = int(config.model.input_size)
+  scale = host_scale(config) * (1.0 + float(config.augment.scale))
+  aug = float(config.augment.blur_sigma[1]) * size / 224.0 * scale if config.augment.enabled \
+      else 0.0
+  alias = 0.5 * np.sqrt(max(scale ** 2 - 1.0, 0.0))
+  return max(1, int(np.ceil(3.0 * np.hypot(aug, alias))))
 
 
 def eval_jitter(config) -> tuple[float, float, float]:
@@ -402,15 +428,17 @@ def prepare_views(batch, config, key=None, eval_index=None) -> dict:
       return jnp.where(on, s, 0.0)
 
     blur_sigma = jax.vmap(blur_params)(keys)
-  # One blur of the host crop serves both views: the augmentation blur (in crop pixels) and,
-  # for CNN1's downscale only, the antialiasing prefilter.
+  # The augmentation blur (in crop pixels) goes on the host crop, so that both views see it;
+  # CNN1's downscale adds the antialiasing prefilter (Gaussians compose: sigmas add in squares).
+  radius = blur_radius(config)
   aug_sigma = blur_sigma / density
+  low = source
   if keys is not None and aug.blur_prob > 0:
-    blurred = gaussian_blur(source, aug_sigma)
+    blurred = gaussian_blur(source, aug_sigma, radius)
     source = jnp.where((aug_sigma > 0)[:, None, None, None], blurred, source)
   if float(host_scale(config)) > 1.0:
-    low = gaussian_blur(source, sigma_aa)
-    low = jnp.where((sigma_aa > 0.05)[:, None, None, None], low, source)
+    total = jnp.sqrt(aug_sigma ** 2 + sigma_aa ** 2)
+    low = jnp.where((total > 0.05)[:, None, None, None], gaussian_blur(low, total, radius), low)
   else:
     low = source
   images = transforms.warp_images(low, matrices, (size, size))

@@ -263,6 +263,34 @@ def format_markdown(report: Mapping[str, Any], paper: Mapping[str, float] | None
   else:
     lines += ['| metric | ours |', '|---|---:|']
     lines += [f'| {name} | {_pct(report.get(key))} |' for name, key in rows]
+  stages = [('the full pipeline' + (' (completion fused with CNN1)' if report.get(
+      'completion_fusion') else ''), 'nme_inter_ocular', 'nme_bbox'),
+            ('the CNN pair alone (CNN2\'s SLs, CNN1\'s other points)', 'cnn_nme_inter_ocular',
+             'cnn_nme_bbox'),
+            ('the completion without fusion', 'unfused_nme_inter_ocular', 'unfused_nme_bbox'),
+            ('the training mean shape', 'mean_shape_nme_inter_ocular', 'mean_shape_nme_bbox')]
+  stages = [s for s in stages if report.get(s[1]) is not None]
+  if len(stages) > 1:
+    lines += ['', '## Stage by stage (NME in %)', '', '| points | inter-ocular | box |',
+              '|---|---:|---:|']
+    lines += [f'| {name} | {_pct(report.get(a))} | {_pct(report.get(b))} |'
+              for name, a, b in stages]
+  if report.get('stage2_gain') is not None:
+    lines += ['', '## The cascade: CNN2 against CNN1 on the stable points', '',
+              '| metric | value |', '|---|---:|',
+              f'| CNN1 SL NME, inter-ocular (%) | {_pct(report.get("cnn1_nme_stable"))} |',
+              f'| CNN1 SL NME, box (%) | {_pct(report.get("cnn1_nme_stable_bbox"))} |',
+              f'| CNN2 SL NME, box (%) | {_pct(report.get("cnn_nme_stable_bbox"))} |',
+              f'| stage-2 gain (1 - CNN2/CNN1, box) | {report["stage2_gain"]:.3f} |',
+              f'| stage-2 win rate (faces) | {_pct(report.get("stage2_win_rate"))} |',
+              f'| flip accuracy (%) | {_pct(report.get("flip_accuracy"))} |',
+              f'| CNN2 input outside the photo (%) | '
+              f'{_pct(report.get("cnn2_outside_fraction"))} |']
+    bins = report.get('flip_accuracy_by_yaw') or []
+    if bins:
+      lines += ['', '| abs(yaw) | faces | flip accuracy (%) |', '|---|---:|---:|']
+      lines += [f'| {b["yaw_min"]}-{b["yaw_max"]} | {b["count"]} | {_pct(b["accuracy"])} |'
+                for b in bins]
   for title_, key in (('NME by yaw', 'nme_by_yaw'), ('NME by |yaw|', 'nme_by_abs_yaw')):
     bins = report.get(key) or []
     if not any(b['count'] for b in bins):

@@ -208,7 +208,14 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
   """
   t_start = time.perf_counter()
   scheme = config_lib.model_scheme(config)
-  res = inference.run_pipeline(model, config, records, completion, batch_size)
+  fusion = None
+  if config.eval.get('completion_fusion', False) and workdir is not None:
+    fusion = inference.fusion_table(workdir)
+    if fusion is None:
+      logging.warning('eval.completion_fusion is on but %s has no %s (train with '
+                      'data.holdout_fraction > 0); completing without fusion', workdir,
+                      inference.FUSION_FILE)
+  res = inference.run_pipeline(model, config, records, completion, batch_size, fusion=fusion)
   valid = np.asarray(res['valid'], bool)
   kept = [r for r, v in zip(records, valid) if v]
   for r, v in zip(records, valid):
@@ -241,9 +248,14 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
   baseline = None
   if mean_shape is not None:
     baseline = pipeline.shape_in_boxes(mean_shape, kept, pipeline.CropSpec.from_config(config))
-  for norm in dict.fromkeys(('inter_ocular', primary)):
+  unfused = None if res.get('points_unfused') is None else res['points_unfused'][valid]
+  for norm in dict.fromkeys(('inter_ocular', 'bbox', primary)):
     rep[f'cnn_nme_{norm}'] = float(np.nanmean(metrics.nme(cnn, gt, norm, scheme=scheme,
                                                           boxes=norm_boxes)))
+    if unfused is not None:
+      # The same completion without CNN1's points in the fit (``nme`` is the fused one).
+      rep[f'unfused_nme_{norm}'] = float(np.nanmean(metrics.nme(
+          unfused, gt, norm, scheme=scheme, boxes=norm_boxes)))
     if baseline is not None:
       rep[f'mean_shape_nme_{norm}'] = float(np.nanmean(metrics.nme(
           baseline, gt, norm, scheme=scheme, boxes=norm_boxes)))
@@ -288,6 +300,7 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
       'completion_convention': (str(config.eval.get('completion_convention', '2d') or '2d')
                                 if backend in ('jax', 'eos') else None),
       'completion_error': res['completion_error'],
+      'completion_fusion': res.get('points_unfused') is not None,
       'num_completion_fallbacks': int(res['num_fallbacks']),
       'num_skipped': int(num_invalid) + int((~valid).sum()),
       'num_invalid_files': int(num_invalid),

@@ -87,7 +87,8 @@ def oracle(train_dir: str, test_dir: str, backends=('jax', 'eos', 'gaussian')) -
   """UL error of each completion fed the ground-truth SLs of the test faces (flipped by their
   true yaw): what the completion does when the CNN is perfect."""
   from jaxalign.data import records as records_lib  # pylint: disable=g-import-not-at-top
-  from jaxalign.morphable import completion, statistical  # pylint: disable=g-import-not-at-top
+  from jaxalign import inference  # pylint: disable=g-import-not-at-top
+  from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
   scheme = schemes_lib.IBUG68
   recs, _ = records_lib.scan_folder(test_dir, num_points=68)
   gt = np.stack([np.asarray(r.points, np.float32) for r in recs])
@@ -100,7 +101,8 @@ def oracle(train_dir: str, test_dir: str, backends=('jax', 'eos', 'gaussian')) -
   for backend in backends:
     try:
       if backend == 'gaussian':
-        res = statistical.complete(sls, statistical.fit_folder(train_dir), flip=flip)
+        res = inference.complete_points(sls, scheme, 'gaussian', flip=flip,
+                                        train_dir=train_dir)
       else:
         # One eos process: forking a process that runs JAX threads can deadlock.
         res = completion.complete(sls, backend=backend, flip=flip,
@@ -150,8 +152,63 @@ def summarise(root, info: dict, compare_dir, test_dir: str, size: str) -> dict[s
              'test_counts': next(({k: r[f'count_{k}'] for k in BIN_KEYS} for r in runs.values()
                                   if r['error'] is None), {})}
   summary['plain_is_cnn1'] = plain_is_cnn1(runs)
+  summary['paired'] = paired_differences(runs)
   summary['oracle'] = oracle(str(root / 'data' / 'train'), test_dir)
   return summary
+
+
+def paired_differences(runs: dict, a: str = 'plain', b: str = 'pose_aware',
+                       num_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+  """Face-by-face differences ``b - a`` of the per-face NME, pooled over the seeds both arms
+  ran, per |yaw| bin and overall, with a 95 % bootstrap confidence interval over faces.
+
+  Both arms are evaluated on the same test faces in the same order (the experiment's one test
+  folder), so face ``i`` of one run is face ``i`` of the other: the comparison is paired and
+  the shared per-face difficulty cancels. Box-normalised NME is the headline at large yaw,
+  where the inter-ocular distance collapses.
+
+  Returns:
+    ``{'bbox'|'inter_ocular': {bin: {'mean', 'lo', 'hi', 'n'}}, 'seeds': [...]}`` (fractions);
+    empty when no seed has both arms.
+  """
+  from jaxalign.evaluation import report as report_lib  # pylint: disable=g-import-not-at-top
+  by_seed = {}
+  for r in runs.values():
+    if r.get('error') is None and r.get('eval_dir') and r['arm'] in (a, b):
+      by_seed.setdefault(r['seed'], {})[r['arm']] = r['eval_dir']
+  diffs = {'bbox': [], 'inter_ocular': []}
+  yaws, seeds = [], []
+  for s, dirs in sorted(by_seed.items()):
+    if a not in dirs or b not in dirs:
+      continue
+    pa = report_lib.load_predictions(pathlib.Path(dirs[a]) / 'predictions.npz')
+    pb = report_lib.load_predictions(pathlib.Path(dirs[b]) / 'predictions.npz')
+    if pa['gt'].shape != pb['gt'].shape or not np.allclose(pa['gt'], pb['gt'], equal_nan=True):
+      continue   # not the same faces: no pairing
+    for norm in diffs:
+      diffs[norm].append(metrics.nme(pb['pred'], pb['gt'], norm) -
+                         metrics.nme(pa['pred'], pa['gt'], norm))
+    yaws.append(np.abs(np.asarray(pa['yaw'], np.float64)))
+    seeds.append(s)
+  if not seeds:
+    return {}
+  yaw = np.concatenate(yaws)
+  rng = np.random.default_rng(seed)
+  out: dict[str, Any] = {'seeds': seeds}
+  for norm, parts in diffs.items():
+    d = np.concatenate(parts)
+    rows = {}
+    for key, (lo, hi) in (('all', (0.0, 90.0)),) + tuple(zip(BIN_KEYS, BINS)):
+      sel = (yaw >= lo) & ((yaw < hi) if hi < 90 else (yaw <= hi)) & np.isfinite(d)
+      x = d[sel]
+      if not x.size:
+        rows[key] = {'mean': None, 'lo': None, 'hi': None, 'n': 0}
+        continue
+      boot = x[rng.integers(0, x.size, (num_boot, x.size))].mean(1)
+      rows[key] = {'mean': float(x.mean()), 'lo': float(np.quantile(boot, 0.025)),
+                   'hi': float(np.quantile(boot, 0.975)), 'n': int(x.size)}
+    out[norm] = rows
+  return out
 
 
 def _last_metrics(workdir: str) -> dict | None:
@@ -257,6 +314,15 @@ def conclusions(summary: dict) -> list[str]:
   """The plain-language findings, derived from the numbers."""
   arms = summary['arms']
   out = []
+  paired = (summary.get('paired') or {}).get('bbox', {}).get('60-90')
+  if paired and paired['mean'] is not None:
+    better = paired['hi'] < 0
+    worse = paired['lo'] > 0
+    out.append(f'**Paired, box-normalised, |yaw| 60-90** ({paired["n"]} face-runs): pose-aware '
+               f'minus plain is {100 * paired["mean"]:+.2f} points (95 % interval '
+               f'{100 * paired["lo"]:+.2f} to {100 * paired["hi"]:+.2f}): the pose-aware '
+               'pipeline is ' + ('better' if better else 'worse' if worse else
+                                 'not distinguishable from the plain network') + ' there.')
   pa, pl = arms.get('pose_aware'), arms.get('plain')
   if pa and pl and pa['all']['mean'] is not None and pl['all']['mean'] is not None:
     d_large, se_large = _difference(pl, pa, '60-90')
@@ -406,6 +472,20 @@ def markdown(summary: dict, plot_name: str) -> str:
   failed = [f'`{n}` ({r["error"]})' for n, r in summary['runs'].items() if r['error']]
   if failed:
     lines += ['', '**Failed runs** (left out of the tables): ' + '; '.join(failed) + '.']
+  paired = summary.get('paired') or {}
+  if paired.get('bbox'):
+    lines += ['', 'Paired, face by face (pose-aware minus plain on the same test faces, seeds '
+              f'{paired["seeds"]} pooled; mean and 95 % bootstrap interval, NME points; '
+              'negative = pose-aware better):', '',
+              '| normaliser | all | 0-30 | 30-60 | 60-90 |', '|---|---|---|---|---|']
+    for norm, label in (('bbox', 'box (headline at 60-90)'), ('inter_ocular', 'inter-ocular')):
+      cells = []
+      for key in ('all',) + BIN_KEYS:
+        r = paired[norm][key]
+        cells.append('-' if r['mean'] is None else
+                     f'{100 * r["mean"]:+.2f} [{100 * r["lo"]:+.2f}, {100 * r["hi"]:+.2f}] '
+                     f'(n={r["n"]})')
+      lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
   lines += ['', '## Conclusion', '']
   lines += [f'* {c}' for c in conclusions(summary)]
   lines += ['', '## Per-run numbers', '',

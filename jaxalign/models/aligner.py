@@ -228,8 +228,10 @@ class PoseAwareAligner(nnx.Module):
       offsets from the canonical shape (the paper). Beyond the paper; ``model.cnn2_residual``.
     flip_threshold: a rough shape whose yaw is below ``-flip_threshold`` degrees is mirrored
       (default 0: every left-looking face). The yaw is the rigid fit of the Surrey mean face
-      to the rough points (:func:`jaxalign.morphable.pose.pose_from_reference`; the model keeps
-      the (L, 3) reference as a constant, so the model files are read once, at construction).
+      to the rough points (:func:`jaxalign.morphable.pose.pose_from_reference`).
+    pose_reference: (L, 3) the mean face's points for that fit
+      (:func:`jaxalign.morphable.pose.reference_points`, which reads the model files); the
+      model keeps it as a constant, so constructing a model reads no file.
     dtype: compute dtype of both CNNs (float32 or bfloat16; parameters stay float32).
     bn_momentum, zero_init_residual: see :class:`~jaxalign.models.resnet.ResNet`.
     rngs: ``nnx.Rngs`` with a ``params`` stream.
@@ -241,6 +243,7 @@ class PoseAwareAligner(nnx.Module):
                scheme: schemes_lib.LandmarkScheme | str = schemes_lib.IBUG68,
                mean_shape=None, canonical_shape=None, transform_weights=None,
                flip_threshold: float = pose_lib.FLIP_THRESHOLD_DEG, residual: bool = False,
+               pose_reference=None,
                dtype=jnp.float32, bn_momentum: float = 0.9,
                zero_init_residual: bool = False, rngs: nnx.Rngs):
     self.scheme = schemes_lib.get_scheme(scheme)
@@ -278,8 +281,13 @@ class PoseAwareAligner(nnx.Module):
     # The flip decision: a rigid fit of the mean 3D face, which unlike the 2D nose-ratio yaw of
     # jaxalign.geometry does not wrap around near profile (a wrong flip hands CNN2 the hidden
     # half of the face).
-    self.pose_reference = ModelConstant(jnp.asarray(pose_lib.reference_points(
-        scheme=self.scheme)))
+    if pose_reference is None:
+      raise ValueError('PoseAwareAligner needs pose_reference: the (L, 3) mean-face points of '
+                       'jaxalign.morphable.pose.reference_points(scheme=...)')
+    pose_reference = np.asarray(pose_reference, np.float32)
+    if pose_reference.shape != (num_points, 3):
+      raise ValueError(f'pose_reference must be ({num_points}, 3), got {pose_reference.shape}')
+    self.pose_reference = ModelConstant(jnp.asarray(pose_reference))
 
   # The index arrays are derived from the (static, hashable) scheme; numpy constants fold into
   # the compiled program.
@@ -448,7 +456,7 @@ def make_aligner(kind: str, **kwargs) -> Aligner:
     return PoseAwareAligner(**kwargs)
   if kind == 'plain':
     for key in ('cnn2_depth', 'cnn2_image_size', 'canonical_shape', 'transform_weights',
-                'flip_threshold', 'residual'):
+                'flip_threshold', 'residual', 'pose_reference'):
       kwargs.pop(key, None)
     return PlainAligner(**kwargs)
   raise ValueError(f"unknown aligner kind {kind!r}; expected 'pose_aware' or 'plain'")

@@ -113,8 +113,13 @@ def _stem_of(path: str, used: dict[str, int]) -> str:
 def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None = None,
             out: str | os.PathLike | None = None, mesh: bool = False, completion: str = 'jax',
             batch_size: int = 32, refine: bool = True, stderr: TextIO | None = None,
-            stdout: TextIO | None = None) -> int:
+            stdout: TextIO | None = None, detector: str | None = None,
+            progress: bool | None = None) -> int:
   """Predicts every face in ``images`` and writes the per-face files into ``out``.
+
+  ``detector`` names the face detector (:data:`jaxalign.prediction.detector.DETECTORS`; None:
+  the best installed). ``progress`` shows a progress bar over the photos (default: when stderr
+  is a terminal).
 
   Returns:
     The exit status: 0 when every image gave at least one face, 1 when any image failed
@@ -133,6 +138,13 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
   if not images:
     print('error: no image given', file=err)
     return 2
+  detect = None
+  if box is None:
+    try:
+      detect = detector_lib.make_detector(detector)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+      print(f'error: --detector {detector}: {e}', file=err)
+      return 2
   try:
     model, config, step = inference.load_run(str(workdir))
   except (FileNotFoundError, ValueError) as e:
@@ -148,6 +160,12 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
   failed = num_faces = 0
   used_stems: dict[str, int] = {}
   t0 = time.perf_counter()
+  if progress is None:
+    progress = hasattr(err, 'isatty') and err.isatty()
+  bar = None
+  if progress:
+    import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm.tqdm(total=len(images), unit='photo', file=err)
   for start in range(0, len(images), IMAGES_PER_CHUNK):
     paths = list(images[start:start + IMAGES_PER_CHUNK])
     decoded: dict[int, np.ndarray] = {}
@@ -163,11 +181,12 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
         found = [Face(i, box, 'bbox')]
       else:
         try:
-          dets = detector_lib.detect_faces(image)
+          dets = detect(image)
         except (RuntimeError, FileNotFoundError) as e:
           print(f'error: {path}: face detector unavailable: {e}', file=err)
           return 2
-        found = [Face(i, d.box, f'detector:{d.kind}') for d in dets]
+        found = [Face(i, d.box, f'detector:{getattr(d, "detector", "")}:{d.kind}')
+                 for d in dets]
       if not found:
         print(f'{path}: no face detected (pass --bbox x0,y0,x1,y1 to give one)', file=err)
         failed += 1
@@ -175,6 +194,8 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
       decoded[i] = image
       faces += found
     if not faces:
+      if bar is not None:
+        bar.update(len(paths))
       continue
     res = predict_faces(model, config, decoded, faces, completion, batch_size, refine)
     by_image: dict[int, list[int]] = {}
@@ -212,6 +233,10 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
       else:
         writer.write_image(out_dir / f'{stem}.png',
                            writer.draw_landmarks(decoded[i], drawn, scheme))
+    if bar is not None:
+      bar.update(len(paths))
+  if bar is not None:
+    bar.close()
   elapsed = time.perf_counter() - t0
   print(f'{num_faces} face(s) from {len(images) - failed} of {len(images)} image(s) written to '
         f'{out_dir} in {elapsed:.1f} s' + (f'; {failed} image(s) failed' if failed else ''),

@@ -56,8 +56,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.transform_noise.scale = 0.0          # std of the log scale error
   c.model.transform_noise.translation = 0.0    # std of the shift, fraction of CNN2's input side
   c.model.transform_noise.misflip = (0.0,)     # wrong-flip rate per |yaw| bin 0-15-30-45-60-75-90
-  c.model.transform_points = 'all'   # the similarity fit on 'all' points or the 'stable' ones
-  c.model.cnn2_fill = 0.7       # fraction of CNN2's input spanned by the framed points' box
+  # The similarity fit on the 'stable' points (the ones CNN2 predicts, and where CNN1 is most
+  # accurate) or on 'all'; CNN2's frame is framed on the same points, which span cnn2_fill of
+  # its input (CNN1's input holds the whole landmark box at 1 / (1 + box_margin) = 0.91).
+  c.model.transform_points = 'stable'
+  c.model.cnn2_fill = 0.8
   c.model.cnn2_residual = False  # CNN2 corrects CNN1's stable points (beyond the paper)
   c.model.init_cnn1_from = ''   # a run folder whose CNN1 (latest checkpoint) starts this one
   c.model.freeze_cnn1 = False   # CNN1 is not trained (with init_cnn1_from: sequential schedule)
@@ -88,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_splits = ()       # every split evaluated into eval/<split>/ (with a source)
   c.data.test_options = ml_collections.ConfigDict()
   c.data.box_margin = 0.1       # network input = box side * (1 + box_margin), square, centred
+  # Training faces kept out of the training to measure CNN1's held-out residuals (the
+  # completion's fusion weights, eval.completion_fusion); 0 = none.
+  c.data.holdout_fraction = 0.0
   c.data.crop_context = 1.3     # host crop = network input region * crop_context (room to augment)
   # Host-crop pixels per network-input pixel; 0 = auto (pose-aware: enough for CNN2's zoom,
   # jaxalign.data.pipeline.host_scale).
@@ -139,6 +145,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.completion = True         # 3DMM completion of the unstable points (pose-aware model)
   c.eval.completion_backend = 'jax'
+  # Fuse CNN1's unstable points into the 3DMM fit, weighted by CNN1's held-out residuals per
+  # point and |yaw| bin (WORKDIR/cnn1_residuals.json, needs data.holdout_fraction > 0; jax
+  # backend). Beyond the paper.
+  c.eval.completion_fusion = False
   # Detector-like test boxes: a deterministic per-face disturbance of the box (uniform in
   # +-shift box sides, +-scale, +-rotation_deg), seeded by the face's index. 0 = the boxes as given.
   c.eval.box_jitter = ml_collections.ConfigDict()

@@ -214,3 +214,22 @@ def _check_scheme(recs, scheme, what: str) -> None:
   if recs and recs[0].scheme != scheme.name:
     raise ValueError(f'config.model.scheme: the model predicts {scheme.name} points but {what} '
                      f'has {recs[0].scheme} points; set model.scheme={recs[0].scheme}')
+
+
+def split_holdout(records, fraction: float, seed: int):
+  """``(train, holdout)``: a deterministic ``fraction`` of the training faces kept out of the
+  training (a seeded permutation; order kept within each part). The held-out slice measures
+  CNN1's residuals for the completion's fusion weights, never the test set."""
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f'config.data.holdout_fraction: expected a fraction in [0, 1), got '
+                     f'{fraction}')
+  n = len(records)
+  k = int(round(fraction * n))
+  if k == 0:
+    return list(records), []
+  if n - k < 1:
+    raise ValueError(f'config.data.holdout_fraction: {fraction} leaves no training face')
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  held = np.zeros(n, bool)
+  held[np.random.default_rng(seed).permutation(n)[:k]] = True
+  return ([r for r, h in zip(records, held) if not h], [r for r, h in zip(records, held) if h])

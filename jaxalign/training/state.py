@@ -24,6 +24,7 @@ from flax import nnx
 from jaxalign import schemes
 from jaxalign.models import aligner
 from jaxalign.models import resnet
+from jaxalign.morphable import pose as pose_lib
 from jaxalign.training import config as config_lib
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -81,7 +82,9 @@ def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -
                   cnn2_image_size=m.get('cnn2_input_size') or None,
                   canonical_shape=canonical_shape, flip_threshold=flip_threshold(config),
                   transform_weights=transform_weights(config),
-                  residual=bool(m.get('cnn2_residual', False)))
+                  residual=bool(m.get('cnn2_residual', False)),
+                  pose_reference=pose_lib.reference_points(
+                      scheme=config_lib.model_scheme(config)))
   return aligner.make_aligner(m.kind, **kwargs)
 
 
