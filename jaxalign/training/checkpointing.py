@@ -82,22 +82,25 @@ def shape_differences(saved: dict, wanted: dict, limit: int = 3) -> list[str]:
 class Checkpointer:
   """Saves and restores training state under ``WORKDIR/checkpoints``.
 
-  ``this_process_only``: a manager used by one process of a multi-process run on its own
-  (e.g. process 0 loading the final checkpoint for the evaluation), so orbax does not wait for
-  the other processes.
+  ``all_processes``: every process of a multi-process run uses this manager together (the
+  trainer: orbax coordinates the saves and restores of the processes). Without it (the
+  default, for readers such as the end-of-run evaluation, which process 0 runs alone) the
+  manager is this process's own and never waits for the others.
   """
 
   def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True,
-               this_process_only: bool = False):
+               all_processes: bool = False):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
     kwargs = {}
-    if this_process_only and jax.process_count() > 1:
+    if not all_processes and jax.process_count() > 1:
       me = jax.process_index()
       kwargs['multiprocessing_options'] = ocp.options.MultiprocessingOptions(
           primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'solo{me}')
+    if kwargs:
+      os.makedirs(self.directory, exist_ok=True)   # orbax cannot create it for a subset
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+        max_to_keep=max_to_keep, create=not kwargs, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True, **kwargs)
     self._solo = bool(kwargs)
     self.manager = ocp.CheckpointManager(

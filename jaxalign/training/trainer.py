@@ -120,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   schedule = optim.learning_rate_schedule(config)
   state = mesh_lib.replicate(state_lib.init_state(params, model_state, tx, config.seed), mesh)
 
-  ckpt = checkpointing.Checkpointer(workdir, int(config.keep_checkpoints))
+  ckpt = checkpointing.Checkpointer(workdir, int(config.keep_checkpoints), all_processes=True)
   start = 0
   abstract = checkpointing.abstract_with_shardings(state, mesh_lib.replicated(mesh))
   # A changed model config is refused naming the key; a damaged newest checkpoint falls back
