@@ -17,13 +17,23 @@ block sits on its 3x3 convolution), so ImageNet weights in torchvision's layout 
   and are mapped to ``(x / 255 - mean) / std`` with the ImageNet mean and standard deviation
   (torchvision's preprocessing), so a pretrained backbone sees what it was trained on.
 
+Performance (``docs/benchmarks.md``, "JAX vs PyTorch"): XLA's CPU backend runs the gradients
+of 1x1 convolutions and of ``reduce_window`` max pooling far slower than the same arithmetic
+written as a matrix product and as a maximum of shifted slices. :func:`options` (a context read
+when the model is traced; the training step sets it from ``config.model.conv1x1`` and
+``config.model.max_pool``) picks the expression; the defaults are the fast ones, the parameters
+are the same either way (a 1x1 kernel stays an HWIO ``(1, 1, cin, cout)`` array) and so are the
+results, up to float rounding (``tests/test_resnet.py``).
+
 Module attribute names mirror torchvision's state-dict keys (``conv1``, ``bn1``,
 ``layers[i][j]`` <-> ``layer{i+1}.{j}``, ``downsample.conv``/``.bn`` <-> ``downsample.0``/``.1``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -94,9 +104,91 @@ def resnet_spec(depth: int | str | ResNetSpec) -> ResNetSpec:
         'or a ResNetSpec') from None
 
 
+CONV1X1_IMPLS = ('dot', 'conv')
+MAX_POOL_IMPLS = ('slices', 'reduce_window')
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetOptions:
+  """How the backbone's operations are expressed (the same parameters and results).
+
+  Attributes:
+    conv1x1: 'dot' (a 1x1 convolution as a matrix product over the channels, strided ones
+      subsample first) or 'conv' (``lax.conv_general_dilated``).
+    max_pool: 'slices' (the stem's 3x3 / 2 max pool as the maximum of nine strided slices of
+      the -inf padded input; its gradient is elementwise selects) or 'reduce_window'
+      (``nnx.max_pool``, whose gradient is XLA's select-and-scatter).
+  """
+
+  conv1x1: str = 'dot'
+  max_pool: str = 'slices'
+
+  def __post_init__(self):
+    if self.conv1x1 not in CONV1X1_IMPLS:
+      raise ValueError(f'conv1x1 must be one of {CONV1X1_IMPLS}, got {self.conv1x1!r}')
+    if self.max_pool not in MAX_POOL_IMPLS:
+      raise ValueError(f'max_pool must be one of {MAX_POOL_IMPLS}, got {self.max_pool!r}')
+
+
+_OPTIONS = threading.local()
+
+
+def current_options() -> ResNetOptions:
+  """The options in force (the innermost :func:`options` context, else the defaults)."""
+  return getattr(_OPTIONS, 'value', None) or ResNetOptions()
+
+
+@contextlib.contextmanager
+def options(**kwargs):
+  """Context in which traced ResNets use the given :class:`ResNetOptions` fields (read when
+  a module is called, i.e. while ``jax.jit`` traces; a compiled function keeps what it was
+  traced with)."""
+  previous = getattr(_OPTIONS, 'value', None)
+  _OPTIONS.value = dataclasses.replace(previous or ResNetOptions(), **kwargs)
+  try:
+    yield _OPTIONS.value
+  finally:
+    _OPTIONS.value = previous
+
+
+def options_from_config(config) -> dict:
+  """``options(**...)`` keyword arguments from ``config.model`` (defaults where unset)."""
+  defaults = ResNetOptions()
+  return {'conv1x1': config.model.get('conv1x1', defaults.conv1x1),
+          'max_pool': config.model.get('max_pool', defaults.max_pool)}
+
+
+class Conv(nnx.Conv):
+  """``nnx.Conv`` (same parameters) whose 1x1 case can run as a matrix product."""
+
+  def __call__(self, x):
+    if self.kernel_size != (1, 1) or current_options().conv1x1 != 'dot':
+      return super().__call__(x)
+    sh, sw = self.strides if isinstance(self.strides, tuple) else (self.strides,) * 2
+    if (sh, sw) != (1, 1):
+      x = x[:, ::sh, ::sw]          # a 1x1 kernel with stride s reads every s-th pixel
+    dtype = self.dtype or jnp.result_type(x, self.kernel[...])
+    kernel = self.kernel[...].reshape(self.kernel[...].shape[2:]).astype(dtype)
+    return jax.lax.dot_general(x.astype(dtype), kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """3x3 max pool, stride 2, padding 1 (torchvision's stem pool) on (B, H, W, C)."""
+  if current_options().max_pool == 'reduce_window':
+    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  h, w = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
+  p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  out = None
+  for i in range(3):
+    for j in range(3):
+      v = p[:, i:i + 2 * h - 1:2, j:j + 2 * w - 1:2]
+      out = v if out is None else jnp.maximum(out, v)
+  return out
+
+
 def _conv(cin, cout, kernel, stride, *, dtype, rngs):
   pad = kernel // 2
-  return nnx.Conv(
+  return Conv(
       cin, cout, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
       use_bias=False, dtype=dtype, param_dtype=jnp.float32,
       kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal'), rngs=rngs)
@@ -226,7 +318,7 @@ class ResNet(nnx.Module):
     x = normalize_images(images) if self.normalize_input else jnp.asarray(images, jnp.float32)
     x = x.astype(self.dtype)
     x = nnx.relu(self.bn1(self.conv1(x)))
-    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool_3x3_s2(x)
     for stage in self.layers:
       for block in stage:
         x = block(x)
