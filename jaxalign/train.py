@@ -39,5 +39,33 @@ def main(argv):
   return 0
 
 
+def config_file_error(argv) -> str | None:
+  """A one-line error for a ``--config`` file that does not exist or is not Python, else None.
+
+  absl loads the file while it parses the flags, where such an error would end in a traceback.
+  """
+  path = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg in ('--config', '-config') and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif arg.startswith(('--config=', '-config=')):
+      path = arg.split('=', 1)[1]
+  if path is None:
+    return None
+  path = path.split(':', 1)[0]     # config_flags' 'file.py:argument' form
+  if not os.path.isfile(path):
+    return f'--config: config file {path} does not exist'
+  try:
+    with open(path, 'rb') as f:
+      compile(f.read(), path, 'exec')
+  except (SyntaxError, ValueError) as e:
+    return f'--config: {path} is not a Python config file ({type(e).__name__}: {e})'
+  return None
+
+
 if __name__ == '__main__':
+  _error = config_file_error(sys.argv)
+  if _error:
+    print(f'error: {_error}', file=sys.stderr)
+    sys.exit(2)
   app.run(lambda argv: sys.exit(main(argv)))

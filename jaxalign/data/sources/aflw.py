@@ -97,16 +97,20 @@ def load(root: str | os.PathLike, splits=None, annotation_file: str | os.PathLik
 
   name_list = np.asarray(mat['nameList'], object).ravel()
   n = len(name_list)
-  coords = np.asarray(mat['data'], np.float64)
-  mask = np.asarray(mat['mask_new'], np.float64)
-  bbox = np.asarray(mat['bbox'], np.float64)
+  numeric = {}
+  for key in ('data', 'mask_new', 'bbox', 'ra'):
+    try:
+      numeric[key] = np.asarray(mat[key], np.float64)
+    except (TypeError, ValueError):
+      fail(f'{key} is not a numeric array')
+  coords, mask, bbox = numeric['data'], numeric['mask_new'], numeric['bbox']
   if coords.shape != (n, 2 * NUM_POINTS):
     fail(f'data has shape {coords.shape}, expected ({n}, {2 * NUM_POINTS})')
   if mask.shape != (n, NUM_POINTS):
     fail(f'mask_new has shape {mask.shape}, expected ({n}, {NUM_POINTS})')
   if bbox.shape != (n, 4):
     fail(f'bbox has shape {bbox.shape}, expected ({n}, 4)')
-  ra = np.asarray(mat['ra'], np.float64).ravel()
+  ra = numeric['ra'].ravel()
   if ra.size != n or not np.array_equal(np.sort(ra), np.arange(1, n + 1)):
     fail(f'ra is not a permutation of 1..{n}')
   order = ra.astype(np.int64) - 1
