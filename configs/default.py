@@ -32,6 +32,7 @@ def get_config():
   c.data.synthetic.enabled = True
   c.data.synthetic.num_train = 2_000
   c.data.synthetic.num_test = 200
+  c.data.synthetic.num_val = 300   # CNN1's held-out residuals for the completion's fusion
   c.data.synthetic.image_size = 96
   c.data.pose_bins = 5
   c.data.num_workers = -1      # one decoding process per core

@@ -228,3 +228,21 @@ def test_holdout_split_is_deterministic_and_disjoint():
   assert data_setup.split_holdout(recs, 0.0, 3) == (recs, [])
   with pytest.raises(ValueError, match='holdout_fraction'):
     data_setup.split_holdout(recs, 1.0, 3)
+
+
+def test_synthetic_validation_faces_are_rendered_once_with_their_own_seed(tmp_path):
+  from jaxalign.training import data_setup
+  c = config_lib.base_config()
+  c.data.synthetic.enabled = True
+  c.data.synthetic.root = str(tmp_path)
+  c.data.synthetic.image_size = 48
+  c.data.synthetic.num_val = 3
+  train = [object()] * 4
+  kept, val = data_setup.validation_records(c, train)
+  assert kept == train and len(val) == 3
+  folder = data_setup.ensure_synthetic_val(c)
+  assert folder.endswith('val-3') and os.path.isfile(os.path.join(folder, 'COMPLETE'))
+  assert np.isfinite(np.stack([r.points for r in val])).all()
+  c.data.holdout_fraction = 0.5
+  kept, held = data_setup.validation_records(c, list(range(4)))
+  assert len(kept) == len(held) == 2

@@ -35,7 +35,7 @@ def _sls(gt, yaw):
 
 
 def test_conditional_mean_completes_unstable_points(data):
-  model = statistical.fit_folder(data['train_dir'], num_bins=2)
+  model = statistical.fit(data['train'][0], num_bins=2)
   assert model.num_bins == 2 and model.counts.sum() == 150
   gt, yaw = data['test']
   sls, keep = _sls(gt, yaw)
@@ -95,13 +95,20 @@ def test_save_load_and_errors(data, tmp_path):
     statistical.fit(data['train'][0][:3], num_bins=2)
   with pytest.raises(ValueError, match='points must be'):
     statistical.complete(np.zeros((3, 5, 2)), model)
+  from jaxalign import inference
   with pytest.raises(FileNotFoundError, match='nowhere'):
-    statistical.fit_folder(tmp_path / 'nowhere')
+    inference.complete_points(np.zeros((1, 68, 2)), S, 'gaussian', train_dir=tmp_path / 'nowhere')
 
 
-def test_model_for_folder_is_fitted_once_per_folder_and_split(data):
-  a = statistical.model_for_folder(data['train_dir'])
-  assert statistical.model_for_folder(data['train_dir']) is a
+def test_cached_fit_is_fitted_once_per_key_and_split(data):
+  calls = []
+
+  def load():
+    calls.append(1)
+    return data['train'][0]
+
+  a = statistical.cached_fit(data['train_dir'], load)
+  assert statistical.cached_fit(data['train_dir'], load) is a and len(calls) == 1
   other = S.with_stable([i for i in S.stable if i != 54] + [53])
-  b = statistical.model_for_folder(data['train_dir'], other)
+  b = statistical.cached_fit(data['train_dir'], load, other)
   assert b is not a and b.stable.tolist() == list(other.stable)

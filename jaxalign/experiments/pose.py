@@ -37,7 +37,7 @@ def plan(size: str = 'quick', arms: Sequence[str] | None = None,
   """(arm, seed) of every run, arms needed by others first.
 
   Args:
-    size: 'quick' or 'paper' (its seeds).
+    size: 'quick', 'cpu' or 'paper' (its seeds).
     arms: subset of :data:`pose_config.ARMS` (default all; an arm that reuses another's
       networks pulls that arm in).
     seeds: override every arm's seeds.
@@ -211,7 +211,8 @@ def run(size: str = 'quick', out: str | os.PathLike = 'docs/experiments',
   """The whole experiment; returns the summary written into ``pose.md``.
 
   Args:
-    size: 'quick' (a 2-core CPU, about 20 minutes) or 'paper' (ResNet-50, 224 px).
+    size: 'quick' (a 2-core CPU, about 20 minutes), 'cpu' (larger networks, about an hour)
+      or 'paper' (ResNet-50, 224 px).
     out: folder of ``pose.md`` and its plot.
     root: runs folder (default ``runs/experiments/pose-<size>``).
     arms, seeds: subsets (tests); default every arm with its size's seeds.
@@ -264,7 +265,8 @@ def parse_args(argv):
                               description=__doc__.split('\n\n')[1],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--size', default='quick', choices=sorted(pose_config.SIZES),
-                 help="'quick' (CPU, ~20 min) or 'paper' (ResNet-50, 224 px, for a GPU)")
+                 help="'quick' (CPU, ~20 min), 'cpu' (larger networks, ~1 h on a 2-core CPU) "
+                 "or 'paper' (ResNet-50, 224 px, for a GPU)")
   p.add_argument('--out', default='docs/experiments', help='folder of pose.md and its plot')
   p.add_argument('--root', help='runs folder (default runs/experiments/pose-<size>)')
   p.add_argument('--arms', nargs='+', metavar='ARM', help=f'subset of {", ".join(pose_config.ARMS)}')

@@ -69,6 +69,13 @@ SIZES = {
                   width=8, num_steps=800, batch_size=32, learning_rate=1e-3,
                   final_learning_rate=1e-4, decay_steps=600, seeds=(0, 1, 2),
                   ablation_seeds=(0,), eval_batch_size=100),
+    # Larger networks (the embedded default's quarter-width ResNet-18s, 1,500 steps) so that
+    # CNN1 is not the whole story; sized for about an hour on an idle 2-core CPU (seven
+    # trainings of about 5 minutes plus the evaluations; not yet run end to end here).
+    'cpu': Size(num_train=2000, num_test=300, image_size=96, input_size=64, depth='18',
+                width=16, num_steps=1500, batch_size=32, learning_rate=1e-3,
+                final_learning_rate=1e-4, decay_steps=1000, seeds=(0, 1),
+                ablation_seeds=(0,), eval_batch_size=100),
     # The paper's networks and input (ResNet-50, 224 px) and optimisation, for a GPU.
     'paper': Size(num_train=20_000, num_test=2_000, image_size=256, input_size=224, depth='50',
                   width=64, num_steps=180_000, batch_size=64, learning_rate=1e-5,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 
 import numpy as np
 
@@ -190,42 +189,6 @@ def cached_fit(key, load_shapes, scheme=schemes_lib.IBUG68,
   if k not in _CACHE:
     _CACHE[k] = fit(load_shapes(), scheme, num_bins)
   return _CACHE[k]
-
-
-def _pts_shapes(folder, scheme) -> np.ndarray:
-  """(N, L, 2) the readable ``.pts`` files under ``folder`` with the scheme's point count."""
-  from jaxalign import io  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f'training folder {folder} does not exist')
-  shapes = []
-  for path in sorted(pathlib.Path(folder).rglob('*.pts')):
-    try:
-      shapes.append(io.read_pts(path, num_points=scheme.num_points))
-    except ValueError:
-      continue
-  if not shapes:
-    raise ValueError(f'training folder {folder} holds no usable .pts file')
-  return np.stack(shapes).astype(np.float64)
-
-
-def fit_folder(folder: str | os.PathLike, scheme=schemes_lib.IBUG68,
-               num_bins: int = DEFAULT_BINS) -> GaussianShapeModel:
-  """Compatibility: :func:`fit` on the ``.pts`` files under a folder. Callers should read
-  their folders themselves and pass arrays to :func:`fit` / :func:`cached_fit`.
-
-  Raises:
-    FileNotFoundError: no such folder; ValueError: no usable face in it.
-  """
-  scheme = schemes_lib.get_scheme(scheme)
-  return fit(_pts_shapes(folder, scheme), scheme, num_bins)
-
-
-def model_for_folder(folder: str | os.PathLike, scheme=schemes_lib.IBUG68,
-                     num_bins: int = DEFAULT_BINS) -> GaussianShapeModel:
-  """Compatibility: :func:`cached_fit` keyed by the folder's real path (see :func:`fit_folder`)."""
-  scheme = schemes_lib.get_scheme(scheme)
-  return cached_fit(os.path.realpath(folder), lambda: _pts_shapes(folder, scheme), scheme,
-                    num_bins)
 
 
 def _conditional(model: GaussianShapeModel, aligned: np.ndarray, bins: np.ndarray,

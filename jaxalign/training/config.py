@@ -107,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.root = 'runs/data'   # cache folder: <root>/synthetic-<hash>/{train,test}
   c.data.synthetic.num_train = 2000
   c.data.synthetic.num_test = 200
+  c.data.synthetic.num_val = 0   # validation faces (own seed) for CNN1's held-out residuals
   c.data.synthetic.image_size = 128
   c.data.synthetic.kwargs = ml_collections.ConfigDict()  # passed on to the generator
 

@@ -73,6 +73,41 @@ def ensure_synthetic(config) -> tuple[str, str]:
   return train_dir, (test_dir if s.num_test > 0 else '')
 
 
+def ensure_synthetic_val(config) -> str:
+  """Renders (once) ``data.synthetic.num_val`` validation faces from the training distribution
+  with their own seed (no face shared with the training or test sets) into
+  ``<cache>/val-<num_val>/`` beside the train / test folders; returns the folder ('' for none).
+  Separate from the train / test cache, so adding it renders nothing else again."""
+  s = config.data.synthetic
+  num = int(s.get('num_val', 0) or 0)
+  if not s.enabled or num <= 0:
+    return ''
+  root = os.path.join(s.root, f'synthetic-{synthetic_key(config)}')
+  val_dir = os.path.join(root, f'val-{num}')
+  marker = os.path.join(val_dir, 'COMPLETE')
+  if not os.path.exists(marker):
+    _generate(val_dir, num, int(s.image_size), int(config.seed) + 2_000_003, s.kwargs.to_dict())
+    with open(marker, 'w', encoding='utf-8') as f:
+      f.write('ok\n')
+  return val_dir
+
+
+def validation_records(config, records):
+  """``(training records, validation records)``: the faces CNN1's held-out residuals are
+  measured on (the completion's fusion weights), never the test set. A ``data.holdout_fraction``
+  slice of the training faces (kept out of the training), else the rendered synthetic
+  validation faces (``data.synthetic.num_val``), else none."""
+  fraction = float(config.data.get('holdout_fraction', 0.0) or 0.0)
+  if fraction > 0:
+    return split_holdout(records, fraction, int(config.seed))
+  folder = ensure_synthetic_val(config) if config.data.synthetic.get('enabled') else ''
+  if not folder:
+    return list(records), []
+  scheme = schemes.get_scheme(config.model.scheme)
+  val, _ = load_records(folder, scheme.num_points, 'validation')
+  return list(records), val
+
+
 def resolve_data_dirs(config) -> None:
   """Fills ``data.train_dir`` / ``data.test_dir`` (synthetic generation if needed) in place.
 

@@ -53,6 +53,7 @@ def prepare_data(config):
   scheme = config_lib.model_scheme(config)
   # data.source (a registered data set) or the data.train_dir folder / synthetic set.
   records, num_invalid = data_setup.training_records(config)
+  records, holdout = data_setup.validation_records(config, records)
   # Read the held-out splits now, so that a wrong test path fails before the training.
   test_sets = data_setup.test_sets(config) if config.eval.enabled else {}
   spec = pipeline.CropSpec.from_config(config)
@@ -69,7 +70,8 @@ def prepare_data(config):
         shapes, size, scheme, flip_threshold=state_lib.flip_threshold(config),
         fill=float(config.model.get('cnn2_fill', aligner.DEFAULT_FILL)), frame_points=framed)
   return {'records': records, 'num_invalid': num_invalid, 'sampler': sampler,
-          'mean_shape': mean_shape, 'canonical_shape': canonical, 'test_sets': test_sets}
+          'mean_shape': mean_shape, 'canonical_shape': canonical, 'test_sets': test_sets,
+          'holdout': holdout}
 
 
 def _fetch(metrics) -> dict[str, float]:
