@@ -20,6 +20,9 @@ import pytest
 from jaxalign.training import logger
 from test_pipeline import write_fixture
 
+# Three training subprocesses: tens of seconds on a 2-core machine.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'configs', 'smoke.py')
 NUM_STEPS = 6
@@ -123,7 +126,6 @@ def test_sigkill_at_a_random_point_resumes_exactly(setup, tmp_path):
   _kill_then_rerun(setup, str(tmp_path / 'run'), [point])
 
 
-@pytest.mark.slow
 def test_sigkill_during_checkpoint_write_then_again(setup, tmp_path):
   """Killed while the step-4 checkpoint is written, then killed again at step 5 of the rerun
   (which resumed from step 2), then finished."""

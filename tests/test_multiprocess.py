@@ -100,3 +100,24 @@ def test_two_processes_equal_one(tmp_path):
   _wait_all(procs, logs)
   assert 'resumed from step 2' in open(logs[0]).read()
   assert _losses(two) == got
+
+
+def test_process_shards_concatenate_to_the_global_batch(tmp_path):
+  """Each process's share of a step's batch is its contiguous slice of the one-process batch."""
+  from jaxalign.data import pipeline
+  from jaxalign.training import config as config_lib, trainer
+  c = config_lib.load_config_file(SMOKE)
+  c.data.train_dir = write_fixture(str(tmp_path / 'train'), num=10, size=48, seed=0)
+  c.eval.enabled = False
+  data = trainer.prepare_data(c)
+  spec = pipeline.CropSpec.from_config(c)
+
+  def batch(step, index, count):
+    return pipeline.TrainBatches(data['records'], data['sampler'], spec, index, count)(step)
+
+  for step in (0, 3):
+    whole = batch(step, 0, 1)
+    parts = [batch(step, i, 2) for i in range(2)]
+    for key in ('image', 'points', 'box', 'index'):
+      assert parts[0][key].shape[0] == c.batch_size // 2
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])

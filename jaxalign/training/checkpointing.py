@@ -19,10 +19,12 @@ A config change that alters the parameter shapes is refused up front
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 
 import jax
@@ -39,11 +41,31 @@ class CheckpointError(ValueError):
 
 
 def _one_line(e: BaseException) -> str:
-  """The first non-empty line of an exception (orbax / tensorstore errors span many lines)."""
+  """The first non-empty line of the innermost cause of an exception (orbax wraps tensorstore's
+  precise error, e.g. ``OUT_OF_RANGE: Error reading ... in OCDBT database``, in a generic one
+  that spans many lines)."""
+  seen = {id(e)}
+  while True:
+    inner = e.__cause__ or e.__context__
+    if inner is None or id(inner) in seen or not str(inner).strip():
+      break
+    seen.add(id(inner))
+    e = inner
   for line in str(e).splitlines():
     if line.strip():
       return f'{type(e).__name__}: {line.strip()[:300]}'
   return type(e).__name__
+
+
+def _collect_abandoned_reads() -> None:
+  """Collects the read coroutines a failed orbax restore leaves behind, without the
+  'Exception ignored in <coroutine ...>' tracebacks Python would print for each later."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
 
 
 def _path_str(path) -> str:
@@ -175,6 +197,8 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         # Any failure (tensorstore, orbax, shape, JSON) means this checkpoint is unusable.
         reason = _one_line(e)
+        del e
+        _collect_abandoned_reads()
         log.warning('checkpoint step %d in %s cannot be restored: %s', step, self.directory,
                     reason)
         failed.append((step, reason))

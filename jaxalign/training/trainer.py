@@ -127,8 +127,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract = checkpointing.abstract_with_shardings(state, mesh_lib.replicated(mesh))
   # A changed model config is refused naming the key; a damaged newest checkpoint falls back
   # to the newest that restores (both raise CheckpointError, a ValueError, when nothing fits).
-  checkpointing.check_config_compatible(ckpt, workdir, config, abstract)
-  restored = ckpt.restore_newest(abstract)
+  try:
+    checkpointing.check_config_compatible(ckpt, workdir, config, abstract)
+    restored = ckpt.restore_newest(abstract)
+  except BaseException:
+    ckpt.close()     # orbax's threads would otherwise die noisily at interpreter exit
+    raise
   if restored is not None:
     state, data_state, _ = restored
     start = int(state['step'])
