@@ -121,3 +121,23 @@ def test_process_shards_concatenate_to_the_global_batch(tmp_path):
     for key in ('image', 'points', 'box', 'index'):
       assert parts[0][key].shape[0] == c.batch_size // 2
       np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+
+
+def test_distributed_keys():
+  from jaxalign.training import config as config_lib, distributed
+  c = config_lib.base_config()
+  assert not distributed.requested(c) and distributed.initialize_args(c) == {}
+  assert distributed.initialize(c) is False           # single-process: nothing started
+  c.coordinator_address, c.num_processes, c.process_id = '127.0.0.1:1234', 2, 1
+  assert distributed.requested(c)
+  assert distributed.initialize_args(c) == {'coordinator_address': '127.0.0.1:1234',
+                                            'num_processes': 2, 'process_id': 1}
+  for key, value, match in (('coordinator_address', 'nohost', 'not host:port'),
+                            ('coordinator_address', 'h:99999', 'not host:port'),
+                            ('process_id', 2, 'not below config.num_processes=2'),
+                            ('num_processes', -1, 'non-negative')):
+    bad = config_lib.base_config()
+    bad.update_from_flattened_dict({'coordinator_address': '127.0.0.1:1234',
+                                    'num_processes': 2, key: value})
+    with pytest.raises(ValueError, match=f'config.{key}: .*{match}'):
+      distributed.initialize_args(bad)
