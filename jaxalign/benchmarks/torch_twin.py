@@ -144,7 +144,7 @@ class Regressor(nn.Module):
     nn.init.zeros_(self.head.bias)
     self.num_points = int(num_points)
     self.image_size = int(image_size)
-    self.register_buffer('mean_shape', torch.as_tensor(np.asarray(mean_shape, np.float32)))
+    self.register_buffer('mean_shape', torch.tensor(np.array(mean_shape, np.float32)))
 
   def forward(self, images):
     offsets = self.head(self.backbone(images)).view(-1, self.num_points, 2)
@@ -249,7 +249,7 @@ class PoseAwareTwin(nn.Module):
     self.image_size, self.cnn2_image_size = int(image_size), int(cnn2_image_size)
     for name, value in (('canonical', canonical_shape), ('weights', transform_weights),
                         ('reference', pose_reference)):
-      self.register_buffer(name, torch.as_tensor(np.asarray(value, np.float32)))
+      self.register_buffer(name, torch.tensor(np.array(value, np.float32)))
     flip_index = np.asarray(flip_index, np.int64)
     self.register_buffer('stable', torch.as_tensor(stable))
     self.register_buffer('mirrored_stable', torch.as_tensor(flip_index[stable]))
