@@ -6,6 +6,11 @@ test faces of the Surrey Face Model at 96 px (yaw -90..90 degrees) into
 ``runs/data/synthetic-<hash>/`` (cached), then trains the pose-aware pair (two ResNet-18s at
 quarter width on 64 px crops) with the paper's loss, augmentation and pose-balanced batches, and
 evaluates the test faces with the 3DMM completion into ``runs/default/eval/test/report.json``.
+It also renders 300 validation faces (own seed) on which CNN1's residuals are measured at the
+end of training (``cnn1_residuals.json``): the weights with which CNN1's unstable points join the
+3DMM fit (``eval.completion_fusion``). The test boxes are disturbed like a face detector's
+(``eval.box_jitter``: the training augmentation's ranges), so the spatial transform has a box to
+correct, as in real use.
 
 Deviations from the paper, all for the time budget of a CPU: small images and networks, 1,500
 steps, and a learning rate of 1e-3 (dropping to 1e-4 after 1,000 steps) instead of 1e-5 -> 1e-7
@@ -42,6 +47,9 @@ def get_config():
   c.eval.batch_size = 50
   c.eval.completion = True
   c.eval.completion_backend = 'jax'
+  # CNN1's unstable points join the 3DMM fit, weighted by its residuals on the 300 validation
+  # faces (measured: docs/benchmarks.md, "The cascade").
+  c.eval.completion_fusion = True
   # Detector-like test boxes (the training augmentation's ranges): see docs/method.md.
   c.eval.box_jitter.shift = 0.05
   c.eval.box_jitter.scale = 0.07
