@@ -251,6 +251,20 @@ def fusion_table(workdir) -> dict | None:
   return table
 
 
+def run_fusion(config, workdir) -> dict | None:
+  """The run's fusion table when its config asks for the fused completion
+  (``eval.completion_fusion``) and it has one (:func:`fusion_table`); None otherwise, with a
+  warning when the table is missing."""
+  if not config.eval.get('completion_fusion', False) or workdir is None:
+    return None
+  table = fusion_table(workdir)
+  if table is None:
+    log.warning('eval.completion_fusion is on but %s has no %s (train with validation faces: '
+                'data.synthetic.num_val or data.holdout_fraction); completing without fusion',
+                workdir, FUSION_FILE)
+  return table
+
+
 def run_pipeline(model, config, records, completion: str | None = None,
                  batch_size: int | None = None, convention: str | None = None,
                  fusion: dict | None = None) -> dict[str, Any]:

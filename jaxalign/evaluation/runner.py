@@ -208,14 +208,8 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
   """
   t_start = time.perf_counter()
   scheme = config_lib.model_scheme(config)
-  fusion = None
-  if config.eval.get('completion_fusion', False) and workdir is not None:
-    fusion = inference.fusion_table(workdir)
-    if fusion is None:
-      logging.warning('eval.completion_fusion is on but %s has no %s (train with '
-                      'data.holdout_fraction > 0); completing without fusion', workdir,
-                      inference.FUSION_FILE)
-  res = inference.run_pipeline(model, config, records, completion, batch_size, fusion=fusion)
+  res = inference.run_pipeline(model, config, records, completion, batch_size,
+                               fusion=inference.run_fusion(config, workdir))
   valid = np.asarray(res['valid'], bool)
   kept = [r for r, v in zip(records, valid) if v]
   for r, v in zip(records, valid):

@@ -75,7 +75,7 @@ def _records(images, faces: Sequence[Face], num_points: int, boxes=None):
 
 
 def predict_faces(model, config, images, faces: Sequence[Face], completion: str = 'jax',
-                  batch_size: int = 32, refine: bool = True):
+                  batch_size: int = 32, refine: bool = True, fusion: dict | None = None):
   """The full pipeline on the given faces; detector boxes get a refinement pass.
 
   Args:
@@ -99,7 +99,7 @@ def predict_faces(model, config, images, faces: Sequence[Face], completion: str 
       boxes.append(box if f.box_source.startswith('detector') and
                    records_lib.valid_box(box) else f.box)
     records = _records(images, faces, scheme.num_points, boxes)
-  return inference.run_pipeline(model, config, records, completion, batch_size)
+  return inference.run_pipeline(model, config, records, completion, batch_size, fusion=fusion)
 
 
 def _stem_of(path: str, used: dict[str, int]) -> str:
@@ -151,6 +151,7 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
     print(f'error: cannot load the run {workdir}: {e}', file=err)
     return 2
   scheme = schemes_lib.get_scheme(config.model.scheme)
+  fusion = inference.run_fusion(config, str(workdir)) if completion == 'jax' else None
   out_dir = pathlib.Path(out) if out is not None else pathlib.Path(workdir) / 'predict'
   out_dir.mkdir(parents=True, exist_ok=True)
   sfm = None
@@ -197,7 +198,7 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
       if bar is not None:
         bar.update(len(paths))
       continue
-    res = predict_faces(model, config, decoded, faces, completion, batch_size, refine)
+    res = predict_faces(model, config, decoded, faces, completion, batch_size, refine, fusion)
     by_image: dict[int, list[int]] = {}
     for k, f in enumerate(faces):
       by_image.setdefault(f.image_index, []).append(k)
