@@ -192,7 +192,7 @@ def complete_points(points, scheme, backend: str, flip=None, train_dir: str | No
     if not train_dir:
       raise ValueError("the 'gaussian' completion is fitted on the run's training shapes, but "
                        'config.data.train_dir is empty')
-    model = _gaussian_model(str(train_dir), schemes_lib.get_scheme(scheme).name)
+    model = _gaussian_model(str(train_dir), schemes_lib.get_scheme(scheme))
     return statistical.complete(points, model, scheme=scheme, flip=flip)
   if backend not in ('jax', 'eos'):
     raise ValueError(f'unknown completion backend {backend!r}; expected jax, eos or gaussian')
@@ -201,14 +201,13 @@ def complete_points(points, scheme, backend: str, flip=None, train_dir: str | No
                              convention=convention, **kwargs)
 
 
-def _gaussian_model(folder: str, scheme_name: str):
+def _gaussian_model(folder: str, scheme):
   """The 2D Gaussian shape model of a training folder's shapes (fitted once per folder).
 
   Raises:
     FileNotFoundError: no such folder; ValueError: no usable face in it.
   """
   from jaxalign.morphable import statistical  # pylint: disable=g-import-not-at-top
-  scheme = schemes_lib.get_scheme(scheme_name)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'training folder {folder} does not exist')
 

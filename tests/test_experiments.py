@@ -265,6 +265,7 @@ def test_paired_differences_pair_faces_and_bound_the_mean(tmp_path):
   allrow = out['bbox']['all']
   assert allrow['n'] == 80
   assert allrow['lo'] <= allrow['mean'] <= allrow['hi'] < 0
-  assert allrow['mean'] == pytest.approx(expected.mean(), rel=1e-6)
+  # (the file holds float32 points)
+  assert allrow['mean'] == pytest.approx(expected.mean(), rel=1e-4)
   assert sum(out['bbox'][k]['n'] for k in pose_report.BIN_KEYS) == allrow['n']
   assert pose_report.paired_differences({}) == {}

@@ -104,6 +104,7 @@ def test_trained_run_with_every_hook(folders, tmp_path):
   c.eval.enabled = False
   c.model.flip = False
   c.model.stable = ','.join(map(str, ALT))
+  c.eval.completion = True               # smoke.py switches it off
   c.eval.completion_backend = 'gaussian'
   workdir = str(tmp_path / 'run')
   workflow.train_and_evaluate(c, workdir)

@@ -238,7 +238,8 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
   if config.model.kind == 'pose_aware':
     rep.update(report_lib.stage2_metrics(cnn, cnn1, gt, norm_boxes, true_left, flipped,
                                          true_yaw, scheme))
-    rep['cnn2_outside_fraction'] = _finite_mean(res['cnn2_outside'][valid])
+    outside = res.get('cnn2_outside')
+    rep['cnn2_outside_fraction'] = None if outside is None else _finite_mean(outside[valid])
   baseline = None
   if mean_shape is not None:
     baseline = pipeline.shape_in_boxes(mean_shape, kept, pipeline.CropSpec.from_config(config))
