@@ -43,7 +43,6 @@ def make_config(model: str, depth: str, input_size: int, batch_size: int, dtype:
                 overrides=()):
   """The training config of the compared step (the paper's optimiser and loss, no
   augmentation), with ``--config.key=value`` overrides applied."""
-  from jaxalign.benchmarks import train as train_bench  # pylint: disable=g-import-not-at-top
   from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
   c.model.kind = model
@@ -54,7 +53,7 @@ def make_config(model: str, depth: str, input_size: int, batch_size: int, dtype:
   c.batch_size = int(batch_size)
   c.augment.enabled = False
   c.data.synthetic.enabled = True       # validate() wants a data source; none is read here
-  train_bench._apply_overrides(c, list(overrides))  # pylint: disable=protected-access
+  config_lib.apply_overrides(c, list(overrides))
   return c
 
 

@@ -9,28 +9,11 @@ bottleneck. ``--json`` prints one JSON object instead.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import time
 
 import jax
-
-
-def _apply_overrides(config, overrides):
-  for item in overrides:
-    key, _, raw = item[len('--config.'):].partition('=')
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
-    node = config
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    if isinstance(node[last], str) and not isinstance(value, str):
-      value = raw
-    node[last] = value
 
 
 def run(config, steps: int, warmup: int) -> dict:
@@ -86,7 +69,7 @@ def main(argv) -> int:
   from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
     config = config_lib.load_config_file(args.config)
-    _apply_overrides(config, overrides)
+    config_lib.apply_overrides(config, overrides)
     result = run(config, args.steps, args.warmup)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
