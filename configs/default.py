@@ -50,6 +50,9 @@ def get_config():
   # CNN1's unstable points join the 3DMM fit, weighted by its residuals on the 300 validation
   # faces (measured: docs/benchmarks.md, "The cascade").
   c.eval.completion_fusion = True
+  # ... and each unstable point of the completion is then mixed with CNN1's own, by weights per
+  # point and |yaw| bin fitted on the same validation faces (measured: docs/benchmarks.md).
+  c.eval.completion_blend = True
   # Detector-like test boxes (the training augmentation's ranges): see docs/method.md.
   c.eval.box_jitter.shift = 0.05
   c.eval.box_jitter.scale = 0.07

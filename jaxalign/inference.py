@@ -264,9 +264,41 @@ def run_fusion(config, workdir) -> dict | None:
   return table
 
 
+def _apply_blend(blend: dict, completed, rough, backend: str, fused: bool, convention: str):
+  """``completed`` (N, L, 2) mixed with CNN1's ``rough`` by the table ``blend``
+  (:func:`run_blend`), or None, with a warning, when the table was estimated for another
+  completion."""
+  made_for = (blend.get('backend'), bool(blend.get('fused')), blend.get('convention'))
+  if made_for != (backend, fused, convention):
+    log.warning('the blend table was estimated for completion %s (backend, fused, convention), '
+                'not for the %s that ran; the completion is not mixed with CNN1', made_for,
+                (backend, fused, convention))
+    return None
+  from jaxalign.morphable import completion, pose  # pylint: disable=g-import-not-at-top
+  yaw = np.asarray(pose.estimate_pose(rough)[..., 0], np.float64)
+  return completion.blend_points(completed, rough, np.asarray(blend['alpha'], np.float64), yaw,
+                                 bins=tuple(blend['bins']))
+
+
+def run_blend(config, workdir) -> dict | None:
+  """The run's completion/CNN1 mix (``blend`` of :func:`fusion_table`: ``alpha`` (B, L), the
+  ``backend``, ``fused`` and ``convention`` it was estimated for) when its config asks for it
+  (``eval.completion_blend``); None otherwise, with a warning when it is missing."""
+  if not config.eval.get('completion_blend', False) or workdir is None:
+    return None
+  table = fusion_table(workdir)
+  blend = None if table is None else table.get('blend')
+  if blend is None:
+    log.warning('eval.completion_blend is on but %s has no blend table in %s (train with '
+                'validation faces: data.synthetic.num_val or data.holdout_fraction); the '
+                'completion is not mixed with CNN1', workdir, FUSION_FILE)
+    return None
+  return dict(blend, bins=table['bins'])
+
+
 def run_pipeline(model, config, records, completion: str | None = None,
                  batch_size: int | None = None, convention: str | None = None,
-                 fusion: dict | None = None) -> dict[str, Any]:
+                 fusion: dict | None = None, blend: dict | None = None) -> dict[str, Any]:
   """The full pipeline on records: the CNN pair, then the completion of the unstable points.
 
   Args:
@@ -280,6 +312,10 @@ def run_pipeline(model, config, records, completion: str | None = None,
     fusion: CNN1's held-out residual table (:func:`fusion_table`): with the 'jax' backend the
       fit also takes CNN1's unstable points, weighted by it (beyond the paper). The unfused
       completion is then returned too, as ``points_unfused``.
+    blend: :func:`run_blend`'s table: each unstable point of the completion is then mixed
+      with CNN1's, ``alpha c + (1 - alpha) o`` at the face's |yaw| bin (beyond the paper), when
+      the table was estimated for the completion that ran (its backend, fusion and convention;
+      else a warning and no mix). The unmixed points are returned as ``points_unblended``.
 
   Returns:
     :func:`predict_records`'s dict plus ``points`` (the final landmarks), ``yaw``/``pitch``/
@@ -306,6 +342,7 @@ def run_pipeline(model, config, records, completion: str | None = None,
   error = None
   ran = None
   points_unfused = None     # the completion without fusion, when fused
+  points_unblended = None   # the completion before the mix with CNN1, when mixed
   # The 3DMM reads iBUG-68 points. The plain model is fitted for its yaw only (a 3DMM gives
   # one where the annotations have none); the pose-aware model's stable points are completed.
   fit_backend = ('jax' if backend in ('gaussian', 'none') else backend) if plain else backend
@@ -351,8 +388,14 @@ def run_pipeline(model, config, records, completion: str | None = None,
         log.warning('completion failed on %d faces; their unstable points are CNN1\'s',
                     num_fallbacks)
       points[sel] = np.where(bad[..., None], out['rough'][sel], filled)
+      mixed = None if blend is None else _apply_blend(
+          blend, points[sel], out['rough'][sel], backend, fuse is not None, convention)
+      if mixed is not None:
+        points_unblended = points.copy()
+        points[sel] = mixed
   t2 = time.perf_counter()
-  return dict(out, points=points, points_unfused=points_unfused, yaw=yaw, pitch=pitch, roll=roll, shape_coeffs=shape_coeffs,
+  return dict(out, points=points, points_unfused=points_unfused,
+              points_unblended=points_unblended, yaw=yaw, pitch=pitch, roll=roll, shape_coeffs=shape_coeffs,
               expression_coeffs=expression_coeffs, num_fallbacks=num_fallbacks, backend=ran,
               completion_error=error,
               timings={'cnn_s': t1 - t0, 'completion_s': t2 - t1, 'pipeline_s': t2 - t0,

@@ -17,6 +17,7 @@ import ml_collections
 from jaxalign import atomic
 from jaxalign import inference
 from jaxalign.evaluation import runner
+from jaxalign.training import config as config_lib
 from jaxalign.training import trainer
 
 
@@ -69,7 +70,38 @@ def residual_table(model, config, records) -> dict | None:
   if missing.any():
     yaw[missing] = np.asarray(pose.estimate_pose(gt[missing])[..., 0], np.float64)
   bins = completion.YAW_BINS
-  rms = completion.residual_rms(out['rough'][valid], gt, yaw, bins=bins)
-  return {'rms': np.where(np.isfinite(rms), rms, None).tolist(), 'bins': list(bins),
-          'num_faces': int(valid.sum()), 'units': 'inter-ocular distance',
-          'frame': 'right-looking (left-looking faces mirrored)'}
+  rough = out['rough'][valid]
+  rms = completion.residual_rms(rough, gt, yaw, bins=bins)
+  table = {'rms': np.where(np.isfinite(rms), rms, None).tolist(), 'bins': list(bins),
+           'num_faces': int(valid.sum()), 'units': 'inter-ocular distance',
+           'frame': 'right-looking (left-looking faces mirrored)'}
+  blend = blend_table(config, out['stable'][valid], rough, out['flipped'][valid], gt, table)
+  if blend is not None:
+    table['blend'] = blend
+  return table
+
+
+def blend_table(config, stable, rough, flipped, gt, table) -> dict | None:
+  """The completion/CNN1 mix of :func:`jaxalign.morphable.completion.blend_weights` on held-out
+  faces: the run's completion (its backend, fused with CNN1 when ``eval.completion_fusion``,
+  using ``table``'s residuals) against CNN1's points ``rough``; None when the run has no 3DMM
+  completion. The faces' bins and frames come from the rigid fit of CNN1's points, as at test
+  time."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxalign.morphable import completion, pose  # pylint: disable=g-import-not-at-top
+  backend = inference.resolve_backend(config)
+  if backend not in ('jax', 'eos') or not len(gt):
+    return None
+  fused = bool(config.eval.get('completion_fusion', False)) and backend == 'jax'
+  extra = inference.fusion_inputs(rough, table) if fused else {}
+  convention = str(config.eval.get('completion_convention', '2d') or '2d')
+  result = inference.complete_points(stable, config_lib.model_scheme(config), backend,
+                                     flip=flipped, convention=convention, **extra)
+  completed = inference.merge_stable(stable, np.asarray(result.points, np.float32))
+  completed = np.where(np.isfinite(completed), completed, rough)
+  yaw = np.asarray(pose.estimate_pose(rough)[..., 0], np.float64)
+  alpha = completion.blend_weights(completed, rough, gt, yaw, bins=tuple(table['bins']))
+  return {'alpha': np.where(np.isfinite(alpha), alpha, None).tolist(), 'backend': backend,
+          'fused': fused, 'convention': convention,
+          'meaning': 'point = alpha * completion + (1 - alpha) * CNN1, per |yaw| bin and point '
+                     '(rigid-fit yaw of CNN1\'s points), right-looking frame'}

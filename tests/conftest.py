@@ -12,6 +12,12 @@ import pathlib
 # XLA_FLAGS=--xla_force_host_platform_device_count=N (test_training_parallel.py,
 # test_multiprocess.py).
 
+# One device unless a test asks for more: a training run would otherwise split the cores into
+# one device per core (config.cpu_devices = 0), here and in the subprocesses that inherit this.
+if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=1').strip()
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / 'shared'
 os.environ.setdefault('JAXALIGN_SFM_DIR', str(SHARED_DIR / 'sfm'))

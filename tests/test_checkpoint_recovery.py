@@ -151,7 +151,7 @@ def test_no_checkpoint_restores_exits_2(trained, tmp_path):
        f'--config.data.train_dir={trained[0]}', '--config.eval.enabled=False',
        '--config.model.kind=plain', '--config.keep_checkpoints=5'],
       capture_output=True, text=True, timeout=300, cwd=REPO,
-      env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=''))
+      env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1'))
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
   errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]

@@ -273,3 +273,38 @@ def test_evaluation_with_fusion_reports_fused_unfused_and_cnn_only(run, tmp_path
                                     npz['true_left'], npz['flipped'], npz['true_yaw'])
   for key in ('stage2_gain', 'stage2_win_rate', 'cnn1_nme_stable', 'flip_accuracy'):
     assert again[key] == rep[key], key
+
+
+def test_evaluation_with_blend_mixes_completion_and_cnn1(run, tmp_path):
+  """eval.completion_blend: the table the end of training writes (workflow.residual_table on
+  held-out faces) gains the completion/CNN1 mix; the evaluation applies it when it was made for
+  the completion that runs, and reports the unmixed NME beside."""
+  from jaxalign import inference, workflow
+  from jaxalign.data import records as records_lib
+  from jaxalign.training import config as config_lib
+  other = tmp_path / 'blend'
+  shutil.copytree(run, other, ignore=shutil.ignore_patterns('eval'))
+  config = config_lib.load_run_config(str(other))
+  config.eval.completion = True
+  config.eval.completion_fusion = True
+  config.eval.completion_blend = True
+  config_lib.save_run_config(config, str(other))
+  model, _, _ = inference.load_run(str(other))
+  held_out, _ = records_lib.scan_folder(config.data.train_dir, 68)
+  table = workflow.residual_table(model, config, held_out)
+  alpha = np.array(table['blend']['alpha'], np.float64)
+  assert alpha.shape == (len(table['bins']) - 1, 68)
+  assert table['blend']['fused'] is True and table['blend']['backend'] == 'jax'
+  finite = alpha[np.isfinite(alpha)]
+  assert finite.size and ((finite >= 0) & (finite <= 1)).all()
+  (other / inference.FUSION_FILE).write_text(json.dumps(table))
+  rep = runner.evaluate(other, out=tmp_path / 'e')
+  assert rep['completion_blend'] is True and rep['completion_fusion'] is True
+  assert np.isfinite(rep['unblended_nme_inter_ocular'])
+  assert rep['nme_inter_ocular'] != rep['unblended_nme_inter_ocular']
+  assert 'before the mix with CNN1' in (tmp_path / 'e' / 'report.md').read_text()
+  # A table made for another completion is not applied.
+  config.eval.completion_convention = '3d'
+  config_lib.save_run_config(config, str(other))
+  rep = runner.evaluate(other, out=tmp_path / 'e3d')
+  assert rep['completion_blend'] is False

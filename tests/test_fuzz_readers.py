@@ -365,7 +365,7 @@ def test_clis_on_garbage_files_print_no_traceback(tmp_path):
   run = tmp_path / 'run'
   run.mkdir()
   (run / 'config.json').write_bytes(rng.bytes(64))
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
   for args in (['jaxalign.complete', str(tmp_path / 'a.pts'), str(tmp_path / 'b.ljson'),
                 str(tmp_path / 'c.pts'), '--out', str(tmp_path / 'out')],
                ['jaxalign.predict', '--workdir', str(run), str(tmp_path / 'img.png')],

@@ -73,7 +73,7 @@ def _cmd(workdir, train_dir, wrapper=None):
 
 
 def _env(cache, **extra):
-  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='', JAX_COMPILATION_CACHE_DIR=cache,
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_COMPILATION_CACHE_DIR=cache,
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **extra)
 
 

@@ -192,3 +192,22 @@ def test_fit_landmarks_matches_fit_then_mesh_readout(model, jf):
     ref = contour.ibug_points(np.asarray(jf.vertices(fit)), np.asarray(fit.camera), model, conv)
     np.testing.assert_allclose(np.asarray(lm), ref, atol=1e-3)
     np.testing.assert_allclose(np.asarray(jf.landmarks(fit, conv)), ref, atol=1e-3)
+
+
+def test_pixel_noise_strengthens_the_prior_on_small_faces_only(model, jf):
+  """FitConfig.noise_px adds a resolution-bound variance to noise_mm's: on faces a few pixels
+  per millimetre large it changes nothing, on small faces it pulls the shape to the mean."""
+  from jaxalign.benchmarks.completion import synthetic_faces
+  stable = IBUG68.stable_mask().astype(np.float32)
+  f = synthetic_faces(model, 8, seed=4, mismatch_mm=0.5, noise=0.02, max_yaw=40.0)
+  base = dataclasses.replace(fitting.TUNED, adaptive_noise=False)
+  with_px = dataclasses.replace(base, noise_px=3.0)
+  norms = {}
+  for name, shrink in (('large', 1.0), ('small', 0.1)):      # scale 1.2-2 vs 0.12-0.2 px/mm
+    pts = f['given'] * shrink
+    a0 = np.asarray(jf.fit(pts, stable, 512.0 * shrink, base).shape_coeffs)
+    a1 = np.asarray(jf.fit(pts, stable, 512.0 * shrink, with_px).shape_coeffs)
+    norms[name] = np.linalg.norm(a1, axis=-1) / np.linalg.norm(a0, axis=-1)
+  assert np.median(norms["small"]) < 0.6, norms
+  assert np.median(norms['large']) > 0.6, norms
+  assert np.median(norms['large']) > np.median(norms['small']) + 0.2, norms

@@ -116,3 +116,60 @@ def test_no_recompilation_per_face_count(model, faces):
   assert fitting.padded_size(1024) == 1024
   with pytest.raises(ValueError):
     fitting.padded_size(1025)
+
+
+def _two_estimates(n, rng, sigma_c, sigma_o):
+  """gt, and two noisy estimates of it with independent errors of the given SDs (pixels)."""
+  gt = rng.uniform(20, 80, (n, 68, 2))
+  c = gt + rng.normal(0.0, 1.0, gt.shape) * sigma_c
+  o = gt + rng.normal(0.0, 1.0, gt.shape) * sigma_o
+  return gt, c, o
+
+
+def test_blend_weights_is_the_inverse_variance_mix_and_never_worse_than_either():
+  rng = np.random.default_rng(0)
+  bins = (0.0, 30.0, 90.0)
+  yaw = np.array([10.0] * 400 + [50.0] * 400)
+  sigma_c = np.where(yaw < 30, 1.0, 3.0)[:, None, None]     # the completion: worse at large yaw
+  gt, c, o = _two_estimates(800, rng, sigma_c, 2.0)
+  alpha = completion.blend_weights(c, o, gt, yaw, bins)
+  unstable = ~IBUG68.stable_mask()
+  assert np.isnan(alpha[:, IBUG68.stable_mask()]).all()       # kept points are not mixed
+  # Independent errors: the least-squares mix is sigma_o^2 / (sigma_c^2 + sigma_o^2).
+  np.testing.assert_allclose(np.mean(alpha[0, unstable]), 4 / 5, atol=0.03)
+  np.testing.assert_allclose(np.mean(alpha[1, unstable]), 4 / 13, atol=0.03)
+  mixed = completion.blend_points(c, o, alpha, yaw, bins)
+  for sel in (yaw < 30, yaw >= 30):
+    err = lambda p: np.mean(np.sum((p[sel][:, unstable] - gt[sel][:, unstable]) ** 2, -1))
+    assert err(mixed) < min(err(c), err(o))
+  # Stable points keep the completion's (i.e. CNN2's) value.
+  np.testing.assert_allclose(mixed[:, IBUG68.stable_mask()], c[:, IBUG68.stable_mask()],
+                             rtol=1e-5)
+
+
+def test_blend_is_mirrored_for_left_looking_faces_and_clipped():
+  bins = (0.0, 90.0)
+  gt = np.zeros((10, 68, 2))
+  gt[:, :, 0] = np.arange(68)
+  gt[:, :, 1] = np.arange(68)[::-1]
+  c, o = gt.copy(), gt.copy()
+  c[:, 5] += 4.0                                  # right-looking: the completion is off at 5
+  yaw = np.full(10, 40.0)
+  alpha = completion.blend_weights(c, o, gt, yaw, bins)
+  assert alpha[0, 5] == 0.0                       # CNN1 exact there: all CNN1
+  mirror5 = int(IBUG68.flip_index_array()[5])
+  left = completion.blend_weights(c[:, IBUG68.flip_index_array()],
+                                  o[:, IBUG68.flip_index_array()],
+                                  gt[:, IBUG68.flip_index_array()], -yaw, bins)
+  assert left[0, 5] == 0.0                        # counted at the mirror point's entry
+  mixed = completion.blend_points(c[:, IBUG68.flip_index_array()],
+                                  o[:, IBUG68.flip_index_array()], alpha, -yaw, bins)
+  np.testing.assert_allclose(mixed[:, mirror5], gt[:, IBUG68.flip_index_array()][:, mirror5])
+  with pytest.raises(ValueError, match='alpha must'):
+    completion.blend_points(c, o, alpha[:, :5], yaw, bins)
+  with pytest.raises(ValueError, match='in \\[0, 1\\]'):
+    completion.blend_points(c, o, alpha * 0 + 2.0, yaw, bins)
+  with pytest.raises(ValueError, match='must all be'):
+    completion.blend_weights(c[:, :5], o, gt, yaw, bins)
+  # Too few faces in a bin: no mix there (NaN), the completion is kept.
+  assert np.isnan(completion.blend_weights(c, o, gt, yaw, bins, min_faces=11)).all()

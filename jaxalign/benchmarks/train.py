@@ -22,6 +22,7 @@ def run(config, steps: int, warmup: int) -> dict:
   from jaxalign.data import pipeline
   from jaxalign.training import config as config_lib, mesh as mesh_lib, optim
   from jaxalign.training import state as state_lib, step as step_lib, trainer
+  mesh_lib.configure_cpu_devices(config)     # the devices a training run would have
   mesh = mesh_lib.make_mesh()
   config_lib.validate(config, mesh.devices.size)
   data = trainer.prepare_data(config)

@@ -263,11 +263,17 @@ def format_markdown(report: Mapping[str, Any], paper: Mapping[str, float] | None
   else:
     lines += ['| metric | ours |', '|---|---:|']
     lines += [f'| {name} | {_pct(report.get(key))} |' for name, key in rows]
-  stages = [('the full pipeline' + (' (completion fused with CNN1)' if report.get(
-      'completion_fusion') else ''), 'nme_inter_ocular', 'nme_bbox'),
+  how = [w for w, key in (('fused with CNN1', 'completion_fusion'),
+                          ('mixed with CNN1', 'completion_blend')) if report.get(key)]
+  stages = [('the full pipeline' + (f' (completion {" and ".join(how)})' if how else ''),
+             'nme_inter_ocular', 'nme_bbox'),
             ('the CNN pair alone (CNN2\'s SLs, CNN1\'s other points)', 'cnn_nme_inter_ocular',
              'cnn_nme_bbox'),
-            ('the completion without fusion', 'unfused_nme_inter_ocular', 'unfused_nme_bbox'),
+            ('the completion before the mix with CNN1', 'unblended_nme_inter_ocular',
+             'unblended_nme_bbox'),
+            ('the completion without fusion' + (' or mix' if report.get('completion_blend')
+                                                else ''),
+             'unfused_nme_inter_ocular', 'unfused_nme_bbox'),
             ('the training mean shape', 'mean_shape_nme_inter_ocular', 'mean_shape_nme_bbox')]
   stages = [s for s in stages if report.get(s[1]) is not None]
   if len(stages) > 1:

@@ -209,7 +209,8 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
   t_start = time.perf_counter()
   scheme = config_lib.model_scheme(config)
   res = inference.run_pipeline(model, config, records, completion, batch_size,
-                               fusion=inference.run_fusion(config, workdir))
+                               fusion=inference.run_fusion(config, workdir),
+                               blend=inference.run_blend(config, workdir))
   valid = np.asarray(res['valid'], bool)
   kept = [r for r, v in zip(records, valid) if v]
   for r, v in zip(records, valid):
@@ -244,6 +245,7 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
   if mean_shape is not None:
     baseline = pipeline.shape_in_boxes(mean_shape, kept, pipeline.CropSpec.from_config(config))
   unfused = None if res.get('points_unfused') is None else res['points_unfused'][valid]
+  unblended = None if res.get('points_unblended') is None else res['points_unblended'][valid]
   for norm in dict.fromkeys(('inter_ocular', 'bbox', primary)):
     rep[f'cnn_nme_{norm}'] = float(np.nanmean(metrics.nme(cnn, gt, norm, scheme=scheme,
                                                           boxes=norm_boxes)))
@@ -251,6 +253,10 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
       # The same completion without CNN1's points in the fit (``nme`` is the fused one).
       rep[f'unfused_nme_{norm}'] = float(np.nanmean(metrics.nme(
           unfused, gt, norm, scheme=scheme, boxes=norm_boxes)))
+    if unblended is not None:
+      # The completion before its mix with CNN1's points (``nme`` is the mixed one).
+      rep[f'unblended_nme_{norm}'] = float(np.nanmean(metrics.nme(
+          unblended, gt, norm, scheme=scheme, boxes=norm_boxes)))
     if baseline is not None:
       rep[f'mean_shape_nme_{norm}'] = float(np.nanmean(metrics.nme(
           baseline, gt, norm, scheme=scheme, boxes=norm_boxes)))
@@ -296,6 +302,7 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
                                 if backend in ('jax', 'eos') else None),
       'completion_error': res['completion_error'],
       'completion_fusion': res.get('points_unfused') is not None,
+      'completion_blend': res.get('points_unblended') is not None,
       'num_completion_fallbacks': int(res['num_fallbacks']),
       'num_skipped': int(num_invalid) + int((~valid).sum()),
       'num_invalid_files': int(num_invalid),

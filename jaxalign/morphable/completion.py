@@ -358,6 +358,88 @@ def fusion_weights(rms, yaw, bins=YAW_BINS, reference_rms=None,
   return w.astype(np.float32)
 
 
+def _box_size(gt) -> np.ndarray:
+  """(N,) sqrt(width * height) of each face's finite points (the box normaliser)."""
+  g = np.asarray(gt, np.float64)
+  lo, hi = np.nanmin(g, axis=1), np.nanmax(g, axis=1)
+  return np.sqrt(np.prod(np.maximum(hi - lo, 1e-6), axis=-1))
+
+
+def blend_weights(completed, observed, gt, yaw, bins=YAW_BINS, scheme=schemes_lib.IBUG68,
+                  min_faces: int = 5) -> np.ndarray:
+  """(B, L) the held-out least-squares mix of two estimates of every point, per |yaw| bin.
+
+  Stacking (beyond the paper): the completed points ``c`` (the 3DMM's) and another detector's
+  ``o`` (CNN1's) err differently, by point and by pose; the mix ``alpha c + (1 - alpha) o`` with
+  the ``alpha`` in [0, 1] that minimises the summed squared error on held-out faces is, per bin
+  b and point p,
+
+      alpha[b, p] = clip(-sum_i d_i . v_i / sum_i |v_i|^2, 0, 1),  d = o - gt,  v = c - o,
+
+  errors in units of each face's box size (sqrt(w h) of ``gt``'s box), so faces of every size
+  count alike. alpha = 1 keeps the completion, 0 takes ``o``. Estimate it on held-out training
+  faces, never on the test set; :func:`blend_points` applies it.
+
+  Args:
+    completed, observed, gt: (N, L, 2) image pixels.
+    yaw: (N,) degrees (signed, eos convention) that decide each face's bin and frame: the value
+      the test time will have (the rigid fit of ``observed``), so the table is read as it was
+      estimated. Left-looking faces count at their mirror points (the working frame).
+    min_faces: a bin with fewer faces gets NaN (the completion is kept there).
+  """
+  scheme = schemes_lib.get_scheme(scheme)
+  c, o, g = (np.asarray(a, np.float64) for a in (completed, observed, gt))
+  if not c.shape == o.shape == g.shape or c.ndim != 3 or c.shape[1:] != (scheme.num_points, 2):
+    raise ValueError(f'completed, observed and gt must all be (N, {scheme.num_points}, 2), got '
+                     f'{c.shape}, {o.shape} and {g.shape}')
+  size = _box_size(g)[:, None, None]
+  d, v = (o - g) / size, (c - o) / size
+  dv, vv = np.sum(d * v, -1), np.sum(v * v, -1)                        # (N, L)
+  ok = np.isfinite(dv) & np.isfinite(vv)
+  dv, vv = np.where(ok, dv, 0.0), np.where(ok, vv, 0.0)
+  left = pose_lib.is_left_looking(np.asarray(yaw, np.float64))
+  perm = scheme.flip_index_array()
+  dv = np.where(left[:, None], dv[:, perm], dv)
+  vv = np.where(left[:, None], vv[:, perm], vv)
+  count = np.where(left[:, None], ok[:, perm], ok)
+  idx = _yaw_bin(yaw, bins)
+  out = np.full((len(bins) - 1, scheme.num_points), np.nan)
+  for k in range(len(bins) - 1):
+    sel = idx == k
+    num, den = -dv[sel].sum(0), vv[sel].sum(0)
+    enough = (count[sel].sum(0) >= min_faces) & (den > 0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+      out[k] = np.where(enough, np.clip(num / np.where(enough, den, 1.0), 0.0, 1.0), np.nan)
+  out[:, scheme.stable_mask()] = np.nan      # the kept points are not mixed
+  return out
+
+
+def blend_points(completed, observed, alpha, yaw, bins=YAW_BINS, scheme=schemes_lib.IBUG68):
+  """(N, L, 2) float32 ``alpha c + (1 - alpha) o`` with :func:`blend_weights`' table ``alpha``
+  (B, L) at each face's |yaw| bin, mirrored for a left-looking ``yaw``; where alpha is NaN, or
+  ``observed`` is not finite, the completed point is kept.
+
+  Args:
+    completed, observed: (N, L, 2) image pixels. alpha: (B, L) in [0, 1] or NaN.
+    yaw: (N,) degrees: the same estimate the table was made with (the rigid fit of
+      ``observed``).
+  """
+  scheme = schemes_lib.get_scheme(scheme)
+  table = np.asarray(alpha, np.float64)
+  if table.shape != (len(bins) - 1, scheme.num_points):
+    raise ValueError(f'alpha must be (B, {scheme.num_points}) for {len(bins) - 1} bins, got '
+                     f'{table.shape}')
+  if np.any((table < 0) | (table > 1)):
+    raise ValueError('blend weights alpha must lie in [0, 1] (or be NaN)')
+  a = table[_yaw_bin(yaw, bins)]
+  left = pose_lib.is_left_looking(np.asarray(yaw, np.float64))
+  a = np.where(left[:, None], a[:, scheme.flip_index_array()], a)
+  c, o = np.asarray(completed, np.float64), np.asarray(observed, np.float64)
+  use = np.isfinite(a) & np.isfinite(o).all(-1)
+  a = np.where(use, a, 1.0)[..., None]
+  return np.where(use[..., None], a * c + (1.0 - a) * np.nan_to_num(o), c).astype(np.float32)
+
+
 def default_image_size(points) -> np.ndarray:
   """(width, height) float64 of an image that contains the finite points: (max x, max y) + 1 +
   a margin of the points' extent (eos needs an image size only for its camera frustum)."""

@@ -51,6 +51,12 @@ class FitConfig:
     noise_mm: None = eos's noise model (residual variance 3 px^2 whatever the face size); a
       value = residual standard deviation in model millimetres (scale-invariant: residuals are
       divided by the camera scale), so ``lambda_identity`` means the same at any resolution.
+    noise_px: with ``noise_mm``, a second, resolution-bound part of the landmark noise: a
+      standard deviation in image pixels whose variance adds to ``noise_mm``'s (scaled to
+      pixels), ``(s noise_mm)^2 + noise_px^2`` per coordinate. A landmark's error has a part
+      that grows with the face (where a point lies on it is ambiguous: ``noise_mm``) and a
+      part that does not (the pixel grid, a detector's resolution: ``noise_px``); eos models
+      only the second, ``noise_mm`` alone only the first. 0 = off.
     solver: 'cg' (preconditioned conjugate gradients, warm-started; fast on the CPU) or
       'direct' (LU solve of the normal equations, as eos).
     cg_steps: CG steps per shape solve.
@@ -73,6 +79,7 @@ class FitConfig:
   nnls_sweeps: int = 12
   dynamic_contour: bool = True
   noise_mm: float | None = None
+  noise_px: float = 0.0
   solver: str = 'cg'
   cg_steps: int = 8
   adaptive_noise: bool = False
@@ -348,10 +355,12 @@ class JaxFitter:
 
     # ``noise`` is the residual standard deviation in model mm (traced: the adaptive pass
     # changes it per face); ignored under eos's pixel noise model.
+    px2 = jnp.float32(config.noise_px) ** 2
+
     def noise_scale(scale, noise):
       if eos_noise:
         return 1.0 / _SIGMA2
-      return 1.0 / (scale * noise) ** 2
+      return 1.0 / ((scale * noise) ** 2 + px2)
 
     def fit_expr(cam, m, sb, eb, a, scale, noise, w, gram, b0=None):
       ne = eb.shape[-1]
@@ -376,7 +385,7 @@ class JaxFitter:
 
     def gain_of(scale, noise):
       """Data-term weight per (model mm)^2 of residual, for the preconditioner and df."""
-      return scale * scale / _SIGMA2 if eos_noise else 1.0 / noise ** 2
+      return scale * scale / (_SIGMA2 if eos_noise else (scale * noise) ** 2 + px2)
 
     def fit_shape(cam, m, sb, eb, b, scale, noise, a0, w, gram):
       wf = w * noise_scale(scale, noise)
@@ -442,7 +451,8 @@ class JaxFitter:
       df = 6.0 + jnp.sum(b > 0) + jnp.sum(g / (g + config.lambda_identity))
       n_obs = 2.0 * jnp.sum(w)
       sigma = jnp.sqrt(rss / jnp.maximum(n_obs - df, 1.0))
-      noise = jnp.maximum(noise0, sigma).astype(jnp.float32)
+      # sigma is the total noise (in mm); the pixel part stays, the rest is the mm part.
+      noise = jnp.sqrt(jnp.maximum(noise0 ** 2, sigma ** 2 - px2 / (s * s))).astype(jnp.float32)
       if config.huber is not None:
         # Huber weights from the first pass's residuals: points further than huber * noise
         # from the fit count as outliers and are down-weighted in proportion.

@@ -31,6 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 100
   c.keep_checkpoints = 3
   c.init_from = ''           # torchvision ResNet-50 weights (.pth / .safetensors) for both CNNs
+  # CPU only: the host's cores as this many JAX devices, data parallel like GPUs (0 = one per
+  # core, as many as divide batch_size; 1 = one device, XLA's threads inside each op). No effect
+  # with XLA_FLAGS' --xla_force_host_platform_device_count or in multi-process runs.
+  c.cpu_devices = 0
   c.distributed = False      # call jax.distributed.initialize() (multi-host)
   # Multi-process launch without a cluster manager (jaxalign.training.distributed); any of
   # them set implies distributed. Unset: SLURM / TPU pod / Open MPI auto-detection.
@@ -150,6 +154,10 @@ def base_config() -> ml_collections.ConfigDict:
   # point and |yaw| bin (WORKDIR/cnn1_residuals.json, needs data.holdout_fraction > 0; jax
   # backend). Beyond the paper.
   c.eval.completion_fusion = False
+  # Mix each unstable point of the completion with CNN1's own, alpha c + (1 - alpha) o, alpha
+  # per point and |yaw| bin fitted by least squares on the validation faces at the end of
+  # training (stored in WORKDIR/cnn1_residuals.json; completion.blend_weights). Beyond the paper.
+  c.eval.completion_blend = False
   # Detector-like test boxes: a deterministic per-face disturbance of the box (uniform in
   # +-shift box sides, +-scale, +-rotation_deg), seeded by the face's index. 0 = the boxes as given.
   c.eval.box_jitter = ml_collections.ConfigDict()

@@ -9,13 +9,60 @@ and feeds its contiguous slice of the global batch (:func:`shard_batch`).
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxalign.training import distributed
+
 DATA_AXIS = 'data'
+
+log = logging.getLogger('jaxalign.train')
+
+
+def cpu_device_count(requested: int, batch_size: int, cores: int) -> int:
+  """How many CPU devices ``config.cpu_devices`` asks for: ``requested`` if > 0, else (auto)
+  the largest count <= ``cores`` that divides ``batch_size`` (the global batch is sharded
+  evenly), at least 1.
+
+  Raises:
+    ValueError: a negative ``requested``.
+  """
+  if requested < 0:
+    raise ValueError(f'config.cpu_devices: must be >= 0 (0 = one per core), got {requested}')
+  if requested:
+    return requested
+  return max([n for n in range(1, max(cores, 1) + 1) if batch_size % n == 0] or [1])
+
+
+def configure_cpu_devices(config) -> int | None:
+  """Splits the host's CPU cores into ``config.cpu_devices`` JAX devices (0 = one per core).
+
+  On a CPU, XLA parallelises one device's program over the cores only inside large ops; the
+  small convolutions of the embedded default leave a core idle, while one device per core runs
+  the data-parallel shards side by side (measured in ``docs/benchmarks.md``). The devices only
+  matter where the CPU is the default backend (with a GPU, ``jax.devices()`` are the GPUs).
+
+  Must run before JAX starts its backends. Leaves the count alone (returns None) in a
+  multi-process run, when ``jax_num_cpu_devices`` or XLA_FLAGS'
+  ``--xla_force_host_platform_device_count`` already choose it, or when the backends are
+  already up (a second run in one process). Returns the count it set.
+  """
+  requested = int(config.get('cpu_devices', 0) or 0)
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  n = cpu_device_count(requested, int(config.batch_size), int(cores or 1))
+  if (distributed.requested(config) or jax.config.jax_num_cpu_devices >= 0
+      or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')):
+    return None
+  try:
+    jax.config.update('jax_num_cpu_devices', n)
+  except RuntimeError:      # the backends are already initialised
+    return None
+  return n
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:

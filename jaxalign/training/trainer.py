@@ -93,6 +93,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   _setup_logging()
   config = ml_collections.ConfigDict(config.to_dict())   # resolved copy; the caller's stays
+  mesh_lib.configure_cpu_devices(config)   # one CPU device per core (config.cpu_devices)
   distributed.initialize(config)   # multi-process runs (config.distributed & co.)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
