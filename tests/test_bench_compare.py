@@ -21,6 +21,8 @@ def test_bad_flags_exit_2(capsys):
   assert '--batch-size' in capsys.readouterr().err
   assert compare.main(['--depth', '13']) == 2
   assert 'depth' in capsys.readouterr().err
+  assert compare.main(['--batch-size', '16', '--config.cpu_devices=3']) == 2
+  assert 'cpu_devices' in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -35,3 +37,4 @@ def test_compare_json(model, capsys):
   assert out['jax_params'] == out['torch_params']
   assert out['torch_memory_format'] in ('nchw', 'channels_last')
   assert len(out['per_round']) == 2 and out['threads'] == compare.jax_threads()
+  assert out['jax_devices'] == 1          # the tests' XLA_FLAGS fix one CPU device

@@ -246,3 +246,11 @@ def test_synthetic_validation_faces_are_rendered_once_with_their_own_seed(tmp_pa
   c.data.holdout_fraction = 0.5
   kept, held = data_setup.validation_records(c, list(range(4)))
   assert len(kept) == len(held) == 2
+  # A folder of validation faces (data.val_dir) instead of the synthetic render.
+  c.data.holdout_fraction = 0.0
+  c.data.val_dir = folder
+  kept, val = data_setup.validation_records(c, train)
+  assert kept == train and len(val) == 3
+  c.data.val_dir = str(tmp_path / 'missing')
+  with pytest.raises(FileNotFoundError, match='data.val_dir'):
+    data_setup.validation_records(c, train)

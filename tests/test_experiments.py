@@ -85,8 +85,12 @@ def test_plan_orders_reused_arms_after_their_source():
 
 def test_run_config_and_run_copies(tmp_path):
   from jaxalign import inference
-  c = pose.run_config('no_flip', 2, 'quick', '/data/train', '/data/test', {'num_steps': 3})
+  c = pose.run_config('no_flip', 2, 'quick', '/data/train', '/data/test', {'num_steps': 3},
+                      '/data/val')
   assert (c.seed, c.num_steps, c.data.train_dir, c.eval.enabled) == (2, 3, '/data/train', False)
+  assert c.data.val_dir == '/data/val'
+  # The embedded default's evaluation protocol: jittered boxes, fused and mixed completion.
+  assert c.eval.completion_fusion and c.eval.completion_blend and c.eval.box_jitter.shift > 0
   assert c.model.flip is False
   src = tmp_path / 'a'
   (src / 'checkpoints' / '3').mkdir(parents=True)
@@ -155,12 +159,22 @@ def _fake_summary(pose_aware_large, plain_large, spread=0.002):
 
 def test_report_states_the_outcome_plainly(tmp_path):
   holds = pose_report.conclusions(_fake_summary(0.10, 0.20))
-  assert holds[0].startswith('**The claim holds here.**')
+  assert holds[0].startswith("**The claim holds here** (by the seeds' spread)")
   fails = pose_report.conclusions(_fake_summary(0.20, 0.10))
-  assert fails[0].startswith('**The claim does not hold here.**')
+  assert fails[0].startswith('**The claim does not hold here**')
   # A difference inside the seed spread is not a win.
   noisy = pose_report.conclusions(_fake_summary(0.19, 0.20, spread=0.05))
-  assert noisy[0].startswith('**The claim does not hold here.**') and 'not a clear' in noisy[0]
+  assert noisy[0].startswith('**The claim does not hold here**') and 'not a clear' in noisy[0]
+  # The paired face-by-face intervals decide when there are any.
+  paired = _fake_summary(0.19, 0.20, spread=0.05)
+  interval = lambda m, lo, hi: {'mean': m, 'lo': lo, 'hi': hi, 'n': 100}
+  paired['paired'] = {'bbox': {'60-90': interval(-0.005, -0.008, -0.002),
+                               '0-30': interval(-0.001, -0.003, 0.001)}}
+  lines = pose_report.conclusions(paired)
+  assert lines[0].startswith('**Paired, box-normalised, |yaw| 60-90**') and 'better' in lines[0]
+  assert lines[1].startswith('**The claim holds here** (by the paired')
+  paired['paired']['bbox']['0-30'] = interval(0.004, 0.002, 0.006)      # hurts frontal faces
+  assert pose_report.conclusions(paired)[1].startswith('**The claim does not hold here**')
   assert any('CNN is the bottleneck' in c for c in holds)
   paths = pose_report.write(tmp_path, _fake_summary(0.10, 0.20))
   md = pathlib.Path(paths[0]).read_text()
@@ -181,10 +195,10 @@ def test_cli_rejects_bad_size(capsys):
 def test_run_wires_data_training_comparison_and_report(tmp_path, monkeypatch):
   import subprocess
   calls = {}
-  monkeypatch.setattr(pose, 'make_data', lambda root, size, n1, n2: ('TR', 'TE'))
+  monkeypatch.setattr(pose, 'make_data', lambda root, size, n1, n2: ('TR', 'TE', 'VA'))
 
-  def train_all(root, size, runs, train_dir, test_dir, overrides, progress):
-    calls['train'] = (runs, train_dir, test_dir, overrides)
+  def train_all(root, size, runs, train_dir, test_dir, overrides, progress, val_dir):
+    calls['train'] = (runs, train_dir, test_dir, overrides, val_dir)
     return {'pose_aware_s0': {'arm': 'pose_aware', 'seed': 0, 'workdir': 'W0', 'seconds': 1.0,
                               'error': None},
             'plain_s0': {'arm': 'plain', 'seed': 0, 'workdir': 'W1', 'seconds': 1.0,
@@ -203,7 +217,7 @@ def test_run_wires_data_training_comparison_and_report(tmp_path, monkeypatch):
   summary = pose.run('quick', tmp_path / 'out', tmp_path / 'root', ['pose_aware', 'plain'], [0],
                      overrides={'num_steps': 2}, progress=lines.append)
   assert calls['train'][0] == [('pose_aware', 0), ('plain', 0)]
-  assert calls['train'][1:] == ('TR', 'TE', {'num_steps': 2})
+  assert calls['train'][1:] == ('TR', 'TE', {'num_steps': 2}, 'VA')
   assert calls['cmd'][1:] == ['-m', 'jaxalign.evaluate', '--compare', 'W0', '--out',
                               str(tmp_path / 'root' / 'compare')]
   assert summary['command'].startswith('python -m jaxalign.evaluate --compare W0 --out')

@@ -7,8 +7,11 @@ built through its config / state / step API) and in PyTorch (the twin of
 SGD with momentum and weight decay, batch, resolution and precision), on the same machine in
 one run.
 
-* Both sides use the same number of threads: PyTorch's intra-op pool is set to the cores this
-  process may run on, which is what XLA's CPU client uses.
+* Both sides use the same cores: PyTorch's intra-op pool is set to the cores this process may
+  run on, which is what XLA's CPU client uses. JAX runs as a training run with this config
+  would: on a CPU the cores become ``config.cpu_devices`` devices (default one per core, the
+  batch sharded over them; ``--config.cpu_devices=1`` for one device and XLA's threads).
+  ``jax_devices`` in the JSON says which.
 * PyTorch runs in its faster memory format: after warm-up one short round in NCHW and one in
   channels_last decide, and the rest uses the winner.
 * JAX's on-device augmentation is off (the twin has none); the step still warps each uint8
@@ -79,7 +82,11 @@ class JaxSide:
     from jaxalign.training import config as config_lib, mesh as mesh_lib, optim
     from jaxalign.training import state as state_lib, step as step_lib
     self.jax = jax
+    # The devices a training run with this config has (on a CPU: config.cpu_devices, by default
+    # one per core; the cores PyTorch's threads get too).
+    mesh_lib.configure_cpu_devices(config)
     mesh = mesh_lib.make_mesh()
+    self.num_devices = int(mesh.devices.size)
     config_lib.validate(config, mesh.devices.size)
     self.model = state_lib.create_model(config)
     defs, params, model_state = state_lib.split_model(self.model)
@@ -176,7 +183,8 @@ def run(config, steps: int, rounds: int, warmup: int = 1, threads: int | None = 
       'model': config.model.kind, 'depth': str(config.model.depth),
       'input_size': int(config.model.input_size), 'batch_size': b,
       'dtype': config.model.dtype, 'steps_per_round': steps, 'rounds': rounds,
-      'threads': threads, 'jax_version': jax.__version__, 'torch_version': torch.__version__,
+      'threads': threads, 'jax_devices': jx.num_devices,
+      'jax_version': jax.__version__, 'torch_version': torch.__version__,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       # Other processes' load skews both sides (PyTorch's OpenMP barriers suffer more from
       # oversubscribed cores than XLA's thread pool): keep it with the figures.
@@ -221,6 +229,12 @@ def main(argv) -> int:
                          overrides)
     from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
     config_lib.validate(config, 1)
+    from jaxalign.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    devices = mesh_lib.cpu_device_count(int(config.get('cpu_devices', 0) or 0),
+                                        int(config.batch_size), jax_threads())
+    if config.batch_size % devices:
+      raise ValueError(f'config.batch_size: {config.batch_size} is not divisible by '
+                       f'config.cpu_devices={devices}')
   except (ValueError, KeyError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -229,7 +243,8 @@ def main(argv) -> int:
     print(json.dumps(result))
   else:
     print(f"{result['model']} ResNet-{result['depth']}, {result['input_size']} px, batch "
-          f"{result['batch_size']}, {result['dtype']}, {result['threads']} threads "
+          f"{result['batch_size']}, {result['dtype']}, {result['threads']} threads, "
+          f"{result['jax_devices']} JAX devices "
           f"(jax {result['jax_version']}, torch {result['torch_version']})")
     print(f"  JAX:     {result['jax_images_per_s']:.2f} images/s")
     print(f"  PyTorch: {result['torch_images_per_s']:.2f} images/s "

@@ -66,8 +66,8 @@ def run_name(arm: str, seed: int) -> str:
 
 
 def make_data(root: str | os.PathLike, size: str = 'quick', num_train: int | None = None,
-              num_test: int | None = None) -> tuple[str, str]:
-  """Renders (once) the training and test sets; returns their folders.
+              num_test: int | None = None) -> tuple[str, str, str]:
+  """Renders (once) the training, test and validation sets; returns their folders.
 
   The folders hold a ``COMPLETE`` marker when done, so an interrupted rendering is redone.
   """
@@ -76,7 +76,8 @@ def make_data(root: str | os.PathLike, size: str = 'quick', num_train: int | Non
   data = pathlib.Path(root) / 'data'
   out = []
   for split, num, seed in (('train', num_train or s.num_train, pose_config.TRAIN_SEED),
-                           ('test', num_test or s.num_test, pose_config.TEST_SEED)):
+                           ('test', num_test or s.num_test, pose_config.TEST_SEED),
+                           ('val', s.num_val, pose_config.VAL_SEED)):
     folder = data / split
     marker = folder / 'COMPLETE'
     if not marker.is_file():
@@ -91,7 +92,7 @@ def make_data(root: str | os.PathLike, size: str = 'quick', num_train: int | Non
                time.perf_counter() - t0)
       marker.write_text(json.dumps({'num': num, 'seed': seed}) + '\n', encoding='utf-8')
     out.append(str(folder))
-  return out[0], out[1]
+  return out[0], out[1], out[2]
 
 
 def _finished(workdir: pathlib.Path, num_steps: int) -> bool:
@@ -105,12 +106,13 @@ def _finished(workdir: pathlib.Path, num_steps: int) -> bool:
 
 
 def run_config(arm: str, seed: int, size: str, train_dir: str, test_dir: str,
-               overrides: dict | None = None):
+               overrides: dict | None = None, val_dir: str = ''):
   """The training config of one run (the arm's config file plus the experiment's data)."""
   c = pose_config.arm_config(arm, size)
   c.seed = int(seed)
   c.data.train_dir = train_dir
   c.data.test_dir = test_dir
+  c.data.val_dir = val_dir
   c.eval.enabled = False        # every run is evaluated once, by the comparison
   for key, value in (overrides or {}).items():
     pose_config.set_key(c, key, value)
@@ -150,7 +152,8 @@ def _copy_run(src: pathlib.Path, dst: pathlib.Path, overrides: dict) -> None:
 
 def train_all(root: str | os.PathLike, size: str, runs: Sequence[tuple[str, int]],
               train_dir: str, test_dir: str, overrides: dict | None = None,
-              progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+              progress: Callable[[str], None] | None = None,
+              val_dir: str = '') -> dict[str, dict]:
   """Trains (or copies) every run; returns {run name: {'arm', 'seed', 'workdir', 'seconds',
   'error'}}. A failed run is recorded and the others go on."""
   from jaxalign import workflow  # pylint: disable=g-import-not-at-top
@@ -165,7 +168,7 @@ def train_all(root: str | os.PathLike, size: str, runs: Sequence[tuple[str, int]
     error = None
     resumed = False
     try:
-      config = run_config(arm, seed, size, train_dir, test_dir, overrides)
+      config = run_config(arm, seed, size, train_dir, test_dir, overrides, val_dir)
       if a.reuses:
         src = base / run_name(a.reuses, seed)
         if info.get(run_name(a.reuses, seed), {}).get('error'):
@@ -228,10 +231,10 @@ def run(size: str = 'quick', out: str | os.PathLike = 'docs/experiments',
   say = progress or (lambda line: None)
   say(f'{len(runs)} runs: ' + ', '.join(run_name(a, s) for a, s in runs))
   t0 = time.perf_counter()
-  train_dir, test_dir = make_data(root, size, num_train, num_test)
+  train_dir, test_dir, val_dir = make_data(root, size, num_train, num_test)
   data_seconds = time.perf_counter() - t0
-  say(f'data ready ({data_seconds:.0f} s): {train_dir}, {test_dir}')
-  info = train_all(root, size, runs, train_dir, test_dir, overrides, say)
+  say(f'data ready ({data_seconds:.0f} s): {train_dir}, {test_dir}, {val_dir}')
+  info = train_all(root, size, runs, train_dir, test_dir, overrides, say, val_dir)
   done = [v['workdir'] for v in info.values() if not v['error']]
   if not done:
     raise RuntimeError('every run failed: ' + '; '.join(

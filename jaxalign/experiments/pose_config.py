@@ -38,9 +38,11 @@ MISMATCH = dict(tail_shape_sigma=1.5, tail_start=30, deformation_mm=3.0,
                 deformation_scale_mm=40.0, expression_strength=(0.2, 1.6),
                 annotation_noise=0.005)
 
-# Data set seeds: the training and test sets never share a face (different random streams).
+# Data set seeds: the training, test and validation sets never share a face (different random
+# streams).
 TRAIN_SEED = 0
 TEST_SEED = 1_000_003
+VAL_SEED = 2_000_003
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Size:
   seeds: tuple[int, ...]       # seeds of arms 1, 2 (and 5, 7, which reuse arm 1's networks)
   ablation_seeds: tuple[int, ...]   # seeds of arms 3, 4, 6
   eval_batch_size: int
+  num_val: int = 300     # validation faces: CNN1's residuals and the completion's mix
 
 
 SIZES = {
@@ -162,6 +165,14 @@ def base_experiment_config(size: str = 'quick') -> ml_collections.ConfigDict:
   c.eval.batch_size = s.eval_batch_size
   c.eval.completion = True
   c.eval.completion_backend = 'jax'
+  # The embedded default's evaluation protocol: detector-like test boxes (the training
+  # augmentation's ranges), and the completion fused and mixed with CNN1 by its residuals on
+  # the validation faces (data.val_dir, set by the runner).
+  c.eval.completion_fusion = True
+  c.eval.completion_blend = True
+  c.eval.box_jitter.shift = 0.05
+  c.eval.box_jitter.scale = 0.07
+  c.eval.box_jitter.rotation_deg = 10.0
   return c
 
 

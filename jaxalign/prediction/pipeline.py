@@ -75,7 +75,8 @@ def _records(images, faces: Sequence[Face], num_points: int, boxes=None):
 
 
 def predict_faces(model, config, images, faces: Sequence[Face], completion: str = 'jax',
-                  batch_size: int = 32, refine: bool = True, fusion: dict | None = None):
+                  batch_size: int = 32, refine: bool = True, fusion: dict | None = None,
+                  blend: dict | None = None):
   """The full pipeline on the given faces; detector boxes get a refinement pass.
 
   Args:
@@ -99,7 +100,8 @@ def predict_faces(model, config, images, faces: Sequence[Face], completion: str 
       boxes.append(box if f.box_source.startswith('detector') and
                    records_lib.valid_box(box) else f.box)
     records = _records(images, faces, scheme.num_points, boxes)
-  return inference.run_pipeline(model, config, records, completion, batch_size, fusion=fusion)
+  return inference.run_pipeline(model, config, records, completion, batch_size, fusion=fusion,
+                                blend=blend)
 
 
 def _stem_of(path: str, used: dict[str, int]) -> str:
@@ -152,6 +154,10 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
     return 2
   scheme = schemes_lib.get_scheme(config.model.scheme)
   fusion = inference.run_fusion(config, str(workdir)) if completion == 'jax' else None
+  # The mix is applied only where its table was made for the completion that runs.
+  blend = inference.run_blend(config, str(workdir))
+  if blend is not None and blend.get('backend') != completion:
+    blend = None
   out_dir = pathlib.Path(out) if out is not None else pathlib.Path(workdir) / 'predict'
   out_dir.mkdir(parents=True, exist_ok=True)
   sfm = None
@@ -198,7 +204,8 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
       if bar is not None:
         bar.update(len(paths))
       continue
-    res = predict_faces(model, config, decoded, faces, completion, batch_size, refine, fusion)
+    res = predict_faces(model, config, decoded, faces, completion, batch_size, refine, fusion,
+                        blend)
     by_image: dict[int, list[int]] = {}
     for k, f in enumerate(faces):
       by_image.setdefault(f.image_index, []).append(k)

@@ -98,6 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Training faces kept out of the training to measure CNN1's held-out residuals (the
   # completion's fusion weights, eval.completion_fusion); 0 = none.
   c.data.holdout_fraction = 0.0
+  # Or a folder of validation faces (images + .pts) for the same purpose; '' = none.
+  c.data.val_dir = ''
   c.data.crop_context = 1.3     # host crop = network input region * crop_context (room to augment)
   # Host-crop pixels per network-input pixel; 0 = auto (pose-aware: enough for CNN2's zoom,
   # jaxalign.data.pipeline.host_scale).

@@ -95,12 +95,20 @@ def ensure_synthetic_val(config) -> str:
 def validation_records(config, records):
   """``(training records, validation records)``: the faces CNN1's held-out residuals are
   measured on (the completion's fusion weights), never the test set. A ``data.holdout_fraction``
-  slice of the training faces (kept out of the training), else the rendered synthetic
-  validation faces (``data.synthetic.num_val``), else none."""
+  slice of the training faces (kept out of the training), else the faces of ``data.val_dir``,
+  else the rendered synthetic validation faces (``data.synthetic.num_val``), else none.
+
+  Raises:
+    FileNotFoundError: ``data.val_dir`` is not a folder.
+  """
   fraction = float(config.data.get('holdout_fraction', 0.0) or 0.0)
   if fraction > 0:
     return split_holdout(records, fraction, int(config.seed))
-  folder = ensure_synthetic_val(config) if config.data.synthetic.get('enabled') else ''
+  folder = str(config.data.get('val_dir', '') or '')
+  if folder and not os.path.isdir(folder):
+    raise FileNotFoundError(f'config.data.val_dir: {folder} is not a folder')
+  if not folder and config.data.synthetic.get('enabled'):
+    folder = ensure_synthetic_val(config)
   if not folder:
     return list(records), []
   scheme = schemes.get_scheme(config.model.scheme)
