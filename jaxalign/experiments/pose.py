@@ -225,7 +225,15 @@ def run(size: str = 'quick', out: str | os.PathLike = 'docs/experiments',
     eval_timeout_s: limit on the comparison's wall time.
   """
   from jaxalign.experiments import pose_report  # pylint: disable=g-import-not-at-top
+  from jaxalign.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
+  # Every run of this process trains on the same devices: fix the CPU device count (one per
+  # core, config.cpu_devices) before anything starts JAX (checking finished runs reads
+  # checkpoints).
+  base = pose_config.base_experiment_config(size)
+  for key, value in (overrides or {}).items():
+    pose_config.set_key(base, key, value)
+  mesh_lib.configure_cpu_devices(base)
   root = pathlib.Path(root or f'runs/experiments/pose-{size}')
   runs = plan(size, arms, seeds)
   say = progress or (lambda line: None)
