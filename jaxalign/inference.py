@@ -220,15 +220,22 @@ def _gaussian_model(folder: str, scheme):
   return statistical.cached_fit(os.path.realpath(folder), load_shapes, scheme)
 
 
-def fusion_inputs(rough, fusion: dict | None) -> dict:
+def cnn1_yaw(rough) -> np.ndarray:
+  """(N,) degrees: the rigid-fit yaw of CNN1's points, which picks each face's |yaw| bin and
+  frame in the fusion and mix tables (the truth is unknown at test time)."""
+  from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
+  return np.asarray(pose.estimate_pose(rough)[..., 0], np.float64)
+
+
+def fusion_inputs(rough, fusion: dict | None, yaw=None) -> dict:
   """The fusion keywords of :func:`jaxalign.morphable.completion.complete` for CNN1's points
   ``rough`` (N, L, 2): ``observed`` = CNN1's points, ``weights`` from the held-out residual table
   ``fusion`` (``{'rms': (B, L), 'bins': (B + 1,)}``, :func:`fusion_table`) at each face's |yaw|
-  bin, the yaw being the rigid fit of CNN1's own points (the truth is unknown at test time)."""
+  bin, the yaw (``yaw``, default :func:`cnn1_yaw`) being the rigid fit of CNN1's own points."""
   if not fusion:
     return {}
-  from jaxalign.morphable import completion, pose  # pylint: disable=g-import-not-at-top
-  yaw = np.asarray(pose.estimate_pose(rough)[..., 0], np.float64)
+  from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
+  yaw = cnn1_yaw(rough) if yaw is None else yaw
   weights = completion.fusion_weights(np.asarray(fusion['rms'], np.float64), yaw,
                                       bins=tuple(fusion['bins']))
   return {'observed': rough, 'weights': np.nan_to_num(weights, nan=0.0)}
@@ -259,23 +266,24 @@ def run_fusion(config, workdir) -> dict | None:
   table = fusion_table(workdir)
   if table is None:
     log.warning('eval.completion_fusion is on but %s has no %s (train with validation faces: '
-                'data.synthetic.num_val or data.holdout_fraction); completing without fusion',
+                'data.val_dir, data.synthetic.num_val or data.holdout_fraction); completing '
+                'without fusion',
                 workdir, FUSION_FILE)
   return table
 
 
-def _apply_blend(blend: dict, completed, rough, backend: str, fused: bool, convention: str):
+def _apply_blend(blend: dict, completed, rough, yaw, backend: str, fused: bool,
+                 convention: str):
   """``completed`` (N, L, 2) mixed with CNN1's ``rough`` by the table ``blend``
   (:func:`run_blend`), or None, with a warning, when the table was estimated for another
-  completion."""
+  completion. ``yaw``: :func:`cnn1_yaw` of ``rough``."""
   made_for = (blend.get('backend'), bool(blend.get('fused')), blend.get('convention'))
   if made_for != (backend, fused, convention):
     log.warning('the blend table was estimated for completion %s (backend, fused, convention), '
                 'not for the %s that ran; the completion is not mixed with CNN1', made_for,
                 (backend, fused, convention))
     return None
-  from jaxalign.morphable import completion, pose  # pylint: disable=g-import-not-at-top
-  yaw = np.asarray(pose.estimate_pose(rough)[..., 0], np.float64)
+  from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
   return completion.blend_points(completed, rough, np.asarray(blend['alpha'], np.float64), yaw,
                                  bins=tuple(blend['bins']))
 
@@ -290,8 +298,8 @@ def run_blend(config, workdir) -> dict | None:
   blend = None if table is None else table.get('blend')
   if blend is None:
     log.warning('eval.completion_blend is on but %s has no blend table in %s (train with '
-                'validation faces: data.synthetic.num_val or data.holdout_fraction); the '
-                'completion is not mixed with CNN1', workdir, FUSION_FILE)
+                'validation faces: data.val_dir, data.synthetic.num_val or '
+                'data.holdout_fraction); the completion is not mixed with CNN1', workdir, FUSION_FILE)
     return None
   return dict(blend, bins=table['bins'])
 
@@ -361,7 +369,8 @@ def run_pipeline(model, config, records, completion: str | None = None,
           fit_input[sel], scheme, fit_backend, flip=None if plain else out['flipped'][sel],
           train_dir=config.data.get('train_dir') or None, convention=convention, **extra)
 
-    result = fit(**fusion_inputs(out['rough'][sel], fuse))
+    yaw_cnn1 = cnn1_yaw(out['rough'][sel]) if (fuse or blend is not None) else None
+    result = fit(**fusion_inputs(out['rough'][sel], fuse, yaw_cnn1))
     if fuse:
       unfused = merge_stable(out['stable'][sel], np.asarray(fit().points, np.float32))
       points_unfused = points.copy()
@@ -389,14 +398,15 @@ def run_pipeline(model, config, records, completion: str | None = None,
                     num_fallbacks)
       points[sel] = np.where(bad[..., None], out['rough'][sel], filled)
       mixed = None if blend is None else _apply_blend(
-          blend, points[sel], out['rough'][sel], backend, fuse is not None, convention)
+          blend, points[sel], out['rough'][sel], yaw_cnn1, backend, fuse is not None,
+          convention)
       if mixed is not None:
         points_unblended = points.copy()
         points[sel] = mixed
   t2 = time.perf_counter()
   return dict(out, points=points, points_unfused=points_unfused,
-              points_unblended=points_unblended, yaw=yaw, pitch=pitch, roll=roll, shape_coeffs=shape_coeffs,
-              expression_coeffs=expression_coeffs, num_fallbacks=num_fallbacks, backend=ran,
+              points_unblended=points_unblended, yaw=yaw, pitch=pitch, roll=roll,
+              shape_coeffs=shape_coeffs, expression_coeffs=expression_coeffs, num_fallbacks=num_fallbacks, backend=ran,
               completion_error=error,
               timings={'cnn_s': t1 - t0, 'completion_s': t2 - t1, 'pipeline_s': t2 - t0,
                        'faces_per_s': n / (t2 - t0) if t2 > t0 and n else None})

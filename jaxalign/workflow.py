@@ -88,18 +88,18 @@ def blend_table(config, stable, rough, flipped, gt, table) -> dict | None:
   completion. The faces' bins and frames come from the rigid fit of CNN1's points, as at test
   time."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxalign.morphable import completion, pose  # pylint: disable=g-import-not-at-top
+  from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
   backend = inference.resolve_backend(config)
   if backend not in ('jax', 'eos') or not len(gt):
     return None
   fused = bool(config.eval.get('completion_fusion', False)) and backend == 'jax'
-  extra = inference.fusion_inputs(rough, table) if fused else {}
+  yaw = inference.cnn1_yaw(rough)
+  extra = inference.fusion_inputs(rough, table, yaw) if fused else {}
   convention = str(config.eval.get('completion_convention', '2d') or '2d')
   result = inference.complete_points(stable, config_lib.model_scheme(config), backend,
                                      flip=flipped, convention=convention, **extra)
   completed = inference.merge_stable(stable, np.asarray(result.points, np.float32))
   completed = np.where(np.isfinite(completed), completed, rough)
-  yaw = np.asarray(pose.estimate_pose(rough)[..., 0], np.float64)
   alpha = completion.blend_weights(completed, rough, gt, yaw, bins=tuple(table['bins']))
   return {'alpha': np.where(np.isfinite(alpha), alpha, None).tolist(), 'backend': backend,
           'fused': fused, 'convention': convention,

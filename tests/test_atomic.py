@@ -23,7 +23,7 @@ from jaxalign.training import logger
 
 
 class Boom(Exception):
-  pass
+  """The failure injected in the middle of a write."""
 
 
 def _no_temp_files(folder):

@@ -22,7 +22,7 @@ def test_bad_flags_exit_2(capsys):
   assert compare.main(['--depth', '13']) == 2
   assert 'depth' in capsys.readouterr().err
   assert compare.main(['--batch-size', '16', '--config.cpu_devices=3']) == 2
-  assert 'cpu_devices' in capsys.readouterr().err
+  assert 'not divisible by the 3 devices' in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -73,8 +73,10 @@ def _cmd(workdir, train_dir, wrapper=None):
 
 
 def _env(cache, **extra):
-  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **extra)
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              XLA_FLAGS='--xla_force_host_platform_device_count=1',
+              JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              **extra)
 
 
 def _losses(workdir):

@@ -36,10 +36,8 @@ import numpy as np
 
 def jax_threads() -> int:
   """The cores this process may run on (XLA's CPU client sizes its thread pool to them)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:   # not Linux
-    return os.cpu_count() or 1
+  from jaxalign.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  return mesh_lib.host_cores()
 
 
 def make_config(model: str, depth: str, input_size: int, batch_size: int, dtype: str,
@@ -228,13 +226,10 @@ def main(argv) -> int:
     config = make_config(args.model, args.depth, args.input_size, args.batch_size, args.dtype,
                          overrides)
     from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
-    config_lib.validate(config, 1)
     from jaxalign.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-    devices = mesh_lib.cpu_device_count(int(config.get('cpu_devices', 0) or 0),
-                                        int(config.batch_size), jax_threads())
-    if config.batch_size % devices:
-      raise ValueError(f'config.batch_size: {config.batch_size} is not divisible by '
-                       f'config.cpu_devices={devices}')
+    # The devices JaxSide will have (config.cpu_devices), checked before anything is built.
+    config_lib.validate(config, mesh_lib.cpu_device_count(
+        int(config.get('cpu_devices', 0) or 0), int(config.batch_size), jax_threads()))
   except (ValueError, KeyError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -518,8 +518,8 @@ def markdown(summary: dict, plot_name: str) -> str:
     resumed = [n for n, r in summary['runs'].items() if r.get('resumed')]
     train = sum(r['train_s'] for r in summary['runs'].values()
                 if np.isfinite(r.get('train_s', np.nan)))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    lines += ['', f'Time on this machine ({cores} cores; 1-minute load average '
+    from jaxalign.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    lines += ['', f'Time on this machine ({mesh_lib.host_cores()} cores; 1-minute load average '
               f'{os.getloadavg()[0]:.1f} when the file was written): training '
               f'{train / 60:.1f} min in all ("train '
               's" above, compilation included; copied runs: the copy). The invocation that '

@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_options = ml_collections.ConfigDict()
   c.data.box_margin = 0.1       # network input = box side * (1 + box_margin), square, centred
   # Training faces kept out of the training to measure CNN1's held-out residuals (the
-  # completion's fusion weights, eval.completion_fusion); 0 = none.
+  # completion's fusion weights and mix, eval.completion_fusion / completion_blend); 0 = none.
   c.data.holdout_fraction = 0.0
   # Or a folder of validation faces (images + .pts) for the same purpose; '' = none.
   c.data.val_dir = ''
@@ -153,8 +153,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.completion = True         # 3DMM completion of the unstable points (pose-aware model)
   c.eval.completion_backend = 'jax'
   # Fuse CNN1's unstable points into the 3DMM fit, weighted by CNN1's held-out residuals per
-  # point and |yaw| bin (WORKDIR/cnn1_residuals.json, needs data.holdout_fraction > 0; jax
-  # backend). Beyond the paper.
+  # point and |yaw| bin (WORKDIR/cnn1_residuals.json, needs validation faces: data.val_dir,
+  # data.synthetic.num_val or data.holdout_fraction; jax backend). Beyond the paper.
   c.eval.completion_fusion = False
   # Mix each unstable point of the completion with CNN1's own, alpha c + (1 - alpha) o, alpha
   # per point and |yaw| bin fitted by least squares on the validation faces at the end of

@@ -9,7 +9,6 @@ and feeds its contiguous slice of the global batch (:func:`shard_batch`).
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Sequence
 
@@ -21,7 +20,13 @@ from jaxalign.training import distributed
 
 DATA_AXIS = 'data'
 
-log = logging.getLogger('jaxalign.train')
+
+def host_cores() -> int:
+  """The cores this process may run on (XLA's CPU client sizes its thread pool to them)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:   # not Linux
+    return os.cpu_count() or 1
 
 
 def cpu_device_count(requested: int, batch_size: int, cores: int) -> int:
@@ -53,8 +58,7 @@ def configure_cpu_devices(config) -> int | None:
   already up (a second run in one process). Returns the count it set.
   """
   requested = int(config.get('cpu_devices', 0) or 0)
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  n = cpu_device_count(requested, int(config.batch_size), int(cores or 1))
+  n = cpu_device_count(requested, int(config.batch_size), host_cores())
   if (distributed.requested(config) or jax.config.jax_num_cpu_devices >= 0
       or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')):
     return None
