@@ -190,6 +190,8 @@ def read_ljson(path: str | os.PathLike, group: str | None = None,
     raw = candidates[name]
   else:
     raise ValueError(f'{path}: no "landmarks.points" or "groups" entry')
+  if not isinstance(raw, list):
+    raise ValueError(f'{path}: landmarks.points is {type(raw).__name__}, not a list')
   pts = []
   for k, p in enumerate(raw):
     if p is None or (isinstance(p, list) and any(v is None for v in p)):

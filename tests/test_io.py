@@ -189,3 +189,12 @@ def test_read_ljson_v1_list_of_labelled_groups(tmp_path):
   pts = io.read_ljson(path)
   np.testing.assert_array_equal(pts[[0, 2]], [[4.0, 3.0], [6.0, 5.0]])
   assert np.isnan(pts[1]).all()
+
+
+@pytest.mark.parametrize('points', [None, 5, 'abc', {'a': 1}])
+def test_ljson_points_not_a_list_names_the_file(tmp_path, points):
+  # Found by tests/test_fuzz_readers.py: {"landmarks": {"points": null}} raised a TypeError.
+  path = tmp_path / 'bad.ljson'
+  path.write_text(json.dumps({'landmarks': {'version': None, 'points': points}}))
+  with pytest.raises(ValueError, match=r'bad.ljson: landmarks.points is \w+, not a list'):
+    io.read_ljson(path)

@@ -58,14 +58,59 @@ def _one_line(e: BaseException) -> str:
 
 
 def _collect_abandoned_reads() -> None:
-  """Collects the read coroutines a failed orbax restore leaves behind, without the
-  'Exception ignored in <coroutine ...>' tracebacks Python would print for each later."""
-  hook = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: None
-  try:
-    gc.collect()
-  finally:
-    sys.unraisablehook = hook
+  """Silences the debris of a failed orbax restore, which would print dozens of tracebacks.
+
+  A failed restore abandons the reads still in flight. Python reports each of them, now or
+  later, through one of three channels: the read coroutines raise when collected ('Exception
+  ignored in <coroutine ...>', an unraisable exception); tasks that failed unobserved are
+  logged by asyncio ('Task exception was never retrieved'); and tensorstore reads that finish
+  after orbax closed its event loop fail to wake it ('Event loop is closed', unraisable). From
+  the first failed restore on, the process drops exactly those (errors raised in orbax's code,
+  and the closed loop); the restore's own error is logged by the caller.
+  """
+  if not getattr(sys.unraisablehook, '_jaxalign_restore_filter', False):
+    sys.unraisablehook = _abandoned_read_filter(sys.unraisablehook)
+  asyncio_log = logging.getLogger('asyncio')
+  if not any(isinstance(f, _AbandonedTaskFilter) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_AbandonedTaskFilter())
+  gc.collect()
+
+
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+  """Whether ``exc`` (or an exception it chains to) was raised in orbax's code."""
+  marker = os.sep + 'orbax' + os.sep
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    tb = exc.__traceback__
+    while tb is not None:
+      if marker in tb.tb_frame.f_code.co_filename:
+        return True
+      tb = tb.tb_next
+    exc = exc.__cause__ or exc.__context__
+  return False
+
+
+def _abandoned_read_filter(previous):
+  """An unraisable hook that drops the errors of abandoned orbax reads (raised in orbax's code,
+  or 'Event loop is closed') and passes every other one to ``previous``."""
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
+      return
+    if _raised_in_orbax(exc):
+      return
+    previous(unraisable)
+  hook._jaxalign_restore_filter = True  # pylint: disable=protected-access
+  return hook
+
+
+class _AbandonedTaskFilter(logging.Filter):
+  """Drops asyncio's reports of orbax read tasks whose failure nobody awaited."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not _raised_in_orbax(exc)
 
 
 def _path_str(path) -> str:

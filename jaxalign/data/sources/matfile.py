@@ -1,7 +1,9 @@
 """MATLAB ``.mat`` files of every version the face data sets ship in, read into numpy.
 
-Levels 4/5/7 (``-v7`` and older) are read with ``scipy.io.loadmat``; version 7.3 files (HDF5
-with a 512-byte MATLAB header, e.g. ``COFW_test_color.mat``) with ``h5py``. Both come back in
+Level-5 files (``-v6``/``-v7``, the usual ones) are read by :mod:`.mat5`, which checks every size
+it reads (``scipy.io.loadmat`` can crash the interpreter on a damaged one); level 4 by
+``scipy.io.loadmat``; version 7.3 files (HDF5 with a 512-byte MATLAB header, e.g.
+``COFW_test_color.mat``) with ``h5py``. Both come back in
 MATLAB's own layout, so callers index them the same way:
 
 * a numeric or logical matrix of MATLAB size (m, n) -> numpy array of shape (m, n) (HDF5 stores
@@ -20,6 +22,8 @@ import pathlib
 from typing import Any, Iterable
 
 import numpy as np
+
+from jaxalign.data.sources import mat5
 
 
 def load_mat(path: str | os.PathLike, names: Iterable[str] | None = None,
@@ -42,11 +46,17 @@ def load_mat(path: str | os.PathLike, names: Iterable[str] | None = None,
     raise FileNotFoundError(f'{path}: no such .mat file')
   names = list(names) if names is not None else None
   try:
-    import scipy.io  # pylint: disable=g-import-not-at-top
-    data = scipy.io.loadmat(os.fspath(path), variable_names=names)
+    with open(path, 'rb') as f:
+      head = f.read(mat5.HEADER_BYTES)
+      level5 = mat5.is_level5(head)
+      data = mat5.read(head + f.read(), names) if level5 else None
+    if not level5:
+      # Level 4 (scipy's pure-Python reader) or v7.3 (HDF5, which scipy declines).
+      import scipy.io  # pylint: disable=g-import-not-at-top
+      data = scipy.io.loadmat(os.fspath(path), variable_names=names)
   except NotImplementedError:
     data = _load_hdf5(path, names)
-  except Exception as e:  # scipy raises IndexError/OSError/ValueError/... on bad bytes.
+  except Exception as e:  # bad bytes: ValueError from mat5, IndexError/OSError/... from scipy
     raise ValueError(f'{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e})'
                      ) from None
   data = {k: v for k, v in data.items() if not k.startswith('__')}
