@@ -105,3 +105,25 @@ def test_every_damaged_byte_of_a_box_file_reads_or_is_a_value_error(tmp_path):
       outcomes['refused'] += 1
   # Damage in the text header or the padding reads; damage in sizes and types is refused.
   assert outcomes['read'] > 0 and outcomes['refused'] > len(damaged) // 4, outcomes
+
+
+def test_damaged_v73_files_read_or_are_a_value_error(tmp_path):
+  """v7.3 (HDF5) files: h5py raises KeyError, TypeError, RuntimeError, ... on damaged bytes;
+  load_mat turns every one into a ValueError naming the file."""
+  from test_datasets import write_mat73  # pylint: disable=g-import-not-at-top
+  cells = np.empty((2, 1), object)
+  cells[0, 0] = 'a/b.jpg'
+  cells[1, 0] = np.arange(6, dtype=np.uint8).reshape(2, 3)
+  path = tmp_path / 'COFW_test_color.mat'
+  write_mat73(path, {'names': cells, 'm': np.arange(6.).reshape(2, 3)})
+  good = path.read_bytes()
+  refused = 0
+  for pos in range(512, len(good), 5):
+    for data in (good[:pos] + bytes([good[pos] ^ 0x5A]) + good[pos + 1:], good[:pos]):
+      path.write_bytes(data)
+      try:
+        matfile.load_mat(path)
+      except ValueError as e:
+        assert 'COFW_test_color.mat' in str(e), e
+        refused += 1
+  assert refused > 0

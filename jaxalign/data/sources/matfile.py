@@ -76,8 +76,9 @@ def _load_hdf5(path: pathlib.Path, names: list[str] | None) -> dict[str, Any]:
     with h5py.File(path, 'r') as f:
       return {key: _h5_value(f, f[key]) for key in f.keys()
               if not key.startswith('#') and (names is None or key in names)}
-  except OSError as e:
-    raise ValueError(f'{path}: not a readable MATLAB v7.3 file ({e})') from None
+  except Exception as e:  # damaged HDF5: OSError, KeyError, TypeError, RuntimeError, ...
+    raise ValueError(f'{path}: not a readable MATLAB v7.3 file ({type(e).__name__}: {e})'
+                     ) from None
 
 
 def _matlab_class(obj) -> str:
