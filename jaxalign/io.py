@@ -64,7 +64,7 @@ def read_pts(path: str | os.PathLike, num_points: int | None = None) -> np.ndarr
       raise ValueError(f'{path}: point {k + 1} has {len(parts)} values, expected 2: {row!r}')
     try:
       x, y = _from_one_based(parts[0]), _from_one_based(parts[1])
-    except (ValueError, decimal.InvalidOperation):
+    except (ValueError, decimal.DecimalException):
       raise ValueError(f'{path}: point {k + 1} is not numeric: {row!r}') from None
     if not (math.isfinite(x) and math.isfinite(y)):
       raise ValueError(f'{path}: point {k + 1} is not finite: {row!r}')
@@ -79,8 +79,10 @@ def read_pts(path: str | os.PathLike, num_points: int | None = None) -> np.ndarr
 def _from_one_based(text: str) -> float:
   """``float(text) - 1`` with the subtraction done in decimal, so no digits are lost near 0."""
   value = decimal.Decimal(text)
-  if not value.is_finite():
-    return float(value)
+  if not value.is_finite() or abs(value.adjusted()) > 400:
+    # Beyond float range either way (inf, or 0 - 1): decimal arithmetic would overflow its
+    # context at exponents like 1e604492188.
+    return float(value) - 1.0
   return float(value - 1)
 
 

@@ -56,6 +56,8 @@ def test_write_pts_is_one_based(tmp_path):
     ('version: 1\nn_points: x\n{\n1 2\n}\n', 'not an integer'),
     ('version: 1\nn_points: 1\n{\n1 2 3\n}\n', '3 values'),
     ('version: 1\nn_points: 1\n{\nnan 2\n}\n', 'not finite'),
+    # Found by the fuzz hunt: decimal raised Overflow on the subtraction.
+    ('version: 1\nn_points: 1\n{\n22.3e604492188 2\n}\n', 'not finite'),
 ])
 def test_malformed_pts_raise_naming_file(tmp_path, text, match):
   path = tmp_path / 'bad.pts'
