@@ -1,6 +1,8 @@
 """Fusion of observed ULs into the 3DMM fit, the weights helper, and no recompilation per face
 count in the batched fitter."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -72,6 +74,13 @@ def test_fusion_weights_formula():
   assert w2[0, 5] == pytest.approx(completion.MAX_FUSION_WEIGHT)
   with pytest.raises(ValueError, match='rms must be'):
     completion.fusion_weights(rms[:, :5], [0.0], bins)
+  # A bin without held-out faces (all NaN): its faces get weight 0, without a warning.
+  empty = rms.copy()
+  empty[1] = np.nan
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    w3 = completion.fusion_weights(empty, np.array([10.0, 45.0]), bins)
+  assert (w3[1] == 0).all() and w3[0, 5] == pytest.approx(w[0, 5])
 
 
 def test_residual_rms_per_bin_in_the_working_frame():

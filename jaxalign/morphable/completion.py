@@ -344,7 +344,11 @@ def fusion_weights(rms, yaw, bins=YAW_BINS, reference_rms=None,
     raise ValueError(f'rms must be (B, {scheme.num_points}) for {len(bins) - 1} bins, got '
                      f'{r.shape}')
   if reference_rms is None:
-    ref = np.nanmean(r[:, scheme.stable_mask()], axis=1)
+    # Mean over the finite SL entries; NaN for a bin without any (no held-out face there: its
+    # weights become 0), without numpy's empty-slice warning.
+    sl = r[:, scheme.stable_mask()]
+    count = np.isfinite(sl).sum(axis=1)
+    ref = np.where(count > 0, np.nansum(sl, axis=1) / np.maximum(count, 1), np.nan)
   else:
     ref = np.broadcast_to(np.asarray(reference_rms, np.float64), (len(r),))
   good = np.isfinite(r) & (r > 0)
