@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+import warnings
 
 import h5py
 import numpy as np
@@ -377,6 +378,33 @@ def test_aflw_bad_rows_are_listed(tmp_path):
   assert len(reasons) == 2
   assert any(r.startswith('image not found (row 3') for r in reasons)
   assert any('NaN' in r for r in reasons)
+
+
+def test_coordinates_beyond_float32_are_invalid_not_infinite(tmp_path):
+  """Found by the fuzz hunt: a damaged exponent gives a finite float64 (1e300) that turned
+  into an infinite float32 coordinate in a record counted as valid."""
+  aflw_root, cofw_root = tmp_path / 'aflw', tmp_path / 'cofw'
+  aflw_root.mkdir()
+  cofw_root.mkdir()
+  mat = make_aflw(aflw_root)
+  mat['data'][2, 5] = 1e300
+  scipy.io.savemat(aflw_root / 'AFLWinfo_release.mat', {
+      'nameList': mat['names'], 'data': mat['data'], 'mask_new': mat['mask'],
+      'bbox': mat['bbox'], 'ra': mat['ra']})
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')                  # no numpy overflow warning either
+    by_split, invalid = sources.load_splits('aflw', aflw_root, num_train=4)
+  recs = [r for k, v in by_split.items() if k != 'frontal' for r in v]
+  assert len(recs) == 5 and all(np.isfinite(r.points).all() for r in recs)
+  assert len(invalid) == 1 and 'beyond float32' in invalid[0].reason
+  make_cofw68(cofw_root, n=3)
+  pts = np.full((68, 2), 10.0)
+  pts[7, 1] = -1e300
+  scipy.io.savemat(cofw_root / 'COFW68_Data' / 'test_annotations' / '2_points.mat',
+                   {'Points': pts})
+  recs, invalid = sources.get_source('cofw68', cofw_root, 'test')
+  assert [r.meta['index'] for r in recs] == [1, 3]
+  assert len(invalid) == 1 and 'beyond float32' in invalid[0].reason
 
 
 def test_aflw_bad_input(tmp_path):

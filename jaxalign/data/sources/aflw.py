@@ -130,17 +130,17 @@ def load(root: str | os.PathLike, splits=None, annotation_file: str | os.PathLik
                                  f'{annotation_file.name})'))
       continue
     xy = coords[row]
-    if not np.isfinite(xy).all():
-      invalid.append(InvalidFile(where, 'landmarks hold NaN or infinity'))
+    points = matfile.to_float32(np.stack([xy[:NUM_POINTS], xy[NUM_POINTS:]], 1) - index_base)
+    if not np.isfinite(points).all():
+      invalid.append(InvalidFile(where, 'landmarks hold NaN, infinity or numbers beyond float32'))
       continue
-    points = np.stack([xy[:NUM_POINTS], xy[NUM_POINTS:]], 1) - index_base
     x_left, x_right, y_top, y_bottom = bbox[row]
-    box = np.asarray([x_left, y_top, x_right, y_bottom], np.float64) - index_base
+    box = matfile.to_float32(np.asarray([x_left, y_top, x_right, y_bottom]) - index_base)
     if not records_lib.valid_box(box):
       invalid.append(InvalidFile(where, f'bad face box {bbox[row].tolist()}'))
       continue
     by_row[int(row)] = FaceRecord(
-        image=str(image), points=points.astype(np.float32), box=box.astype(np.float32),
+        image=str(image), points=points, box=box,
         visible=mask[row] != 0,
         meta={'subset': 'aflw', 'index': int(row), 'box_source': 'aflw'}, scheme='aflw19')
   train_rows = order[:num_train]

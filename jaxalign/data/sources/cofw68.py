@@ -50,7 +50,7 @@ def _find(root: pathlib.Path, name: str) -> pathlib.Path | None:
 def xywh_to_box(xywh) -> np.ndarray:
   """A MATLAB 1-based [x y w h] box -> 0-based (x0, y0, x1, y1) float32."""
   x, y, w, h = matfile.as_float(xywh, 4)
-  return np.asarray([x - 1, y - 1, x - 1 + w, y - 1 + h], np.float32)
+  return matfile.to_float32([x - 1, y - 1, x - 1 + w, y - 1 + h])
 
 
 def _rgb(image) -> np.ndarray:
@@ -149,8 +149,9 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
       points = np.asarray(ann['Points'], np.float64)
       if points.shape != (68, 2):
         raise ValueError(f'Points has shape {points.shape}, expected (68, 2)')
+      points = matfile.to_float32(points - 1.0)      # 0-based
       if not np.isfinite(points).all():
-        raise ValueError('Points holds NaN or infinity')
+        raise ValueError('Points holds NaN, infinity or numbers beyond float32')
       occ = np.asarray(ann['Occ'], np.float64).ravel() if 'Occ' in ann else None
       if occ is not None and occ.size != 68:
         raise ValueError(f'Occ has {occ.size} entries, expected 68')
@@ -165,7 +166,6 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
     except (ValueError, OSError) as e:
       invalid.append(InvalidFile(f'{images_mat}:IsT{{{i}}}', f'image {i}: {e}'))
       continue
-    points = (points - 1.0).astype(np.float32)
     source, box = 'landmarks', records_lib.landmark_box(points)
     if table is not None and i <= len(table):
       cand = xywh_to_box(table[i - 1])

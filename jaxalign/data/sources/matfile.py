@@ -140,6 +140,13 @@ def field(struct: Any, name: str) -> Any:
   raise ValueError(f'expected a MATLAB struct, got {type(struct).__name__}')
 
 
+def to_float32(values) -> np.ndarray:
+  """``values`` as float32; a finite number beyond float32's range (a damaged file's) becomes
+  infinite, so a finiteness check made after the conversion rejects it. No overflow warning."""
+  with np.errstate(over='ignore'):
+    return np.asarray(values, np.float64).astype(np.float32)
+
+
 def as_float(value: Any, size: int | None = None) -> np.ndarray:
   """A numeric MATLAB value -> flat float64 array (optionally of exactly ``size`` entries)."""
   while isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:

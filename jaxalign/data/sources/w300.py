@@ -76,7 +76,7 @@ def read_box_file(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
   for k, cell in enumerate(cells):
     try:
       name = os.path.basename(matfile.as_str(matfile.field(cell, 'imgName')))
-      entry = {kind: (matfile.as_float(matfile.field(cell, fld), 4) - 1.0).astype(np.float32)
+      entry = {kind: matfile.to_float32(matfile.as_float(matfile.field(cell, fld), 4) - 1.0)
                for kind, fld in _BOX_FIELDS.items()}
     except ValueError as e:
       raise ValueError(f'{path}: entry {k + 1} of bounding_boxes: {e}') from None
