@@ -73,7 +73,7 @@ def read_pts(path: str | os.PathLike, num_points: int | None = None) -> np.ndarr
     raise ValueError(f'{path}: header declares {declared} points but the file has {len(points)}')
   if num_points is not None and declared != num_points:
     raise ValueError(f'{path}: expected {num_points} points, the file has {declared}')
-  return np.asarray(points, np.float32).reshape(-1, 2)
+  return _to_float32(path, points, allow_nan=False)
 
 
 def _from_one_based(text: str) -> float:
@@ -210,7 +210,20 @@ def read_ljson(path: str | os.PathLike, group: str | None = None,
     raise ValueError(f'{path}: no points')
   if num_points is not None and len(pts) != num_points:
     raise ValueError(f'{path}: expected {num_points} points, the file has {len(pts)}')
-  return np.asarray(pts, np.float32).reshape(-1, 2)
+  return _to_float32(path, pts, allow_nan=True)
+
+
+def _to_float32(path, points, allow_nan: bool) -> np.ndarray:
+  """(L, 2) float32 of a file's (x, y) list; a coordinate beyond float32's range (finite in
+  the file, infinite after the cast) is an error naming the file and the point."""
+  p64 = np.asarray(points, np.float64).reshape(-1, 2)
+  with np.errstate(over='ignore'):
+    p32 = p64.astype(np.float32)
+  bad = np.isinf(p32).any(axis=1) | (np.isnan(p32).any(axis=1) & ~allow_nan)
+  if bad.any():
+    k = int(np.argmax(bad))
+    raise ValueError(f'{path}: point {k + 1} is beyond float32 range: {p64[k].tolist()}')
+  return p32
 
 
 def _ljson_v1_point(path, lm):

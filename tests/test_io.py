@@ -58,6 +58,8 @@ def test_write_pts_is_one_based(tmp_path):
     ('version: 1\nn_points: 1\n{\nnan 2\n}\n', 'not finite'),
     # Found by the fuzz hunt: decimal raised Overflow on the subtraction.
     ('version: 1\nn_points: 1\n{\n22.3e604492188 2\n}\n', 'not finite'),
+    # Finite in the file, infinite as float32: was returned as an infinite point.
+    ('version: 1\nn_points: 1\n{\n1e300 2\n}\n', 'point 1 is beyond float32 range'),
 ])
 def test_malformed_pts_raise_naming_file(tmp_path, text, match):
   path = tmp_path / 'bad.pts'
@@ -199,4 +201,11 @@ def test_ljson_points_not_a_list_names_the_file(tmp_path, points):
   path = tmp_path / 'bad.ljson'
   path.write_text(json.dumps({'landmarks': {'version': None, 'points': points}}))
   with pytest.raises(ValueError, match=r'bad.ljson: landmarks.points is \w+, not a list'):
+    io.read_ljson(path)
+
+
+def test_ljson_point_beyond_float32_names_the_file(tmp_path):
+  path = tmp_path / 'big.ljson'
+  path.write_text(json.dumps({'landmarks': {'points': [[1.0, 2.0], None, [-1e300, 3.0]]}}))
+  with pytest.raises(ValueError, match=r'big.ljson: point 3 is beyond float32 range'):
     io.read_ljson(path)
