@@ -73,8 +73,8 @@ SIZES = {
                   final_learning_rate=1e-4, decay_steps=600, seeds=(0, 1, 2),
                   ablation_seeds=(0,), eval_batch_size=100),
     # Larger networks (the embedded default's quarter-width ResNet-18s, 1,500 steps) so that
-    # CNN1 is not the whole story; sized for about an hour on an idle 2-core CPU (arms 1-2 with
-    # both seeds took 21 minutes on 2026-12-03: pose-aware trainings 7 min, plain 3 min).
+    # CNN1 is not the whole story; about an hour on an idle 2-core CPU (2026-12-03: every arm,
+    # 58 minutes of training; pose-aware trainings about 7 min each, plain 3 min).
     'cpu': Size(num_train=2000, num_test=300, image_size=96, input_size=64, depth='18',
                 width=16, num_steps=1500, batch_size=32, learning_rate=1e-3,
                 final_learning_rate=1e-4, decay_steps=1000, seeds=(0, 1),
