@@ -213,12 +213,18 @@ def read_ljson(path: str | os.PathLike, group: str | None = None,
   return _to_float32(path, pts, allow_nan=True)
 
 
+def to_float32(values) -> np.ndarray:
+  """``values`` as float32; a finite number beyond float32's range (a damaged file's) becomes
+  infinite, so a finiteness check made after the conversion rejects it. No overflow warning."""
+  with np.errstate(over='ignore'):
+    return np.asarray(values, np.float64).astype(np.float32)
+
+
 def _to_float32(path, points, allow_nan: bool) -> np.ndarray:
   """(L, 2) float32 of a file's (x, y) list; a coordinate beyond float32's range (finite in
   the file, infinite after the cast) is an error naming the file and the point."""
   p64 = np.asarray(points, np.float64).reshape(-1, 2)
-  with np.errstate(over='ignore'):
-    p32 = p64.astype(np.float32)
+  p32 = to_float32(p64)
   bad = np.isinf(p32).any(axis=1) | (np.isnan(p32).any(axis=1) & ~allow_nan)
   if bad.any():
     k = int(np.argmax(bad))

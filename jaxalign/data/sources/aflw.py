@@ -29,6 +29,7 @@ import pathlib
 
 import numpy as np
 
+from jaxalign import io
 from jaxalign.data.records import FaceRecord, InvalidFile
 from jaxalign.data import records as records_lib
 from jaxalign.data.sources import matfile
@@ -130,12 +131,12 @@ def load(root: str | os.PathLike, splits=None, annotation_file: str | os.PathLik
                                  f'{annotation_file.name})'))
       continue
     xy = coords[row]
-    points = matfile.to_float32(np.stack([xy[:NUM_POINTS], xy[NUM_POINTS:]], 1) - index_base)
+    points = io.to_float32(np.stack([xy[:NUM_POINTS], xy[NUM_POINTS:]], 1) - index_base)
     if not np.isfinite(points).all():
       invalid.append(InvalidFile(where, 'landmarks hold NaN, infinity or numbers beyond float32'))
       continue
     x_left, x_right, y_top, y_bottom = bbox[row]
-    box = matfile.to_float32(np.asarray([x_left, y_top, x_right, y_bottom]) - index_base)
+    box = io.to_float32(np.asarray([x_left, y_top, x_right, y_bottom]) - index_base)
     if not records_lib.valid_box(box):
       invalid.append(InvalidFile(where, f'bad face box {bbox[row].tolist()}'))
       continue

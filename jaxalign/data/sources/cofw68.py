@@ -30,6 +30,7 @@ import re
 
 import numpy as np
 
+from jaxalign import io
 from jaxalign.data import records as records_lib
 from jaxalign.data.records import FaceRecord, InvalidFile
 from jaxalign.data.sources import matfile
@@ -50,7 +51,7 @@ def _find(root: pathlib.Path, name: str) -> pathlib.Path | None:
 def xywh_to_box(xywh) -> np.ndarray:
   """A MATLAB 1-based [x y w h] box -> 0-based (x0, y0, x1, y1) float32."""
   x, y, w, h = matfile.as_float(xywh, 4)
-  return matfile.to_float32([x - 1, y - 1, x - 1 + w, y - 1 + h])
+  return io.to_float32([x - 1, y - 1, x - 1 + w, y - 1 + h])
 
 
 def _rgb(image) -> np.ndarray:
@@ -149,7 +150,7 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
       points = np.asarray(ann['Points'], np.float64)
       if points.shape != (68, 2):
         raise ValueError(f'Points has shape {points.shape}, expected (68, 2)')
-      points = matfile.to_float32(points - 1.0)      # 0-based
+      points = io.to_float32(points - 1.0)      # 0-based
       if not np.isfinite(points).all():
         raise ValueError('Points holds NaN, infinity or numbers beyond float32')
       occ = np.asarray(ann['Occ'], np.float64).ravel() if 'Occ' in ann else None

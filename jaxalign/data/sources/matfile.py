@@ -3,7 +3,7 @@
 Level-5 files (``-v6``/``-v7``, the usual ones) are read by :mod:`.mat5`, which checks every size
 it reads (``scipy.io.loadmat`` can crash the interpreter on a damaged one); level 4 by
 ``scipy.io.loadmat``; version 7.3 files (HDF5 with a 512-byte MATLAB header, e.g.
-``COFW_test_color.mat``) with ``h5py``. Both come back in
+``COFW_test_color.mat``) with ``h5py``. All come back in
 MATLAB's own layout, so callers index them the same way:
 
 * a numeric or logical matrix of MATLAB size (m, n) -> numpy array of shape (m, n) (HDF5 stores
@@ -138,13 +138,6 @@ def field(struct: Any, name: str) -> Any:
       raise ValueError(f'struct has no field {name!r} (fields: {list(struct.dtype.names)})')
     return struct[name].ravel()[0] if struct.size == 1 else struct[name]
   raise ValueError(f'expected a MATLAB struct, got {type(struct).__name__}')
-
-
-def to_float32(values) -> np.ndarray:
-  """``values`` as float32; a finite number beyond float32's range (a damaged file's) becomes
-  infinite, so a finiteness check made after the conversion rejects it. No overflow warning."""
-  with np.errstate(over='ignore'):
-    return np.asarray(values, np.float64).astype(np.float32)
 
 
 def as_float(value: Any, size: int | None = None) -> np.ndarray:

@@ -28,6 +28,7 @@ import pathlib
 
 import numpy as np
 
+from jaxalign import io
 from jaxalign.data import records as records_lib
 from jaxalign.data.records import FaceRecord, InvalidFile
 from jaxalign.data.sources import matfile
@@ -76,7 +77,7 @@ def read_box_file(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
   for k, cell in enumerate(cells):
     try:
       name = os.path.basename(matfile.as_str(matfile.field(cell, 'imgName')))
-      entry = {kind: matfile.to_float32(matfile.as_float(matfile.field(cell, fld), 4) - 1.0)
+      entry = {kind: io.to_float32(matfile.as_float(matfile.field(cell, fld), 4) - 1.0)
                for kind, fld in _BOX_FIELDS.items()}
     except ValueError as e:
       raise ValueError(f'{path}: entry {k + 1} of bounding_boxes: {e}') from None
