@@ -33,11 +33,17 @@ def check_dataset(name: str, root: str | os.PathLike, decode: bool = False,
                   check_images: bool = True, **options) -> dict[str, Any]:
   """Reads data set ``name`` and returns the check report.
 
+  Args:
+    check_images: False: do not open the images; a loader that can read its annotations
+      without the image file (COFW-68's ``with_images``) is told so.
+
   Returns:
     {split: number of valid faces, ..., 'invalid': [{'path', 'reason'}], 'warnings': [str]}.
     A face whose image does not open counts as invalid, not valid.
   """
   info = sources.source_info(name)
+  if not check_images and 'with_images' in sources.option_names(name):
+    options.setdefault('with_images', False)
   by_split, invalid = sources.load_splits(name, root, **options)
   report: dict[str, Any] = {}
   warnings: list[str] = []
@@ -82,7 +88,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
       description='Validate a face-alignment data set (see docs/datasets.md).')
   sub = parser.add_subparsers(dest='command', required=True)
   check = sub.add_parser('check', help='count the valid faces per split, list invalid files')
-  check.add_argument('root', help='the data set folder (TFDS data dir for TFDS sets)')
+  check.add_argument('root', help='the data set folder (300W-LP / AFLW2000-3D: unzipped, or '
+                                  'a TFDS data dir)')
   check.add_argument('--dataset', required=True, choices=sorted(sources.SOURCES),
                      help='which data set ROOT holds')
   check.add_argument('--json', action='store_true', help='print one JSON object')
@@ -96,8 +103,13 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                      help='300w: detector (default) | ground_truth | landmarks; '
                           'cofw68: cofw68 (default) | cofw | landmarks')
   check.add_argument('--image-dir', default=None,
-                     help='cofw68 / TFDS sets: where their images are written as files')
+                     help='cofw68 / the TFDS route: where their images are written as files')
   check.add_argument('--scheme', default=None, help='folder: ibug68 (default) or aflw19')
+  check.add_argument('--landmarks', default=None,
+                     help='the300w_lp: 2d (default) | 3d | origin (see docs/datasets.md)')
+  check.add_argument('--route', default=None,
+                     help='the300w_lp / aflw2k3d: auto (default: the unzipped files, else a '
+                          'TFDS data dir) | files | tfds')
   return parser.parse_args(argv)
 
 
@@ -108,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     options['boxes'] = args.boxes
   if args.image_dir is not None:
     options['image_dir'] = args.image_dir
-  if args.scheme is not None:
-    options['scheme'] = args.scheme
+  for key in ('scheme', 'landmarks', 'route'):
+    if getattr(args, key) is not None:
+      options[key] = getattr(args, key)
   try:
     report = check_dataset(args.dataset, args.root, decode=args.decode,
                            check_images=not args.no_images, **options)

@@ -346,6 +346,25 @@ def test_cofw68_bad_input(tmp_path):
     sources.get_source('cofw68', tmp_path, 'test')
 
 
+def test_cofw68_annotations_without_the_image_file(tmp_path):
+  fx = make_cofw68(tmp_path, n=3, annotate={1, 3})
+  (tmp_path / 'COFW_test_color.mat').unlink()
+  recs, invalid = sources.get_source('cofw68', tmp_path, 'test', with_images=False)
+  assert [r.meta['index'] for r in recs] == [1, 3]
+  np.testing.assert_allclose(recs[1].points, fx['truth'][3][0], atol=1e-5)
+  np.testing.assert_allclose(recs[1].box, [4.0, 5.0, 14.0, 18.0])   # cofw68 boxes, x y w h
+  # The box table (3 rows) gives the number of images: image 2 has no annotation.
+  assert [i.reason for i in invalid] == ['image 2 has no 68-point annotation (2_points.mat)']
+  assert not (tmp_path / 'jaxalign_images').exists()     # nothing written
+  # The original COFW boxes come from the image file, read without its images where present.
+  (tmp_path / 'b').mkdir()
+  make_cofw68(tmp_path / 'b', n=2)
+  recs, _ = sources.get_source('cofw68', tmp_path / 'b', 'test', with_images=False, boxes='cofw')
+  x, y, w, h = 3.0, 3.0, 15.0, 12.0                       # bboxesT of image 2
+  np.testing.assert_allclose(recs[1].box, [x - 1, y - 1, x - 1 + w, y - 1 + h])
+  assert not (tmp_path / 'b' / 'jaxalign_images').exists()
+
+
 # ----------------------------------------------------------------------------- AFLW
 
 def test_aflw_splits_scheme_points_and_boxes(tmp_path):
@@ -422,6 +441,138 @@ def test_aflw_bad_input(tmp_path):
                                                        if not k.startswith('__')})
   with pytest.raises(ValueError, match=r"missing MATLAB variable\(s\) \['bbox'\]"):
     sources.get_source('aflw', tmp_path, 'test')
+
+
+# ----------------------------------------------------------------------------- 3DDFA folders
+
+def _pose(yaw_deg: float) -> np.ndarray:
+  return np.asarray([[0.1, np.radians(yaw_deg), -0.05, 200.0, 210.0, -100.0, 0.001]],
+                    np.float32)
+
+
+def make_aflw2000(root: pathlib.Path) -> dict:
+  """AFLW2000/image0000{1,2}.{jpg,mat} as unzipped, an orphan image and a bad .mat."""
+  folder = root / 'AFLW2000'
+  truth = {}
+  for k, yaw in ((1, 30.0), (2, -50.0)):
+    xyz = np.concatenate([make_points(k, size=40).T + 1.0, np.full((1, 68), 5.0 * k)])
+    write_image(folder / f'image0000{k}.jpg', size=(40, 40))
+    scipy.io.savemat(folder / f'image0000{k}.mat',
+                     {'pt3d_68': xyz.astype(np.float32), 'pt2d': -np.ones((2, 21)),
+                      'Pose_Para': _pose(yaw), 'roi': np.asarray([[1, 2, 300, 400]], np.int16)})
+    truth[k] = (xyz[:2].T - 1.0, xyz[2])
+  write_image(folder / 'image00003.jpg')                       # no .mat
+  write_image(folder / 'image00004.jpg')
+  scipy.io.savemat(folder / 'image00004.mat', {'pt2d': np.ones((2, 21))})   # no pt3d_68
+  scipy.io.savemat(root / 'other.mat', {'x': 1.0})             # not this data set: ignored
+  return truth
+
+
+def test_aflw2000_3d_files_points_pose_and_bad_files(tmp_path):
+  truth = make_aflw2000(tmp_path)
+  for root in (tmp_path, tmp_path / 'AFLW2000'):
+    recs, invalid = sources.get_source('aflw2k3d', root, 'test')
+    assert [pathlib.Path(r.image).name for r in recs] == ['image00001.jpg', 'image00002.jpg']
+    for r, k in zip(recs, (1, 2)):
+      np.testing.assert_allclose(r.points, truth[k][0], atol=1e-4)
+      np.testing.assert_allclose(r.meta['z'], truth[k][1])
+      assert r.meta['convention'] == '3d' and r.meta['box_source'] == 'landmarks'
+      np.testing.assert_allclose(r.box, records.landmark_box(truth[k][0]), atol=1e-4)
+    # Pose_Para's yaw has the opposite sign to eos's (checked on the genuine files).
+    assert [round(r.yaw) for r in recs] == [-30, 50]
+    reasons = {pathlib.Path(i.path).name: i.reason for i in invalid}
+    assert reasons.keys() == {'image00003.jpg', 'image00004.mat'}
+    assert 'no image00003.mat' in reasons['image00003.jpg']
+    assert "missing MATLAB variable(s) ['pt3d_68']" in reasons['image00004.mat']
+  recs, _ = sources.get_source('aflw2k3d', tmp_path, 'test', limit=1)
+  assert len(recs) == 1
+  assert sources.records_convention(recs) == '3d'
+
+
+def make_300w_lp(root: pathlib.Path, with_landmarks=True) -> dict:
+  """300W_LP/AFW/AFW_1_1_{0,3}.{jpg,mat} (+ _Flip, landmarks/AFW/*_pts.mat)."""
+  base = root / '300W_LP'
+  truth = {}
+  for k, profile in enumerate((0, 3)):
+    stem = f'AFW_1_1_{profile}'
+    pt2d = make_points(10 + k, size=40).T + 1.0                # 2 x 68, 1-based
+    pts_2d = make_points(20 + k, size=40) + 1.0                # 68 x 2
+    pts_3d = make_points(30 + k, size=40) + 1.0
+    for folder in ('AFW', 'AFW_Flip'):
+      write_image(base / folder / f'{stem}.jpg', size=(40, 40))
+      scipy.io.savemat(base / folder / f'{stem}.mat', {'pt2d': pt2d, 'Pose_Para': _pose(-20.0),
+                                                       'roi': np.ones((1, 4))})
+    if with_landmarks:
+      (base / 'landmarks' / 'AFW').mkdir(parents=True, exist_ok=True)
+      scipy.io.savemat(base / 'landmarks' / 'AFW' / f'{stem}_pts.mat',
+                       {'pts_2d': pts_2d, 'pts_3d': pts_3d})
+    truth[stem] = {'pt2d': pt2d.T - 1.0, 'pts_2d': pts_2d - 1.0, 'pts_3d': pts_3d - 1.0}
+  return truth
+
+
+@pytest.mark.parametrize('kind,var,convention', [
+    ('2d', 'pts_2d', '2d'), ('3d', 'pts_3d', '3d'), ('origin', 'pt2d', '2d')])
+def test_300w_lp_files_landmark_kinds(tmp_path, kind, var, convention):
+  truth = make_300w_lp(tmp_path)
+  recs, invalid = sources.get_source('the300w_lp', tmp_path, 'train', landmarks=kind)
+  assert invalid == [] and [pathlib.Path(r.image).parent.name for r in recs] == ['AFW', 'AFW']
+  for r in recs:     # the _Flip folder is not read
+    stem = pathlib.Path(r.image).stem
+    np.testing.assert_allclose(r.points, truth[stem][var], atol=1e-4)
+    assert r.meta['landmarks_source'] == var and r.meta['convention'] == convention
+    assert r.meta['subset'] == 'AFW' and r.meta['pose_params'].shape == (7,)
+    assert round(r.yaw) == 20
+  assert [r.meta['profile'] for r in recs] == [0, 3]
+
+
+def test_300w_lp_files_without_the_landmarks_folder(tmp_path):
+  truth = make_300w_lp(tmp_path, with_landmarks=False)
+  recs, invalid = sources.get_source('the300w_lp', tmp_path / '300W_LP', 'train')
+  # '2d': the _0 image's own pt2d; the rotated _3 image has no 2D points that fit it.
+  assert [r.meta['landmarks_source'] for r in recs] == ['pt2d']
+  np.testing.assert_allclose(recs[0].points, truth['AFW_1_1_0']['pt2d'], atol=1e-4)
+  assert len(invalid) == 1 and 'AFW_1_1_3_pts.mat' in invalid[0].reason
+  recs, invalid = sources.get_source('the300w_lp', tmp_path, 'train', landmarks='3d')
+  assert recs == [] and len(invalid) == 2 and all('pts_3d' in i.reason for i in invalid)
+
+
+def test_300w_lp_and_aflw2000_under_one_root(tmp_path):
+  make_aflw2000(tmp_path)
+  make_300w_lp(tmp_path)
+  lp, lp_bad = sources.get_source('the300w_lp', tmp_path, 'train', landmarks='3d')
+  aflw, _ = sources.get_source('aflw2k3d', tmp_path, 'test')
+  assert [pathlib.Path(r.image).stem for r in lp] == ['AFW_1_1_0', 'AFW_1_1_3'] and lp_bad == []
+  assert [pathlib.Path(r.image).stem for r in aflw] == ['image00001', 'image00002']
+
+
+def test_3ddfa_routes_and_bad_input(tmp_path):
+  with pytest.raises(ValueError, match="unknown route 'zip'"):
+    sources.get_source('aflw2k3d', tmp_path, 'test', route='zip')
+  with pytest.raises(ValueError, match="unknown the300w_lp split 'test'"):
+    sources.SOURCES['the300w_lp'].load(tmp_path, ['test'])
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    sources.get_source('aflw2k3d', tmp_path / 'none', 'test')
+  (tmp_path / 'x').mkdir()
+  with pytest.raises(FileNotFoundError, match=r'holds no AFLW2000-3D files \(AFLW2000/'):
+    sources.get_source('aflw2k3d', tmp_path / 'x', 'test', route='files')
+  if importlib.util.find_spec('tensorflow_datasets') is None:
+    # No files and no TFDS: the error names both routes.
+    with pytest.raises(ImportError, match=r'300W_LP/<AFW.*tensorflow-datasets.*jaxalign\[tfds\]'):
+      sources.get_source('the300w_lp', tmp_path / 'x', 'train')
+    with pytest.raises(ImportError, match=r'jaxalign\[tfds\]'):
+      sources.get_source('aflw2k3d', tmp_path / 'x', 'test', route='tfds')
+
+
+def test_records_convention():
+  def rec(conv):
+    return records.FaceRecord(image='a.png', points=np.zeros((68, 2), np.float32),
+                              box=np.asarray([0, 0, 1, 1], np.float32),
+                              meta={} if conv is None else {'convention': conv})
+  assert sources.records_convention([rec('3d'), rec('3d')]) == '3d'
+  assert sources.records_convention([rec('2d')]) == '2d'
+  assert sources.records_convention([rec('3d'), rec('2d')]) is None
+  assert sources.records_convention([rec('3d'), rec(None)]) is None
+  assert sources.records_convention([]) is None
 
 
 # ----------------------------------------------------------------------------- registry

@@ -12,9 +12,12 @@ name            splits (protocol sizes)                   scheme / NME normalise
 ``cofw68``      test 507                                  ibug68 / inter-ocular      cofw68
 ``aflw``        train 20000, test 4386, frontal 1165      aflw19 / box               aflw
 ``folder``      all                                       ibug68 (or ``scheme=``)    records
-``the300w_lp``  train 61225                               ibug68 / inter-ocular      tfds_sources
-``aflw2k3d``    test 2000                                 ibug68 (3D) / box          tfds_sources
+``the300w_lp``  train 61225                               ibug68 / inter-ocular      threeddfa
+``aflw2k3d``    test 2000                                 ibug68 (3D) / box          threeddfa
 ==============  ========================================  =========================  ========
+
+300W-LP and AFLW2000-3D are read from their unzipped folders, or, where ``root`` is a
+tensorflow-datasets data dir, through TFDS (:mod:`.threeddfa` picks the route).
 
 No loader drops a sample silently: whatever it cannot use is returned in ``invalid`` with the
 reason. Options are keyword arguments of the module's ``load`` (e.g. ``boxes='ground_truth'``
@@ -31,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 from jaxalign.data import records as records_lib
 from jaxalign.data.records import FaceRecord, InvalidFile
-from jaxalign.data.sources import aflw, cofw68, tfds_sources, w300
+from jaxalign.data.sources import aflw, cofw68, threeddfa, w300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +76,12 @@ SOURCES: dict[str, SourceInfo] = {
     'aflw': SourceInfo('aflw', aflw.SPLITS, aflw.PROTOCOL_COUNTS, (),
                        'aflw19', 'bbox', aflw.load),
     'folder': SourceInfo('folder', ('all',), {}, (), 'ibug68', 'inter_ocular', _load_folder),
-    'the300w_lp': SourceInfo('the300w_lp', ('train',),
-                             tfds_sources.DATASETS['the300w_lp'][1], (), 'ibug68',
-                             'inter_ocular',
-                             functools.partial(tfds_sources.load, 'the300w_lp')),
-    'aflw2k3d': SourceInfo('aflw2k3d', ('test',), tfds_sources.DATASETS['aflw2k3d'][1], (),
-                           'ibug68', 'bbox', functools.partial(tfds_sources.load, 'aflw2k3d')),
+    'the300w_lp': SourceInfo('the300w_lp', threeddfa.SPLITS['the300w_lp'],
+                             threeddfa.PROTOCOL_COUNTS['the300w_lp'], (), 'ibug68',
+                             'inter_ocular', functools.partial(threeddfa.load, 'the300w_lp')),
+    'aflw2k3d': SourceInfo('aflw2k3d', threeddfa.SPLITS['aflw2k3d'],
+                           threeddfa.PROTOCOL_COUNTS['aflw2k3d'], (), 'ibug68', 'bbox',
+                           functools.partial(threeddfa.load, 'aflw2k3d')),
 }
 
 
@@ -88,6 +91,13 @@ def source_info(name: str) -> SourceInfo:
     return SOURCES[name]
   except KeyError:
     raise ValueError(f'unknown data set {name!r}; known: {sorted(SOURCES)}') from None
+
+
+def records_convention(records) -> str | None:
+  """The jaw convention all ``records`` share (``meta['convention']``: '2d' or '3d'), or None
+  when they do not say or disagree (then the run's own ``eval.completion_convention`` holds)."""
+  found = {r.meta.get('convention') for r in records}
+  return found.pop() if len(found) == 1 and found <= {'2d', '3d'} else None
 
 
 def option_names(name: str) -> list[str]:
@@ -110,7 +120,7 @@ def load_splits(name: str, root: str | os.PathLike, splits=None, **options
 
   Args:
     name: a key of :data:`SOURCES`.
-    root: the data set's folder (the TFDS data dir for the TFDS sets).
+    root: the data set's folder (300W-LP / AFLW2000-3D: unzipped, or a TFDS data dir).
     splits: split names (default: every split present).
     **options: passed to the data set's ``load`` (see each module).
 
@@ -138,7 +148,8 @@ def get_source(name: str, root: str | os.PathLike, split: str, **options
   Raises:
     ValueError: unknown data set, split or option; unreadable annotation files.
     FileNotFoundError: ``root`` or a required file is missing.
-    ImportError: a TFDS data set without tensorflow-datasets installed.
+    ImportError: 300W-LP / AFLW2000-3D: root holds none of their files and tensorflow-datasets
+      (needed to read a TFDS data dir) is not installed.
   """
   by_split, invalid = load_splits(name, root, [split], **options)
   return by_split[split], invalid

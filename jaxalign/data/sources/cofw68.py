@@ -11,10 +11,16 @@ Layout under ``root``::
 (the files are found anywhere under ``root``). ``COFW_test_color.mat`` holds ``IsT`` (a 507 x 1
 cell array of H x W x 3 uint8 RGB or H x W grey images), ``bboxesT`` (507 x 4, the original COFW
 boxes [x y w h]) and ``phisT`` (507 x 87, the 29-point annotation, unused here). Each
-``{i}_points.mat`` holds ``Points`` (68 x 2, x y) and ``Occ`` (68 x 1, 1 = occluded) for image i
-(1-based). ``cofw68_test_bboxes.mat`` holds ``bboxes`` (507 x 4, [x y w h]), boxes made with
-the detection method of 300-W so that a model trained on 300-W can be tested on COFW-68 (the
-paper's protocol: train on 300-W, test here).
+``{i}_points.mat`` holds ``Points`` (68 x 2 double, x y, iBUG order) and ``Occ`` (1 x 68 uint8,
+1 = occluded) for image i (1-based). ``cofw68_test_bboxes.mat`` holds ``bboxes`` (507 x 4 int16,
+[x y w h]), boxes made with the detection method of 300-W so that a model trained on 300-W can
+be tested on COFW-68 (the paper's protocol: train on 300-W, test here). The layouts, the box
+orientation and the point order were checked on the genuine re-annotation files
+(``tests/test_genuine_formats.py``: every face's points lie in its [x y w h] box, mirror pairs on
+their sides).
+
+``with_images=False`` reads the annotations and boxes without the image file (``check
+--no-images``): the records then name the PNG path the images would be written to.
 
 All coordinates are MATLAB 1-based and are shifted by -1. [x y w h] becomes
 (x - 1, y - 1, x - 1 + w, y - 1 + h). The images live inside the .mat file; the loader writes
@@ -71,6 +77,7 @@ def _rgb(image) -> np.ndarray:
 
 def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
          image_dir: str | os.PathLike | None = None, images_mat: str | os.PathLike | None = None,
+         with_images: bool = True,
          ) -> tuple[dict[str, list[FaceRecord]], list[InvalidFile]]:
   """Reads COFW-68 (one split, ``test``).
 
@@ -82,6 +89,9 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
     image_dir: where the images are written as PNG (default ROOT/jaxalign_images/cofw68_test);
       existing files are reused.
     images_mat: the image file (default: COFW_test_color.mat, else COFW_test.mat, under root).
+    with_images: False: do not read (or require) the images; the annotations and boxes only
+      (``bboxesT`` is still read from the image file where it exists). The number of images is
+      then the box table's (507), and records name PNGs that may not exist yet.
 
   Returns:
     ({'test': records}, invalid). Records carry ``visible`` (False where ``Occ`` is 1),
@@ -89,7 +99,8 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
     ``meta['box_source']``.
 
   Raises:
-    FileNotFoundError: root, the image .mat or the annotation folder is missing.
+    FileNotFoundError: root, the image .mat (unless ``with_images=False``) or the annotation
+      folder is missing.
     ValueError: unknown split or box kind; an unreadable image .mat.
   """
   root = pathlib.Path(root)
@@ -102,17 +113,23 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
       raise ValueError(f'unknown COFW-68 split {s!r}; expected one of {SPLITS}')
   if images_mat is None:
     found = [p for p in (_find(root, n) for n in IMAGE_FILES) if p is not None]
-    if not found:
+    if not found and with_images:
       raise FileNotFoundError(f'{root}: no COFW_test_color.mat (or COFW_test.mat) found; '
-                              'see docs/datasets.md')
-    images_mat = found[0]
-  images_mat = pathlib.Path(images_mat)
+                              'see docs/datasets.md (to check the annotations alone: '
+                              'check --no-images)')
+    images_mat = found[0] if found else None
+  images_mat = pathlib.Path(images_mat) if images_mat is not None else None
   ann_files = sorted(p for p in root.rglob('*_points.mat') if _POINTS_NAME.match(p.name))
   if not ann_files:
     raise FileNotFoundError(f'{root}: no COFW-68 annotations (test_annotations/*_points.mat) '
                             'found; see docs/datasets.md')
-  data = matfile.load_mat(images_mat, ['IsT', 'bboxesT'], required=['IsT'])
-  images = np.asarray(data['IsT'], object).ravel()
+  if with_images:
+    data = matfile.load_mat(images_mat, ['IsT', 'bboxesT'], required=['IsT'])
+  elif images_mat is not None and boxes == 'cofw':
+    data = matfile.load_mat(images_mat, ['bboxesT'])
+  else:
+    data = {}
+  images = np.asarray(data['IsT'], object).ravel() if with_images else None
   cofw_boxes = (np.asarray(data['bboxesT'], np.float64).reshape(-1, 4)
                 if 'bboxesT' in data else None)
   box68 = None
@@ -122,10 +139,20 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
       box68 = np.asarray(matfile.load_mat(box_file, ['bboxes'], required=['bboxes'])['bboxes'],
                          np.float64).reshape(-1, 4)
   table = cofw_boxes if boxes == 'cofw' else box68
+  if with_images:
+    num_images, holder = len(images), images_mat.name
+  else:
+    # Without the images their number is the box tables' (both list every test image).
+    sizes = [len(t) for t in (cofw_boxes, box68) if t is not None]
+    num_images = max(sizes) if sizes else PROTOCOL_COUNTS['test']
+    holder = 'the box table' if sizes else 'COFW-68 (protocol)'
+  image_ref = (lambda i: f'{images_mat}:IsT{{{i}}}') if images_mat is not None else (
+      lambda i: f'{root}:image {i}')
 
   image_dir = pathlib.Path(image_dir) if image_dir else root / 'jaxalign_images' / 'cofw68_test'
   try:
-    image_dir.mkdir(parents=True, exist_ok=True)
+    if with_images:
+      image_dir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise OSError(f'cannot create the COFW-68 image folder {image_dir} ({e}); pass another '
                   'image_dir (check: --image-dir)') from None
@@ -141,9 +168,9 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
   records = []
   for i in sorted(by_index):
     path = by_index[i]
-    if not 1 <= i <= len(images):
-      invalid.append(InvalidFile(str(path), f'annotation for image {i}, but {images_mat.name} '
-                                 f'holds {len(images)} images'))
+    if not 1 <= i <= num_images:
+      invalid.append(InvalidFile(str(path), f'annotation for image {i}, but {holder} '
+                                 f'holds {num_images} images'))
       continue
     try:
       ann = matfile.load_mat(path, ['Points', 'Occ'], required=['Points'])
@@ -163,9 +190,10 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
       continue
     image_path = image_dir / f'{i}.png'
     try:
-      _write_png(image_path, images[i - 1])
+      if with_images:
+        _write_png(image_path, images[i - 1])
     except (ValueError, OSError) as e:
-      invalid.append(InvalidFile(f'{images_mat}:IsT{{{i}}}', f'image {i}: {e}'))
+      invalid.append(InvalidFile(image_ref(i), f'image {i}: {e}'))
       continue
     source, box = 'landmarks', records_lib.landmark_box(points)
     if table is not None and i <= len(table):
@@ -179,9 +207,9 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'cofw68',
               'num_occluded': None if occ is None else int((occ != 0).sum())},
         scheme='ibug68'))
   annotated = set(by_index)
-  for i in range(1, len(images) + 1):
+  for i in range(1, num_images + 1):
     if i not in annotated:
-      invalid.append(InvalidFile(f'{images_mat}:IsT{{{i}}}',
+      invalid.append(InvalidFile(image_ref(i),
                                  f'image {i} has no 68-point annotation ({i}_points.mat)'))
   return {'test': records}, invalid
 

@@ -1,4 +1,8 @@
-"""300W-LP and AFLW2000-3D through tensorflow-datasets (the ``tfds`` extra).
+"""300W-LP and AFLW2000-3D through tensorflow-datasets (the ``tfds`` extra): the second route.
+
+The first route reads the unzipped folders without TFDS (:mod:`.threeddfa`, which also says
+which landmark convention every variable of the files gives); the registry's ``load`` takes this
+one where ``root`` is a TFDS data dir.
 
 * ``the300w_lp`` (TFDS split ``train``, 61,225 faces): 300-W faces re-rendered at large yaw by
   3DDFA's face profiling (Zhu et al., CVPR 2016). Our split: ``train``.
@@ -16,8 +20,9 @@ the jaw line; ``landmarks_3d`` of 300W-LP and all of AFLW2000-3D follow the 3D c
 jaw points are projections of fixed 3D vertices, hidden or not). Records say which in
 ``meta['convention']`` ('2d' or '3d'), so evaluation can read the completion stage's matching
 convention. AFLW2000-3D's depth is kept in ``meta['z']`` (68,), 300W-LP's 3DDFA pose
-(pitch, yaw, roll in radians, tx, ty, tz, scale) in ``meta['pose_params']`` (the yaw's sign
-relative to eos is not established here, so ``record.yaw`` stays None).
+(pitch, yaw, roll in radians, tx, ty, tz, scale) in ``meta['pose_params']``, and its yaw in
+``record.yaw`` (degrees, eos's sign: the opposite of 3DDFA's, checked on the genuine files). TFDS
+keeps no pose for AFLW2000-3D, so its ``record.yaw`` is None on this route.
 
 The images live inside TFDS's record files; the loader writes each once, byte for byte (no
 re-encoding), into ``image_dir`` (default ``ROOT/jaxalign_images/<name>/<split>/``).
@@ -41,7 +46,7 @@ DATASETS = {
     'aflw2k3d': ({'test': 'train'}, {'test': 2000}),
 }
 LANDMARK_KINDS = ('2d', '3d', 'origin')
-_INSTALL_HINT = ("install the tfds extra: pip install 'jaxalign[tfds]' "
+INSTALL_HINT = ("install the tfds extra: pip install 'jaxalign[tfds]' "
                  '(tensorflow-datasets and tensorflow-cpu)')
 
 
@@ -51,7 +56,7 @@ def import_tfds():
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(f'the300w_lp and aflw2k3d are read through tensorflow-datasets, which is '
-                      f'not installed ({e}); {_INSTALL_HINT}') from None
+                      f'not installed ({e}); {INSTALL_HINT}') from None
   return tfds
 
 
@@ -147,7 +152,7 @@ def load(name: str, root: str | os.PathLike, splits=None, landmarks: str = '2d',
                                    f'cannot write the image: {e}'))
         continue
       rec.meta.update(tfds_id=tfds_id, subset=name)
-      recs.append(FaceRecord(image=str(path), points=rec.points, box=rec.box,
+      recs.append(FaceRecord(image=str(path), points=rec.points, box=rec.box, yaw=rec.yaw,
                              meta=rec.meta, scheme='ibug68'))
     out[split] = recs
   return out, invalid
@@ -155,6 +160,7 @@ def load(name: str, root: str | os.PathLike, splits=None, landmarks: str = '2d',
 
 def _record(name: str, ex: dict, landmarks: str, index_base: float):
   """(a FaceRecord without its image, None) or (None, why the example is unusable)."""
+  yaw = None
   if name == 'aflw2k3d':
     xy = np.asarray(ex['landmarks_68_3d_xy_normalized'], np.float64)
     meta = {'convention': '3d',
@@ -162,9 +168,11 @@ def _record(name: str, ex: dict, landmarks: str, index_base: float):
   else:
     key = {'2d': 'landmarks_2d', '3d': 'landmarks_3d', 'origin': 'landmarks_origin'}[landmarks]
     xy = np.asarray(ex[key], np.float64)
-    meta = {'convention': '3d' if landmarks == '3d' else '2d',
-            'pose_params': np.asarray(ex['pose_params'], np.float32),
+    pose = np.asarray(ex['pose_params'], np.float32).reshape(-1)
+    meta = {'convention': '3d' if landmarks == '3d' else '2d', 'pose_params': pose,
             'roi': np.asarray(ex['roi'], np.float32)}
+    if pose.size == 7 and np.isfinite(pose).all():
+      yaw = float(-np.degrees(pose[1]))   # 3DDFA's yaw sign is the opposite of eos's
   if xy.shape != (68, 2):
     return None, f'landmarks have shape {xy.shape}, expected (68, 2)'
   if not np.isfinite(xy).all():
@@ -172,4 +180,4 @@ def _record(name: str, ex: dict, landmarks: str, index_base: float):
   points = (xy * TFDS_SCALE - index_base).astype(np.float32)
   box = records_lib.landmark_box(points)
   meta['box_source'] = 'landmarks'
-  return FaceRecord(image='', points=points, box=box, meta=meta, scheme='ibug68'), None
+  return FaceRecord(image='', points=points, box=box, yaw=yaw, meta=meta, scheme='ibug68'), None
