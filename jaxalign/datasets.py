@@ -2,7 +2,8 @@
 
 Reads every split of the data set with :mod:`jaxalign.data.sources`, opens each image's header
 (``--decode``: decodes every image), and prints the number of valid faces per split and the
-files it could not use, with the reason. Warns (on stderr, and in the JSON's ``warnings``) when a
+files it could not use, with the reason. ``--no-images`` reads the annotations only (COFW-68's
+without its image file, too). Warns (on stderr, and in the JSON's ``warnings``) when a
 split's count differs from the published protocol or when faces fell back to the landmark box.
 
   python -m jaxalign.datasets check --dataset 300w /data/300W --json

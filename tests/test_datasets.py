@@ -536,13 +536,20 @@ def test_300w_lp_files_without_the_landmarks_folder(tmp_path):
   assert recs == [] and len(invalid) == 2 and all('pts_3d' in i.reason for i in invalid)
 
 
-def test_300w_lp_and_aflw2000_under_one_root(tmp_path):
+def test_300w_lp_and_aflw2000_under_one_root(tmp_path, capsys):
   make_aflw2000(tmp_path)
-  make_300w_lp(tmp_path)
-  lp, lp_bad = sources.get_source('the300w_lp', tmp_path, 'train', landmarks='3d')
+  make_300w_lp(tmp_path, with_landmarks=False)
+  lp, lp_bad = sources.get_source('the300w_lp', tmp_path, 'train')
   aflw, _ = sources.get_source('aflw2k3d', tmp_path, 'test')
-  assert [pathlib.Path(r.image).stem for r in lp] == ['AFW_1_1_0', 'AFW_1_1_3'] and lp_bad == []
+  assert [pathlib.Path(r.image).stem for r in lp] == ['AFW_1_1_0'] and len(lp_bad) == 1
   assert [pathlib.Path(r.image).stem for r in aflw] == ['image00001', 'image00002']
+  # check's --landmarks and --route reach the loader.
+  rc = datasets.main(['check', '--dataset', 'the300w_lp', str(tmp_path), '--landmarks',
+                      'origin', '--route', 'files', '--json'])
+  assert rc == 0 and json.loads(capsys.readouterr().out)['train'] == 2
+  assert datasets.main(['check', '--dataset', 'the300w_lp', str(tmp_path), '--route',
+                        'zip']) == 2
+  assert "unknown route 'zip'" in capsys.readouterr().err
 
 
 def test_3ddfa_routes_and_bad_input(tmp_path):

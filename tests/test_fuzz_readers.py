@@ -35,9 +35,10 @@ from PIL import Image
 
 from jaxalign import io
 from jaxalign.data import pipeline, records
-from jaxalign.data.sources import aflw, cofw68, matfile, w300
+from jaxalign.data.sources import aflw, cofw68, matfile, threeddfa, w300
 from jaxalign.training import config as config_lib
-from test_datasets import make_aflw, make_cofw68, make_points, write_image
+from test_datasets import (make_aflw, make_aflw2000, make_cofw68, make_points, make_300w_lp,
+                           write_image)
 
 # The suite draws the same 30 examples per test every run (derandomized: a test run's verdict
 # does not depend on luck). A hunt for new failures sets JAXALIGN_FUZZ_EXAMPLES (e.g. 5000):
@@ -268,6 +269,51 @@ def test_cofw_mat_mutated(ops, which):
   splits, invalid = out
   if which == 'points' and not splits['test']:
     assert invalid
+
+
+def _check_3ddfa(name, root, bad_path, **kw):
+  """A damaged 300W-LP / AFLW2000-3D file never stops the load: its face is listed as invalid
+  with a one-line reason naming the file; every record read is finite."""
+  splits, invalid = threeddfa.load(name, root, route='files', **kw)
+  for r in (r for rs in splits.values() for r in rs):
+    assert r.points.shape == (68, 2) and np.isfinite(r.points).all()
+    assert records.valid_box(r.box) or np.ptp(r.points, 0).min() == 0
+  for item in invalid:
+    assert str(item.path) in item.reason or item.reason.startswith('no '), item
+    assert '\n' not in item.reason.strip(), item
+  if not any(str(r.image).endswith(bad_path.stem + '.jpg') for rs in splits.values() for r in rs):
+    assert any(bad_path.stem in i.path for i in invalid)
+
+
+@FUZZ
+@given(ops=MUTATIONS, which=st.sampled_from(['aflw2000', 'lp_image', 'lp_landmarks']))
+def test_3ddfa_mat_mutated(ops, which):
+  root = _scratch()
+  if which == 'aflw2000':
+    make_aflw2000(root)
+    path, name, kw = root / 'AFLW2000' / 'image00001.mat', 'aflw2k3d', {}
+  else:
+    make_300w_lp(root)
+    path = (root / '300W_LP' / 'AFW' / 'AFW_1_1_0.mat' if which == 'lp_image' else
+            root / '300W_LP' / 'landmarks' / 'AFW' / 'AFW_1_1_0_pts.mat')
+    name, kw = 'the300w_lp', {'landmarks': 'origin' if which == 'lp_image' else '3d'}
+  path.write_bytes(_mutate(path.read_bytes(), ops))
+  _check_3ddfa(name, root, path.with_name(path.name.replace('_pts', '')), **kw)
+
+
+@FUZZ
+@given(values=st.fixed_dictionaries({k: MAT_VALUES for k in ('pt3d_68', 'Pose_Para', 'roi')}),
+       lp_values=st.fixed_dictionaries({k: MAT_VALUES for k in ('pt2d', 'Pose_Para')}))
+def test_3ddfa_mat_random_variables(values, lp_values):
+  root = _scratch()
+  make_aflw2000(root)
+  path = root / 'AFLW2000' / 'image00001.mat'
+  scipy.io.savemat(path, values)
+  _check_3ddfa('aflw2k3d', root, path)
+  make_300w_lp(root, with_landmarks=False)
+  path = root / '300W_LP' / 'AFW' / 'AFW_1_1_0.mat'
+  scipy.io.savemat(path, lp_values)
+  _check_3ddfa('the300w_lp', root, path)
 
 
 @FUZZ
