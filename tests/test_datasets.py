@@ -684,3 +684,34 @@ def test_from_config_reads_the_configured_splits(tmp_path):
   assert {k: len(v[0]) for k, v in test.items()} == {'common': 2, 'challenge': 2, 'full': 4}
   with pytest.raises(ValueError, match='which'):
     sources.from_config(c.data, 'val')
+
+
+def test_300w_fixed_validation_tenth(tmp_path):
+  """'val' / 'fit' split 'train' by a hash of each face's path: disjoint, complete, and the
+  same whatever other files are present."""
+  make_300w(tmp_path)
+  by_split, _ = sources.load_splits('300w', tmp_path)
+  assert 'fit' not in by_split and 'val' not in by_split   # only when asked for
+  parts, _ = w300.load(tmp_path, ['train', 'fit', 'val'])
+  names = lambda recs: sorted(r.image for r in recs)
+  assert names(parts['fit'] + parts['val']) == names(parts['train'])
+  assert not set(names(parts['fit'])) & set(names(parts['val']))
+  for r in parts['train']:
+    assert (r in parts['val']) == w300.in_val(r)
+
+
+SHARED_300W = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / '300w'
+
+
+@pytest.mark.skipif(not SHARED_300W.is_dir(), reason=f'{SHARED_300W} (the shared 300-W '
+                    'training faces) is absent')
+def test_300w_validation_split_of_the_shared_faces_is_fixed():
+  """The split the cpu_300w runs are selected on: 221 of the 2,012 shared faces, from every
+  subset. A change to the rule would silently move faces between training and validation."""
+  parts, invalid = w300.load(SHARED_300W, ['train', 'fit', 'val'], boxes='landmarks')
+  assert invalid == []
+  assert (len(parts['train']), len(parts['fit']), len(parts['val'])) == (2012, 1791, 221)
+  assert {r.meta['subset'] for r in parts['val']} == {'afw', 'helen/trainset', 'lfpw/trainset'}
+  val = sorted(f"{r.meta['subset']}/{pathlib.Path(r.image).name}" for r in parts['val'])
+  # The first faces of the split as it was fixed on 2026-12-05 (the docs' figures use it).
+  assert val[:3] == ['afw/1634816_1.jpg', 'afw/1648807314_3.jpg', 'afw/18489332_4.jpg']

@@ -12,6 +12,12 @@ Splits and their protocol sizes: ``train`` = afw + helen/trainset + lfpw/trainse
 common + challenge (689); the private set: ``indoor`` (300), ``outdoor`` (300), ``private`` =
 both (600).
 
+Validation: ``val`` is a fixed tenth of ``train`` and ``fit`` the other nine tenths. A face is in
+``val`` when the SHA-1 of its path below the subset folder (``afw/134212_1.jpg``, with forward
+slashes) ends in a byte whose value is below 26 (26 / 256 = 10.2 %), so the split is the same on
+every machine, for any seed, file order or subset of the files present, and never changes once
+fixed. (The 300-W test faces stay held out: select runs on ``val``, report on ``common``.)
+
 Boxes: the official 300-W bounding-box files hold, per image, ``bb_detector`` (the face
 detector's box: the paper's "default bounding boxes") and ``bb_ground_truth`` (the tight box of
 the annotation). Both are [x0 y0 x1 y1] in MATLAB's 1-based pixels, like the ``.pts`` files, so
@@ -41,7 +47,10 @@ SUBSETS = {
     'outdoor': ('02_Outdoor',),
 }
 COMBINED = {'full': ('common', 'challenge'), 'private': ('indoor', 'outdoor')}
-SPLITS = ('train', 'common', 'challenge', 'full', 'indoor', 'outdoor', 'private')
+# Fixed parts of 'train' (module docstring): the validation tenth and the rest.
+TRAIN_PARTS = ('fit', 'val')
+SPLITS = ('train', 'fit', 'val', 'common', 'challenge', 'full', 'indoor', 'outdoor', 'private')
+VAL_BYTE_BELOW = 26   # last SHA-1 byte < 26: about 10.2 % of the faces
 PROTOCOL_COUNTS = {'train': 3148, 'common': 554, 'challenge': 135, 'full': 689,
                    'indoor': 300, 'outdoor': 300, 'private': 600}
 # Splits that are left out (not an error) when their folders are absent.
@@ -114,7 +123,8 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'detector',
 
   Args:
     root: the 300-W folder (holding afw/, helen/, lfpw/, ibug/).
-    splits: split names to return (default: every split whose folders exist).
+    splits: split names to return (default: every protocol split whose folders exist; the
+      fixed parts of train, ``fit`` and ``val``, only when asked for).
     boxes: 'detector' (the paper's default boxes), 'ground_truth' or 'landmarks'.
     boxes_dir: folder of the ``bounding_boxes_*.mat`` files (default: searched under root).
 
@@ -141,13 +151,16 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'detector',
         'lfpw/trainset/, lfpw/testset/, ibug/, 01_Indoor/, 02_Outdoor/ is there')
   if splits is None:
     splits = [s for s in SPLITS
-              if s not in OPTIONAL_SPLITS
-              or all(present[sub] for part in COMBINED.get(s, (s,)) for sub in SUBSETS[part])]
+              if s not in TRAIN_PARTS and (
+                  s not in OPTIONAL_SPLITS
+                  or all(present[sub] for part in COMBINED.get(s, (s,)) for sub in SUBSETS[part]))]
   splits = list(splits)
   for s in splits:
     if s not in SPLITS:
       raise ValueError(f'unknown 300-W split {s!r}; expected one of {SPLITS}')
-  needed_parts = sorted({p for s in splits for p in COMBINED.get(s, (s,))})
+  needed_parts = sorted({p for s in splits
+                         for p in COMBINED.get('train' if s in TRAIN_PARTS else s,
+                                               ('train',) if s in TRAIN_PARTS else (s,))})
   box_files = _find_box_files(root, boxes_dir) if boxes != 'landmarks' else {}
 
   invalid: list[InvalidFile] = []
@@ -167,8 +180,18 @@ def load(root: str | os.PathLike, splits=None, boxes: str = 'detector',
         parts[part].append(_with_box(r, subset, table, boxes))
   out = {}
   for s in splits:
-    out[s] = [r for p in COMBINED.get(s, (s,)) for r in parts[p]]
+    if s in TRAIN_PARTS:
+      out[s] = [r for r in parts['train'] if in_val(r) == (s == 'val')]
+    else:
+      out[s] = [r for p in COMBINED.get(s, (s,)) for r in parts[p]]
   return out, invalid
+
+
+def in_val(record: FaceRecord) -> bool:
+  """Whether a training face belongs to the fixed validation tenth (module docstring)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  key = f"{record.meta['subset']}/{os.path.basename(record.image)}"
+  return hashlib.sha1(key.encode('utf-8')).digest()[-1] < VAL_BYTE_BELOW
 
 
 def _with_box(r: FaceRecord, subset: str, table: dict, boxes: str) -> FaceRecord:
