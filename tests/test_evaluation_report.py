@@ -151,3 +151,33 @@ def test_compare_runs(tmp_path):
     compare.compare([tmp_path / 'a', tmp_path / 'nothing'], tmp_path / 'cmp2')
   with pytest.raises(ValueError, match='nothing to compare'):
     compare.compare([], tmp_path / 'cmp3')
+
+
+def test_compare_pairs_runs_on_the_same_faces(tmp_path):
+  _eval_dir(tmp_path / 'a', 0, 1.0, 'pose_aware')
+  _eval_dir(tmp_path / 'b', 0, 3.0, 'plain')
+  _eval_dir(tmp_path / 'c', 1, 1.0, 'other_faces')
+  result = compare.compare([tmp_path / d for d in 'abc'], tmp_path / 'cmp')
+  paired = result['paired']
+  assert paired['baseline'] == 'pose_aware' and set(paired['runs']) == {'plain'}
+  pa = report.load_predictions(tmp_path / 'a' / 'predictions.npz')
+  pb = report.load_predictions(tmp_path / 'b' / 'predictions.npz')
+  for norm in ('inter_ocular', 'bbox'):
+    d = metrics.nme(pb['pred'], pb['gt'], norm) - metrics.nme(pa['pred'], pa['gt'], norm)
+    row = paired['runs']['plain'][norm]['all']
+    assert row['n'] == 20 and row['mean'] == pytest.approx(d.mean())
+    assert row['lo'] < row['mean'] < row['hi'] and row['lo'] > 0   # 3 px noise is worse
+    assert sum(paired['runs']['plain'][norm][k]['n'] for k in ('0-30', '30-60', '60-90')) == 20
+  assert 'minus pose_aware' in (tmp_path / 'cmp' / 'comparison.md').read_text()
+  assert compare.compare([tmp_path / 'a', tmp_path / 'c'], tmp_path / 'cmp2')['paired'] is None
+
+
+def test_paired_differences_bins_and_interval():
+  diff = np.array([1.0, 1.0, 3.0, 3.0, np.nan, -2.0])
+  yaw = np.array([10.0, 20.0, 40.0, 50.0, 45.0, 90.0])
+  rows = compare.paired_differences(diff, yaw, num_boot=500)
+  assert rows['0-30'] == {'mean': 1.0, 'lo': 1.0, 'hi': 1.0, 'n': 2}
+  assert rows['30-60']['n'] == 2 and rows['60-90']['mean'] == -2.0   # 90 is in the last bin
+  assert rows['all']['n'] == 5 and rows['all']['mean'] == pytest.approx(1.2)
+  assert rows['all']['lo'] < 1.2 < rows['all']['hi']
+  assert compare.paired_differences(np.array([np.nan]), np.array([5.0]))['all']['n'] == 0
