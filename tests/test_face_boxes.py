@@ -63,3 +63,29 @@ def test_detector_finds_the_annotated_face():
   truth = records.landmark_box(pts)
   assert detector.box_iou(recs[0].box[None], truth[None])[0, 0] > 0.5
   assert not np.allclose(recs[0].box, truth)    # the detector's box, not the annotation's
+
+
+def _config(shift=0.05):
+  from jaxalign.training import config as config_lib
+  c = config_lib.base_config()
+  c.eval.box_jitter.shift, c.eval.box_jitter.scale, c.eval.box_jitter.rotation_deg = shift, 0.07, 10.0
+  return c
+
+
+def test_for_evaluation_modes(tmp_path):
+  Image.new('RGB', (120, 120), (128, 128, 128)).save(tmp_path / 'blank.png')
+  pts = np.array([[30.0, 30.0], [90.0, 30.0], [60.0, 95.0]], np.float32)
+  recs = [_record(tmp_path / 'blank.png', pts), _record(tmp_path / 'blank.png', pts, 'cofw')]
+  config = _config()
+  out, cfg, counts = face_boxes.for_evaluation(recs, config, 'auto')
+  assert counts == {'file': 1, 'landmarks_jittered': 1}
+  assert cfg.eval.box_jitter.shift == 0.0 and cfg.eval.box_jitter.rotation_deg == 0.0
+  assert config.eval.box_jitter.shift == 0.05          # the run's config is not changed
+  out, cfg, counts = face_boxes.for_evaluation(recs, config, 'detector')
+  assert counts == {'landmarks_jittered': 2}            # the box file is ignored
+  for mode, norm in (('landmarks', 'inter_ocular'), ('auto', 'bbox')):
+    out, cfg, counts = face_boxes.for_evaluation(recs, config, mode, normalization=norm)
+    assert counts == {'landmarks_with_run_jitter': 2} and cfg is config
+    assert [r.box.tolist() for r in out] == [r.box.tolist() for r in recs]
+  with pytest.raises(ValueError, match="--boxes 'nope'"):
+    face_boxes.for_evaluation(recs, config, 'nope')

@@ -31,6 +31,10 @@ log = logging.getLogger('jaxalign.prediction.face_boxes')
 
 FILE = 'file'
 JITTERED = 'landmarks_jittered'
+# evaluate --boxes: 'auto' = the data set's box file where it has one, else the detector;
+# 'detector' = the detector even where a box file exists; 'landmarks' = the landmark boxes with
+# the run's eval.box_jitter (the end-of-run evaluation's boxes).
+MODES = ('auto', 'detector', 'landmarks')
 
 
 def jittered_landmark_box(points, index: int, shift: float, scale: float,
@@ -54,8 +58,9 @@ def detector_boxes(records, detector: str | None = None, min_iou: float = 0.3,
 
   Args:
     records: :class:`jaxalign.data.records.FaceRecord` list; a record whose
-      ``meta['box_source']`` is a box file's kind (300-W's 'detector' or 'ground_truth') keeps
-      its box; the others (landmark boxes) get a detection.
+      ``meta['box_source']`` names a box of its data set (300-W's 'detector' or 'ground_truth'
+      from its box files, COFW-68's boxes, ...) keeps it; the others ('landmarks', or no
+      ``box_source``: the tight box of the annotation) get a detection.
     detector: the detector's name (None: the best installed, :func:`detector.default_detector`).
     min_iou: least overlap of a detection with the face's landmark box to accept it.
     shift, scale: the fallback jitter's ranges (fractions of the box side).
@@ -69,7 +74,7 @@ def detector_boxes(records, detector: str | None = None, min_iou: float = 0.3,
   out = []
   for i, r in enumerate(records):
     source = r.meta.get('box_source', 'landmarks')
-    if source in ('detector', 'ground_truth'):
+    if source not in ('landmarks', FILE, JITTERED) and not source.startswith('detector:'):
       out.append(dataclasses.replace(r, meta=dict(r.meta, box_source=FILE,
                                                   box_file_kind=source)))
       continue
@@ -100,3 +105,41 @@ def box_counts(records) -> dict[str, int]:
     kind = str(r.meta.get('box_source', 'landmarks'))
     counts[kind] = counts.get(kind, 0) + 1
   return dict(sorted(counts.items()))
+
+
+def for_evaluation(records, config, mode: str = 'auto', detector: str | None = None,
+                   normalization: str = 'inter_ocular'):
+  """The boxes of a named data set's faces for ``python -m jaxalign.evaluate``.
+
+  Args:
+    records: the data set's faces (``meta['box_source']`` as its reader set it).
+    config: the run's config; its ``eval.box_jitter`` gives the fallback's ranges and seed.
+    mode: one of :data:`MODES`.
+    detector: the detector's name (None: the best installed).
+    normalization: the data set's NME normaliser; with 'bbox' (AFLW, AFLW2000-3D) the face box
+      is the protocol's normaliser, so 'auto' keeps the data set's boxes as 'landmarks' does.
+
+  Returns:
+    ``(records, config, counts)``: the faces with their boxes, the config to evaluate with (a
+    copy whose ``eval.box_jitter`` magnitudes are zero when the boxes are a detector's or a
+    box file's, which must not be disturbed again), and :func:`box_counts`.
+
+  Raises:
+    ValueError: an unknown ``mode``.
+  """
+  if mode not in MODES:
+    raise ValueError(f'--boxes {mode!r}: expected one of {MODES}')
+  if mode == 'auto' and normalization == 'bbox':
+    mode = 'landmarks'   # the protocol's box is the normaliser (AFLW, AFLW2000-3D): kept
+  if mode == 'landmarks':
+    return list(records), config, {'landmarks_with_run_jitter': len(records)}
+  if mode == 'detector':
+    records = [dataclasses.replace(r, meta=dict(r.meta, box_source='landmarks'))
+               for r in records]
+  jitter = config.eval.box_jitter
+  records, counts = detector_boxes(records, detector, shift=float(jitter.shift),
+                                   scale=float(jitter.scale), seed=int(jitter.seed))
+  config = config.copy_and_resolve_references()
+  config.eval.box_jitter.shift = config.eval.box_jitter.scale = 0.0
+  config.eval.box_jitter.rotation_deg = 0.0
+  return records, config, counts
