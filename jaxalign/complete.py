@@ -1,4 +1,5 @@
-"""``python -m jaxalign.complete ANNOTATION... --out DIR [--completion jax|eos] [--report FILE]``
+"""``python -m jaxalign.complete ANNOTATION... --out DIR [--workdir RUN] [--completion jax|eos]
+[--convention 2d|3d] [--report FILE]``
 
 Measures the 3DMM completion stage on your own annotations: for each 68-point ``.pts`` or
 ``.ljson`` file (menpo v1-v3; in a v3 file with several groups, the one with 68 points) it
@@ -7,6 +8,11 @@ the 3DMM, writes ``DIR/<stem>.pts`` and, with ``--report``, a JSON report with
 per file and on average the inter-ocular NME of the completed (unstable) points, the estimated
 yaw and whether the face was flipped. An image with the same stem beside the annotation (.png,
 .jpg, .jpeg, .bmp) gives the image size; otherwise a box around the points is used.
+
+``--workdir RUN`` completes as the run does (:meth:`jaxalign.inference.Run.completion`: its
+backend and jaw convention, unless ``--completion`` / ``--convention`` say otherwise). The
+run's fusion and mix with CNN1 need CNN1's points, which annotations do not have, so they do
+not apply here.
 
 Exit codes: 0 ok, 1 a failure during the work, 2 bad input (no readable annotation) or missing
 model files.
@@ -107,26 +113,43 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('annotations', nargs='+', help='.pts or .ljson files with 68 points')
   p.add_argument('--out', required=True, help='output folder for <stem>.pts')
-  p.add_argument('--completion', choices=('jax', 'eos'), default='jax',
-                 help='completion backend (the same flag as in evaluate and predict)')
-  p.add_argument('--convention', choices=('2d', '3d'), default='2d',
-                 help="jaw points: '2d' on the silhouette (300-W), '3d' fixed vertices")
+  p.add_argument('--workdir', help="a trained run: complete with its backend and convention")
+  p.add_argument('--completion', choices=('jax', 'eos'), default=None,
+                 help="completion backend (the same flag as in evaluate and predict; default "
+                      "the run's, else jax)")
+  p.add_argument('--convention', choices=('2d', '3d'), default=None,
+                 help="jaw points: '2d' on the silhouette (300-W), '3d' fixed vertices "
+                      "(default the run's, else 2d)")
   p.add_argument('--report', help='write the JSON report here')
   args = p.parse_args(argv)
+  backend, convention = args.completion or 'jax', args.convention or '2d'
+  if args.workdir:
+    from jaxalign import inference
+    try:
+      run = inference.Run.load(args.workdir)
+      completion = run.completion(args.completion, args.convention)
+    except (FileNotFoundError, ValueError) as e:
+      print(f'error: --workdir: {e}', file=sys.stderr)
+      return 2
+    if completion.backend not in ('jax', 'eos'):
+      print(f'error: --workdir: the run completes with {completion.backend!r}, not a 3DMM; '
+            'pass --completion jax or eos', file=sys.stderr)
+      return 2
+    backend, convention = completion.backend, completion.convention
   from jaxalign import assets
   try:
     assets.sfm_dir()
   except assets.MissingModelFilesError as e:
     print(e, file=sys.stderr)
     return 2
-  out = complete_files(args.annotations, args.out, args.completion, args.report, args.convention)
+  out = complete_files(args.annotations, args.out, backend, args.report, convention)
   for s in out['skipped']:
     print(f"skipped {s['file']}: {s['error']}", file=sys.stderr)
   m = out['mean']
   if m['count']:
     print(f"{m['count']} faces, mean UL NME {100 * m['ul_nme']:.2f} % (inner "
           f"{100 * m['ul_nme_inner']:.2f} %, jaw {100 * m['ul_nme_jaw']:.2f} %), backend "
-          f"{args.completion}")
+          f"{backend}")
   return 0 if m['count'] or not out['skipped'] else 2
 
 

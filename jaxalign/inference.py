@@ -3,8 +3,8 @@
 Used by the end-of-run evaluation, ``python -m jaxalign.evaluate``, ``python -m jaxalign.predict``
 and the benchmarks, so that all of them compute the same points::
 
-  model, config, step = load_run('runs/default')
-  res = run_pipeline(model, config, records)
+  run = Run.load('runs/default')          # config merged onto base_config(); no optimiser
+  res = run_pipeline(run.model, run.config, records, run.completion())
   res['points']     # (N, L, 2) image pixels: the full pipeline
   res['cnn_points'] # (N, L, 2) the CNNs alone: CNN2's stable points, CNN1's other points
   res['rough']      # (N, L, 2) CNN1's points (== points for 'plain')
@@ -14,21 +14,24 @@ and the benchmarks, so that all of them compute the same points::
   res['valid']      # (N,) bool: False where the image could not be decoded (points NaN)
 
 Pipeline per face: crop around the box exactly as in training (:mod:`jaxalign.data.pipeline`,
-no augmentation) -> CNN1 -> spatial transform -> CNN2 -> inverse crop -> 3DMM completion of the
-unstable points (:func:`complete_points`).
+no augmentation) -> CNN1 -> spatial transform -> CNN2 -> inverse crop -> completion of the
+unstable points as the run's :class:`Completion` says (its backend and convention, and the
+tables calibrated on held-out faces at the end of training, :mod:`jaxalign.calibration`).
 
-The one fallback (documented in ``docs/architecture.md``): where the completion cannot run at
-all (switched off, or a scheme other than iBUG-68), every face keeps the CNNs' points
-(``cnn_points``) and ``completion_error`` says why; where the fit of one face fails (non-finite
-or flagged by the backend), that face's unstable points are CNN1's and it is counted in
-``num_fallbacks``.
+The one fallback (:func:`fill_unstable`, documented in ``docs/architecture.md``): where the
+completion cannot run at all (switched off, or a scheme other than iBUG-68), every face keeps
+the CNNs' points (``cnn_points``) and ``completion_error`` says why; where the fit of one face
+fails (flagged by the backend) its unstable points are CNN1's, and so is any point the
+completion left non-finite; such faces are counted in ``num_fallbacks``.
 
 Layering: this module sits above :mod:`jaxalign.training` (model construction, checkpoints) and
-:mod:`jaxalign.morphable`, and below :mod:`jaxalign.evaluation` and :mod:`jaxalign.prediction`.
+:mod:`jaxalign.morphable`, and below :mod:`jaxalign.calibration`, :mod:`jaxalign.evaluation`
+and :mod:`jaxalign.prediction`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -57,18 +60,12 @@ BACKENDS = ('jax', 'eos', 'gaussian', 'none')
 load_config = config_lib.load_run_config
 save_config = config_lib.save_run_config
 
-
-def load_run(workdir: str, step: int | None = None):
-  """Loads a run's model from its latest (or given) checkpoint.
-
-  Returns:
-    (model, config, step): the ``nnx.Module`` in inference mode (BatchNorm running averages),
-    the run's resolved ``ConfigDict``, and the checkpoint's step.
-
-  Raises:
-    FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
-  """
-  return runs.restore_model(workdir, step)
+# Tables of a run, written at the end of training (jaxalign.calibration): CNN1's held-out
+# residuals per |yaw| bin and point (the fusion weights) with the completion/CNN1 mix.
+FUSION_FILE = 'cnn1_residuals.json'
+# A learned completion's tables (jaxalign.morphable.learned.LearnedCompletion.to_dict()), when
+# the run has one; carried by Completion.learned.
+LEARNED_FILE = 'learned_completion.json'
 
 
 def resolve_backend(config, completion: str | None = None) -> str:
@@ -79,16 +76,210 @@ def resolve_backend(config, completion: str | None = None) -> str:
     ValueError: an unknown backend name.
   """
   if completion is None:
-    completion = (config.eval.get('completion_backend', 'jax') or 'jax') \
-        if config.eval.get('completion', True) else 'none'
+    completion = config.eval.completion_backend if config.eval.completion else 'none'
   if completion not in BACKENDS:
     raise ValueError(f'unknown completion backend {completion!r}; expected one of {BACKENDS}')
   return completion
 
 
+def read_tables(workdir) -> dict:
+  """The completion tables a run saved: ``{'residuals': cnn1_residuals.json or None,
+  'learned': learned_completion.json or None}`` (no workdir: both None)."""
+  if workdir is None:
+    return {'residuals': None, 'learned': None}
+  return {'residuals': config_lib.read_json_object(os.path.join(str(workdir), FUSION_FILE)),
+          'learned': config_lib.read_json_object(os.path.join(str(workdir), LEARNED_FILE))}
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+  """How the unstable points are completed: everything :func:`run_pipeline` needs beyond the
+  CNNs, decided in one place (:meth:`of_run`).
+
+  Attributes:
+    backend: 'jax' or 'eos' (the 3DMM), 'gaussian' (the 2D statistical completion) or 'none'.
+    convention: the 3DMM's jaw convention, '2d' (300-W) or '3d' (AFLW2000-3D).
+    train_dir: the training folder the 'gaussian' completion is fitted on.
+    fusion: CNN1's held-out residual table (``{'rms': (B, L), 'bins': (B + 1,)}``) when CNN1's
+      unstable points join the fit (jax backend, pose-aware model); else None.
+    blend: the completion/CNN1 mix (``{'alpha': (B, L), 'bins', 'backend', 'fused',
+      'convention'}``) when it applies to this very completion (:meth:`fits`); else None.
+    learned: a learned completion's tables (``WORKDIR/learned_completion.json``) when the run
+      has them; carried, not applied here.
+  """
+
+  backend: str = 'jax'
+  convention: str = '2d'
+  train_dir: str | None = None
+  fusion: dict | None = None
+  blend: dict | None = None
+  learned: dict | None = None
+
+  def __post_init__(self):
+    if self.backend not in BACKENDS:
+      raise ValueError(f'unknown completion backend {self.backend!r}; expected one of '
+                       f'{BACKENDS}')
+    if self.fusion is not None and self.backend != 'jax':
+      raise ValueError(f'the fusion with CNN1 needs the jax backend, not {self.backend!r}')
+    if self.blend is not None and not self.fits(self.blend):
+      raise ValueError('the blend table was not estimated for this completion')
+
+  @property
+  def fused(self) -> bool:
+    return self.fusion is not None
+
+  @property
+  def made_for(self) -> tuple[str, bool, str]:
+    """``(backend, fused, convention)``: what a mix table must have been estimated for."""
+    return self.backend, self.fused, self.convention
+
+  def fits(self, blend: dict) -> bool:
+    """The compatibility check of a mix table: estimated for this backend, fusion and
+    convention (a mix made for another completion would mix the wrong points)."""
+    return (blend.get('backend'), bool(blend.get('fused')), blend.get('convention')) \
+        == self.made_for
+
+  @classmethod
+  def of_run(cls, config, workdir=None, backend: str | None = None,
+             convention: str | None = None, tables: dict | None = None,
+             mix: bool = True) -> 'Completion':
+    """The completion of a run, with the one gating rule of its tables.
+
+    Args:
+      config: the run's config.
+      workdir: the run's folder, whose tables are read (:func:`read_tables`) unless ``tables``
+        gives them.
+      backend: None (the run's, :func:`resolve_backend`) or a name of :data:`BACKENDS`.
+      convention: None (``config.eval.completion_convention``) or '2d' / '3d'.
+      tables: ``{'residuals': ..., 'learned': ...}`` instead of the files.
+      mix: False leaves the mix out (the calibration measures the completion before it).
+
+    The rule: CNN1's residuals join the fit when ``eval.completion_fusion`` is on, the model is
+    pose-aware and the backend is 'jax'; the mix applies when ``eval.completion_blend`` is on,
+    the model is pose-aware and the table :meth:`fits` this completion. A table that is asked
+    for but missing or made for another completion is left out with a warning.
+
+    Raises:
+      ValueError: an unknown backend or convention, or a damaged table file.
+    """
+    backend = resolve_backend(config, backend)
+    convention = convention or config.eval.completion_convention
+    if convention not in ('2d', '3d'):
+      raise ValueError(f"unknown completion convention {convention!r}; expected '2d' or '3d'")
+    tables = read_tables(workdir) if tables is None else tables
+    residuals = tables.get('residuals')
+    pose_aware = config.model.kind == 'pose_aware'
+    where = workdir if workdir is not None else 'the run'
+    fusion = None
+    if config.eval.completion_fusion and pose_aware and backend == 'jax':
+      if residuals is None:
+        log.warning('eval.completion_fusion is on but %s has no %s (train with validation '
+                    'faces: data.val_dir, data.synthetic.num_val or data.holdout_fraction); '
+                    'completing without fusion', where, FUSION_FILE)
+      else:
+        fusion = {'rms': np.asarray(residuals['rms'], np.float64),
+                  'bins': tuple(residuals['bins'])}
+    completion = cls(backend, convention, config.data.train_dir or None, fusion, None,
+                     tables.get('learned'))
+    if not (mix and config.eval.completion_blend and pose_aware and backend != 'none'):
+      return completion
+    blend = None if residuals is None else residuals.get('blend')
+    if blend is None:
+      log.warning('eval.completion_blend is on but %s has no blend table in %s (train with '
+                  'validation faces: data.val_dir, data.synthetic.num_val or '
+                  'data.holdout_fraction); the completion is not mixed with CNN1', where,
+                  FUSION_FILE)
+      return completion
+    if not completion.fits(blend):
+      log.warning('the blend table was estimated for completion %s (backend, fused, '
+                  'convention), not for the %s that runs; the completion is not mixed with '
+                  'CNN1', (blend.get('backend'), bool(blend.get('fused')),
+                           blend.get('convention')), completion.made_for)
+      return completion
+    return dataclasses.replace(completion, blend=dict(blend, bins=tuple(residuals['bins'])))
+
+
+class Run:
+  """A trained run, opened once: its config (``WORKDIR/config.json`` merged onto
+  :func:`jaxalign.training.config.base_config`, so every default lives there), its model
+  (restored on first use: parameters and model state only, never the optimiser) and its
+  completion (:meth:`completion`).
+
+  ``Run.load(workdir)`` is the one way to open a run; ``evaluate``, ``predict``, ``complete
+  --workdir``, the end-of-training evaluation and the pose experiment all use it.
+  """
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, step: int | None = None):
+    self.workdir = str(workdir)
+    self.config = config
+    self._step = step
+    self._model = None
+
+  @classmethod
+  def load(cls, workdir, step: int | None = None) -> 'Run':
+    """Opens the run in ``workdir`` at its latest checkpoint (or ``step``).
+
+    Raises:
+      FileNotFoundError: no ``config.json`` in ``workdir``.
+      ValueError: a damaged config or one with a retired option.
+    """
+    return cls(str(workdir), load_config(str(workdir)), step)
+
+  def _restore(self) -> None:
+    if self._model is None:
+      self._model, _, self._step = runs.restore_model(self.workdir, self._step, self.config)
+
+  @property
+  def model(self):
+    """The ``nnx.Module`` in inference mode (BatchNorm running averages).
+
+    Raises:
+      FileNotFoundError: no checkpoint (of the requested step) in the run.
+      ValueError: the checkpoint does not fit the config's model.
+    """
+    self._restore()
+    return self._model
+
+  @property
+  def step(self) -> int:
+    """The restored checkpoint's step."""
+    self._restore()
+    return self._step
+
+  @property
+  def mean_shape(self) -> np.ndarray | None:
+    """The training mean shape (L, 2) in network-input pixels (``WORKDIR/data_stats.json``),
+    or None for a run without it."""
+    return runs.read_mean_shape(self.workdir)
+
+  def completion(self, backend: str | None = None, convention: str | None = None) -> Completion:
+    """The run's :class:`Completion` (another ``backend`` or ``convention`` when given)."""
+    return Completion.of_run(self.config, self.workdir, backend, convention)
+
+
 def merge_stable(stable: np.ndarray, other: np.ndarray) -> np.ndarray:
   """CNN2's stable points where it has them (not NaN), ``other`` elsewhere. (..., L, 2)."""
   return np.where(np.isnan(stable), other, stable).astype(np.float32)
+
+
+def fill_unstable(stable, completed, rough, ok=None) -> tuple[np.ndarray, np.ndarray]:
+  """The one fallback: CNN2's ``stable`` points, the completion's points elsewhere, and CNN1's
+  (``rough``) for every point that is not finite and for the unstable points of a face whose
+  fit failed (``ok`` False).
+
+  Args:
+    stable: (N, L, 2) CNN2's points, NaN at the unstable points.
+    completed: (N, L, 2) the completion's points.
+    rough: (N, L, 2) CNN1's points.
+    ok: (N,) bool, the backend's verdict per face (None: every fit succeeded).
+
+  Returns:
+    (points (N, L, 2) float32, fallback (N, L) bool: the points taken from CNN1).
+  """
+  filled = merge_stable(stable, np.asarray(completed, np.float32))
+  ok = np.ones(len(filled), bool) if ok is None else np.asarray(ok, bool)
+  bad = ~np.isfinite(filled).all(-1) | (~ok[:, None] & np.isnan(stable).any(-1))
+  return np.where(bad[..., None], rough, filled).astype(np.float32), bad
 
 
 # ------------------------------------------------------------------------------- the CNN pair
@@ -130,7 +321,7 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
   """The CNNs' landmarks of ``records`` (:class:`jaxalign.data.records.FaceRecord` list).
 
   Args:
-    model: from :func:`load_run` (inference mode).
+    model: :attr:`Run.model` (inference mode).
     config: the run's config.
     records: faces with ``image`` (a path, or an (H, W, 3) uint8 array already decoded) and
       ``box``; ``points`` may be anything of shape (L, 2).
@@ -241,89 +432,21 @@ def fusion_inputs(rough, fusion: dict | None, yaw=None) -> dict:
   return {'observed': rough, 'weights': np.nan_to_num(weights, nan=0.0)}
 
 
-FUSION_FILE = 'cnn1_residuals.json'
-
-
-def fusion_table(workdir) -> dict | None:
-  """The held-out residual table of CNN1 a run saved at the end of training
-  (``WORKDIR/cnn1_residuals.json``: ``rms`` (B, L) per |yaw| bin and point, inter-ocular units,
-  ``bins``, ``num_faces``), or None."""
-  path = os.path.join(str(workdir), FUSION_FILE)
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    table = json.load(f)
-  table['rms'] = np.asarray(table['rms'], np.float64)
-  return table
-
-
-def run_fusion(config, workdir) -> dict | None:
-  """The run's fusion table when its config asks for the fused completion
-  (``eval.completion_fusion``) and it has one (:func:`fusion_table`); None otherwise, with a
-  warning when the table is missing."""
-  if not config.eval.get('completion_fusion', False) or workdir is None:
-    return None
-  table = fusion_table(workdir)
-  if table is None:
-    log.warning('eval.completion_fusion is on but %s has no %s (train with validation faces: '
-                'data.val_dir, data.synthetic.num_val or data.holdout_fraction); completing '
-                'without fusion',
-                workdir, FUSION_FILE)
-  return table
-
-
-def _apply_blend(blend: dict, completed, rough, yaw, backend: str, fused: bool,
-                 convention: str):
-  """``completed`` (N, L, 2) mixed with CNN1's ``rough`` by the table ``blend``
-  (:func:`run_blend`), or None, with a warning, when the table was estimated for another
-  completion. ``yaw``: :func:`cnn1_yaw` of ``rough``."""
-  made_for = (blend.get('backend'), bool(blend.get('fused')), blend.get('convention'))
-  if made_for != (backend, fused, convention):
-    log.warning('the blend table was estimated for completion %s (backend, fused, convention), '
-                'not for the %s that ran; the completion is not mixed with CNN1', made_for,
-                (backend, fused, convention))
-    return None
-  from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
-  return completion.blend_points(completed, rough, np.asarray(blend['alpha'], np.float64), yaw,
-                                 bins=tuple(blend['bins']))
-
-
-def run_blend(config, workdir) -> dict | None:
-  """The run's completion/CNN1 mix (``blend`` of :func:`fusion_table`: ``alpha`` (B, L), the
-  ``backend``, ``fused`` and ``convention`` it was estimated for) when its config asks for it
-  (``eval.completion_blend``); None otherwise, with a warning when it is missing."""
-  if not config.eval.get('completion_blend', False) or workdir is None:
-    return None
-  table = fusion_table(workdir)
-  blend = None if table is None else table.get('blend')
-  if blend is None:
-    log.warning('eval.completion_blend is on but %s has no blend table in %s (train with '
-                'validation faces: data.val_dir, data.synthetic.num_val or '
-                'data.holdout_fraction); the completion is not mixed with CNN1', workdir, FUSION_FILE)
-    return None
-  return dict(blend, bins=table['bins'])
-
-
-def run_pipeline(model, config, records, completion: str | None = None,
-                 batch_size: int | None = None, convention: str | None = None,
-                 fusion: dict | None = None, blend: dict | None = None) -> dict[str, Any]:
+def run_pipeline(model, config, records, completion: Completion | str | None = None,
+                 batch_size: int | None = None) -> dict[str, Any]:
   """The full pipeline on records: the CNN pair, then the completion of the unstable points.
 
   Args:
-    model, config: from :func:`load_run` (or a trainer's model in inference mode).
+    model, config: from :class:`Run` (or a trainer's model in inference mode).
     records: the faces (see :func:`predict_records`).
-    completion: backend ('jax', 'eos', 'gaussian' or 'none'); None: the run's
-      (:func:`resolve_backend`).
+    completion: a :class:`Completion` (e.g. :meth:`Run.completion`), or a backend name ('jax',
+      'eos', 'gaussian' or 'none'; None: the run's, :func:`resolve_backend`) for the
+      completion without the run's tables. With ``completion.fusion`` the fit also takes
+      CNN1's unstable points (beyond the paper) and the unfused completion is returned too, as
+      ``points_unfused``; with ``completion.blend`` each unstable point is then mixed with
+      CNN1's, ``alpha c + (1 - alpha) o`` at the face's |yaw| bin (beyond the paper), and the
+      unmixed points are returned as ``points_unblended``.
     batch_size: images per forward pass (default ``config.eval.batch_size``).
-    convention: the 3DMM jaw convention, '2d' or '3d' (default
-      ``config.eval.completion_convention``).
-    fusion: CNN1's held-out residual table (:func:`fusion_table`): with the 'jax' backend the
-      fit also takes CNN1's unstable points, weighted by it (beyond the paper). The unfused
-      completion is then returned too, as ``points_unfused``.
-    blend: :func:`run_blend`'s table: each unstable point of the completion is then mixed
-      with CNN1's, ``alpha c + (1 - alpha) o`` at the face's |yaw| bin (beyond the paper), when
-      the table was estimated for the completion that ran (its backend, fusion and convention;
-      else a warning and no mix). The unmixed points are returned as ``points_unblended``.
 
   Returns:
     :func:`predict_records`'s dict plus ``points`` (the final landmarks), ``yaw``/``pitch``/
@@ -332,12 +455,13 @@ def run_pipeline(model, config, records, completion: str | None = None,
     None), ``completion_error`` (why it could not run, or None), ``num_fallbacks`` and
     ``timings``.
   """
-  backend = resolve_backend(config, completion)
-  convention = convention or str(config.eval.get('completion_convention', '2d') or '2d')
+  if not isinstance(completion, Completion):
+    completion = Completion.of_run(config, None, completion, tables={})
+  backend, convention = completion.backend, completion.convention
   scheme = config_lib.model_scheme(config)
   plain = config.model.kind == 'plain'
   n = len(records)
-  batch_size = int(batch_size or config.eval.get('batch_size', 32))
+  batch_size = int(batch_size or config.eval.batch_size)
   t0 = time.perf_counter()
   out = predict_records(model, config, records, batch_size=batch_size)
   t1 = time.perf_counter()
@@ -361,20 +485,18 @@ def run_pipeline(model, config, records, completion: str | None = None,
       log.warning('%s', error)
   elif valid.any() and fit_backend != 'none':
     sel = np.flatnonzero(valid)
-    fit_input = out['rough'] if plain else out['stable']
-    fuse = fusion if (fusion and not plain and fit_backend == 'jax') else None
+    rough = out['rough'][sel]
+    fit_input = rough if plain else out['stable'][sel]
+    fuse = completion.fusion if not plain else None
+    mix = completion.blend if not plain else None
 
     def fit(**extra):
       return complete_points(
-          fit_input[sel], scheme, fit_backend, flip=None if plain else out['flipped'][sel],
-          train_dir=config.data.get('train_dir') or None, convention=convention, **extra)
+          fit_input, scheme, fit_backend, flip=None if plain else out['flipped'][sel],
+          train_dir=completion.train_dir, convention=convention, **extra)
 
-    yaw_cnn1 = cnn1_yaw(out['rough'][sel]) if (fuse or blend is not None) else None
-    result = fit(**fusion_inputs(out['rough'][sel], fuse, yaw_cnn1))
-    if fuse:
-      unfused = merge_stable(out['stable'][sel], np.asarray(fit().points, np.float32))
-      points_unfused = points.copy()
-      points_unfused[sel] = np.where(np.isfinite(unfused), unfused, out['rough'][sel])
+    yaw_cnn1 = cnn1_yaw(rough) if (fuse or mix) else None
+    result = fit(**fusion_inputs(rough, fuse, yaw_cnn1))
     for name, arr in (('yaw', yaw), ('pitch', pitch), ('roll', roll)):
       value = getattr(result, name, None)
       if value is not None:
@@ -389,24 +511,27 @@ def run_pipeline(model, config, records, completion: str | None = None,
     if not plain:
       ran = backend
       stable = out['stable'][sel]
-      filled = merge_stable(stable, np.asarray(result.points, np.float32))
-      ok = np.asarray(getattr(result, 'ok', np.ones(len(sel), bool)), bool)
-      bad = ~np.isfinite(filled).all(-1) | (~ok[:, None] & np.isnan(stable).any(-1))
+      filled, bad = fill_unstable(stable, result.points, rough, getattr(result, 'ok', None))
       num_fallbacks = int(bad.any(-1).sum())
       if num_fallbacks:
         log.warning('completion failed on %d faces; their unstable points are CNN1\'s',
                     num_fallbacks)
-      points[sel] = np.where(bad[..., None], out['rough'][sel], filled)
-      mixed = None if blend is None else _apply_blend(
-          blend, points[sel], out['rough'][sel], yaw_cnn1, backend, fuse is not None,
-          convention)
-      if mixed is not None:
+      points[sel] = filled
+      if fuse:
+        unfused = fit()
+        points_unfused = points.copy()
+        points_unfused[sel] = fill_unstable(stable, unfused.points, rough,
+                                            getattr(unfused, 'ok', None))[0]
+      if mix:
+        from jaxalign.morphable import completion as completion_lib  # pylint: disable=g-import-not-at-top
         points_unblended = points.copy()
-        points[sel] = mixed
+        points[sel] = completion_lib.blend_points(
+            filled, rough, np.asarray(mix['alpha'], np.float64), yaw_cnn1,
+            bins=tuple(mix['bins']))
   t2 = time.perf_counter()
   return dict(out, points=points, points_unfused=points_unfused,
               points_unblended=points_unblended, yaw=yaw, pitch=pitch, roll=roll,
-              shape_coeffs=shape_coeffs, expression_coeffs=expression_coeffs, num_fallbacks=num_fallbacks, backend=ran,
-              completion_error=error,
+              shape_coeffs=shape_coeffs, expression_coeffs=expression_coeffs,
+              num_fallbacks=num_fallbacks, backend=ran, completion_error=error,
               timings={'cnn_s': t1 - t0, 'completion_s': t2 - t1, 'pipeline_s': t2 - t0,
                        'faces_per_s': n / (t2 - t0) if t2 > t0 and n else None})

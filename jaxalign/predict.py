@@ -1,7 +1,8 @@
 """Landmarks, head pose and the 3DMM fit for faces in any photo.
 
   python -m jaxalign.predict --workdir RUN IMAGE... [--bbox x0,y0,x1,y1] [--out DIR] [--mesh]
-      [--completion jax|eos] [--batch-size 32] [--detector mtcnn|haar] [--no-refine]
+      [--completion jax|eos|gaussian|none] [--batch-size 32] [--detector mtcnn|haar]
+      [--no-refine]
 
 Writes per face ``DIR/<stem>.pts`` (68 points, 1-based iBUG format), ``DIR/<stem>.json``
 (points, box, yaw/pitch/roll, 3DMM coefficients, completion backend), with ``--mesh`` the fitted
@@ -15,6 +16,7 @@ no face; the others are still written), 2 nothing ran. Default ``DIR``: ``RUN/pr
 import argparse
 import sys
 
+from jaxalign import inference
 from jaxalign.prediction import detector as detector_lib
 from jaxalign.prediction import pipeline
 
@@ -27,8 +29,10 @@ def main(argv=None) -> int:
   parser.add_argument('--bbox', help='face box x0,y0,x1,y1 in image pixels (skips the detector)')
   parser.add_argument('--out', help='output folder (default RUN/predict)')
   parser.add_argument('--mesh', action='store_true', help='also write the fitted mesh (.obj)')
-  parser.add_argument('--completion', default='jax', choices=('jax', 'eos'),
-                      help='3DMM completion backend')
+  parser.add_argument('--completion', default='jax', choices=inference.BACKENDS,
+                      help="completion backend: 'jax' or 'eos' (3DMM), 'gaussian' (2D "
+                           "statistical), 'none' (the CNNs' points); the run's fusion and mix "
+                           'tables apply where they were made for it')
   parser.add_argument('--batch-size', type=int, default=32, help='faces per forward pass')
   parser.add_argument('--detector', default=None, choices=detector_lib.DETECTORS,
                       help='face detector (default: the best installed: '

@@ -73,9 +73,8 @@ def test_end_of_run_and_cli_evaluation_give_identical_numbers(run, tmp_path):
   from jaxalign import inference
   from jaxalign.training import data_setup
   cli = runner.evaluate(run, out=tmp_path / 'cli')
-  model, config, step = inference.load_run(str(run))
-  end = runner.evaluate_splits(model, config, data_setup.test_sets(config), str(tmp_path / 'w'),
-                               runner.read_mean_shape(run), step=step)['test']
+  opened = inference.Run.load(run)
+  end = runner.evaluate_splits(opened, data_setup.test_sets(opened.config))['test']
   for key in ('nme', 'nme_inter_ocular', 'nme_bbox', 'nme_stable', 'nme_unstable',
               'cnn_nme_inter_ocular', 'mean_shape_nme_inter_ocular', 'fr_0.08', 'auc_0.08',
               'num_images', 'checkpoint_step', 'completion_backend', 'nme_by_yaw'):
@@ -276,10 +275,10 @@ def test_evaluation_with_fusion_reports_fused_unfused_and_cnn_only(run, tmp_path
 
 
 def test_evaluation_with_blend_mixes_completion_and_cnn1(run, tmp_path):
-  """eval.completion_blend: the table the end of training writes (workflow.residual_table on
+  """eval.completion_blend: the table the end of training writes (calibration.calibrate on
   held-out faces) gains the completion/CNN1 mix; the evaluation applies it when it was made for
   the completion that runs, and reports the unmixed NME beside."""
-  from jaxalign import inference, workflow
+  from jaxalign import calibration, inference
   from jaxalign.data import records as records_lib
   from jaxalign.training import config as config_lib
   other = tmp_path / 'blend'
@@ -289,9 +288,9 @@ def test_evaluation_with_blend_mixes_completion_and_cnn1(run, tmp_path):
   config.eval.completion_fusion = True
   config.eval.completion_blend = True
   config_lib.save_run_config(config, str(other))
-  model, _, _ = inference.load_run(str(other))
+  opened = inference.Run.load(other)
   held_out, _ = records_lib.scan_folder(config.data.train_dir, 68)
-  table = workflow.residual_table(model, config, held_out)
+  table = calibration.calibrate(opened.model, opened.config, held_out)
   alpha = np.array(table['blend']['alpha'], np.float64)
   assert alpha.shape == (len(table['bins']) - 1, 68)
   assert table['blend']['fused'] is True and table['blend']['backend'] == 'jax'

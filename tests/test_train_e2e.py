@@ -70,10 +70,11 @@ def test_train_resume_nan(data_dirs, tmp_path):
   assert os.path.exists(os.path.join(full, 'config.json'))
   assert any(n.startswith('events') for n in os.listdir(os.path.join(full, 'tensorboard')))
   # The reusable inference: checkpoint -> model -> image-pixel points, as the report saw them.
-  model, cfg, step = inference.load_run(full)
-  assert step == 4 and cfg.model.kind == 'pose_aware'
+  run = inference.Run.load(full)
+  assert run.step == 4 and run.config.model.kind == 'pose_aware'
   test_records, _ = records.scan_folder(data_dirs[1])
-  out = inference.run_pipeline(model, cfg, test_records, batch_size=4)
+  out = inference.run_pipeline(run.model, run.config, test_records, run.completion(),
+                               batch_size=4)
   assert out['points'].shape == (5, 68, 2) and np.isfinite(out['points']).all()
   assert out['valid'].all() and out['flipped'].shape == (5,)
   gt = np.stack([r.points for r in test_records])

@@ -122,7 +122,7 @@ def test_paper_aflw_19_points_train_and_evaluate_with_box_nme(tmp_path):
     # No 3DMM completion for 19 points: CNN1's unstable points, and the report says so.
     assert rep['completion'] is False and 'aflw19' in rep['completion_error']
   # The model predicts 19 points; CNN2 the 12 stable ones.
-  model, _, _ = inference.load_run(workdir)
+  model = inference.Run.load(workdir).model
   assert model.scheme is schemes.AFLW19 or model.scheme.name == 'aflw19'
   assert len(model.stable_indices) == len(schemes.AFLW19.stable) == 12
 

@@ -36,16 +36,18 @@ def _load_config(path: str | None):
 
 
 def _model(args):
+  """(model, config, description, completion): a trained run with its own completion (its
+  tables where they fit ``--completion``, as predict uses them), or an untrained model."""
   if args.workdir:
-    model, config, _ = inference.load_run(args.workdir)
-    return model, config, f'run {args.workdir}'
+    run = inference.Run.load(args.workdir)
+    return run.model, run.config, f'run {args.workdir}', run.completion(args.completion)
   from jaxalign.training import state as state_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.apply_overrides(_load_config(args.config), args.set)
   model = state_lib.create_model(config, seed=0)
   model.eval()
   m = config.model
   return model, config, (f'untrained {m.kind} ResNet-{m.depth} at {m.input_size} px '
-                         f'({m.dtype}) from {args.config or "the base config"}')
+                         f'({m.dtype}) from {args.config or "the base config"}'), args.completion
 
 
 def main(argv=None) -> int:
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
   p.add_argument('--batch-size', type=int, nargs='+', default=[1, 32], help='batch sizes')
   p.add_argument('--faces', type=int, default=None,
                  help='faces timed per batch size (default: 2 batches, at least 4 faces)')
-  p.add_argument('--completion', default='jax', choices=('jax', 'eos'))
+  p.add_argument('--completion', default='jax', choices=inference.BACKENDS)
   p.add_argument('--json', action='store_true', help='print one JSON object')
   args = p.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
@@ -69,8 +71,8 @@ def main(argv=None) -> int:
   from jaxalign.prediction import detector, pipeline  # pylint: disable=g-import-not-at-top
   try:
     image = pipeline.read_image(args.image)
-    model, config, what = _model(args)
-  except (OSError, ValueError) as e:
+    model, config, what, completion = _model(args)
+  except (OSError, ValueError) as e:   # FileNotFoundError is an OSError
     print(f'error: {e}', file=sys.stderr)
     return 2
   t = time.perf_counter()
@@ -88,11 +90,11 @@ def main(argv=None) -> int:
   for batch in args.batch_size:
     calls = max(1, -(-(args.faces or max(4, 2 * batch)) // batch))
     records = [records_lib.FaceRecord(image=args.image, points=nan, box=box)] * batch
-    inference.run_pipeline(model, config, records, args.completion, batch)  # compile
+    inference.run_pipeline(model, config, records, completion, batch)  # compile
     cnn_s = completion_s = 0.0
     t = time.perf_counter()
     for _ in range(calls):   # one call per batch, as predict does per chunk of photos
-      res = inference.run_pipeline(model, config, records, args.completion, batch)
+      res = inference.run_pipeline(model, config, records, completion, batch)
       cnn_s += res['timings']['cnn_s']
       completion_s += res['timings']['completion_s']
     wall = time.perf_counter() - t

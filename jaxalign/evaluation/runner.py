@@ -17,8 +17,6 @@ import re
 import time
 from typing import Any
 
-import json
-
 import numpy as np
 
 from jaxalign import inference
@@ -171,18 +169,6 @@ def _true_direction(records, gt, scheme, annotated) -> tuple[np.ndarray, np.ndar
   return pose_lib.is_left_looking(yaw), yaw
 
 
-def read_mean_shape(workdir) -> np.ndarray | None:
-  """The training mean shape (L, 2) in network-input pixels that the trainer saved in
-  ``WORKDIR/data_stats.json``, or None (an older run, or not a run)."""
-  path = pathlib.Path(workdir) / 'data_stats.json'
-  try:
-    with open(path, encoding='utf-8') as f:
-      mean = json.load(f).get('mean_shape')
-  except (OSError, ValueError):
-    return None
-  return None if mean is None else np.asarray(mean, np.float32)
-
-
 def evaluate_records(model, config, records, out_dir, info: dict, *, step: int | None = None,
                      workdir: str | None = None, mean_shape=None, completion: str | None = None,
                      batch_size: int | None = None, num_invalid: int = 0, grid_size: int = 5,
@@ -199,8 +185,13 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
   normaliser.
 
   Args:
+    model, config: the run (:class:`jaxalign.inference.Run`'s ``model`` and ``config``).
     info: :func:`resolve_dataset`'s description (``dataset``, ``name``, ``split``,
       ``normalization``).
+    workdir: the run's folder: its completion tables (:meth:`jaxalign.inference.Completion
+      .of_run`) and its name in the plots.
+    completion: the completion backend (None: the run's); the convention is the records'
+      own when they name one (AFLW2000-3D: '3d'), else the run's.
     num_invalid: files of the data set that could not be read (recorded).
 
   Raises:
@@ -208,9 +199,11 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
   """
   t_start = time.perf_counter()
   scheme = config_lib.model_scheme(config)
-  res = inference.run_pipeline(model, config, records, completion, batch_size,
-                               fusion=inference.run_fusion(config, workdir),
-                               blend=inference.run_blend(config, workdir))
+  from jaxalign.data import sources  # pylint: disable=g-import-not-at-top
+  # The data set's jaw convention (AFLW2000-3D: '3d') decides the completion's on any run.
+  completion = inference.Completion.of_run(config, workdir, completion,
+                                           sources.records_convention(records))
+  res = inference.run_pipeline(model, config, records, completion, batch_size)
   valid = np.asarray(res['valid'], bool)
   kept = [r for r, v in zip(records, valid) if v]
   for r, v in zip(records, valid):
@@ -298,8 +291,7 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
       'nme': rep[f'nme_{primary}'],
       'completion': backend is not None,
       'completion_backend': backend,
-      'completion_convention': (str(config.eval.get('completion_convention', '2d') or '2d')
-                                if backend in ('jax', 'eos') else None),
+      'completion_convention': completion.convention if backend in ('jax', 'eos') else None,
       'completion_error': res['completion_error'],
       'completion_fusion': res.get('points_unfused') is not None,
       'completion_blend': res.get('points_unblended') is not None,
@@ -328,23 +320,25 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
   return rep
 
 
-def evaluate_splits(model, config, test_sets: dict, workdir: str, mean_shape=None,
-                    step: int | None = None) -> dict:
-  """The end-of-run evaluation: every held-out split into ``workdir/eval/<split>/``.
+def evaluate_splits(run, test_sets: dict, mean_shape=None) -> dict:
+  """The end-of-run evaluation: every held-out split into ``WORKDIR/eval/<split>/``.
 
   Args:
+    run: the trained :class:`jaxalign.inference.Run`.
     test_sets: ``{split: (records, num_invalid)}`` from
       :func:`jaxalign.training.data_setup.test_sets`.
+    mean_shape: the training mean shape (default the run's, :attr:`Run.mean_shape`).
 
   Returns:
     ``{split: report}``.
   """
+  mean_shape = run.mean_shape if mean_shape is None else mean_shape
   reports = {}
   for split, (records, num_invalid) in test_sets.items():
-    info = _split_info(config, split)
+    info = _split_info(run.config, split)
     reports[split] = evaluate_records(
-        model, config, records, pathlib.Path(workdir) / 'eval' / info['tag'], info, step=step,
-        workdir=workdir, mean_shape=mean_shape, num_invalid=num_invalid)
+        run.model, run.config, records, pathlib.Path(run.workdir) / 'eval' / info['tag'], info,
+        step=run.step, workdir=run.workdir, mean_shape=mean_shape, num_invalid=num_invalid)
   return reports
 
 
@@ -387,20 +381,19 @@ def evaluate(workdir: str | os.PathLike, dataset: str | None = None,
     image.
   """
   t_start = time.perf_counter()
-  workdir = str(workdir)
+  run = inference.Run.load(workdir)
   # The data set first (cheap, and its errors come before the model is restored).
-  config = inference.load_config(workdir)
-  inference.resolve_backend(config, completion)
-  records, invalid, info = resolve_dataset(config, dataset, data_dir, workdir)
-  model, config, step = inference.load_run(workdir)
+  inference.resolve_backend(run.config, completion)
+  records, invalid, info = resolve_dataset(run.config, dataset, data_dir, run.workdir)
   for bad in invalid:
     logging.warning('skipped %s: %s', bad.path, bad.reason)
   if not records:
     raise ValueError(f'no usable face in {info["dataset"]} ({len(invalid)} invalid files)')
-  out_dir = pathlib.Path(out) if out is not None else pathlib.Path(workdir) / 'eval' / info['tag']
+  out_dir = pathlib.Path(out) if out is not None else pathlib.Path(run.workdir) / 'eval' / info['tag']
+  run.model  # pylint: disable=pointless-statement   (restored here, timed as the load)
   t_load = time.perf_counter()
-  rep = evaluate_records(model, config, records, out_dir, info, step=step, workdir=workdir,
-                         mean_shape=read_mean_shape(workdir), completion=completion,
+  rep = evaluate_records(run.model, run.config, records, out_dir, info, step=run.step,
+                         workdir=run.workdir, mean_shape=run.mean_shape, completion=completion,
                          batch_size=batch_size, num_invalid=len(invalid), grid_size=grid_size)
   rep['timings']['load_s'] = t_load - t_start
   return rep
@@ -417,7 +410,7 @@ def compare_runs(workdirs, dataset: str | None = None, completion: str | None = 
   from jaxalign.evaluation import compare  # pylint: disable=g-import-not-at-top
   eval_dirs, tag = [], None
   for workdir in workdirs:
-    config = inference.load_config(str(workdir))
+    config = inference.Run.load(workdir).config
     if dataset is None:
       tag = _tag(str(config.data.get('test_split', 'test') or 'test'))
     elif os.path.isdir(dataset) and data_dir is None:

@@ -26,6 +26,7 @@ import time
 from typing import Callable, Sequence
 
 from jaxalign.experiments import pose_config
+from jaxalign.training import config as config_lib
 
 log = logging.getLogger('jaxalign.experiments.pose')
 # Written into a run when it is trained: how long it took (for later, resumed invocations).
@@ -137,16 +138,15 @@ def _copy_run(src: pathlib.Path, dst: pathlib.Path, overrides: dict) -> None:
   if dst.exists():
     try:   # already copied from this very checkpoint: keep it (and its evaluation)
       same = (_checkpoint_steps(dst) == _checkpoint_steps(src) and all(
-          _get(inference.load_config(str(dst)), k) == v for k, v in overrides.items()))
+          _get(inference.Run.load(dst).config, k) == v for k, v in overrides.items()))
     except (FileNotFoundError, KeyError, ValueError):
       same = False
     if same:
       return
     shutil.rmtree(dst)
   shutil.copytree(src, dst, ignore=shutil.ignore_patterns('eval', 'tensorboard'))
-  config = inference.load_config(str(dst))
-  for key, value in overrides.items():
-    pose_config.set_key(config, key, value)
+  config = inference.Run.load(dst).config
+  config_lib.apply_overrides(config, [f'{k}={v}' for k, v in overrides.items()])
   inference.save_config(config, str(dst))
 
 

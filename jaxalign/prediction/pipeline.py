@@ -74,14 +74,16 @@ def _records(images, faces: Sequence[Face], num_points: int, boxes=None):
           for i, f in enumerate(faces)]
 
 
-def predict_faces(model, config, images, faces: Sequence[Face], completion: str = 'jax',
-                  batch_size: int = 32, refine: bool = True, fusion: dict | None = None,
-                  blend: dict | None = None):
+def predict_faces(model, config, images, faces: Sequence[Face],
+                  completion: inference.Completion | str | None = 'jax', batch_size: int = 32,
+                  refine: bool = True):
   """The full pipeline on the given faces; detector boxes get a refinement pass.
 
   Args:
     images: ``{image_index: (H, W, 3) uint8}`` (or a list) of the decoded photos the faces
       index.
+    completion: the run's :class:`jaxalign.inference.Completion` (or a backend name: the
+      completion without the run's tables).
 
   Returns:
     :func:`jaxalign.inference.run_pipeline`'s dict (``boxes`` are the boxes of the final pass).
@@ -100,8 +102,7 @@ def predict_faces(model, config, images, faces: Sequence[Face], completion: str 
       boxes.append(box if f.box_source.startswith('detector') and
                    records_lib.valid_box(box) else f.box)
     records = _records(images, faces, scheme.num_points, boxes)
-  return inference.run_pipeline(model, config, records, completion, batch_size, fusion=fusion,
-                                blend=blend)
+  return inference.run_pipeline(model, config, records, completion, batch_size)
 
 
 def _stem_of(path: str, used: dict[str, int]) -> str:
@@ -129,8 +130,9 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
   """
   err = stderr or sys.stderr
   log = stdout or sys.stdout
-  if completion not in ('jax', 'eos'):
-    print(f'error: unknown completion backend {completion!r}; expected jax or eos', file=err)
+  if completion not in inference.BACKENDS:
+    print(f'error: unknown completion backend {completion!r}; expected one of '
+          f'{", ".join(inference.BACKENDS)}', file=err)
     return 2
   try:
     box = parse_bbox(bbox) if bbox is not None else None
@@ -148,16 +150,14 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
       print(f'error: --detector {detector}: {e}', file=err)
       return 2
   try:
-    model, config, step = inference.load_run(str(workdir))
+    run = inference.Run.load(workdir)
+    model, config, step = run.model, run.config, run.step
+    # The run's tables where they were made for this completion (Completion.of_run).
+    run_completion = run.completion(completion)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: cannot load the run {workdir}: {e}', file=err)
     return 2
   scheme = schemes_lib.get_scheme(config.model.scheme)
-  fusion = inference.run_fusion(config, str(workdir)) if completion == 'jax' else None
-  # The mix is applied only where its table was made for the completion that runs.
-  blend = inference.run_blend(config, str(workdir))
-  if blend is not None and blend.get('backend') != completion:
-    blend = None
   out_dir = pathlib.Path(out) if out is not None else pathlib.Path(workdir) / 'predict'
   out_dir.mkdir(parents=True, exist_ok=True)
   sfm = None
@@ -204,8 +204,7 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
       if bar is not None:
         bar.update(len(paths))
       continue
-    res = predict_faces(model, config, decoded, faces, completion, batch_size, refine, fusion,
-                        blend)
+    res = predict_faces(model, config, decoded, faces, run_completion, batch_size, refine)
     by_image: dict[int, list[int]] = {}
     for k, f in enumerate(faces):
       by_image.setdefault(f.image_index, []).append(k)

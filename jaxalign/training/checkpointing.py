@@ -19,6 +19,7 @@ A config change that alters the parameter shapes is refused up front
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -57,23 +58,34 @@ def _one_line(e: BaseException) -> str:
   return type(e).__name__
 
 
-def _collect_abandoned_reads() -> None:
-  """Silences the debris of a failed orbax restore, which would print dozens of tracebacks.
+@contextlib.contextmanager
+def quiet_abandoned_reads():
+  """Within the block (a restore that may fail), drops the debris of a failed orbax restore,
+  which would print dozens of tracebacks.
 
-  A failed restore abandons the reads still in flight. Python reports each of them, now or
-  later, through one of three channels: the read coroutines raise when collected ('Exception
-  ignored in <coroutine ...>', an unraisable exception); tasks that failed unobserved are
-  logged by asyncio ('Task exception was never retrieved'); and tensorstore reads that finish
-  after orbax closed its event loop fail to wake it ('Event loop is closed', unraisable). From
-  the first failed restore on, the process drops exactly those (errors raised in orbax's code,
-  and the closed loop); the restore's own error is logged by the caller.
+  A failed restore abandons the reads still in flight. Python reports each of them through one
+  of three channels: the read coroutines raise when collected ('Exception ignored in
+  <coroutine ...>', an unraisable exception); tasks that failed unobserved are logged by asyncio
+  ('Task exception was never retrieved'); and tensorstore reads that finish after orbax closed
+  its event loop fail to wake it ('Event loop is closed', unraisable). Inside the block exactly
+  those are dropped (errors raised in orbax's code, and the closed loop); the restore's own
+  error is the caller's to report. On leaving, the abandoned reads are collected while the
+  filters still hold, then the previous hook and the asyncio log come back, so that later
+  errors of the process print as usual.
   """
-  if not getattr(sys.unraisablehook, '_jaxalign_restore_filter', False):
-    sys.unraisablehook = _abandoned_read_filter(sys.unraisablehook)
+  previous = sys.unraisablehook
+  hook = _abandoned_read_filter(previous)
+  sys.unraisablehook = hook
   asyncio_log = logging.getLogger('asyncio')
-  if not any(isinstance(f, _AbandonedTaskFilter) for f in asyncio_log.filters):
-    asyncio_log.addFilter(_AbandonedTaskFilter())
-  gc.collect()
+  task_filter = _AbandonedTaskFilter()
+  asyncio_log.addFilter(task_filter)
+  try:
+    yield
+  finally:
+    gc.collect()
+    if sys.unraisablehook is hook:
+      sys.unraisablehook = previous
+    asyncio_log.removeFilter(task_filter)
 
 
 def _raised_in_orbax(exc: BaseException | None) -> bool:
@@ -101,7 +113,6 @@ def _abandoned_read_filter(previous):
     if _raised_in_orbax(exc):
       return
     previous(unraisable)
-  hook._jaxalign_restore_filter = True  # pylint: disable=protected-access
   return hook
 
 
@@ -221,6 +232,41 @@ class Checkpointer:
       raise ValueError(f'data item is {type(restored["data"]).__name__}, expected a JSON object')
     return restored['state'], restored['data']
 
+  def restore_model(self, abstract_model, step: int | None = None):
+    """Restores only the entries of ``abstract_model`` (``step``, ``params``,
+    ``model_state``: what inference needs) of ``step`` (default: the latest); the optimiser
+    state and the RNG on disk are never read (an orbax partial restore).
+
+    Returns:
+      ``(tree, step)``.
+
+    Raises:
+      FileNotFoundError: no checkpoint.
+      ValueError: the saved arrays do not fit ``abstract_model`` (named).
+      Exception: orbax / tensorstore errors of a damaged checkpoint (their debris silenced).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    if step not in self.all_steps():
+      raise FileNotFoundError(f'no checkpoint of step {step} in {self.directory} (steps: '
+                              f'{self.all_steps()})')
+    saved = self.saved_shapes(step)
+    if saved is not None:
+      wanted = shape_table(abstract_model)
+      roots = {path.split('/')[0] for path in wanted}
+      diff = shape_differences({k: v for k, v in saved.items() if k.split('/')[0] in roots},
+                               wanted)
+      if diff:
+        raise ValueError('the saved state does not fit the model: ' + '; '.join(diff))
+    path = os.path.join(self.directory, str(step), 'state')
+    with quiet_abandoned_reads(), ocp.PyTreeCheckpointer() as reader:
+      tree = reader.restore(path, args=ocp.args.PyTreeRestore(
+          item=abstract_model,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_model),
+          partial_restore=True))
+    return tree, step
+
   def restore_newest(self, abstract_state):
     """Restores the newest checkpoint that restores: ``(state, data_state, step)``, or None
     when there is no checkpoint.
@@ -237,13 +283,15 @@ class Checkpointer:
       return None
     failed = []
     for step in reversed(steps):
-      try:
-        state, data_state = self.restore(abstract_state, step)
-      except Exception as e:  # pylint: disable=broad-except
-        # Any failure (tensorstore, orbax, shape, JSON) means this checkpoint is unusable.
-        reason = _one_line(e)
-        del e
-        _collect_abandoned_reads()
+      with quiet_abandoned_reads():
+        try:
+          state, data_state = self.restore(abstract_state, step)
+        except Exception as e:  # pylint: disable=broad-except
+          # Any failure (tensorstore, orbax, shape, JSON) means this checkpoint is unusable.
+          reason = _one_line(e)
+          del e
+          state = None
+      if state is None:
         log.warning('checkpoint step %d in %s cannot be restored: %s', step, self.directory,
                     reason)
         failed.append((step, reason))

@@ -322,7 +322,7 @@ RUN_CONFIG_FILE = 'config.json'
 
 def save_run_config(config, workdir: str) -> str:
   """Writes the resolved config as ``WORKDIR/config.json`` (what :func:`load_run_config` and
-  :func:`jaxalign.inference.load_run` read)."""
+  :class:`jaxalign.inference.Run` read)."""
   import os  # pylint: disable=g-import-not-at-top
   from jaxalign import atomic  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, RUN_CONFIG_FILE)
@@ -330,23 +330,110 @@ def save_run_config(config, workdir: str) -> str:
   return path
 
 
+# Keys a run's config.json lacks when the run was trained before they existed, and whose
+# behaviour then was not base_config()'s default of today: the value that reproduces it. Every
+# other missing key takes base_config()'s default.
+LEGACY_DEFAULTS = {
+    'model.transform_points': 'all',   # the spatial transform used every point (before 2026-12-03)
+    'model.cnn2_fill': 0.7,            # CNN2's framing (training only: the frame is saved)
+}
+
+# Options that were measured, rejected and removed (docs/architecture.md, "Retired options"):
+# the value with which an old run still loads, and why another value cannot. The other
+# retired keys only changed the training, so a run that set them still loads without them.
+RETIRED = {
+    'model.cnn2_residual': (False, 'the residual CNN2 (retired; its measurement: '
+                                   'docs/benchmarks.md, "The cascade")'),
+    'model.transform_noise': (None, ''),
+    'model.init_cnn1_from': (None, ''),
+    'model.freeze_cnn1': (None, ''),
+}
+
+
+def _pop_path(tree: dict, dotted: str):
+  """Removes ``tree[a][b]`` for ``dotted='a.b'``; returns (found, value)."""
+  *parents, leaf = dotted.split('.')
+  for p in parents:
+    tree = tree.get(p)
+    if not isinstance(tree, dict):
+      return False, None
+  if leaf not in tree:
+    return False, None
+  return True, tree.pop(leaf)
+
+
+def _merge_into(base: dict, saved: dict) -> None:
+  """``saved``'s values over ``base``'s, recursively; an empty dict of ``base`` (a loader's
+  free-form options) takes ``saved``'s as it is."""
+  for key, value in saved.items():
+    if isinstance(value, dict) and isinstance(base.get(key), dict) and base[key]:
+      _merge_into(base[key], value)
+    else:
+      base[key] = value
+
+
+def with_defaults(saved: dict, source: str = 'config') -> ml_collections.ConfigDict:
+  """A run's saved config (the dict of its ``config.json``) merged onto :func:`base_config`,
+  so that a run written before a key existed loads with that key's default (or its
+  :data:`LEGACY_DEFAULTS` value) and the code never needs a fallback of its own.
+
+  Raises:
+    ValueError: naming ``source`` and the key, when the run used a retired option that
+      changes its predictions (:data:`RETIRED`).
+  """
+  import copy  # pylint: disable=g-import-not-at-top
+  saved = copy.deepcopy(dict(saved))
+  for dotted, (allowed, what) in RETIRED.items():
+    found, value = _pop_path(saved, dotted)
+    if found and allowed is not None and value != allowed:
+      raise ValueError(f'{source}: config.{dotted}={value!r}: the run uses {what}, which this '
+                       'version of jaxalign cannot run')
+  merged = base_config().to_dict()
+  for dotted, value in LEGACY_DEFAULTS.items():
+    *parents, leaf = dotted.split('.')
+    parent = saved
+    for p in parents:
+      parent = parent.get(p) if isinstance(parent, dict) else None
+    if isinstance(parent, dict) and leaf not in parent:
+      parent[leaf] = value
+  _merge_into(merged, saved)
+  return ml_collections.ConfigDict(merged)
+
+
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config of a run (``WORKDIR/config.json``).
+  """The resolved config of a run (``WORKDIR/config.json``) merged onto :func:`base_config`
+  (:func:`with_defaults`): every key is there, whatever version wrote the file.
 
   Raises:
     FileNotFoundError: ``workdir`` holds no ``config.json`` (not a training run).
-    ValueError: the file is not valid JSON.
+    ValueError: the file is not valid JSON, or the run used a retired option.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  saved = read_json_object(path)
+  if saved is None:
+    raise FileNotFoundError(f'{path} does not exist: {workdir} is not a jaxalign training run')
+  return with_defaults(saved, path)
+
+
+def read_json_object(path: str) -> dict | None:
+  """The JSON object in the file ``path`` of a run folder, or None when there is no such file.
+
+  Raises:
+    ValueError: naming the file, when it is not valid JSON or not an object.
   """
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} does not exist: {workdir} is not a jaxalign training run')
+    return None
   try:
     with open(path, encoding='utf-8') as f:
-      return ml_collections.ConfigDict(json.load(f))
+      value = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f'{path}: not a valid config file ({e})') from None
+    raise ValueError(f'{path}: not valid JSON ({e})') from None
+  if not isinstance(value, dict):
+    raise ValueError(f'{path}: expected a JSON object, got {type(value).__name__}')
+  return value
 
 
 def parse_override_value(raw: str, current=None):

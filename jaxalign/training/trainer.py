@@ -28,11 +28,12 @@ from jaxalign.training import config as config_lib
 from jaxalign.training import logger as logger_lib
 from jaxalign.training import mesh as mesh_lib
 from jaxalign.training import optim
+from jaxalign.training import runs
 from jaxalign.training import state as state_lib
 from jaxalign.training import step as step_lib
 
 log = logging.getLogger('jaxalign.train')
-DATA_STATS = 'data_stats.json'
+DATA_STATS = runs.DATA_STATS
 
 
 class NonFiniteLossError(RuntimeError):

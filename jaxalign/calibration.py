@@ -1,0 +1,87 @@
+"""The completion's tables, calibrated on held-out faces at the end of training.
+
+``calibrate(model, config, records)`` measures, on faces the training never saw (validation
+faces or a held-out slice of the training set), what the run's :class:`jaxalign.inference
+.Completion` needs beyond its backend:
+
+- ``rms``: CNN1's residual RMS per |yaw| bin and point (inter-ocular units, right-looking
+  frame), from which the fusion weights of CNN1's unstable points in the 3DMM fit come
+  (``eval.completion_fusion``; :func:`jaxalign.morphable.completion.fusion_weights`);
+- ``blend``: the mix of each completed unstable point with CNN1's, alpha per |yaw| bin and
+  point fitted by least squares (``eval.completion_blend``;
+  :func:`jaxalign.morphable.completion.blend_weights`), estimated for the completion that
+  will run (its backend, fusion and convention, :meth:`Completion.fits`).
+
+Both come from :func:`jaxalign.inference.run_pipeline` itself (first the CNNs alone, then the
+run's completion fused with the new residuals and not yet mixed), so the mix is estimated on
+exactly the points the evaluation and ``predict`` will mix, with the same fallback. The table
+is what :mod:`jaxalign.workflow` writes to ``WORKDIR/cnn1_residuals.json``.
+
+Layering: above :mod:`jaxalign.inference`, below :mod:`jaxalign.workflow`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxalign import inference
+from jaxalign import schemes as schemes_lib
+from jaxalign.morphable import completion as completion_lib
+from jaxalign.morphable import pose as pose_lib
+from jaxalign.training import config as config_lib
+
+
+def _truth_yaw(records, gt) -> np.ndarray:
+  """(N,) degrees: the records' annotated yaw, else the rigid-fit yaw of their ground truth."""
+  yaw = np.array([np.nan if r.yaw is None else float(r.yaw) for r in records], np.float64)
+  missing = ~np.isfinite(yaw)
+  if missing.any():
+    yaw[missing] = np.asarray(pose_lib.estimate_pose(gt[missing])[..., 0], np.float64)
+  return yaw
+
+
+def calibrate(model, config, records, batch_size: int | None = None) -> dict | None:
+  """The completion tables of a run measured on the held-out ``records`` (ground truth in
+  ``points``).
+
+  Args:
+    model, config: the run (:class:`jaxalign.inference.Run`'s ``model`` and ``config``).
+    records: held-out faces (:class:`jaxalign.data.records.FaceRecord`).
+    batch_size: images per forward pass (default ``config.eval.batch_size``).
+
+  Returns:
+    ``{'rms': (B, L) nested list (None where a bin has no face), 'bins', 'num_faces', 'units',
+    'frame'}`` plus ``blend`` (``alpha``, ``backend``, ``fused``, ``convention``, ``meaning``)
+    when the run's completion is a 3DMM ('jax' or 'eos'); None for the plain model, a scheme
+    without a 3DMM completion, or no readable face.
+  """
+  if (config.model.kind != 'pose_aware' or config_lib.model_scheme(config).name
+      != schemes_lib.IBUG68.name or not records):
+    return None
+  bins = completion_lib.YAW_BINS
+  cnn = inference.run_pipeline(model, config, records, 'none', batch_size)
+  valid = cnn['valid']
+  if not valid.any():
+    return None
+  kept = [r for r, v in zip(records, valid) if v]
+  gt = np.stack([np.asarray(r.points, np.float32) for r in kept])
+  rough = cnn['rough'][valid]
+  rms = completion_lib.residual_rms(rough, gt, _truth_yaw(kept, gt), bins=bins)
+  table = {'rms': np.where(np.isfinite(rms), rms, None).tolist(), 'bins': list(bins),
+           'num_faces': int(valid.sum()), 'units': 'inter-ocular distance',
+           'frame': 'right-looking (left-looking faces mirrored)'}
+  # The run's completion with these residuals, before the mix (what the mix is fitted on).
+  completion = inference.Completion.of_run(config, tables={'residuals': table}, mix=False)
+  if completion.backend not in ('jax', 'eos'):
+    return table
+  res = inference.run_pipeline(model, config, records, completion, batch_size)
+  completed = res['points'][valid]
+  alpha = completion_lib.blend_weights(completed, rough, gt, inference.cnn1_yaw(rough),
+                                       bins=bins)
+  table['blend'] = {
+      'alpha': np.where(np.isfinite(alpha), alpha, None).tolist(),
+      'backend': completion.backend, 'fused': completion.fused,
+      'convention': completion.convention,
+      'meaning': 'point = alpha * completion + (1 - alpha) * CNN1, per |yaw| bin and point '
+                 '(rigid-fit yaw of CNN1\'s points), right-looking frame'}
+  return table

@@ -1,0 +1,211 @@
+"""jaxalign.inference: Run (a run opened once: config merged onto the base config, parameters
+and model state without the optimiser), Completion (the one gating rule of the completion's
+tables), the one fallback, and the calibration that makes the tables through run_pipeline."""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxalign import calibration
+from jaxalign import inference
+from jaxalign import predict as predict_cli
+from jaxalign.morphable import completion as completion_lib
+from jaxalign.training import checkpointing
+from jaxalign.training import config as config_lib
+from jaxalign.training import optim
+from jaxalign.training import state as state_lib
+
+
+@pytest.fixture(scope='module')
+def run(smoke_run):
+  """The session's trained smoke run (tests/conftest.py)."""
+  return smoke_run
+
+
+def _smoke_config(**overrides):
+  import pathlib
+  config = config_lib.load_config_file(
+      str(pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'smoke.py'))
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def test_predict_never_creates_optimiser_state(run, tmp_path, monkeypatch, real_face_paths):
+  """Opening a run for predict builds no optimiser and reads only the parameters, the model
+  state and the step of the checkpoint (an orbax partial restore)."""
+  def forbidden(*args, **kwargs):
+    raise AssertionError('inference must not build an optimiser or a training state')
+
+  monkeypatch.setattr(optim, 'make_optimizer', forbidden)
+  monkeypatch.setattr(state_lib, 'init_state', forbidden)
+  monkeypatch.setattr(checkpointing.Checkpointer, 'restore', forbidden)
+  restored = []
+  original = checkpointing.Checkpointer.restore_model
+
+  def spy(self, abstract, step=None):
+    tree, step = original(self, abstract, step)
+    restored.append(sorted(tree))
+    return tree, step
+
+  monkeypatch.setattr(checkpointing.Checkpointer, 'restore_model', spy)
+  image, _ = real_face_paths
+  rc = predict_cli.main(['--workdir', str(run), str(image), '--bbox', '60,60,200,200',
+                         '--out', str(tmp_path / 'p'), '--no-progress'])
+  assert rc == 0
+  assert restored == [['model_state', 'params', 'step']]
+  out = json.loads((tmp_path / 'p' / 'image_0010.json').read_text())
+  assert out['checkpoint_step'] == 2
+
+
+def test_run_load_is_lazy_and_names_a_missing_run(run, tmp_path):
+  opened = inference.Run.load(run)
+  assert opened._model is None           # pylint: disable=protected-access
+  assert opened.step == 2 and opened._model is not None   # pylint: disable=protected-access
+  assert opened.mean_shape.shape == (68, 2)
+  with pytest.raises(FileNotFoundError, match='config.json'):
+    inference.Run.load(tmp_path / 'nowhere')
+  empty = tmp_path / 'no_ckpt'
+  empty.mkdir()
+  shutil.copy(run / 'config.json', empty / 'config.json')
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    inference.Run.load(empty).model   # pylint: disable=expression-not-assigned
+
+
+def test_an_old_config_json_loads_with_the_base_defaults(run, tmp_path):
+  """A run written before newer keys existed: every missing key takes base_config()'s default,
+  except the keys whose old behaviour differs (LEGACY_DEFAULTS); retired options are dropped,
+  or refused where they changed the predictions."""
+  old = tmp_path / 'old'
+  shutil.copytree(run, old, ignore=shutil.ignore_patterns('eval'))
+  saved = json.loads((old / 'config.json').read_text())
+  for section, key in (('model', 'transform_points'), ('model', 'cnn2_fill'),
+                       ('eval', 'completion_fusion'), ('eval', 'box_jitter'),
+                       ('eval', 'completion_convention'), ('data', 'host_scale')):
+    del saved[section][key]
+  saved['model']['cnn2_residual'] = False      # a retired option at its default
+  saved['model']['freeze_cnn1'] = True         # a retired training-only option
+  saved['data']['options'] = {'a_loader_option': 3}
+  (old / 'config.json').write_text(json.dumps(saved))
+  opened = inference.Run.load(old)
+  c = opened.config
+  assert c.model.transform_points == 'all'     # what a run without the key did
+  assert c.eval.completion_fusion is False and c.eval.completion_convention == '2d'
+  assert c.eval.box_jitter.shift == 0.0 and c.data.host_scale == 0.0
+  assert c.data.options.to_dict() == {'a_loader_option': 3}
+  assert not c.model.to_dict().get('freeze_cnn1') and not c.model.to_dict().get('cnn2_residual')
+  res = inference.run_pipeline(opened.model, c, _records(run), opened.completion('none'))
+  assert np.isfinite(res['points']).all()
+  saved['model']['cnn2_residual'] = True
+  (old / 'config.json').write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r'config\.model\.cnn2_residual=True'):
+    inference.Run.load(old)
+
+
+def _records(run):
+  from jaxalign.data import records as records_lib
+  config = inference.Run.load(run).config
+  recs, _ = records_lib.scan_folder(config.data.test_dir, 68)
+  return recs[:2]
+
+
+def _tables(backend='jax', fused=True, convention='2d'):
+  bins = list(completion_lib.YAW_BINS)
+  rms = np.full((len(bins) - 1, 68), 0.05).tolist()
+  alpha = np.full((len(bins) - 1, 68), 0.5).tolist()
+  return {'residuals': {'rms': rms, 'bins': bins, 'blend': {
+      'alpha': alpha, 'backend': backend, 'fused': fused, 'convention': convention}}}
+
+
+def test_completion_gating_is_one_rule(caplog):
+  config = _smoke_config(**{'eval.completion': True, 'eval.completion_fusion': True,
+                            'eval.completion_blend': True})
+  c = inference.Completion.of_run(config, tables=_tables())
+  assert (c.backend, c.convention, c.fused) == ('jax', '2d', True)
+  assert c.blend is not None and c.blend['bins'] == completion_lib.YAW_BINS
+  # eos: no fusion, and the mix made for the fused jax completion does not fit.
+  with caplog.at_level(logging.WARNING, logger='jaxalign.inference'):
+    c = inference.Completion.of_run(config, backend='eos', tables=_tables())
+  assert c.fusion is None and c.blend is None
+  assert any('blend table was estimated' in r.getMessage() for r in caplog.records)
+  c = inference.Completion.of_run(config, backend='eos', tables=_tables('eos', False))
+  assert c.blend is not None
+  # Another convention, or the plain model: no mix, no fusion.
+  assert inference.Completion.of_run(config, convention='3d', tables=_tables()).blend is None
+  plain = _smoke_config(**{'model.kind': 'plain', 'eval.completion_fusion': True,
+                           'eval.completion_blend': True})
+  c = inference.Completion.of_run(plain, backend='jax', tables=_tables())
+  assert c.fusion is None and c.blend is None
+  # Switched off in the config: the tables are ignored.
+  off = _smoke_config(**{'eval.completion': True})
+  c = inference.Completion.of_run(off, tables=_tables())
+  assert c.fusion is None and c.blend is None
+  # Missing tables: a warning, no fusion.
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger='jaxalign.inference'):
+    c = inference.Completion.of_run(config, tables={})
+  assert c.fusion is None and any('no cnn1_residuals.json' in r.getMessage()
+                                  for r in caplog.records)
+  # A hand-made value is checked too.
+  with pytest.raises(ValueError, match='jax backend'):
+    inference.Completion('eos', fusion={'rms': np.zeros((4, 68)), 'bins': (0, 1)})
+  with pytest.raises(ValueError, match='unknown completion backend'):
+    inference.Completion('nope')
+
+
+def test_learned_tables_are_carried(run, tmp_path):
+  other = tmp_path / 'learned'
+  shutil.copytree(run, other, ignore=shutil.ignore_patterns('eval'))
+  assert inference.Run.load(other).completion().learned is None
+  (other / inference.LEARNED_FILE).write_text(json.dumps({'kind': 'test', 'values': [1, 2]}))
+  assert inference.Run.load(other).completion().learned == {'kind': 'test', 'values': [1, 2]}
+  (other / inference.LEARNED_FILE).write_text('[1, 2]')
+  with pytest.raises(ValueError, match='learned_completion.json'):
+    inference.Run.load(other).completion()
+
+
+def test_the_one_fallback():
+  stable = np.full((2, 3, 2), np.nan, np.float32)
+  stable[:, 0] = 1.0                              # point 0 stable, points 1-2 unstable
+  completed = np.full((2, 3, 2), 5.0, np.float32)
+  completed[0, 2, 1] = np.nan                     # one coordinate the completion left NaN
+  rough = np.full((2, 3, 2), 9.0, np.float32)
+  points, bad = inference.fill_unstable(stable, completed, rough, ok=np.array([True, False]))
+  np.testing.assert_array_equal(bad, [[False, False, True], [False, True, True]])
+  np.testing.assert_array_equal(points[0], [[1, 1], [5, 5], [9, 9]])   # the whole point
+  np.testing.assert_array_equal(points[1], [[1, 1], [9, 9], [9, 9]])   # failed fit: CNN1's
+
+
+def test_calibration_goes_through_run_pipeline(run, monkeypatch):
+  """The tables come from run_pipeline itself: the CNNs alone, then the run's completion fused
+  with the new residuals and not yet mixed; alpha is fitted on exactly those points."""
+  config = inference.Run.load(run).config
+  config.eval.completion = True
+  config.eval.completion_fusion = True
+  config.eval.completion_blend = True
+  opened = inference.Run(run, config)
+  calls = []
+  original = inference.run_pipeline
+
+  def spy(model, config, records, completion=None, batch_size=None):
+    res = original(model, config, records, completion, batch_size)
+    calls.append((completion, res))
+    return res
+
+  monkeypatch.setattr(inference, 'run_pipeline', spy)
+  recs = _records(run) * 2
+  table = calibration.calibrate(opened.model, config, recs)
+  assert [c if isinstance(c, str) else c.backend for c, _ in calls] == ['none', 'jax']
+  second = calls[1][0]
+  assert second.fused and second.blend is None
+  np.testing.assert_array_equal(np.asarray(second.fusion['rms'], np.float64),
+                                np.asarray(table['rms'], np.float64))
+  res = calls[1][1]
+  gt = np.stack([r.points for r in recs]).astype(np.float32)
+  alpha = completion_lib.blend_weights(res['points'], res['rough'], gt,
+                                       inference.cnn1_yaw(res['rough']))
+  np.testing.assert_array_equal(np.where(np.isfinite(alpha), alpha, np.nan),
+                                np.asarray(table['blend']['alpha'], np.float64))
+  assert table['blend']['backend'] == 'jax' and table['blend']['fused'] is True
