@@ -8,16 +8,27 @@ or by :func:`~jaxalign.morphable.completion.fusion_weights` from the residuals o
 noise on held-out faces (seed + 1).
 
 ``--real DIR...`` (folders or single files of ``.pts`` / ``.ljson`` 68-point faces, e.g.
-``../shared/faces/real ../shared/faces/image_0010.pts``) scores both backends on real
+``../shared/faces/real ../shared/faces/image_0010.pts``) scores the backends on real
 annotations: ground-truth SLs in (their mirror for a left-looking face), the other points out,
 inter-ocular NME over all completed points, the non-jaw and the jaw ones, per face (with the
-estimated yaw) and on average. No synthetic face is involved.
+estimated yaw), by |yaw| bin and on average. No synthetic face is involved. ``--real`` without a
+folder reads the 300-W training faces of ``--data-dir`` (default ``../shared/300w``; ``--max-faces``
+takes a fixed random subset, ``--eos-faces`` limits the slow eos backend to the first of them).
+The backends that learn from annotations, ``gaussian`` (:mod:`jaxalign.morphable.statistical`)
+and ``learned`` (:mod:`jaxalign.morphable.learned`), are scored by ``--folds``-fold
+cross-validation over the same faces (each fold completed by a model fitted on the others; the
+learned one's pose switch gets the JAX 3DMM's points), or, with ``--learned FILE``, by a stored
+model (:meth:`~jaxalign.morphable.learned.LearnedCompletion.to_dict` JSON). ``--prior-grid``
+instead cross-validates the JAX fitter's prior (:func:`prior_grid`) on the same faces.
 
 ``--by-yaw`` instead scores the completion per |yaw| bin (0-30, 30-60, 60-75, 75-90 degrees),
 split into the non-jaw and the jaw ULs, with the inter-ocular and the landmark-box normaliser,
-for both backends and two references without a 3DMM (the mean training shape of the SL pose
-bin aligned to the SLs by a similarity, and the 2D Gaussian completion of
-:mod:`jaxalign.morphable.statistical`), from ground-truth SLs plus optional Gaussian noise
+for both backends and references without a 3DMM (the mean training shape of the SL pose
+bin aligned to the SLs by a similarity, the 2D Gaussian completion of
+:mod:`jaxalign.morphable.statistical` and the learned completion of
+:mod:`jaxalign.morphable.learned`, fitted on synthetic training faces, and with ``--learned FILE``
+a stored learned model, e.g. one fitted on real faces), from ground-truth SLs plus optional
+Gaussian noise
 (``--noise``, per coordinate, fraction of the landmark box's longer side), with the flip given as
 the true yaw sign and as detected (``complete(flip=None)``). The faces come from
 :class:`jaxalign.data.synthetic.Renderer` (pose and '2d' ground truth only, nothing is
@@ -283,9 +294,14 @@ def _mean_shape_reference(model, points, flip, scheme):
 
 
 def by_yaw(faces=400, seed=7, train_faces=1000, folder=None, noise=0.0, backends=('jax', 'eos'),
-           references=True, config=None):
-  """Per-|yaw|-bin UL errors of the completion (see the module docstring); JSON-able dict."""
+           references=True, config=None, learned=None):
+  """Per-|yaw|-bin UL errors of the completion (see the module docstring); JSON-able dict.
+
+  ``learned``: an optional fitted :class:`~jaxalign.morphable.learned.LearnedCompletion`
+  scored as ``learned_given/true_flip`` (its pose switch gets the JAX backend's points).
+  """
   from jaxalign.morphable import completion
+  from jaxalign.morphable import learned as learned_lib
   from jaxalign.morphable import statistical
   from jaxalign.morphable.model import load_model
   scheme = schemes_lib.IBUG68
@@ -301,16 +317,20 @@ def by_yaw(faces=400, seed=7, train_faces=1000, folder=None, noise=0.0, backends
   counts = [int(c) for c in np.histogram(np.abs(yaw), YAW_BINS)[0]]
   rows = {}
   truth = yaw < 0
+  # The JAX 3DMM with the true flip: the learned completions' points where they switch to it.
+  jax_true = completion.complete(given, backend='jax', image_size=size, flip=truth, model=model,
+                                 config=config)
   for backend in backends:
     for mode, flip in (('true_flip', truth), ('detected_flip', None)):
-      r = completion.complete(given, backend=backend, image_size=size, flip=flip, model=model,
-                              config=config if backend == 'jax' else None)
+      r = jax_true if (backend, mode) == ('jax', 'true_flip') else completion.complete(
+          given, backend=backend, image_size=size, flip=flip, model=model,
+          config=config if backend == 'jax' else None)
       rows[f'{backend}/{mode}'] = binned_ul_errors(r.points, r.kept, gt, yaw)
       if flip is None:
         wrong = (r.flipped != truth)[np.abs(yaw) > 20]
         rows[f'{backend}/{mode}']['wrong_flips'] = int(wrong.sum())
   if references:
-    train, _ = renderer_faces(train_faces, seed + 1000, model)
+    train, train_yaw = renderer_faces(train_faces, seed + 1000, model)
     for name, bins in (('mean_shape', 5), ('gaussian', 3)):
       ref = statistical.fit(train, scheme, num_bins=bins)
       if name == 'mean_shape':
@@ -319,6 +339,12 @@ def by_yaw(faces=400, seed=7, train_faces=1000, folder=None, noise=0.0, backends
         res = statistical.complete(given, ref, scheme, flip=truth)
         pts, kept = res.points, res.kept
       rows[f'{name}/true_flip'] = binned_ul_errors(pts, kept, gt, yaw)
+    fitted = learned_lib.LearnedCompletion.fit(train, scheme, yaw=train_yaw)
+    rows['learned_synthetic/true_flip'] = binned_ul_errors(
+        fitted.complete(given, truth, completed_3dmm=jax_true.points), jax_true.kept, gt, yaw)
+  if learned is not None:
+    rows['learned_given/true_flip'] = binned_ul_errors(
+        learned.complete(given, truth, completed_3dmm=jax_true.points), jax_true.kept, gt, yaw)
   return {'date': time.strftime('%Y-%m-%d'), 'faces': source, 'noise_box': noise,
           'bins': list(YAW_BINS), 'counts': counts, 'results': rows}
 
@@ -372,40 +398,275 @@ def real_faces(paths):
 
 def real_errors(result, gt):
   """{'all', 'inner', 'jaw'}: (N,) inter-ocular NME of the completed points, all of them, the
-  non-jaw ones (17-67) and the jaw ones (0-16)."""
-  out = {k: np.full(len(gt), np.nan) for k in ('all', 'inner', 'jaw')}
-  for i in range(len(gt)):
-    if not result.ok[i]:
-      continue
-    ul = [j for j in range(68) if not result.kept[i, j]]
-    for k, sel in (('all', ul), ('inner', [j for j in ul if j >= 17]),
-                   ('jaw', [j for j in ul if j < 17])):
-      out[k][i] = metrics.nme(result.points[i:i + 1], gt[i:i + 1], indices=sel)[0]
+  non-jaw ones (17-67) and the jaw ones (0-16); NaN where the fit failed."""
+  from jaxalign.morphable import learned
+  e = learned.completed_errors(result.points, np.asarray(gt, np.float64), result.kept)
+  return {k: np.where(result.ok, v, np.nan) for k, v in e.items()}
+
+
+# |yaw| bins of the real-face report (300-W has few faces beyond 45 degrees).
+REAL_YAW_BINS = (0.0, 15.0, 30.0, 45.0, 90.0)
+DEFAULT_DATA_DIR = '../shared/300w'
+
+
+def w300_faces(data_dir=DEFAULT_DATA_DIR, split='train', max_faces=0, seed=0):
+  """(points (N, 68, 2) float32, names) of a 300-W split read by
+  :func:`jaxalign.data.sources.get_source` (faces with a missing point skipped);
+  ``max_faces`` > 0 keeps a fixed random subset (``seed``), in file order.
+
+  Raises:
+    FileNotFoundError: no such folder; ValueError: no usable face.
+  """
+  import pathlib
+  from jaxalign.data import sources
+  if not pathlib.Path(data_dir).is_dir():
+    raise FileNotFoundError(f'{data_dir}: no such 300-W folder (--data-dir)')
+  recs, _ = sources.get_source('300w', data_dir, split)
+  recs = [r for r in recs if np.isfinite(r.points).all()]
+  if max_faces and len(recs) > max_faces:
+    keep = np.sort(np.random.default_rng(seed).choice(len(recs), max_faces, replace=False))
+    recs = [recs[i] for i in keep]
+  if not recs:
+    raise ValueError(f'{data_dir}: no complete 68-point face in split {split!r}')
+  return np.stack([r.points for r in recs]).astype(np.float32), [r.image for r in recs]
+
+
+def _folds(n, k, seed):
+  """k disjoint sorted index arrays covering range(n) (a seeded permutation)."""
+  order = np.random.default_rng(seed).permutation(n)
+  return [np.sort(order[f::k]) for f in range(k)]
+
+
+def _cv_points(gt, flip, folds, seed, fit, complete):
+  """(N, 68, 2) points of a learned backend by cross-validation: each fold completed by
+  ``complete(model, test_idx)`` with ``model = fit(train_idx)``."""
+  out = np.full(gt.shape, np.nan, np.float32)
+  models = []
+  for test in _folds(len(gt), folds, seed):
+    train = np.setdiff1d(np.arange(len(gt)), test)
+    models.append(fit(train))
+    out[test] = complete(models[-1], test)
+  return out, models
+
+
+def _kept(flip, scheme=schemes_lib.IBUG68):
+  stable = scheme.stable_mask()
+  return np.where(np.asarray(flip)[:, None], stable[scheme.flip_index_array()][None],
+                  stable[None])
+
+
+def _by_bins(errors, yaw, bins):
+  """{'all'|'inner'|'jaw': [mean per |yaw| bin...]} (None where a bin is empty)."""
+  a = np.abs(np.asarray(yaw, np.float64))
+  idx = np.clip(np.searchsorted(bins, a, side='right') - 1, 0, len(bins) - 2)
+  out = {}
+  for k, v in errors.items():
+    out[k] = [float(np.nanmean(v[idx == b])) if np.isfinite(v[idx == b]).any() else None
+              for b in range(len(bins) - 1)]
   return out
 
 
-def real(paths, backends=('jax', 'eos'), config=None):
-  """Both backends on real annotated faces (see the module docstring); JSON-able dict."""
+def real(paths=None, backends=None, config=None, data_dir=DEFAULT_DATA_DIR, max_faces=0,
+         eos_faces=0, folds=5, seed=0, learned=None):
+  """The backends on real annotated faces (see the module docstring); JSON-able dict.
+
+  Args:
+    paths: folders / files of ``.pts`` / ``.ljson`` faces, or None: the 300-W training faces of
+      ``data_dir`` (at most ``max_faces``, a fixed random subset).
+    backends: names among 'jax', 'eos', 'gaussian', 'learned' (default: 'jax', 'eos' for
+      ``paths``, all four for 300-W).
+    config: the JAX backend's :class:`~jaxalign.morphable.fitting.FitConfig` (default its own).
+    eos_faces: > 0: eos completes only the first that many faces (it is slow); every backend's
+      mean over those faces is reported as well (``mean_eos_faces``).
+    folds, seed: the cross-validation of 'gaussian' and 'learned' (at least 2 folds of 2 faces).
+    learned: a fitted :class:`~jaxalign.morphable.learned.LearnedCompletion` to score as
+      'learned' instead of the cross-validated one.
+  """
   from jaxalign.morphable import completion
+  from jaxalign.morphable import learned as learned_lib
+  from jaxalign.morphable import pose
+  from jaxalign.morphable import statistical
   from jaxalign.morphable.model import load_model
+  scheme = schemes_lib.IBUG68
+  if paths:
+    gt, names = real_faces(paths)
+    sources = list(map(str, paths))
+  else:
+    gt, names = w300_faces(data_dir, 'train', max_faces, seed)
+    sources = [f'300-W train of {data_dir}' + (f' ({max_faces} random faces, seed {seed})'
+                                               if max_faces else '')]
+  if backends is None:
+    backends = ('jax', 'eos') if paths else ('jax', 'eos', 'gaussian', 'learned')
+  unknown = sorted(set(backends) - {'jax', 'eos', 'gaussian', 'learned'})
+  if unknown:
+    raise ValueError(f'unknown backend(s) {unknown}; known: jax, eos, gaussian, learned')
+  cv_needed = ('gaussian' in backends) or ('learned' in backends and learned is None)
+  if cv_needed and (folds < 2 or len(gt) < 2 * folds):
+    raise ValueError(f'cross-validating gaussian / learned needs --folds >= 2 and 2 faces per '
+                     f'fold; got {len(gt)} faces, {folds} folds')
   model = load_model()
-  gt, names = real_faces(paths)
+  n = len(gt)
   size = np.stack([completion.default_image_size(p) for p in gt])
-  out = {'date': time.strftime('%Y-%m-%d'), 'faces': len(gt), 'sources': list(map(str, paths)),
-         'normalization': 'inter_ocular', 'mean': {}, 'per_face': []}
-  rows = [{'file': n} for n in names]
-  for backend in backends:
-    r = completion.complete(gt, backend=backend, image_size=size, model=model,
-                            config=config if backend == 'jax' else None)
-    e = real_errors(r, gt)
-    out['mean'][backend] = {k: float(np.nanmean(v)) for k, v in e.items()}
-    out['mean'][backend]['failed'] = int((~r.ok).sum())
-    for i, row in enumerate(rows):
-      row[backend] = {k: float(e[k][i]) for k in e}
-      row.setdefault('yaw', float(r.yaw[i]))
-      row.setdefault('flipped', bool(r.flipped[i]))
-  out['per_face'] = rows
+  # One flip decision for every backend: the pipeline's (rigid fit of the given points).
+  flip = pose.flip_from_points(gt, scheme, model)
+  rigid_yaw = np.asarray(pose.estimate_pose(gt, scheme, model)[..., 0], np.float64)
+  kept = _kept(flip)
+  out = {'date': time.strftime('%Y-%m-%d'), 'faces': n, 'sources': sources,
+         'normalization': 'inter_ocular', 'yaw_bins': list(REAL_YAW_BINS),
+         'yaw_counts': [int(c) for c in np.histogram(np.abs(rigid_yaw), REAL_YAW_BINS)[0]],
+         'mean': {}, 'by_yaw': {}, 'per_face': []}
+  errors = {}
+  jax_points = None
+  if 'jax' in backends or 'learned' in backends:
+    r = completion.complete(gt, backend='jax', image_size=size, flip=flip, model=model,
+                            config=config)
+    jax_points = r.points
+    if 'jax' in backends:
+      errors['jax'] = real_errors(r, gt)
+      out['jax_yaw'] = [float(y) for y in r.yaw]
+  if 'eos' in backends:
+    ne = min(eos_faces, n) if eos_faces else n
+    r = completion.complete(gt[:ne], backend='eos', image_size=size[:ne], flip=flip[:ne],
+                            model=model)
+    e = real_errors(r, gt[:ne])
+    errors['eos'] = {k: np.concatenate([v, np.full(n - ne, np.nan)]) for k, v in e.items()}
+    out['eos_faces'] = ne
+  if 'gaussian' in backends:
+    pts, _ = _cv_points(
+        gt, flip, folds, seed,
+        lambda tr: statistical.fit(gt[tr], scheme),
+        lambda m, te: statistical.complete(gt[te], m, scheme, flip=flip[te]).points)
+    errors['gaussian'] = learned_lib.completed_errors(pts, gt.astype(np.float64), kept)
+  if 'learned' in backends:
+    if learned is None:
+      pts, models = _cv_points(
+          gt, flip, folds, seed,
+          lambda tr: learned_lib.LearnedCompletion.fit(gt[tr], scheme,
+                                                       completed_3dmm=jax_points[tr]),
+          lambda m, te: m.complete(gt[te], flip[te], completed_3dmm=jax_points[te]))
+      out['learned_cv'] = {'folds': folds, 'seed': seed,
+                           'use_learned': [m.use_learned.tolist() for m in models],
+                           'yaw_bins': models[0].yaw_bins.tolist()}
+    else:
+      pts = learned.complete(gt, flip, completed_3dmm=jax_points)
+      out['learned_model'] = {'faces': learned.num_faces, 'use_learned':
+                              learned.use_learned.tolist(), 'yaw_bins': learned.yaw_bins.tolist()}
+    errors['learned'] = learned_lib.completed_errors(pts, gt.astype(np.float64), kept)
+  for b in backends:
+    e = errors[b]
+    out['mean'][b] = {k: float(np.nanmean(v)) for k, v in e.items()}
+    out['mean'][b]['faces'] = int(np.isfinite(e['all']).sum())
+    out['by_yaw'][b] = _by_bins(e, rigid_yaw, REAL_YAW_BINS)
+  if 'eos' in backends and out['eos_faces'] < n:
+    ne = out['eos_faces']
+    out['mean_eos_faces'] = {b: {k: float(np.nanmean(v[:ne])) for k, v in errors[b].items()}
+                             for b in backends}
+
+  def num(x):
+    return float(x) if np.isfinite(x) else None
+
+  for i in range(n):
+    row = {'file': names[i], 'yaw': float(rigid_yaw[i]), 'flipped': bool(flip[i])}
+    for b in backends:
+      row[b] = {k: num(v[i]) for k, v in errors[b].items()}
+    out['per_face'].append(row)
   return out
+
+
+def prior_configs() -> dict:
+  """The JAX fitter settings :func:`prior_grid` compares: name -> FitConfig (the default,
+  eos's, the shape prior's noise level x the number of shape components, and single changes of
+  the adaptive noise, the pixel noise, the expression prior and the iterations)."""
+  from jaxalign.morphable import completion
+  from jaxalign.morphable import fitting
+  base = completion.JAX_DEFAULTS
+  grid = {'default (JAX_DEFAULTS)': base, 'eos prior (EOS_DEFAULTS)': fitting.EOS_DEFAULTS}
+  for noise_mm in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0):
+    for k in (20, 30, None):
+      grid[f'noise_mm {noise_mm:g}, {k or 63} shape'] = dataclasses.replace(
+          base, noise_mm=noise_mm, num_shape=k)
+  full = dataclasses.replace(base, num_shape=None)
+  grid['63 shape, no adaptive noise, 5 rounds'] = dataclasses.replace(
+      full, adaptive_noise=False, num_iterations=5)
+  grid['63 shape, 5 rounds'] = dataclasses.replace(full, num_iterations=5)
+  grid['63 shape, noise_px 1.73'] = dataclasses.replace(full, noise_px=3.0 ** 0.5)
+  for lam in (1.0, 10.0):
+    grid[f'63 shape, lambda_expression {lam:g}'] = dataclasses.replace(full,
+                                                                      lambda_expression=lam)
+  return grid
+
+
+def prior_grid(paths=None, data_dir=DEFAULT_DATA_DIR, max_faces=0, folds=5, seed=0,
+               configs=None, eos=True, eos_faces=0):
+  """Cross-validates the JAX fitter's prior on real annotated faces; JSON-able dict.
+
+  Every setting of ``configs`` (default :func:`prior_configs`) completes every face from its
+  ground-truth SLs (the pipeline's flip). The table is each setting's mean inter-ocular NME of
+  the completed points (all / non-jaw / jaw). The cross-validation picks, per fold, the setting
+  with the lowest mean over all completed points on the other folds and scores it on the fold:
+  the held-out mean says what choosing by this grid is worth, the picks how stable the choice
+  is. ``eos``: eos's own fit as a reference row (never picked; ``eos_faces`` > 0 limits it).
+  """
+  from jaxalign.morphable import completion
+  from jaxalign.morphable import pose
+  from jaxalign.morphable.model import load_model
+  scheme = schemes_lib.IBUG68
+  gt, _ = real_faces(paths) if paths else w300_faces(data_dir, 'train', max_faces, seed)
+  configs = prior_configs() if configs is None else configs
+  model = load_model()
+  n = len(gt)
+  if folds < 2 or n < folds:
+    raise ValueError(f'--folds must be >= 2 with at least one face per fold; got {n} faces, '
+                     f'{folds} folds')
+  size = np.stack([completion.default_image_size(p) for p in gt])
+  flip = pose.flip_from_points(gt, scheme, model)
+  table, errs = [], {}
+  for name, cfg in configs.items():
+    t = time.perf_counter()
+    r = completion.complete(gt, backend='jax', image_size=size, flip=flip, model=model,
+                            config=cfg)
+    errs[name] = real_errors(r, gt)
+    table.append({'setting': name, 'config': dataclasses.asdict(cfg),
+                  **{k: float(np.nanmean(v)) for k, v in errs[name].items()},
+                  'failed': int((~r.ok).sum()), 'seconds': time.perf_counter() - t})
+  picks, held = [], {k: np.full(n, np.nan) for k in ('all', 'inner', 'jaw')}
+  for test in _folds(n, folds, seed):
+    train = np.setdiff1d(np.arange(n), test)
+    best = min(errs, key=lambda k: np.nanmean(errs[k]['all'][train]))
+    picks.append(best)
+    for k in held:
+      held[k][test] = errs[best][k][test]
+  out = {'date': time.strftime('%Y-%m-%d'), 'faces': n,
+         'sources': list(map(str, paths)) if paths else [f'300-W train of {data_dir}'],
+         'table': table, 'cv': {'folds': folds, 'seed': seed, 'picks': picks,
+                                **{k: float(np.nanmean(v)) for k, v in held.items()}}}
+  if eos:
+    ne = min(eos_faces, n) if eos_faces else n
+    r = completion.complete(gt[:ne], backend='eos', image_size=size[:ne], flip=flip[:ne],
+                            model=model)
+    e = real_errors(r, gt[:ne])
+    out['eos'] = {'faces': ne, **{k: float(np.nanmean(v)) for k, v in e.items()},
+                  'failed': int((~r.ok).sum())}
+  return out
+
+
+def format_prior_grid(out) -> str:
+  """A plain-text table of :func:`prior_grid` (percent)."""
+  lines = [f"JAX fitter prior on {out['faces']} real faces ({', '.join(out['sources'])}); "
+           'inter-ocular NME % of the completed points', f"{'setting':44s}{'all':>8s}"
+           f"{'non-jaw':>8s}{'jaw':>8s}"]
+  for row in out['table']:
+    lines.append(f"{row['setting']:44s}{100 * row['all']:8.2f}{100 * row['inner']:8.2f}"
+                 f"{100 * row['jaw']:8.2f}")
+  if 'eos' in out:
+    e = out['eos']
+    lines.append(f"{'eos (' + str(e['faces']) + ' faces)':44s}{100 * e['all']:8.2f}"
+                 f"{100 * e['inner']:8.2f}{100 * e['jaw']:8.2f}")
+  cv = out['cv']
+  lines.append(f"{str(cv['folds']) + '-fold CV of the choice (held out)':44s}"
+               f"{100 * cv['all']:8.2f}{100 * cv['inner']:8.2f}{100 * cv['jaw']:8.2f}")
+  lines.append('picked per fold: ' + '; '.join(cv['picks']))
+  return '\n'.join(lines)
 
 
 def fusion(faces=128, seed=11, levels=(0.01, 0.03, 0.06, 0.10), reference_rms=0.01):
@@ -440,22 +701,45 @@ def fusion(faces=128, seed=11, levels=(0.01, 0.03, 0.06, 0.10), reference_rms=0.
           'reference_rms': reference_rms, 'rows': rows}
 
 
-def format_real(out) -> str:
-  """A plain-text table of :func:`real` (percent)."""
+def format_real(out, per_face=None) -> str:
+  """A plain-text table of :func:`real` (percent): means, by |yaw| bin and (``per_face``;
+  default when at most 60 faces) per face."""
   backends = list(out['mean'])
+
+  def cell(v):
+    return f'{100 * v:8.2f}' if v is not None and np.isfinite(v) else f"{'-':>8s}"
+
   lines = [f"{out['faces']} real faces from {', '.join(out['sources'])}; inter-ocular NME %, "
            'completed points: all / non-jaw / jaw']
-  head = f"{'face':28s}{'yaw':>7s}" + ''.join(f'{b:>24s}' for b in backends)
-  lines.append(head)
-  for row in out['per_face']:
-    cells = ''.join(
-        f"{100 * row[b]['all']:8.2f}{100 * row[b]['inner']:8.2f}{100 * row[b]['jaw']:8.2f}"
-        for b in backends)
-    name = row['file'].rsplit('/', 1)[-1]
-    lines.append(f"{name[:28]:28s}{row['yaw']:7.1f}{cells}")
-  cells = ''.join(f"{100 * out['mean'][b]['all']:8.2f}{100 * out['mean'][b]['inner']:8.2f}"
-                  f"{100 * out['mean'][b]['jaw']:8.2f}" for b in backends)
-  lines.append(f"{'mean':28s}{'':7s}{cells}")
+  head = f"{'':34s}" + ''.join(f'{b:>24s}' for b in backends)
+  if per_face is None:
+    per_face = out['faces'] <= 60
+  if per_face:
+    lines.append(f"{'face':27s}{'yaw':>7s}" + head[34:])
+    for row in out['per_face']:
+      cells = ''.join(cell(row[b]['all']) + cell(row[b]['inner']) + cell(row[b]['jaw'])
+                      for b in backends)
+      name = row['file'].rsplit('/', 1)[-1]
+      lines.append(f"{name[:27]:27s}{row['yaw']:7.1f}{cells}")
+  else:
+    lines.append(head)
+  bins = out['yaw_bins']
+  for b_i, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
+    label = f"|yaw| {lo:g}-{hi:g} (n={out['yaw_counts'][b_i]})"
+    cells = ''.join(cell(out['by_yaw'][b]['all'][b_i]) + cell(out['by_yaw'][b]['inner'][b_i])
+                    + cell(out['by_yaw'][b]['jaw'][b_i]) for b in backends)
+    lines.append(f'{label:34s}{cells}')
+  cells = ''.join(cell(out['mean'][b]['all']) + cell(out['mean'][b]['inner'])
+                  + cell(out['mean'][b]['jaw']) for b in backends)
+  lines.append(f"{'mean':34s}{cells}")
+  if 'mean_eos_faces' in out:
+    m = out['mean_eos_faces']
+    cells = ''.join(cell(m[b]['all']) + cell(m[b]['inner']) + cell(m[b]['jaw'])
+                    for b in backends)
+    lines.append(f"{'mean, the ' + str(out['eos_faces']) + ' eos faces':34s}{cells}")
+  if 'learned_cv' in out:
+    lines.append(f"learned: {out['learned_cv']['folds']}-fold CV; learned points used per |yaw| "
+                 f"bin {out['learned_cv']['yaw_bins']}: {out['learned_cv']['use_learned']}")
   return '\n'.join(lines)
 
 
@@ -463,7 +747,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m jaxalign.bench completion', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--batch-size', type=int, default=256, help='faces per JAX call (default 256)')
-  p.add_argument('--eos-faces', type=int, default=64, help='faces timed with eos (default 64)')
+  p.add_argument('--eos-faces', type=int, default=None,
+                 help='faces timed with eos (default 64); --real, --prior-grid: eos completes '
+                      'only the first that many faces (default all)')
   p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--seed', type=int, default=None,
                  help='face seed (default 0; --by-yaw: 7)')
@@ -481,12 +767,29 @@ def main(argv=None) -> int:
   p.add_argument('--folder', default=None,
                  help='--by-yaw: score the faces of this folder instead (yaw from '
                       'annotations.jsonl)')
-  p.add_argument('--backends', default='jax,eos',
-                 help='--by-yaw, --real: comma-separated backends')
+  p.add_argument('--backends', default=None,
+                 help='--by-yaw, --real: comma-separated backends (default jax,eos; --real on '
+                      '300-W: jax,eos,gaussian,learned)')
   p.add_argument('--fusion', action='store_true',
                  help='score fused completion (noisy observations of the ULs) instead')
-  p.add_argument('--real', nargs='+', metavar='DIR', default=None,
-                 help='score the real faces (.pts / .ljson) of these folders or files instead')
+  p.add_argument('--real', nargs='*', metavar='DIR', default=None,
+                 help='score the real faces (.pts / .ljson) of these folders or files instead; '
+                      'without any: the 300-W training faces of --data-dir')
+  p.add_argument('--data-dir', default=DEFAULT_DATA_DIR,
+                 help=f'--real, --prior-grid: the 300-W folder (default {DEFAULT_DATA_DIR})')
+  p.add_argument('--max-faces', type=int, default=0,
+                 help='--real, --prior-grid on 300-W: a fixed random subset of this many faces '
+                      '(default 0: all)')
+  p.add_argument('--folds', type=int, default=5,
+                 help='--real, --prior-grid: cross-validation folds (default 5)')
+  p.add_argument('--learned', default=None, metavar='JSON',
+                 help='--real, --by-yaw: score this stored learned completion (a '
+                      'LearnedCompletion.to_dict JSON file)')
+  p.add_argument('--per-face', action='store_true',
+                 help='--real: print the per-face rows (default: at most 60 faces)')
+  p.add_argument('--prior-grid', action='store_true',
+                 help='cross-validate the JAX fitter prior on real faces (--real DIRs or '
+                      '--data-dir) instead')
   args = p.parse_args(argv)
   from jaxalign import assets
   try:
@@ -503,13 +806,36 @@ def main(argv=None) -> int:
         print(f"observations {row['observations']} weights {row['weights']}: non-jaw "
               f"{100 * row['inner']:.2f} %, jaw {100 * row['jaw']:.2f} %")
     return 0
-  if args.real:
+  backends = (None if args.backends is None
+              else tuple(b for b in args.backends.split(',') if b))
+  learned = None
+  if args.learned:
+    from jaxalign.morphable import learned as learned_lib
     try:
-      out = real(args.real, tuple(b for b in args.backends.split(',') if b))
+      with open(args.learned) as f:
+        learned = learned_lib.LearnedCompletion.from_dict(json.load(f))
+    except (OSError, ValueError) as e:
+      print(f'--learned {args.learned}: {e}', file=sys.stderr)
+      return 2
+  if args.prior_grid:
+    try:
+      out = prior_grid(args.real or None, args.data_dir, args.max_faces, args.folds,
+                       eos=backends is None or 'eos' in backends,
+                       eos_faces=args.eos_faces or 0)
     except (FileNotFoundError, ValueError) as e:
       print(e, file=sys.stderr)
       return 2
-    print(json.dumps(out) if args.json else format_real(out))
+    print(json.dumps(out) if args.json else format_prior_grid(out))
+    return 0
+  if args.real is not None:
+    try:
+      out = real(args.real or None, backends, data_dir=args.data_dir, max_faces=args.max_faces,
+                 eos_faces=args.eos_faces or 0, folds=args.folds,
+                 learned=learned)
+    except (FileNotFoundError, ValueError) as e:
+      print(e, file=sys.stderr)
+      return 2
+    print(json.dumps(out) if args.json else format_real(out, args.per_face or None))
     return 0
   if args.tune:
     tune(mismatch_mm=args.mismatch_mm, noise=0.01 if args.noise is None else args.noise)
@@ -518,11 +844,11 @@ def main(argv=None) -> int:
     seed = 7 if args.seed is None else args.seed
     noise = 0.0 if args.noise is None else args.noise
     out = by_yaw(args.faces, seed, args.train_faces, args.folder, noise,
-                 tuple(b for b in args.backends.split(',') if b))
+                 backends or ('jax', 'eos'), learned=learned)
     print(json.dumps(out) if args.json else format_by_yaw(out))
     return 0
-  out = run(args.batch_size, args.eos_faces, 0 if args.seed is None else args.seed, args.repeats,
-            args.mismatch_mm, 0.01 if args.noise is None else args.noise)
+  out = run(args.batch_size, args.eos_faces or 64, 0 if args.seed is None else args.seed,
+            args.repeats, args.mismatch_mm, 0.01 if args.noise is None else args.noise)
   if args.json:
     print(json.dumps(out))
   else:

@@ -132,9 +132,10 @@ def _kernel(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
   return np.exp(-gamma * np.maximum(d2, 0.0) / a.shape[1])
 
 
-def _errors(pred, gt, kept) -> dict[str, np.ndarray]:
-  """{'all', 'inner', 'jaw'}: (N,) inter-ocular NME of the points not ``kept`` (iBUG-68 jaw
-  0-16 apart; for another scheme 'jaw' is NaN and 'inner' = 'all')."""
+def completed_errors(pred, gt, kept) -> dict[str, np.ndarray]:
+  """{'all', 'inner', 'jaw'}: (N,) inter-ocular NME of the completed points (not ``kept``,
+  (N, L) bool), all of them, the non-jaw and the jaw ones (iBUG-68 0-16; for another scheme
+  'jaw' is NaN and 'inner' = 'all'). A face with a non-finite completed point gets NaN."""
   from jaxalign import metrics  # pylint: disable=g-import-not-at-top
   n = len(gt)
   io = metrics.normalizer(gt) if n else np.zeros(0)
@@ -277,7 +278,7 @@ class LearnedCompletion:
       c3 = np.asarray(c3, np.float64)
       kept = np.where(flipped[:, None], scheme.stable_mask()[scheme.flip_index_array()][None],
                       scheme.stable_mask()[None])
-      e_l, e_3 = _errors(oof, x, kept), _errors(c3, x, kept)
+      e_l, e_3 = completed_errors(oof, x, kept), completed_errors(c3, x, kept)
       per_bin = []
       use = np.zeros(len(edges) - 1, bool)
       for b in range(len(edges) - 1):
@@ -292,7 +293,8 @@ class LearnedCompletion:
             'learned': {k: float(np.nanmean(v)) for k, v in e_l.items()},
             '3dmm': {k: float(np.nanmean(v)) for k, v in e_3.items()}}
       switched = np.where(use[bins][:, None, None], oof, c3)
-      cv['switched'] = {k: float(np.nanmean(v)) for k, v in _errors(switched, x, kept).items()}
+      cv['switched'] = {k: float(np.nanmean(v))
+                        for k, v in completed_errors(switched, x, kept).items()}
     opts['yaw_bins'] = [float(e) for e in edges]
     return cls(scheme=scheme.name, stable=stable.astype(np.int64), **core,
                yaw_bins=edges, use_learned=np.asarray(use, bool), num_faces=int(len(x)),
