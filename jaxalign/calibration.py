@@ -22,6 +22,8 @@ Layering: above :mod:`jaxalign.inference`, below :mod:`jaxalign.workflow`.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from jaxalign import inference
@@ -29,6 +31,8 @@ from jaxalign import schemes as schemes_lib
 from jaxalign.morphable import completion as completion_lib
 from jaxalign.morphable import pose as pose_lib
 from jaxalign.training import config as config_lib
+
+log = logging.getLogger('jaxalign.calibration')
 
 
 def _truth_yaw(records, gt) -> np.ndarray:
@@ -40,7 +44,30 @@ def _truth_yaw(records, gt) -> np.ndarray:
   return yaw
 
 
-def calibrate(model, config, records, batch_size: int | None = None) -> dict | None:
+def fit_learned(config, records) -> dict | None:
+  """The learned completion (:class:`jaxalign.morphable.learned.LearnedCompletion`, its
+  options' defaults: chosen by cross-validation, ``docs/method.md``) fitted on the run's
+  training faces ``records``, as ``to_dict()`` (what ``WORKDIR/learned_completion.json``
+  holds); None for the plain model or a scheme other than iBUG-68. The records' annotated yaw
+  (synthetic faces) decides their mirroring where known; the pose switch to the 3DMM is chosen
+  out of fold on the same faces. None also with fewer training faces than a |yaw| bin needs
+  (``learned.DEFAULT_MIN_BIN_FACES``)."""
+  from jaxalign.morphable import learned  # pylint: disable=g-import-not-at-top
+  scheme = config_lib.model_scheme(config)
+  if config.model.kind != 'pose_aware' or scheme.name != schemes_lib.IBUG68.name or not records:
+    return None
+  if len(records) < learned.DEFAULT_MIN_BIN_FACES:   # no |yaw| bin could ever use it
+    log.warning('%d training faces: too few for a learned completion (at least %d)',
+                len(records), learned.DEFAULT_MIN_BIN_FACES)
+    return None
+  shapes = np.stack([np.asarray(r.points, np.float64) for r in records])
+  yaw = np.array([np.nan if r.yaw is None else float(r.yaw) for r in records], np.float64)
+  return learned.LearnedCompletion.fit(
+      shapes, scheme, yaw=yaw if np.isfinite(yaw).all() else None).to_dict()
+
+
+def calibrate(model, config, records, batch_size: int | None = None,
+              learned: dict | None = None) -> dict | None:
   """The completion tables of a run measured on the held-out ``records`` (ground truth in
   ``points``).
 
@@ -48,12 +75,15 @@ def calibrate(model, config, records, batch_size: int | None = None) -> dict | N
     model, config: the run (:class:`jaxalign.inference.Run`'s ``model`` and ``config``).
     records: held-out faces (:class:`jaxalign.data.records.FaceRecord`).
     batch_size: images per forward pass (default ``config.eval.batch_size``).
+    learned: the run's learned completion tables (:func:`fit_learned`), when it has them.
 
   Returns:
     ``{'rms': (B, L) nested list (None where a bin has no face), 'bins', 'num_faces', 'units',
     'frame'}`` plus ``blend`` (``alpha``, ``backend``, ``fused``, ``convention``, ``meaning``)
-    when the run's completion is a 3DMM ('jax' or 'eos'); None for the plain model, a scheme
-    without a 3DMM completion, or no readable face.
+    for the run's completion when it is 'jax', 'eos' or 'learned', and ``blends``
+    (``{backend: blend}``) for it and the other completions that can run here ('jax', and
+    'learned' with ``learned``), so ``--completion`` can switch; None for the plain model, a
+    scheme without a 3DMM completion, or no readable face.
   """
   if (config.model.kind != 'pose_aware' or config_lib.model_scheme(config).name
       != schemes_lib.IBUG68.name or not records):
@@ -70,18 +100,28 @@ def calibrate(model, config, records, batch_size: int | None = None) -> dict | N
   table = {'rms': np.where(np.isfinite(rms), rms, None).tolist(), 'bins': list(bins),
            'num_faces': int(valid.sum()), 'units': 'inter-ocular distance',
            'frame': 'right-looking (left-looking faces mirrored)'}
-  # The run's completion with these residuals, before the mix (what the mix is fitted on).
-  completion = inference.Completion.of_run(config, tables={'residuals': table}, mix=False)
-  if completion.backend not in ('jax', 'eos'):
-    return table
-  res = inference.run_pipeline(model, config, records, completion, batch_size)
-  completed = res['points'][valid]
-  alpha = completion_lib.blend_weights(completed, rough, gt, inference.cnn1_yaw(rough),
-                                       bins=bins)
-  table['blend'] = {
-      'alpha': np.where(np.isfinite(alpha), alpha, None).tolist(),
-      'backend': completion.backend, 'fused': completion.fused,
-      'convention': completion.convention,
-      'meaning': 'point = alpha * completion + (1 - alpha) * CNN1, per |yaw| bin and point '
-                 '(rigid-fit yaw of CNN1\'s points), right-looking frame'}
+  tables = {'residuals': table, 'learned': learned}
+  own = inference.resolve_backend(config)
+  backends = [own] + [b for b in ('jax', 'learned') if b != own
+                      and (b != 'learned' or learned is not None)]
+  blends = {}
+  for backend in backends:
+    if backend not in ('jax', 'eos', 'learned'):
+      continue
+    # This completion with these residuals, before the mix (what the mix is fitted on).
+    completion = inference.Completion.of_run(config, backend=backend, tables=tables, mix=False)
+    res = inference.run_pipeline(model, config, records, completion, batch_size)
+    completed = res['points'][valid]
+    alpha = completion_lib.blend_weights(completed, rough, gt, inference.cnn1_yaw(rough),
+                                         bins=bins)
+    blends[backend] = {
+        'alpha': np.where(np.isfinite(alpha), alpha, None).tolist(),
+        'backend': completion.backend, 'fused': completion.fused,
+        'convention': completion.convention,
+        'meaning': 'point = alpha * completion + (1 - alpha) * CNN1, per |yaw| bin and point '
+                   '(rigid-fit yaw of CNN1\'s points), right-looking frame'}
+  if own in blends:
+    table['blend'] = blends[own]
+  if blends:
+    table['blends'] = blends
   return table

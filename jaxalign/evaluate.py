@@ -2,11 +2,15 @@
 
   python -m jaxalign.evaluate --workdir RUN [--dataset NAME[:SPLIT] | --dataset FOLDER]
       [--data-dir ROOT] [--completion jax|eos|gaussian|none] [--out DIR] [--batch-size N]
+      [--boxes auto|detector|landmarks]
   python -m jaxalign.evaluate --compare RUN RUN ... [--dataset ...] [--out DIR]
 
 Without ``--dataset`` the run's own held-out split is evaluated. ``NAME`` is a registered data
 set (300w, cofw68, aflw, aflw2k3d, folder; see docs/datasets.md) read from ``--data-dir``; a
-folder of images + ``.pts`` can be given directly. Writes into DIR (default
+folder of images + ``.pts`` can be given directly. A named data set's faces are cropped around
+its own boxes where it ships box files, else around the face detector's box on the photo (the
+landmark box jittered like a detector's where it finds nothing; ``--boxes``); ``report.json``'s
+``boxes`` counts each kind. Writes into DIR (default
 ``RUN/eval/<data set>/``): report.json, report.md, predictions.npz, ced.png, nme_by_pose.png,
 best_worst.png. ``--compare`` evaluates each run where needed and writes one table
 (comparison.md / .json), one CED and one pose plot (default DIR: ``compare/<data set>`` beside
@@ -19,6 +23,7 @@ import logging
 import sys
 
 from jaxalign.evaluation import runner
+from jaxalign.prediction import face_boxes
 
 
 def main(argv=None) -> int:
@@ -34,6 +39,10 @@ def main(argv=None) -> int:
                            "statistical); default each run's config.eval.completion_backend")
   parser.add_argument('--out', help='output folder')
   parser.add_argument('--batch-size', type=int, help='images per forward pass')
+  parser.add_argument('--boxes', default='auto', choices=face_boxes.MODES,
+                      help="face boxes of a named data set: 'auto' (its box files, else the "
+                           "face detector, else the landmark box jittered like a detector's), "
+                           "'detector', or 'landmarks' (with the run's eval.box_jitter)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
   try:
@@ -44,7 +53,7 @@ def main(argv=None) -> int:
       print(f'written to {result["out_dir"]}')
       return 0
     rep = runner.evaluate(args.workdir, args.dataset, args.completion, args.out, args.data_dir,
-                          args.batch_size)
+                          args.batch_size, boxes=args.boxes)
   except (FileNotFoundError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

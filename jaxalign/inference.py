@@ -55,7 +55,11 @@ from jaxalign.training import runs
 log = logging.getLogger('jaxalign.inference')
 
 # 'none': the CNNs' points (no completion); 'gaussian': the 2D statistical completion.
-BACKENDS = ('jax', 'eos', 'gaussian', 'none')
+# 'learned': the run's learned completion (jaxalign.morphable.learned, fitted on its training
+# shapes, WORKDIR/learned_completion.json) over the JAX 3DMM, which keeps the poses it hands back.
+BACKENDS = ('jax', 'eos', 'gaussian', 'learned', 'none')
+# The backends that fit the 3DMM with JAX (CNN1's residuals can join that fit: the fusion).
+JAX_FIT = ('jax', 'learned')
 
 load_config = config_lib.load_run_config
 save_config = config_lib.save_run_config
@@ -119,8 +123,11 @@ class Completion:
     if self.backend not in BACKENDS:
       raise ValueError(f'unknown completion backend {self.backend!r}; expected one of '
                        f'{BACKENDS}')
-    if self.fusion is not None and self.backend != 'jax':
+    if self.fusion is not None and self.backend not in JAX_FIT:
       raise ValueError(f'the fusion with CNN1 needs the jax backend, not {self.backend!r}')
+    if self.backend == 'learned' and self.learned is None:
+      raise ValueError(f"the 'learned' completion needs the run's {LEARNED_FILE} (written at "
+                       'the end of training, or by python -m jaxalign.calibrate --workdir RUN)')
     if self.blend is not None and not self.fits(self.blend):
       raise ValueError('the blend table was not estimated for this completion')
 
@@ -171,7 +178,7 @@ class Completion:
     pose_aware = config.model.kind == 'pose_aware'
     where = workdir if workdir is not None else 'the run'
     fusion = None
-    if config.eval.completion_fusion and pose_aware and backend == 'jax':
+    if config.eval.completion_fusion and pose_aware and backend in JAX_FIT:
       if residuals is None:
         log.warning('eval.completion_fusion is on but %s has no %s (train with validation '
                     'faces: data.val_dir, data.synthetic.num_val or data.holdout_fraction); '
@@ -183,7 +190,9 @@ class Completion:
                      tables.get('learned'))
     if not (mix and config.eval.completion_blend and pose_aware and backend != 'none'):
       return completion
-    blend = None if residuals is None else residuals.get('blend')
+    # One mix table per completion it was estimated for ('blends'), or the run's own ('blend').
+    blend = None if residuals is None else (
+        residuals.get('blends', {}).get(backend) or residuals.get('blend'))
     if blend is None:
       log.warning('eval.completion_blend is on but %s has no blend table in %s (train with '
                   'validation faces: data.val_dir, data.synthetic.num_val or '
@@ -367,16 +376,20 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
 # ------------------------------------------------------------------------------- completion
 
 def complete_points(points, scheme, backend: str, flip=None, train_dir: str | None = None,
-                    convention: str = '2d', **kwargs):
+                    convention: str = '2d', learned: dict | None = None, **kwargs):
   """The unstable points of faces from their stable points, by ``backend``.
 
   'jax' / 'eos': :func:`jaxalign.morphable.completion.complete` (the 3DMM, ``convention`` '2d'
   or '3d'); 'gaussian': the 2D statistical completion
   (:func:`jaxalign.morphable.statistical.complete`) fitted on the training folder
-  ``train_dir``.
+  ``train_dir``; 'learned': the JAX 3DMM (pose, coefficients, and the points of the poses the
+  learned model hands back), then :class:`jaxalign.morphable.learned.LearnedCompletion` of the
+  tables ``learned`` (``LearnedCompletion.to_dict()``) for the unstable points. The learned
+  model reads 2D (300-W) annotations, so with ``convention='3d'`` the 3DMM's points are kept.
 
   Raises:
-    ValueError: 'gaussian' without a training folder, or an unknown backend.
+    ValueError: 'gaussian' without a training folder, 'learned' without tables, or an unknown
+    backend.
   """
   if backend == 'gaussian':
     from jaxalign.morphable import statistical  # pylint: disable=g-import-not-at-top
@@ -385,11 +398,24 @@ def complete_points(points, scheme, backend: str, flip=None, train_dir: str | No
                        'config.data.train_dir is empty')
     model = _gaussian_model(str(train_dir), schemes_lib.get_scheme(scheme))
     return statistical.complete(points, model, scheme=scheme, flip=flip)
-  if backend not in ('jax', 'eos'):
-    raise ValueError(f'unknown completion backend {backend!r}; expected jax, eos or gaussian')
+  if backend not in ('jax', 'eos', 'learned'):
+    raise ValueError(f'unknown completion backend {backend!r}; expected one of {BACKENDS}')
   from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
-  return completion.complete(points, scheme=scheme, backend=backend, flip=flip,
-                             convention=convention, **kwargs)
+  result = completion.complete(points, scheme=scheme, backend='jax' if backend == 'learned'
+                               else backend, flip=flip, convention=convention, **kwargs)
+  if backend != 'learned':
+    return result
+  if learned is None:
+    raise ValueError(f"the 'learned' completion needs its tables ({LEARNED_FILE})")
+  if convention != '2d':
+    log.warning("the 'learned' completion reads 2D annotations; with the %s convention the "
+                "3DMM's points are kept", convention)
+    return result
+  from jaxalign.morphable import learned as learned_lib  # pylint: disable=g-import-not-at-top
+  model = learned_lib.LearnedCompletion.from_dict(learned)
+  pts = model.complete(np.asarray(points, np.float32), flip=flip,
+                       completed_3dmm=np.asarray(result.points, np.float32))
+  return dataclasses.replace(result, points=pts)
 
 
 def _gaussian_model(folder: str, scheme):
@@ -477,7 +503,8 @@ def run_pipeline(model, config, records, completion: Completion | str | None = N
   points_unblended = None   # the completion before the mix with CNN1, when mixed
   # The 3DMM reads iBUG-68 points. The plain model is fitted for its yaw only (a 3DMM gives
   # one where the annotations have none); the pose-aware model's stable points are completed.
-  fit_backend = ('jax' if backend in ('gaussian', 'none') else backend) if plain else backend
+  fit_backend = ('jax' if backend in ('gaussian', 'none', 'learned') else backend) if plain \
+      else backend
   if scheme.name != schemes_lib.IBUG68.name:
     if not plain and backend != 'none':
       error = (f'no 3DMM completion for the {scheme.name} scheme (the completion reads '
@@ -493,7 +520,8 @@ def run_pipeline(model, config, records, completion: Completion | str | None = N
     def fit(**extra):
       return complete_points(
           fit_input, scheme, fit_backend, flip=None if plain else out['flipped'][sel],
-          train_dir=completion.train_dir, convention=convention, **extra)
+          train_dir=completion.train_dir, convention=convention, learned=completion.learned,
+          **extra)
 
     yaw_cnn1 = cnn1_yaw(rough) if (fuse or mix) else None
     result = fit(**fusion_inputs(rough, fuse, yaw_cnn1))

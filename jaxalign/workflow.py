@@ -47,15 +47,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result
   calibrate = bool(data.get('holdout'))
   evaluate = bool(resolved.eval.enabled and data['test_sets'])
-  if not (calibrate or evaluate):
-    return result
   workdir = os.path.abspath(workdir)
   run = inference.Run.load(workdir)
-  if calibrate:
-    table = calibration.calibrate(run.model, run.config, data['holdout'])
-    if table is not None:
-      atomic.write_json(os.path.join(workdir, inference.FUSION_FILE), table)
+  recalibrate(run, data['records'], data['holdout'] if calibrate else None)
   if evaluate:
     result['reports'] = runner.evaluate_splits(run, data['test_sets'], data['mean_shape'])
     result['report'] = next(iter(result['reports'].values()))
   return result
+
+
+def recalibrate(run, train_records, holdout) -> dict:
+  """Fits the run's learned completion on its training faces (``WORKDIR/learned_completion
+  .json``) and, with held-out faces, calibrates its completion tables on them
+  (``WORKDIR/cnn1_residuals.json``, mix tables for every completion that can run). What the end
+  of training does, and ``python -m jaxalign.calibrate`` for an existing run.
+
+  Returns:
+    ``{'learned': tables or None, 'residuals': table or None}`` as written.
+  """
+  learned = calibration.fit_learned(run.config, train_records)
+  if learned is not None:
+    atomic.write_json(os.path.join(run.workdir, inference.LEARNED_FILE), learned)
+  table = None
+  if holdout:
+    table = calibration.calibrate(run.model, run.config, holdout, learned=learned)
+    if table is not None:
+      atomic.write_json(os.path.join(run.workdir, inference.FUSION_FILE), table)
+  return {'learned': learned, 'residuals': table}

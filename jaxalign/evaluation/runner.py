@@ -25,6 +25,7 @@ from jaxalign.data import pipeline
 from jaxalign.data import records as records_lib
 from jaxalign.evaluation import plots
 from jaxalign.evaluation import report as report_lib
+from jaxalign.prediction import face_boxes
 from jaxalign.training import checkpointing
 from jaxalign.training import config as config_lib
 from jaxalign.training import data_setup
@@ -67,19 +68,19 @@ def resolve_dataset(config, dataset: str | None = None, data_dir: str | None = N
     ValueError / FileNotFoundError: naming the data set, split or folder.
   """
   from jaxalign.data import sources  # pylint: disable=g-import-not-at-top
-  test_source = config.data.get('test_source', '') or config.data.get('source', '')
-  if dataset is None and test_source and config.data.get('test_splits'):
+  test_source = config.data.test_source or config.data.source
+  if dataset is None and test_source and config.data.test_splits:
     # A run trained on a registered data set: its first configured test split, described as
     # the end-of-run evaluation describes it (same folder, same numbers).
     split = config.data.test_splits[0]
-    data_dir = data_dir or config.data.get('test_root', '') or config.data.get('root', '')
+    data_dir = data_dir or config.data.test_root or config.data.root
     if not data_dir:
       raise ValueError(f'the run\'s test set {test_source} has no folder: pass --data-dir')
     records, invalid = sources.get_source(test_source, data_dir, split)
     return records, invalid, _split_info(config, split)
   if dataset is None:
     root = default_test_dir(config, workdir)
-    split = str(config.data.get('test_split', 'test') or 'test')
+    split = str(config.data.test_split or 'test')
     records, invalid = records_lib.scan_folder(root, scheme=config.model.scheme)
     info = dict(_split_info(config, split), root=str(root))
     return records, invalid, info
@@ -107,7 +108,7 @@ def resolve_dataset(config, dataset: str | None = None, data_dir: str | None = N
 def default_test_dir(config, workdir: str | None = None) -> pathlib.Path:
   """The run's held-out folder: ``config.data.test_dir`` (as saved, or relative to the run),
   else its synthetic test set (rendered again if the cache is gone)."""
-  test_dir = str(config.data.get('test_dir') or '')
+  test_dir = str(config.data.test_dir or '')
   candidates = []
   if test_dir:
     candidates.append(pathlib.Path(test_dir))
@@ -116,8 +117,7 @@ def default_test_dir(config, workdir: str | None = None) -> pathlib.Path:
   for c in candidates:
     if c.is_dir():
       return c
-  synthetic = config.data.get('synthetic')
-  if synthetic is not None and synthetic.get('enabled') and synthetic.get('num_test', 0) > 0:
+  if config.data.synthetic.enabled and config.data.synthetic.num_test > 0:
     _, rendered = data_setup.ensure_synthetic(config)
     if rendered and os.path.isdir(rendered):
       return pathlib.Path(rendered)
@@ -298,8 +298,9 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
       'num_completion_fallbacks': int(res['num_fallbacks']),
       'num_skipped': int(num_invalid) + int((~valid).sum()),
       'num_invalid_files': int(num_invalid),
-      'box_jitter': config.eval.get('box_jitter', {}).to_dict()
-      if config.eval.get('box_jitter', None) else None,
+      'box_jitter': config.eval.box_jitter.to_dict(),
+      # Which boxes the faces were cropped around, with counts (face_boxes.box_counts).
+      'boxes': info.get('boxes') or face_boxes.box_counts(records),
       'timings': {'cnn_s': res['timings']['cnn_s'],
                   'completion_s': res['timings']['completion_s'],
                   'faces_per_s': res['timings']['faces_per_s'],
@@ -344,23 +345,22 @@ def evaluate_splits(run, test_sets: dict, mean_shape=None) -> dict:
 
 def _split_info(config, split: str) -> dict:
   """The description of one of the run's own held-out splits."""
-  test_source = config.data.get('test_source', '') or config.data.get('source', '')
-  if test_source and config.data.get('test_splits'):
+  test_source = config.data.test_source or config.data.source
+  if test_source and config.data.test_splits:
     from jaxalign.data import sources  # pylint: disable=g-import-not-at-top
     return {'dataset': f'{test_source}:{split}', 'name': test_source, 'split': split,
-            'tag': _tag(split), 'root': str(config.data.get('test_root', '') or
-                                            config.data.get('root', '')),
+            'tag': _tag(split), 'root': str(config.data.test_root or config.data.root),
             'normalization': sources.source_info(test_source).normalization}
-  return {'dataset': f'{split} ({config.data.get("test_dir", "")})', 'name': None,
-          'split': split, 'tag': _tag(split), 'root': str(config.data.get('test_dir', '')),
-          'normalization': str(config.eval.get('normalization', 'inter_ocular') or
-                               'inter_ocular')}
+  return {'dataset': f'{split} ({config.data.test_dir})', 'name': None,
+          'split': split, 'tag': _tag(split), 'root': str(config.data.test_dir),
+          'normalization': str(config.eval.normalization)}
 
 
 def evaluate(workdir: str | os.PathLike, dataset: str | None = None,
              completion: str | None = None,
              out: str | os.PathLike | None = None, data_dir: str | None = None,
-             batch_size: int | None = None, grid_size: int = 5) -> dict[str, Any]:
+             batch_size: int | None = None, grid_size: int = 5,
+             boxes: str = 'auto') -> dict[str, Any]:
   """Evaluates a run's latest checkpoint on a data set and writes the report folder.
 
   Args:
@@ -372,9 +372,15 @@ def evaluate(workdir: str | os.PathLike, dataset: str | None = None,
     data_dir: root of a named data set.
     batch_size: images per forward pass (default ``config.eval.batch_size``).
     grid_size: faces per row of the best/worst grid.
+    boxes: the face boxes of a named data set (:data:`jaxalign.prediction.face_boxes.MODES`):
+      'auto' (its box files where it has them, else the face detector on the photo, else the
+      landmark box jittered like a detector's; the run's ``eval.box_jitter`` is then not
+      applied again), 'detector', or 'landmarks' (the landmark boxes with the run's jitter,
+      as the end-of-run evaluation). The run's own split always uses the latter.
 
   Returns:
-    The ``report.json`` object (with ``out_dir`` added).
+    The ``report.json`` object (with ``out_dir`` added); its ``boxes`` counts the faces per
+    kind of box.
 
   Raises:
     FileNotFoundError: no run, checkpoint or data set; ValueError: bad arguments or no usable
@@ -390,9 +396,13 @@ def evaluate(workdir: str | os.PathLike, dataset: str | None = None,
   if not records:
     raise ValueError(f'no usable face in {info["dataset"]} ({len(invalid)} invalid files)')
   out_dir = pathlib.Path(out) if out is not None else pathlib.Path(run.workdir) / 'eval' / info['tag']
+  config = run.config
+  if dataset is not None and info['name'] != 'folder':
+    records, config, info['boxes'] = face_boxes.for_evaluation(
+        records, config, boxes, normalization=info['normalization'])
   run.model  # pylint: disable=pointless-statement   (restored here, timed as the load)
   t_load = time.perf_counter()
-  rep = evaluate_records(run.model, run.config, records, out_dir, info, step=run.step,
+  rep = evaluate_records(run.model, config, records, out_dir, info, step=run.step,
                          workdir=run.workdir, mean_shape=run.mean_shape, completion=completion,
                          batch_size=batch_size, num_invalid=len(invalid), grid_size=grid_size)
   rep['timings']['load_s'] = t_load - t_start
@@ -412,7 +422,7 @@ def compare_runs(workdirs, dataset: str | None = None, completion: str | None = 
   for workdir in workdirs:
     config = inference.Run.load(workdir).config
     if dataset is None:
-      tag = _tag(str(config.data.get('test_split', 'test') or 'test'))
+      tag = _tag(str(config.data.test_split or 'test'))
     elif os.path.isdir(dataset) and data_dir is None:
       tag = _tag(pathlib.Path(dataset).resolve().name)
     else:

@@ -1,0 +1,82 @@
+"""The learned completion as a backend of the pipeline ('learned'): its tables travel in the
+run's Completion, the 3DMM keeps the poses it hands back, and the end of training (or
+``python -m jaxalign.calibrate``) writes them."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxalign import calibration, inference, schemes
+from jaxalign.morphable import learned
+from jaxalign.training import config as config_lib
+from test_learned_completion import _faces
+
+S = schemes.IBUG68
+
+
+@pytest.fixture(scope='module')
+def tables(real_face_points):
+  train = _faces(real_face_points, 120, seed=0, amp=0.02)
+  return learned.LearnedCompletion.fit(train, S, yaw=np.full(len(train), 10.0),
+                                       switch='none').to_dict()
+
+
+def test_learned_backend_completes_with_the_tables_and_keeps_the_3dmm_pose(
+    tables, real_face_points, sfm_dir):
+  faces = _faces(real_face_points, 4, seed=3, amp=0.02)
+  stable = np.where(S.stable_mask()[None, :, None], faces, np.nan).astype(np.float32)
+  flip = np.zeros(4, bool)
+  res = inference.complete_points(stable, S, 'learned', flip=flip, learned=tables)
+  want = learned.LearnedCompletion.from_dict(tables).complete(stable, flip=flip)
+  np.testing.assert_array_equal(res.points, want)
+  np.testing.assert_array_equal(res.points[:, S.stable], stable[:, S.stable])
+  jax_res = inference.complete_points(stable, S, 'jax', flip=flip)
+  np.testing.assert_allclose(res.yaw, jax_res.yaw)              # the pose is the 3DMM's
+  assert not np.allclose(res.points, jax_res.points)
+  # The 3D jaw convention is not what the learned model read: the 3DMM's points stay.
+  res3 = inference.complete_points(stable, S, 'learned', flip=flip, learned=tables,
+                                   convention='3d')
+  np.testing.assert_array_equal(res3.points,
+                                inference.complete_points(stable, S, 'jax', flip=flip,
+                                                          convention='3d').points)
+  with pytest.raises(ValueError, match='learned_completion.json'):
+    inference.complete_points(stable, S, 'learned', flip=flip)
+
+
+def test_completion_value_gates_the_learned_backend(tables):
+  config = config_lib.base_config()
+  config.eval.completion_backend = 'learned'
+  with pytest.raises(ValueError, match='learned_completion.json'):
+    inference.Completion.of_run(config, tables={'residuals': None, 'learned': None})
+  rms = [[0.1] * 68] * 12
+  blend = lambda b: {'alpha': [[0.5] * 68] * 12, 'backend': b, 'fused': True,
+                     'convention': '2d'}
+  residuals = {'rms': rms, 'bins': list(range(-90, 91, 15)), 'blend': blend('jax'),
+               'blends': {'jax': blend('jax'), 'learned': blend('learned')}}
+  config.eval.completion_fusion = config.eval.completion_blend = True
+  c = inference.Completion.of_run(config, tables={'residuals': residuals, 'learned': tables})
+  assert c.backend == 'learned' and c.fused and c.blend['backend'] == 'learned'
+  c = inference.Completion.of_run(config, backend='jax',
+                                  tables={'residuals': residuals, 'learned': tables})
+  assert c.blend['backend'] == 'jax'
+
+
+def test_fit_learned_needs_enough_faces(real_face_points):
+  from jaxalign.data import records
+  config = config_lib.base_config()
+  faces = _faces(real_face_points, 40, seed=5, amp=0.02)
+  recs = [records.FaceRecord(image='x.png', points=p, box=records.landmark_box(p), yaw=10.0)
+          for p in faces]
+  assert calibration.fit_learned(config, recs[:learned.DEFAULT_MIN_BIN_FACES - 1]) is None
+  config.model.kind = 'plain'
+  assert calibration.fit_learned(config, recs) is None
+
+
+def test_calibrate_cli_writes_the_learned_tables(smoke_run, tmp_path):
+  """The end of training and ``python -m jaxalign.calibrate`` share one function; on a run
+  with too few faces for a learned model it writes the mix tables only and says so."""
+  from jaxalign import calibrate
+  assert calibrate.main(['--workdir', str(tmp_path / 'nothing')]) == 2
+  assert calibrate.main(['--workdir', str(smoke_run)]) == 0
+  assert not (smoke_run / inference.LEARNED_FILE).exists()
