@@ -52,10 +52,13 @@ def _read(path: pathlib.Path):
   raise ValueError(f'{path}: unknown annotation format (expected .pts or .ljson)')
 
 
-def complete_files(paths, out_dir, backend='jax', report=None, convention='2d') -> dict:
+def complete_files(paths, out_dir, backend='jax', report=None, convention='2d',
+                   learned: dict | None = None) -> dict:
   """Completes every file, writes the .pts outputs and the report; returns the report dict.
 
-  Unreadable files are skipped and listed under ``skipped`` (never fatal).
+  ``backend`` 'learned' completes with a run's learned completion (its tables ``learned``,
+  :func:`jaxalign.inference.complete_points`). Unreadable files are skipped and listed under
+  ``skipped`` (never fatal).
   """
   from jaxalign import io
   from jaxalign import metrics
@@ -80,8 +83,14 @@ def complete_files(paths, out_dir, backend='jax', report=None, convention='2d') 
   files = []
   if points:
     gt = np.stack(points).astype(np.float32)
-    res = completion.complete(gt, backend=backend, image_size=np.asarray(sizes),
-                              convention=convention)
+    if backend == 'learned':
+      from jaxalign import inference  # pylint: disable=g-import-not-at-top
+      res = inference.complete_points(gt, completion.schemes_lib.IBUG68, 'learned',
+                                      convention=convention, learned=learned,
+                                      image_size=np.asarray(sizes))
+    else:
+      res = completion.complete(gt, backend=backend, image_size=np.asarray(sizes),
+                                convention=convention)
     for i, p in enumerate(names):
       target = out_dir / (p.stem + '.pts')
       if res.ok[i]:
@@ -114,7 +123,7 @@ def main(argv=None) -> int:
   p.add_argument('annotations', nargs='+', help='.pts or .ljson files with 68 points')
   p.add_argument('--out', required=True, help='output folder for <stem>.pts')
   p.add_argument('--workdir', help="a trained run: complete with its backend and convention")
-  p.add_argument('--completion', choices=('jax', 'eos'), default=None,
+  p.add_argument('--completion', choices=('jax', 'eos', 'learned'), default=None,
                  help="completion backend (the same flag as in evaluate and predict; default "
                       "the run's, else jax)")
   p.add_argument('--convention', choices=('2d', '3d'), default=None,
@@ -123,6 +132,11 @@ def main(argv=None) -> int:
   p.add_argument('--report', help='write the JSON report here')
   args = p.parse_args(argv)
   backend, convention = args.completion or 'jax', args.convention or '2d'
+  learned = None
+  if backend == 'learned' and not args.workdir:
+    print("error: --completion learned: the learned completion is a run's; give --workdir RUN",
+          file=sys.stderr)
+    return 2
   if args.workdir:
     from jaxalign import inference
     try:
@@ -131,18 +145,19 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
       print(f'error: --workdir: {e}', file=sys.stderr)
       return 2
-    if completion.backend not in ('jax', 'eos'):
-      print(f'error: --workdir: the run completes with {completion.backend!r}, not a 3DMM; '
-            'pass --completion jax or eos', file=sys.stderr)
+    if completion.backend not in ('jax', 'eos', 'learned'):
+      print(f'error: --workdir: the run completes with {completion.backend!r}, not from the '
+            'stable points; pass --completion jax, eos or learned', file=sys.stderr)
       return 2
     backend, convention = completion.backend, completion.convention
+    learned = completion.learned
   from jaxalign import assets
   try:
     assets.sfm_dir()
   except assets.MissingModelFilesError as e:
     print(e, file=sys.stderr)
     return 2
-  out = complete_files(args.annotations, args.out, backend, args.report, convention)
+  out = complete_files(args.annotations, args.out, backend, args.report, convention, learned)
   for s in out['skipped']:
     print(f"skipped {s['file']}: {s['error']}", file=sys.stderr)
   m = out['mean']

@@ -413,7 +413,9 @@ def complete_points(points, scheme, backend: str, flip=None, train_dir: str | No
     return result
   from jaxalign.morphable import learned as learned_lib  # pylint: disable=g-import-not-at-top
   model = learned_lib.LearnedCompletion.from_dict(learned)
-  pts = model.complete(np.asarray(points, np.float32), flip=flip,
+  # The 3DMM's looking direction (the pipeline's, when given), so both use the same mirror set.
+  pts = model.complete(np.asarray(points, np.float32),
+                       flip=np.asarray(result.flipped, bool) if flip is None else flip,
                        completed_3dmm=np.asarray(result.points, np.float32))
   return dataclasses.replace(result, points=pts)
 

@@ -80,3 +80,28 @@ def test_calibrate_cli_writes_the_learned_tables(smoke_run, tmp_path):
   assert calibrate.main(['--workdir', str(tmp_path / 'nothing')]) == 2
   assert calibrate.main(['--workdir', str(smoke_run)]) == 0
   assert not (smoke_run / inference.LEARNED_FILE).exists()
+
+
+def test_complete_cli_with_a_runs_learned_completion(tables, real_face_points, tmp_path):
+  """``python -m jaxalign.complete --workdir RUN`` completes with the run's learned tables
+  (no checkpoint needed), and ``--completion learned`` without a run is refused."""
+  from jaxalign import complete, io
+  run = tmp_path / 'run'
+  run.mkdir()
+  config = config_lib.base_config()
+  config.eval.completion_backend = 'learned'
+  config_lib.save_run_config(config, str(run))
+  (run / inference.LEARNED_FILE).write_text(json.dumps(tables))
+  faces = _faces(real_face_points, 3, seed=7, amp=0.02)
+  paths = []
+  for i, f in enumerate(faces):
+    paths.append(str(tmp_path / f'face{i}.pts'))
+    io.write_pts(paths[-1], f)
+  assert complete.main(paths + ['--out', str(tmp_path / 'out'), '--workdir', str(run),
+                                '--report', str(tmp_path / 'r.json')]) == 0
+  report = json.loads((tmp_path / 'r.json').read_text())
+  assert report['backend'] == 'learned' and report['mean']['count'] == 3
+  got = np.stack([io.read_pts(tmp_path / 'out' / f'face{i}.pts') for i in range(3)])
+  want = inference.complete_points(faces, S, 'learned', learned=tables).points
+  np.testing.assert_allclose(got, want, atol=1e-3)
+  assert complete.main(paths + ['--out', str(tmp_path / 'o2'), '--completion', 'learned']) == 2
