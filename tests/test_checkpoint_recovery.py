@@ -159,6 +159,35 @@ def test_no_checkpoint_restores_exits_2(trained, tmp_path):
   assert 'step 4' in errors[0] and 'OUT_OF_RANGE' in errors[0]
 
 
+def test_the_noise_filter_holds_only_within_the_restore():
+  """quiet_abandoned_reads installs the unraisable hook and the asyncio filter for the block
+  only: afterwards an unraisable error raised in orbax's code is reported again."""
+  before = sys.unraisablehook
+  asyncio_log = logging.getLogger('asyncio')
+  filters = list(asyncio_log.filters)
+  with checkpointing.quiet_abandoned_reads():
+    assert sys.unraisablehook is not before
+    assert len(asyncio_log.filters) == len(filters) + 1
+  assert sys.unraisablehook is before and asyncio_log.filters == filters
+  with pytest.raises(RuntimeError):
+    with checkpointing.quiet_abandoned_reads():
+      raise RuntimeError('the restore failed')
+  assert sys.unraisablehook is before and asyncio_log.filters == filters
+
+
+def test_a_failed_restore_leaves_no_filter_behind(trained, tmp_path):
+  work = _copy(trained, tmp_path)
+  _truncate_largest(work, 4)
+  before = sys.unraisablehook
+  ckpt = checkpointing.Checkpointer(work)
+  restored = ckpt.restore_newest(_abstract_state(trained[0]))
+  ckpt.close()
+  assert restored[2] == 2
+  assert sys.unraisablehook is before
+  assert not any(isinstance(f, checkpointing._AbandonedTaskFilter)  # pylint: disable=protected-access
+                 for f in logging.getLogger('asyncio').filters)
+
+
 def test_abandoned_read_filter_drops_only_abandoned_read_errors():
   """After a failed restore, tensorstore's late callbacks ('Event loop is closed') and orbax's
   abandoned read coroutines report unraisable exceptions (dozens of tracebacks on stderr, in

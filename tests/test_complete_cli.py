@@ -34,6 +34,33 @@ def test_cli_writes_points_and_report(tmp_path, real_face_paths, sfm_dir, capsys
   assert 'broken.pts' in capsys.readouterr().err
 
 
+def test_cli_completes_as_a_run_does(tmp_path, real_face_paths, sfm_dir, capsys):
+  """--workdir RUN: the run's backend and jaw convention (inference.Run), flags override; a
+  run without a 3DMM completion is refused."""
+  from jaxalign import inference
+  from jaxalign.training import config as config_lib
+  _, pts = real_face_paths
+  run = tmp_path / 'run'
+  run.mkdir()
+  config = config_lib.base_config()
+  config.eval.completion_convention = '3d'
+  inference.save_config(config, str(run))
+  report = tmp_path / 'r.json'
+  assert complete.main([str(pts), '--out', str(tmp_path / 'o'), '--workdir', str(run),
+                        '--report', str(report)]) == 0
+  rep = json.loads(report.read_text())
+  assert (rep['backend'], rep['convention']) == ('jax', '3d')
+  assert complete.main([str(pts), '--out', str(tmp_path / 'o'), '--workdir', str(run),
+                        '--convention', '2d', '--report', str(report)]) == 0
+  assert json.loads(report.read_text())['convention'] == '2d'
+  config.eval.completion = False
+  inference.save_config(config, str(run))
+  assert complete.main([str(pts), '--out', str(tmp_path / 'o'), '--workdir', str(run)]) == 2
+  assert "completes with 'none'" in capsys.readouterr().err
+  assert complete.main([str(pts), '--out', str(tmp_path / 'o'), '--workdir',
+                        str(tmp_path / 'nowhere')]) == 2
+
+
 def test_cli_reads_menpo_ljson_v3(tmp_path, real_face_paths, sfm_dir):
   """A menpo >= 0.6 file: groups -> PTS -> landmarks -> points ([y, x], 0-based) with labels,
   plus a 2-point group; the 68-point group is completed like the .pts file."""

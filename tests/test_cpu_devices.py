@@ -19,9 +19,10 @@ def test_cpu_device_count():
 
 
 _PROBE = '''
-import ml_collections, jax
-from jaxalign.training import mesh
-c = ml_collections.ConfigDict({'cpu_devices': %d, 'batch_size': 8})
+import jax
+from jaxalign.training import config as config_lib, mesh
+c = config_lib.base_config()
+c.cpu_devices, c.batch_size = %d, 8
 print(mesh.configure_cpu_devices(c), jax.device_count())
 '''
 

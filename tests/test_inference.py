@@ -95,7 +95,7 @@ def test_an_old_config_json_loads_with_the_base_defaults(run, tmp_path):
   assert c.eval.completion_fusion is False and c.eval.completion_convention == '2d'
   assert c.eval.box_jitter.shift == 0.0 and c.data.host_scale == 0.0
   assert c.data.options.to_dict() == {'a_loader_option': 3}
-  assert not c.model.to_dict().get('freeze_cnn1') and not c.model.to_dict().get('cnn2_residual')
+  assert 'freeze_cnn1' not in c.model and 'cnn2_residual' not in c.model
   res = inference.run_pipeline(opened.model, c, _records(run), opened.completion('none'))
   assert np.isfinite(res['points']).all()
   saved['model']['cnn2_residual'] = True

@@ -4,21 +4,21 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxalign import io, transforms
 from jaxalign.data import pipeline, records, sampling
+from jaxalign.training import config as config_lib
 
 
 def _config(size=32):
-  c = ml_collections.ConfigDict()
-  c.model = {'input_size': size}
-  c.data = {'box_margin': 0.1, 'crop_context': 1.25, 'num_workers': 0, 'prefetch': 2}
-  c.augment = {'enabled': True, 'rotation_deg': 10.0, 'translation': 0.05, 'scale': 0.07,
-               'blur_prob': 0.5, 'blur_sigma': (0.5, 2.0)}
+  """The base config (every key, as a run's) with a small plain model's input."""
+  c = config_lib.base_config()
+  c.model.kind = 'plain'
+  c.model.input_size = size
+  c.data.update({'box_margin': 0.1, 'crop_context': 1.25, 'num_workers': 0, 'prefetch': 2})
   return c
 
 

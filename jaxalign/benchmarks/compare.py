@@ -229,7 +229,7 @@ def main(argv) -> int:
     from jaxalign.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     # The devices JaxSide will have (config.cpu_devices), checked before anything is built.
     config_lib.validate(config, mesh_lib.cpu_device_count(
-        int(config.get('cpu_devices', 0) or 0), int(config.batch_size), jax_threads()))
+        int(config.cpu_devices or 0), int(config.batch_size), jax_threads()))
   except (ValueError, KeyError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

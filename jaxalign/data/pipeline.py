@@ -74,13 +74,13 @@ CNN2_ZOOM = 1.5
 def host_scale(config) -> float:
   """``config.data.host_scale``, or when 0 (auto): 1 for the plain model, and for the
   pose-aware model ``CNN2_ZOOM * cnn2_input_size / input_size`` (at least 1)."""
-  value = float(config.data.get('host_scale', 0.0) or 0.0)
+  value = float(config.data.host_scale or 0.0)
   if value > 0:
     return value
-  if config.model.get('kind', 'plain') != 'pose_aware':
+  if config.model.kind != 'pose_aware':
     return 1.0
   size = int(config.model.input_size)
-  size2 = int(config.model.get('cnn2_input_size') or size)
+  size2 = int(config.model.cnn2_input_size or size)
   return max(1.0, CNN2_ZOOM * size2 / size)
 
 
@@ -363,19 +363,16 @@ def blur_radius(config) -> int:
 
 
 def eval_jitter(config) -> tuple[float, float, float]:
-  """``config.eval.box_jitter`` as (rotation_deg, translation, scale); zeros when unset."""
-  j = config.eval.get('box_jitter', None)
-  if not j:
-    return 0.0, 0.0, 0.0
-  return float(j.get('rotation_deg', 0.0)), float(j.get('shift', 0.0)), float(j.get('scale', 0.0))
+  """``config.eval.box_jitter`` as (rotation_deg, translation, scale); zeros: the boxes as
+  given."""
+  j = config.eval.box_jitter
+  return float(j.rotation_deg), float(j.shift), float(j.scale)
 
 
 def jitter_keys(config, index) -> jax.Array:
   """(B,) per-face keys of the evaluation box jitter: ``fold_in(PRNGKey(eval.box_jitter.seed),
   record index)``, so a face's jitter depends only on its index in the test set."""
-  j = config.eval.get('box_jitter', None)
-  seed = int(j.get('seed', 0)) if j else 0
-  root = jax.random.PRNGKey(seed)
+  root = jax.random.PRNGKey(int(config.eval.box_jitter.seed))
   return jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.maximum(jnp.asarray(index), 0))
 
 

@@ -223,9 +223,6 @@ class PoseAwareAligner(nnx.Module):
       its stable points (default: :func:`default_shape` at ``cnn2_image_size``).
     transform_weights: optional (L,) weights of the points in the similarity fit (default:
       all points equally; e.g. ``scheme.stable_mask()`` to ignore the contour).
-    residual: CNN2 predicts a correction to CNN1's stable points mapped into its frame (its
-      head starts at zero, so CNN2 starts as the identity on CNN1's estimate) instead of
-      offsets from the canonical shape (the paper). Beyond the paper; ``model.cnn2_residual``.
     flip_threshold: a rough shape whose yaw is below ``-flip_threshold`` degrees is mirrored
       (default 0: every left-looking face). The yaw is the rigid fit of the Surrey mean face
       to the rough points (:func:`jaxalign.morphable.pose.pose_from_reference`).
@@ -242,12 +239,10 @@ class PoseAwareAligner(nnx.Module):
                cnn2_image_size: int | None = None,
                scheme: schemes_lib.LandmarkScheme | str = schemes_lib.IBUG68,
                mean_shape=None, canonical_shape=None, transform_weights=None,
-               flip_threshold: float = pose_lib.FLIP_THRESHOLD_DEG, residual: bool = False,
-               pose_reference=None,
+               flip_threshold: float = pose_lib.FLIP_THRESHOLD_DEG, pose_reference=None,
                dtype=jnp.float32, bn_momentum: float = 0.9,
                zero_init_residual: bool = False, rngs: nnx.Rngs):
     self.scheme = schemes_lib.get_scheme(scheme)
-    self.residual = bool(residual)
     num_points = self.scheme.num_points
     self.image_size = int(image_size)
     self.cnn2_image_size = int(cnn2_image_size or image_size)
@@ -273,9 +268,6 @@ class PoseAwareAligner(nnx.Module):
     self.cnn2 = LandmarkRegressor(
         len(stable), depth=depth if cnn2_depth is None else cnn2_depth,
         image_size=self.cnn2_image_size, mean_shape=canonical_shape[stable], **common)
-    if self.residual:
-      # A zero head: CNN2's first output is exactly CNN1's (warped) stable points.
-      self.cnn2.head.kernel[...] = jnp.zeros_like(self.cnn2.head.kernel[...])
     self.canonical_shape = ModelConstant(jnp.asarray(canonical_shape))
     self.transform_weights = ModelConstant(jnp.asarray(transform_weights))
     # The flip decision: a rigid fit of the mean 3D face, which unlike the 2D nose-ratio yaw of
@@ -354,16 +346,6 @@ class PoseAwareAligner(nnx.Module):
     return transforms.warp_images(source, transforms.compose(source_to_input, matrix),
                                   self.cnn2_image_size)
 
-  def cnn2_points(self, view, rough, matrix, flipped) -> jax.Array:
-    """CNN2's stable points (B, K, 2) in its frame: the canonical mean plus CNN2's offsets, or
-    (``residual``) CNN1's stable points mapped into the frame plus CNN2's correction."""
-    out = self.cnn2(view)
-    if not self.residual:
-      return out
-    base = jax.lax.stop_gradient(self.cnn2_targets(rough, matrix, flipped))
-    base = jnp.where(jnp.isfinite(base), base, self.cnn2.mean_shape[...][None])
-    return base + (out - self.cnn2.mean_shape[...][None])
-
   def __call__(self, images: jax.Array, *, source: jax.Array | None = None,
                source_to_input: jax.Array | None = None,
                return_warped: bool = False) -> dict[str, jax.Array]:
@@ -397,7 +379,7 @@ class PoseAwareAligner(nnx.Module):
     matrix, flipped = self.spatial_transform(jax.lax.stop_gradient(rough))
     matrix = jax.lax.stop_gradient(matrix)
     warped = self.cnn2_view(images, matrix, source, source_to_input)
-    sl_frame = self.cnn2_points(warped, rough, matrix, flipped)
+    sl_frame = self.cnn2(warped)   # the canonical mean plus CNN2's offsets, in its frame
     stable = transforms.warp_points(sl_frame, transforms.invert(matrix))
     indices = jnp.where(flipped[:, None], self.mirrored_stable_indices[None],
                         self.stable_indices[None]).astype(jnp.int32)
@@ -456,48 +438,14 @@ def make_aligner(kind: str, **kwargs) -> Aligner:
     return PoseAwareAligner(**kwargs)
   if kind == 'plain':
     for key in ('cnn2_depth', 'cnn2_image_size', 'canonical_shape', 'transform_weights',
-                'flip_threshold', 'residual', 'pose_reference'):
+                'flip_threshold', 'pose_reference'):
       kwargs.pop(key, None)
     return PlainAligner(**kwargs)
   raise ValueError(f"unknown aligner kind {kind!r}; expected 'pose_aware' or 'plain'")
 
 
-# The |yaw| bin edges (degrees) of ``transform_noise['misflip']``.
-MISFLIP_EDGES = (0.0, 15.0, 30.0, 45.0, 60.0, 75.0)
-TRANSFORM_SOURCES = ('prediction', 'ground_truth', 'jittered_truth')
-
-
-def jittered_truth_transform(model: 'PoseAwareAligner', points: jax.Array, key: jax.Array,
-                             noise: dict) -> tuple[jax.Array, jax.Array]:
-  """The spatial transform of the ground truth, disturbed as CNN1's estimate would be.
-
-  The flip is the truth's (its rigid-fit yaw), made wrong with probability
-  ``noise['misflip'][k]`` for a face in |yaw| bin ``k`` (edges :data:`MISFLIP_EDGES`); the
-  similarity is then perturbed in the canonical frame by a rotation of N(0, ``rotation_deg``)
-  degrees, a scale of exp(N(0, ``scale``)) and a shift of N(0, ``translation``) times CNN2's
-  input side, about the frame's centre. The standard deviations are meant to be CNN1's
-  held-out errors (``docs/method.md``).
-
-  Returns:
-    matrix (B, 2, 3), flipped (B,) bool, as :meth:`PoseAwareAligner.spatial_transform`.
-  """
-  b = points.shape[0]
-  yaw = pose_lib.pose_from_reference(points, model.pose_reference[...])[:, 0]
-  truth = pose_lib.is_left_looking(yaw, model.flip_threshold)
-  k_flip, k_rot, k_scale, k_shift = jax.random.split(key, 4)
-  rates = jnp.asarray(noise.get('misflip', (0.0,)), jnp.float32)
-  edges = jnp.asarray(MISFLIP_EDGES[:rates.shape[0]], jnp.float32)
-  bins = jnp.clip(jnp.searchsorted(edges, jnp.abs(yaw), side='right') - 1, 0,
-                  rates.shape[0] - 1)
-  wrong = (jax.random.uniform(k_flip, (b,)) < rates[bins]) & jnp.isfinite(yaw)
-  matrix, flipped = model.spatial_transform(points, truth ^ wrong)
-  size = model.cnn2_image_size
-  angle = jax.random.normal(k_rot, (b,)) * jnp.deg2rad(float(noise.get('rotation_deg', 0.0)))
-  scale = jnp.exp(jax.random.normal(k_scale, (b,)) * float(noise.get('scale', 0.0)))
-  shift = jax.random.normal(k_shift, (b, 2)) * float(noise.get('translation', 0.0)) * size
-  centre = jnp.full((b, 2), (size - 1) / 2.0, jnp.float32)
-  perturb = transforms.similarity_matrix(angle, scale, centre, shift)
-  return transforms.compose(matrix, perturb), flipped
+# CNN2's training transforms (``model.transform_from``).
+TRANSFORM_SOURCES = ('prediction', 'ground_truth')
 
 
 def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
@@ -505,7 +453,6 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
                    cnn1_weight: float = 1.0, cnn2_weight: float = 1.0,
                    transform_from: str = 'prediction', loss_params: dict | None = None,
                    source: jax.Array | None = None, source_to_input: jax.Array | None = None,
-                   key: jax.Array | None = None, transform_noise: dict | None = None
                    ) -> tuple[jax.Array, dict[str, Any]]:
   """Training loss of either aligner on one batch, for ``nnx.value_and_grad(has_aux=True)``.
 
@@ -516,9 +463,8 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
 
   Pose-aware model: ``loss = cnn1_weight * L(CNN1(images), points) + cnn2_weight *
   L(CNN2(view(M)), targets)`` where ``M`` is the spatial transform (under ``stop_gradient``)
-  of CNN1's predictions on this very batch (``transform_from='prediction'``, the paper), of the
-  ground truth (``'ground_truth'``), or of the ground truth disturbed like CNN1's estimate
-  (``'jittered_truth'``, :func:`jittered_truth_transform`). CNN2's loss trains CNN2 only,
+  of CNN1's predictions on this very batch (``transform_from='prediction'``, the paper) or of
+  the ground truth (``'ground_truth'``). CNN2's loss trains CNN2 only,
   CNN1's trains CNN1 only. The targets are the ground truth mapped with the same ``M`` and,
   for a mirrored face, read at the mirrored indices (:meth:`PoseAwareAligner.cnn2_targets`).
 
@@ -534,8 +480,6 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
     loss_params: keyword parameters of the elementwise loss (``{'w': 18., 'epsilon': 3.}``, the
       wing defaults, when None).
     source, source_to_input: CNN2's source view (:meth:`PoseAwareAligner.cnn2_view`).
-    key: PRNG key of ``'jittered_truth'``.
-    transform_noise: ``'jittered_truth'``'s standard deviations and mis-flip rates.
 
   Returns:
     (loss, aux): loss a float32 scalar; aux a dict with the scalar terms ``loss``,
@@ -556,13 +500,8 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
                      f'{transform_from!r}')
   rough = model.cnn1(images)
   l1 = loss(rough, points, weights=weights)
-  if transform_from == 'jittered_truth':
-    if key is None:
-      raise ValueError("transform_from='jittered_truth' needs a PRNG key")
-    matrix, flipped = jittered_truth_transform(model, points, key, dict(transform_noise or {}))
-  else:
-    src = rough if transform_from == 'prediction' else points
-    matrix, flipped = model.spatial_transform(jax.lax.stop_gradient(src))
+  src = rough if transform_from == 'prediction' else points
+  matrix, flipped = model.spatial_transform(jax.lax.stop_gradient(src))
   matrix = jax.lax.stop_gradient(matrix)
   view = model.cnn2_view(images, matrix, source, source_to_input)
   targets = model.cnn2_targets(points, matrix, flipped)
@@ -572,7 +511,7 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
     idx = jnp.where(flipped[:, None], model.mirrored_stable_indices[None],
                     model.stable_indices[None])
     w2 = jnp.take_along_axis(w_full, idx, axis=1)
-  pred2 = model.cnn2_points(view, jax.lax.stop_gradient(rough), matrix, flipped)
+  pred2 = model.cnn2(view)
   l2 = loss(pred2, targets, weights=w2)
   total = cnn1_weight * l1 + cnn2_weight * l2
   return total, {'loss': total, 'loss_cnn1': l1, 'loss_cnn2': l2,

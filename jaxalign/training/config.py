@@ -51,23 +51,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.depth = '50'          # ResNet-18 / 34 / 50 (or 'tiny' for tests)
   c.model.cnn2_depth = ''       # CNN2's depth; '' = the same as CNN1
   c.model.cnn2_input_size = 0   # CNN2's input side (the canonical frame); 0 = input_size
-  # CNN2's training transforms: 'prediction' (warps of CNN1's predictions, the paper),
-  # 'ground_truth', or 'jittered_truth' (the truth disturbed like CNN1's held-out estimate,
-  # model.transform_noise; jaxalign.models.aligner.jittered_truth_transform).
+  # CNN2's training transforms: 'prediction' (warps of CNN1's predictions, the paper) or
+  # 'ground_truth' (an oracle warp).
   c.model.transform_from = 'prediction'
-  c.model.transform_noise = ml_collections.ConfigDict()
-  c.model.transform_noise.rotation_deg = 0.0   # std of the in-plane rotation error, degrees
-  c.model.transform_noise.scale = 0.0          # std of the log scale error
-  c.model.transform_noise.translation = 0.0    # std of the shift, fraction of CNN2's input side
-  c.model.transform_noise.misflip = (0.0,)     # wrong-flip rate per |yaw| bin 0-15-30-45-60-75-90
   # The similarity fit on the 'stable' points (the ones CNN2 predicts, and where CNN1 is most
   # accurate) or on 'all'; CNN2's frame is framed on the same points, which span cnn2_fill of
   # its input (CNN1's input holds the whole landmark box at 1 / (1 + box_margin) = 0.91).
   c.model.transform_points = 'stable'
   c.model.cnn2_fill = 0.8
-  c.model.cnn2_residual = False  # CNN2 corrects CNN1's stable points (beyond the paper)
-  c.model.init_cnn1_from = ''   # a run folder whose CNN1 (latest checkpoint) starts this one
-  c.model.freeze_cnn1 = False   # CNN1 is not trained (with init_cnn1_from: sequential schedule)
   c.model.width = 64            # stem channels of '18'/'34'/'50' (64 = the standard ResNet)
   c.model.input_size = 224      # network input side in pixels (the paper: 224)
   c.model.dtype = 'float32'     # compute dtype; parameters stay float32
@@ -181,7 +172,7 @@ def model_scheme(config) -> schemes.LandmarkScheme:
     ValueError: naming ``config.model.stable`` when it is not a list of valid indices.
   """
   scheme = schemes.get_scheme(config.model.scheme)
-  stable = config.model.get('stable', '')
+  stable = config.model.stable
   if stable in ('', None) or (not isinstance(stable, str) and not len(stable)):
     return scheme
   try:
@@ -228,16 +219,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     resnet.ResNetOptions(**resnet.options_from_config(config))
   except ValueError as e:
     fail('model.conv1x1' if 'conv1x1' in str(e) else 'model.max_pool', str(e))
-  for key, allowed in (('transform_from', ('prediction', 'ground_truth', 'jittered_truth')),
+  for key, allowed in (('transform_from', ('prediction', 'ground_truth')),
                        ('transform_points', ('all', 'stable'))):
-    if config.model.get(key, allowed[0]) not in allowed:
+    if config.model[key] not in allowed:
       fail(f'model.{key}', f'expected one of {allowed}, got {config.model[key]!r}')
-  if not 0.1 <= float(config.model.get('cnn2_fill', 0.7)) <= 1.5:
+  if not 0.1 <= float(config.model.cnn2_fill) <= 1.5:
     fail('model.cnn2_fill', f'expected a fraction in [0.1, 1.5], got {config.model.cnn2_fill}')
-  if config.model.get('freeze_cnn1', False) and not config.model.get('init_cnn1_from', ''):
-    fail('model.freeze_cnn1', 'a frozen CNN1 must come from a trained run: set '
-         'model.init_cnn1_from')
-  if float(config.data.get('host_scale', 0.0) or 0.0) < 0:
+  if float(config.data.host_scale or 0.0) < 0:
     fail('data.host_scale', f'must be 0 (auto) or positive, got {config.data.host_scale}')
   if config.optim.schedule not in SCHEDULES:
     fail('optim.schedule', f'unknown schedule {config.optim.schedule!r}; expected {SCHEDULES}')
@@ -248,14 +236,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.data.crop_context < 1:
     fail('data.crop_context', f'must be >= 1, got {config.data.crop_context}')
   _validate_sources(config, fail)
-  if config.eval.get('normalization', 'inter_ocular') not in NORMALIZATIONS:
+  if config.eval.normalization not in NORMALIZATIONS:
     fail('eval.normalization', f'unknown normaliser {config.eval.normalization!r}; expected '
          f'one of {NORMALIZATIONS}')
-  if config.eval.get('completion_convention', '2d') not in ('2d', '3d'):
+  if config.eval.completion_convention not in ('2d', '3d'):
     fail('eval.completion_convention', f"expected '2d' or '3d', got "
          f'{config.eval.completion_convention!r}')
   if (not config.data.train_dir and not config.data.synthetic.enabled
-      and not config.data.get('source')):
+      and not config.data.source):
     fail('data.train_dir', 'no training data: set data.train_dir to a 300-W-style folder, '
          'data.source to a registered data set, or data.synthetic.enabled=True')
   if config.loss.kind not in ('wing', 'l1', 'l2'):

@@ -101,13 +101,13 @@ def validation_records(config, records):
   Raises:
     FileNotFoundError: ``data.val_dir`` is not a folder.
   """
-  fraction = float(config.data.get('holdout_fraction', 0.0) or 0.0)
+  fraction = float(config.data.holdout_fraction or 0.0)
   if fraction > 0:
     return split_holdout(records, fraction, int(config.seed))
-  folder = str(config.data.get('val_dir', '') or '')
+  folder = str(config.data.val_dir or '')
   if folder and not os.path.isdir(folder):
     raise FileNotFoundError(f'config.data.val_dir: {folder} is not a folder')
-  if not folder and config.data.synthetic.get('enabled'):
+  if not folder and config.data.synthetic.enabled:
     folder = ensure_synthetic_val(config)
   if not folder:
     return list(records), []
@@ -159,7 +159,7 @@ def load_records(folder: str, num_points: int, what: str):
 def uses_source(config) -> bool:
   """True when the config reads its training data from a registered data set
   (``data.source``, :mod:`jaxalign.data.sources`) instead of a folder or the synthetic set."""
-  return bool(config.data.get('source', ''))
+  return bool(config.data.source)
 
 
 def _log_invalid(invalid, what: str) -> None:
@@ -224,10 +224,10 @@ def test_sets(config) -> dict:
   of ``full``).
   """
   scheme = schemes.get_scheme(config.model.scheme)
-  test_source = config.data.get('test_source', '') or config.data.get('source', '')
-  if test_source and config.data.get('test_splits'):
+  test_source = config.data.test_source or config.data.source
+  if test_source and config.data.test_splits:
     data = config.data
-    if not config.data.get('source'):
+    if not config.data.source:
       # Folder / synthetic training with a registered test set: from_config reads data.source.
       data = ml_collections.ConfigDict(config.data.to_dict())
       data.source = test_source

@@ -26,9 +26,8 @@ log = logging.getLogger('jaxalign.train')
 
 def requested(config) -> bool:
   """True when the config asks for a multi-process run (any of the keys set)."""
-  return bool(config.get('distributed', False) or config.get('coordinator_address', '')
-              or int(config.get('num_processes', 0) or 0) > 0
-              or int(config.get('process_id', -1)) >= 0)
+  return bool(config.distributed or config.coordinator_address
+              or int(config.num_processes or 0) > 0 or int(config.process_id) >= 0)
 
 
 def initialize_args(config) -> dict:
@@ -37,9 +36,9 @@ def initialize_args(config) -> dict:
   Raises:
     ValueError: naming the key, for a malformed address, count or id.
   """
-  address = str(config.get('coordinator_address', '') or '')
-  num = config.get('num_processes', 0)
-  pid = config.get('process_id', -1)
+  address = str(config.coordinator_address or '')
+  num = config.num_processes
+  pid = config.process_id
   if address:
     host, sep, port = address.rpartition(':')
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -80,7 +79,7 @@ def initialize(config) -> bool:
   if jax.config.jax_cpu_collectives_implementation in (None, '', 'none'):
     # Without a CPU collectives library a multi-process CPU computation fails at compile time.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  timeout = int(config.get('distributed_timeout_s', 300) or 300)
+  timeout = int(config.distributed_timeout_s)
   try:
     jax.distributed.initialize(initialization_timeout=timeout, **args)
   except (RuntimeError, ValueError) as e:
@@ -92,8 +91,3 @@ def initialize(config) -> bool:
   log.info('process %d of %d, %d local / %d global devices', jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
-
-
-def is_main() -> bool:
-  """True on process 0, the one that writes logs, config and evaluation reports."""
-  return jax.process_index() == 0

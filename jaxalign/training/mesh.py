@@ -57,7 +57,7 @@ def configure_cpu_devices(config) -> int | None:
   ``--xla_force_host_platform_device_count`` already choose it, or when the backends are
   already up (a second run in one process). Returns the count it set.
   """
-  requested = int(config.get('cpu_devices', 0) or 0)
+  requested = int(config.cpu_devices or 0)
   n = cpu_device_count(requested, int(config.batch_size), host_cores())
   if (distributed.requested(config) or jax.config.jax_num_cpu_devices >= 0
       or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')):

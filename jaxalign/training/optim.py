@@ -51,10 +51,4 @@ def make_optimizer(config) -> optax.GradientTransformation:
     parts.append(optax.add_decayed_weights(float(o.weight_decay)))
   parts.append(optax.sgd(learning_rate_schedule(config), momentum=float(o.momentum) or None,
                          nesterov=bool(o.nesterov)))
-  tx = optax.chain(*parts)
-  if config.model.get('freeze_cnn1', False) and config.model.kind == 'pose_aware':
-    # Sequential schedule: CNN1 (loaded from another run) gets no updates, no weight decay.
-    tx = optax.multi_transform(
-        {'train': tx, 'frozen': optax.set_to_zero()},
-        lambda params: {k: 'frozen' if k == 'cnn1' else 'train' for k in params})
-  return tx
+  return optax.chain(*parts)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from flax import nnx
 
 from jaxalign.training import checkpointing
 from jaxalign.training import config as config_lib
@@ -58,30 +57,3 @@ def read_mean_shape(workdir) -> np.ndarray | None:
   except (OSError, ValueError, AttributeError):
     return None
   return None if mean is None else np.asarray(mean, np.float32)
-
-
-def copy_cnn1(model, workdir: str) -> int:
-  """Copies CNN1 (parameters and BatchNorm statistics) of the run in ``workdir`` into the
-  pose-aware ``model`` in place; returns the source checkpoint's step.
-
-  Raises:
-    FileNotFoundError: no such run or checkpoint.
-    ValueError: the source has no CNN1 of the same architecture (named in the message).
-  """
-  source, _, step = restore_model(workdir)
-  if not hasattr(model, 'cnn1'):
-    raise ValueError('config.model.init_cnn1_from: only the pose-aware model has a CNN1')
-  net = getattr(source, 'cnn1', None) or getattr(source, 'net', None)
-  if net is None:
-    raise ValueError(f'config.model.init_cnn1_from: {workdir} holds no CNN1')
-  src = nnx.to_pure_dict(nnx.state(net))
-  dst = nnx.to_pure_dict(nnx.state(model.cnn1))
-  src_shapes = jax.tree.map(np.shape, src)
-  dst_shapes = jax.tree.map(np.shape, dst)
-  if src_shapes != dst_shapes:
-    raise ValueError(f'config.model.init_cnn1_from: the CNN1 of {workdir} does not match this '
-                     'model (check model.depth, model.width, model.input_size, model.scheme)')
-  state = nnx.state(model.cnn1)
-  nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, src))
-  nnx.update(model.cnn1, state)
-  return step

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxalign import schemes
 from jaxalign.models import aligner
 from jaxalign.models import resnet
 from jaxalign.morphable import pose as pose_lib
@@ -38,7 +37,7 @@ def model_depth(config, key: str = 'depth'):
   if depth in ('', None, 0):
     return None
   depth = int(depth) if isinstance(depth, str) and depth.isdigit() else depth
-  width = int(config.model.get('width', 64) or 64)
+  width = int(config.model.width or 64)
   if isinstance(depth, int) and width != 64:
     return dataclasses.replace(resnet.resnet_spec(depth), width=width)
   return depth
@@ -47,14 +46,14 @@ def model_depth(config, key: str = 'depth'):
 def flip_threshold(config) -> float:
   """The pose-aware model's flip threshold: 0 (mirror every left-looking face), or infinity
   with ``config.model.flip=False`` (never mirror: the no-flip ablation)."""
-  return 0.0 if config.model.get('flip', True) else float('inf')
+  return 0.0 if config.model.flip else float('inf')
 
 
 def transform_weights(config):
   """The spatial transform's per-point weights: the stable points only
   (``model.transform_points='stable'``: the points CNN2 predicts, and where CNN1 is most
   accurate), or every point (``'all'``)."""
-  which = config.model.get('transform_points', 'all') or 'all'
+  which = config.model.transform_points
   if which == 'all':
     return None
   if which != 'stable':
@@ -79,10 +78,9 @@ def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -
                 dtype=_DTYPES[m.dtype], rngs=nnx.Rngs(params=seed))
   if m.kind == 'pose_aware':
     kwargs.update(cnn2_depth=model_depth(config, 'cnn2_depth'),
-                  cnn2_image_size=m.get('cnn2_input_size') or None,
+                  cnn2_image_size=m.cnn2_input_size or None,
                   canonical_shape=canonical_shape, flip_threshold=flip_threshold(config),
                   transform_weights=transform_weights(config),
-                  residual=bool(m.get('cnn2_residual', False)),
                   pose_reference=pose_lib.reference_points(
                       scheme=config_lib.model_scheme(config)))
   return aligner.make_aligner(m.kind, **kwargs)

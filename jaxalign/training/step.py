@@ -20,13 +20,6 @@ from jaxalign.training import state as state_lib
 DEVICE_KEYS = ('image', 'points', 'box')
 
 
-def transform_noise(config) -> dict:
-  """``config.model.transform_noise`` as a plain dict (``'jittered_truth'`` transforms)."""
-  noise = config.model.get('transform_noise', None)
-  return {} if noise is None else {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                                   for k, v in noise.to_dict().items()}
-
-
 def loss_kwargs(config) -> dict:
   return {'w': float(config.loss.w), 'epsilon': float(config.loss.epsilon)} \
       if config.loss.kind == 'wing' else {}
@@ -44,12 +37,9 @@ def model_loss(model, images, points, config, source=None, source_to_input=None,
   """
   loss, aux = aligner.compute_losses(
       model, images, points, kind=config.loss.kind,
-      cnn1_weight=0.0 if config.model.get('freeze_cnn1', False) else
-      float(config.loss.cnn1_weight), cnn2_weight=float(config.loss.cnn2_weight),
-      transform_from=config.model.get('transform_from', 'prediction'),
-      loss_params=loss_kwargs(config), source=source, source_to_input=source_to_input,
-      key=None if key is None else jax.random.fold_in(key, 7),
-      transform_noise=transform_noise(config))
+      cnn1_weight=float(config.loss.cnn1_weight), cnn2_weight=float(config.loss.cnn2_weight),
+      transform_from=config.model.transform_from,
+      loss_params=loss_kwargs(config), source=source, source_to_input=source_to_input)
   return loss, {k: v for k, v in aux.items() if k != 'points'}
 
 
@@ -69,9 +59,6 @@ def make_step_fn(defs: state_lib.ModelDefs, tx, schedule, config):
     with resnet.options(**resnet.options_from_config(config)):   # read while tracing
       (_, (metrics, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
           state['params'])
-    if config.model.get('freeze_cnn1', False) and 'cnn1' in model_state:
-      # A frozen CNN1 keeps its BatchNorm statistics too.
-      model_state = dict(model_state, cnn1=state['model_state']['cnn1'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads),

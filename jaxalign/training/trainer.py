@@ -65,11 +65,11 @@ def prepare_data(config):
   mean_shape = aligner.mean_shape_from_training(shapes)
   canonical = None
   if config.model.kind == 'pose_aware':
-    size = int(config.model.get('cnn2_input_size') or config.model.input_size)
-    framed = scheme.stable if config.model.get('transform_points', 'all') == 'stable' else None
+    size = int(config.model.cnn2_input_size or config.model.input_size)
+    framed = scheme.stable if config.model.transform_points == 'stable' else None
     canonical = aligner.canonical_shape_from_training(
         shapes, size, scheme, flip_threshold=state_lib.flip_threshold(config),
-        fill=float(config.model.get('cnn2_fill', aligner.DEFAULT_FILL)), frame_points=framed)
+        fill=float(config.model.cnn2_fill), frame_points=framed)
   return {'records': records, 'num_invalid': num_invalid, 'sampler': sampler,
           'mean_shape': mean_shape, 'canonical_shape': canonical, 'test_sets': test_sets,
           'holdout': holdout}
@@ -112,11 +112,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from jaxalign.models import pretrained  # pylint: disable=g-import-not-at-top
     n = pretrained.init_from_pretrained(model, config.init_from)
     log.info('initialised %d ResNet backbone(s) from %s', n, config.init_from)
-  if config.model.get('init_cnn1_from', ''):
-    from jaxalign.training import runs  # pylint: disable=g-import-not-at-top
-    src_step = runs.copy_cnn1(model, str(config.model.init_cnn1_from))
-    log.info('CNN1 from %s (step %d)%s', config.model.init_cnn1_from, src_step,
-             ', frozen' if config.model.get('freeze_cnn1', False) else '')
   defs, params, model_state = state_lib.split_model(model)
   log.info('model %s ResNet-%s, %.2f M parameters, input %d px', config.model.kind,
            config.model.depth, state_lib.count_params(params) / 1e6, config.model.input_size)
@@ -171,7 +166,7 @@ def _save_data_stats(workdir, data):
 def _train_loop(config, workdir, mesh, defs, tx, schedule, state, start, ckpt, sampler,
                 records) -> dict:
   num_steps = int(config.num_steps)
-  stop_after = int(config.get('stop_after_steps', 0) or 0)
+  stop_after = int(config.stop_after_steps or 0)
   train_step = step_lib.compile_step(defs, tx, schedule, config, mesh)
   logger = logger_lib.MetricsLogger(workdir, num_steps, start, int(config.log_every))
   batches = pipeline.train_iterator(records, sampler, config, start, num_steps)
