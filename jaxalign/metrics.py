@@ -209,12 +209,3 @@ def nme_by_pose(nmes, yaws, bins: Sequence[float] = (0.0, 30.0, 60.0, 90.0),
     out.append({'yaw_min': float(lo), 'yaw_max': float(hi), 'count': n,
                 'nme': float(e[sel].mean()) if n else float('nan')})
   return out
-
-
-def summarize(nmes, threshold: float = 0.08) -> dict:
-  """The usual summary: mean NME, failure rate and AUC at ``threshold``, faces used."""
-  e = _evaluable(nmes)
-  return {'nme': float(np.mean(e)) if e.size else float('nan'),
-          'failure_rate': failure_rate(e, threshold), 'auc': auc(e, threshold),
-          'threshold': float(threshold), 'count': int(e.size),
-          'skipped': int(np.asarray(nmes).size - e.size)}

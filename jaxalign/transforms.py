@@ -264,11 +264,6 @@ def _warp_images(images, matrices, out_shape, opencv_rounding):
       jnp.asarray(images), _as_matrix(matrices))
 
 
-def flip_image(image) -> jnp.ndarray:
-  """Mirrors (..., H, W, C) images left-right (the pixels of ``hflip_matrix(W)``'s warp)."""
-  return jnp.flip(jnp.asarray(image), axis=-2)
-
-
 def flip_landmarks(points, width, scheme: schemes_lib.LandmarkScheme = schemes_lib.IBUG68
                    ) -> jnp.ndarray:
   """Landmarks of the mirrored image: ``x -> width - 1 - x`` and indices permuted.

@@ -187,6 +187,36 @@ def test_report_states_the_outcome_plainly(tmp_path):
   assert json.loads(pathlib.Path(paths[2]).read_text())['size'] == 'quick'
 
 
+def test_generated_docs_hold_no_path_of_the_machine(tmp_path):
+  """Paths under an absolute experiment root are written as $ROOT/... in pose.md and pose.json
+  (the summary the runner returns keeps them)."""
+  root = tmp_path / 'exp'
+  summary = _fake_summary(0.10, 0.20)
+  summary['compare_dir'] = str(root / 'compare')
+  summary['command'] = (f'python -m jaxalign.evaluate --compare {root}/runs/pose_aware_s0 '
+                        f'--out {root}/compare')
+  summary['runs']['pose_aware_s0']['workdir'] = str(root / 'runs' / 'pose_aware_s0')
+  paths = pose_report.write(tmp_path / 'docs', summary, root)
+  for path in (paths[0], paths[2]):
+    text = pathlib.Path(path).read_text()
+    assert str(tmp_path) not in text, path
+    assert '$ROOT/runs/pose_aware_s0' in text and '$ROOT/compare' in text
+  assert "`$ROOT` is the experiment's `--root` folder" in pathlib.Path(paths[0]).read_text()
+  assert summary['compare_dir'] == str(root / 'compare')
+  # A relative root is a relative path already.
+  assert pose_report.relative_paths({'a': 'runs/x/y'}, 'runs/x') == {'a': 'runs/x/y'}
+
+
+def test_arm_overrides_go_through_apply_overrides():
+  """The experiment's configs build on configs/default.py and reject keys it does not have."""
+  c = pose_config.base_experiment_config('quick')
+  assert c.eval.completion_fusion and c.eval.box_jitter.rotation_deg == 10.0   # the default's
+  with pytest.raises(ValueError, match="no key 'model.nope'"):
+    pose_config.override(c, {'model.nope': 1})
+  with pytest.raises(ValueError, match="no key 'nope'"):
+    pose.run_config('pose_aware', 0, 'quick', 'a', 'b', {'nope': 2})
+
+
 def test_cli_rejects_bad_size(capsys):
   with pytest.raises(SystemExit):
     pose.main(['--size', 'huge'])

@@ -120,8 +120,3 @@ def test_nme_by_pose_bins():
     metrics.nme_by_pose(e, yaw[:3])
 
 
-def test_summarize():
-  s = metrics.summarize([0.02, 0.04, 0.10, np.nan], 0.08)
-  assert s['count'] == 3 and s['skipped'] == 1
-  assert s['nme'] == pytest.approx(0.16 / 3)
-  assert s['auc'] == pytest.approx(5 / 12)

@@ -66,14 +66,6 @@ def test_view_direction_and_yaw_sign():
   assert contour.yaw_sign(_camera(30.0)) == 1 and contour.yaw_sign(_camera(-30.0)) == -1
 
 
-def test_facing_camera(model):
-  v = model.mean
-  vis = contour.facing_camera(v, _camera(0.0), model.triangles)
-  assert vis[model.ibug_vertex[30]] and vis[model.ibug_vertex[36]]
-  vis = contour.facing_camera(v, _camera(80.0), model.triangles)
-  assert not vis[model.contour_left[8]] and vis[model.contour_right[8]]
-
-
 def test_conventions(model):
   v = model.mean
   front = contour.ibug_points_both(v, _camera(0.0), model)

@@ -33,9 +33,9 @@ def test_yaw_up_to_profile_from_all_sl_and_mirror_sl(model, faces):
     err = np.abs(est[:, 0] - yaw)
     # Shape variation alone (the mean face is fitted): a few degrees, also near profile.
     assert np.median(err) < 4.0 and err.max() < 15.0, err.max()
-    d = np.asarray(pose.looking_direction(pts, model=model))
+    left = pose.flip_from_points(pts, model=model)
     sure = np.abs(yaw) > 15
-    np.testing.assert_array_equal(d[sure], np.sign(yaw[sure]).astype(int))
+    np.testing.assert_array_equal(left[sure], yaw[sure] < 0)
 
 
 def test_the_2d_nose_ratio_estimate_is_what_this_replaces(model, faces):
@@ -66,10 +66,10 @@ def test_batch_axes_mirror_aflw19_and_too_few_points(model, faces):
   p19 = np.where((np.array(a19.ibug68_equivalent) >= 0)[None, :, None], gt[:, idx], np.nan)
   y19 = np.asarray(pose.estimate_pose(p19, a19, model=model))[:, 0]
   assert np.median(np.abs(y19 - yaw)) < 6.0
-  # Fewer than 4 usable points: NaN pose, frontal direction.
+  # Fewer than 4 usable points: NaN pose, not flipped.
   few = np.full((68, 2), np.nan, np.float32)
   few[[30, 36, 45]] = gt[0, [30, 36, 45]]
   assert np.isnan(np.asarray(pose.estimate_pose(few, model=model))).all()
-  assert int(pose.looking_direction(few, model=model)) == 0
+  assert not pose.flip_from_points(few, model=model)
   with pytest.raises(ValueError, match='shape'):
     pose.estimate_pose(np.zeros((10, 2)), model=model)

@@ -143,7 +143,6 @@ def test_hflip_matrix_matches_array_flip():
   img = rng.random((6, 9, 2)).astype(np.float32)
   out = T.warp_image(img, T.hflip_matrix(9), (6, 9))
   np.testing.assert_allclose(out, img[:, ::-1], atol=1e-6)
-  np.testing.assert_allclose(T.flip_image(img), img[:, ::-1])
 
 
 def test_warp_points_matches_numpy_and_keeps_nan():

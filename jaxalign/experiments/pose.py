@@ -26,7 +26,6 @@ import time
 from typing import Callable, Sequence
 
 from jaxalign.experiments import pose_config
-from jaxalign.training import config as config_lib
 
 log = logging.getLogger('jaxalign.experiments.pose')
 # Written into a run when it is trained: how long it took (for later, resumed invocations).
@@ -115,9 +114,7 @@ def run_config(arm: str, seed: int, size: str, train_dir: str, test_dir: str,
   c.data.test_dir = test_dir
   c.data.val_dir = val_dir
   c.eval.enabled = False        # every run is evaluated once, by the comparison
-  for key, value in (overrides or {}).items():
-    pose_config.set_key(c, key, value)
-  return c
+  return pose_config.override(c, overrides or {})
 
 
 def _checkpoint_steps(workdir: pathlib.Path) -> list[str]:
@@ -145,8 +142,7 @@ def _copy_run(src: pathlib.Path, dst: pathlib.Path, overrides: dict) -> None:
       return
     shutil.rmtree(dst)
   shutil.copytree(src, dst, ignore=shutil.ignore_patterns('eval', 'tensorboard'))
-  config = inference.Run.load(dst).config
-  config_lib.apply_overrides(config, [f'{k}={v}' for k, v in overrides.items()])
+  config = pose_config.override(inference.Run.load(dst).config, overrides)
   inference.save_config(config, str(dst))
 
 
@@ -230,9 +226,7 @@ def run(size: str = 'quick', out: str | os.PathLike = 'docs/experiments',
   # Every run of this process trains on the same devices: fix the CPU device count (one per
   # core, config.cpu_devices) before anything starts JAX (checking finished runs reads
   # checkpoints).
-  base = pose_config.base_experiment_config(size)
-  for key, value in (overrides or {}).items():
-    pose_config.set_key(base, key, value)
+  base = pose_config.override(pose_config.base_experiment_config(size), overrides or {})
   mesh_lib.configure_cpu_devices(base)
   root = pathlib.Path(root or f'runs/experiments/pose-{size}')
   runs = plan(size, arms, seeds)
@@ -266,7 +260,7 @@ def run(size: str = 'quick', out: str | os.PathLike = 'docs/experiments',
                         'train_s': {k: v['seconds'] for k, v in info.items()},
                         'total_s': time.perf_counter() - t_start}
   summary['command'] = 'python -m jaxalign.evaluate ' + ' '.join(argv)
-  paths = pose_report.write(out, summary)
+  paths = pose_report.write(out, summary, root.resolve())
   say('wrote ' + ', '.join(paths))
   return summary
 

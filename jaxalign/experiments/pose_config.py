@@ -23,11 +23,12 @@ the other completion (copies of its runs), which isolates the completion stage.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import ml_collections
 
 from jaxalign import schemes
-from jaxalign.training.config import base_config
+from jaxalign.training import config as config_lib
 
 # How the rendered faces differ from what the fitters can represent (see docs/experiments/
 # pose.md): shape components 30-62 (beyond the 30 the JAX fitter uses) drawn 1.5x wider, a
@@ -138,59 +139,46 @@ def get_size(size: str) -> Size:
   return SIZES[size]
 
 
+# The embedded default (``configs/default.py``), which every size of the experiment builds on.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'configs', 'default.py')
+
+
+def override(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """``config`` with ``{'a.b': value}`` set through :func:`jaxalign.training.config
+  .apply_overrides` (a key the config does not have is a ValueError naming it)."""
+  return config_lib.apply_overrides(config, [f'{k}={v}' for k, v in values.items()])
+
+
 def base_experiment_config(size: str = 'quick') -> ml_collections.ConfigDict:
-  """The pose-aware arm's config at a size (synthetic data with the model mismatch)."""
+  """The pose-aware arm's config at a size: ``configs/default.py`` (its evaluation protocol:
+  detector-like test boxes, the completion fused and mixed with CNN1 by its residuals on the
+  validation faces, which the runner passes as data.val_dir) with the size's networks,
+  optimisation and synthetic data with the model mismatch.
+
+  Raises:
+    FileNotFoundError: ``configs/default.py`` is not beside the package.
+  """
   s = get_size(size)
-  c = base_config()
-  c.seed = 0
-  c.num_steps = s.num_steps
-  c.batch_size = s.batch_size
-  c.checkpoint_every = s.num_steps
-  c.log_every = max(1, min(100, s.num_steps // 10))
-  c.model.kind = 'pose_aware'
-  c.model.depth = s.depth
-  c.model.width = s.width
-  c.model.input_size = s.input_size
-  c.data.synthetic.enabled = True
-  c.data.synthetic.root = 'runs/data'
-  c.data.synthetic.num_train = s.num_train
-  c.data.synthetic.num_test = s.num_test
-  c.data.synthetic.image_size = s.image_size
+  c = config_lib.load_config_file(DEFAULT_CONFIG)
+  override(c, {
+      'num_steps': s.num_steps, 'batch_size': s.batch_size, 'checkpoint_every': s.num_steps,
+      'log_every': max(1, min(100, s.num_steps // 10)),
+      'model.depth': s.depth, 'model.width': s.width, 'model.input_size': s.input_size,
+      'data.synthetic.num_train': s.num_train, 'data.synthetic.num_test': s.num_test,
+      'data.synthetic.image_size': s.image_size,
+      # The runner renders the validation faces itself (with the mismatch, data.val_dir).
+      'data.synthetic.num_val': 0,
+      'optim.learning_rate': s.learning_rate, 'optim.final_learning_rate': s.final_learning_rate,
+      'optim.decay_steps': s.decay_steps, 'eval.batch_size': s.eval_batch_size})
+  # The renderer's options are a free-form dict (no key of the base config to override).
   c.data.synthetic.kwargs = ml_collections.ConfigDict(
       {k: list(v) if isinstance(v, tuple) else v for k, v in MISMATCH.items()})
-  c.data.pose_bins = 5
-  c.optim.learning_rate = s.learning_rate
-  c.optim.final_learning_rate = s.final_learning_rate
-  c.optim.decay_steps = s.decay_steps
-  c.eval.batch_size = s.eval_batch_size
-  c.eval.completion = True
-  c.eval.completion_backend = 'jax'
-  # The embedded default's evaluation protocol: detector-like test boxes (the training
-  # augmentation's ranges), and the completion fused and mixed with CNN1 by its residuals on
-  # the validation faces (data.val_dir, set by the runner).
-  c.eval.completion_fusion = True
-  c.eval.completion_blend = True
-  c.eval.box_jitter.shift = 0.05
-  c.eval.box_jitter.scale = 0.07
-  c.eval.box_jitter.rotation_deg = 10.0
   return c
-
-
-def set_key(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  """``config.a.b = value`` for ``dotted='a.b'``, adding the key if it is new."""
-  *parents, leaf = dotted.split('.')
-  node = config
-  for p in parents:
-    node = node[p]
-  with node.unlocked():
-    node[leaf] = value
 
 
 def arm_config(arm: str, size: str = 'quick') -> ml_collections.ConfigDict:
   """The config of one arm at a size (``configs/experiments/<arm>.py`` returns this)."""
   if arm not in ARMS:
     raise ValueError(f'unknown arm {arm!r}; expected one of {sorted(ARMS)}')
-  c = base_experiment_config(size)
-  for key, value in ARMS[arm].overrides.items():
-    set_key(c, key, value)
-  return c
+  return override(base_experiment_config(size), ARMS[arm].overrides)

@@ -21,6 +21,7 @@ import numpy as np
 from jaxalign import metrics
 from jaxalign import schemes as schemes_lib
 from jaxalign.experiments import pose_config
+from jaxalign.morphable import pose as pose_lib
 
 BINS = ((0.0, 30.0), (30.0, 60.0), (60.0, 90.0))
 BIN_KEYS = ('0-30', '30-60', '60-90')
@@ -57,9 +58,10 @@ def run_metrics(pred, gt, yaw, scheme=schemes_lib.IBUG68) -> dict[str, float | N
 
 def _split_errors(pred, gt, yaw, scheme) -> tuple[np.ndarray, np.ndarray]:
   """(N,) NME over each face's SLs and ULs, the SLs being the visible half: the scheme's
-  stable set for a right-looking (or frontal) face, its mirror for a left-looking one (true
-  yaw < 0), i.e. the points CNN2 predicts and the completion keeps."""
-  left = np.asarray(yaw, np.float64) < 0
+  stable set for a right-looking (or frontal) face, its mirror for a left-looking one
+  (:func:`jaxalign.morphable.pose.is_left_looking` of the true yaw), i.e. the points CNN2
+  predicts and the completion keeps."""
+  left = pose_lib.is_left_looking(yaw)
   mirrored = scheme.flip_index_array()
   out = []
   for right_set in (np.asarray(scheme.stable), np.asarray(scheme.unstable)):
@@ -93,7 +95,7 @@ def oracle(train_dir: str, test_dir: str, backends=('jax', 'eos', 'gaussian')) -
   recs, _ = records_lib.scan_folder(test_dir, num_points=68)
   gt = np.stack([np.asarray(r.points, np.float32) for r in recs])
   yaw = np.array([np.nan if r.yaw is None else r.yaw for r in recs], np.float64)
-  flip = yaw < 0
+  flip = pose_lib.is_left_looking(yaw)
   keep = np.where(flip[:, None], scheme.stable_mask()[scheme.flip_index_array()][None],
                   scheme.stable_mask()[None])
   sls = np.where(keep[..., None], gt, np.nan).astype(np.float32)
@@ -451,8 +453,10 @@ def markdown(summary: dict, plot_name: str) -> str:
       'Large-yaw NME is large for every method partly because the inter-ocular distance '
       'shrinks as the face turns.',
       f'* **Comparison.** `{summary["command"]}` (tables and plots in `'
-      f'{summary["compare_dir"]}`); the numbers here are recomputed from the same '
-      '`predictions.npz` files.', '',
+      f'{summary["compare_dir"]}`'
+      + (f'; `{ROOT_TOKEN}` is the experiment\'s `--root` folder'
+         if ROOT_TOKEN in str(summary.get('command', '')) else '') +
+      '); the numbers here are recomputed from the same `predictions.npz` files.', '',
       '## Results', '',
       f'![NME by pose of every arm]({plot_name})', '',
       '| arm | seeds | NME all | 0-30 | 30-60 | 60-90 | SL | UL |',
@@ -532,8 +536,34 @@ def markdown(summary: dict, plot_name: str) -> str:
   return '\n'.join(lines)
 
 
-def write(out: str | os.PathLike, summary: dict) -> list[str]:
-  """Writes ``pose.md``, ``pose_nme_by_pose.png`` and ``pose.json`` into ``out``."""
+ROOT_TOKEN = '$ROOT'
+
+
+def relative_paths(summary, root):
+  """``summary`` with every path under an absolute experiment ``root`` written as
+  ``$ROOT/...`` (the ``--root`` folder), so that the generated docs hold no path of the machine
+  that ran the experiment; a relative root is kept as it is."""
+  root = str(root).rstrip(os.sep)
+  if not os.path.isabs(root):
+    return summary
+
+  def fix(x):
+    if isinstance(x, dict):
+      return {k: fix(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return type(x)(fix(v) for v in x)
+    if isinstance(x, str) and root in x:
+      return x.replace(root + os.sep, ROOT_TOKEN + '/').replace(root, ROOT_TOKEN)
+    return x
+
+  return fix(summary)
+
+
+def write(out: str | os.PathLike, summary: dict, root=None) -> list[str]:
+  """Writes ``pose.md``, ``pose_nme_by_pose.png`` and ``pose.json`` into ``out``; paths under
+  the experiment's ``root`` as ``$ROOT/...`` when it is absolute (:func:`relative_paths`)."""
+  if root is not None:
+    summary = relative_paths(summary, root)
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   png = out / 'pose_nme_by_pose.png'

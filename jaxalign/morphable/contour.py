@@ -252,17 +252,6 @@ def vertex_normals(vertices, triangles):
   return vn / xp.maximum(xp.linalg.norm(vn, axis=-1, keepdims=True), 1e-12)
 
 
-def facing_camera(vertices, camera, triangles):
-  """(..., V) bool: vertex normal points toward the camera (back-face test, no occlusion test).
-
-  This is the self-occlusion-free visibility the contour logic needs; a renderer's z-buffer
-  decides true visibility.
-  """
-  xp = _xp(vertices, camera)
-  n = vertex_normals(vertices, triangles)
-  return xp.einsum('...vk,...k->...v', n, view_direction(camera)) > 0
-
-
 def yaw_sign(camera):
   """(...,) +1 when the face is right-looking (eos yaw > 0), -1 left-looking, 0 exactly frontal."""
   xp = _xp(camera)

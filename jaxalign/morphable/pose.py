@@ -68,14 +68,6 @@ def _pose(points, reference):
   return jnp.where(enough[:, None] & jnp.all(jnp.isfinite(ypr), -1, keepdims=True), ypr, jnp.nan)
 
 
-@jax.jit
-def _direction(points, reference, threshold):
-  """(B,) int32 looking direction from (B, L, 2) points: :func:`_pose` and the threshold in one
-  compiled call (no eager operations on the host per call)."""
-  yaw = _pose(points, reference)[:, 0]
-  return jnp.where(yaw > threshold, 1, jnp.where(yaw < -threshold, -1, 0)).astype(jnp.int32)
-
-
 def _checked(points, scheme):
   """(points as a float32 array of shape (B, L, 2) (numpy unless a jax array), leading shape)."""
   is_jax = isinstance(points, jax.Array) or 'Tracer' in type(points).__name__
@@ -136,15 +128,3 @@ def flip_from_points(points, scheme=schemes_lib.IBUG68, model=None,
   points ignored; too few points: not flipped)."""
   yaw = np.asarray(estimate_pose(points, scheme, model)[..., 0])
   return is_left_looking(yaw, threshold)
-
-
-def looking_direction(points, scheme=schemes_lib.IBUG68, threshold: float = 10.0, model=None):
-  """(...,) int32 -1 (left-looking: yaw < -threshold), +1 (yaw > threshold) or 0.
-
-  The same contract as :func:`jaxalign.geometry.looking_direction`, from :func:`estimate_pose`;
-  a shape with too few usable points is frontal (0).
-  """
-  scheme = schemes_lib.get_scheme(scheme)
-  pts, lead = _checked(points, scheme)
-  out = _direction(pts, reference_points(model, scheme), float(threshold))
-  return out.reshape(lead)
