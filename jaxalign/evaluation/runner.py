@@ -397,7 +397,10 @@ def evaluate(workdir: str | os.PathLike, dataset: str | None = None,
     raise ValueError(f'no usable face in {info["dataset"]} ({len(invalid)} invalid files)')
   out_dir = pathlib.Path(out) if out is not None else pathlib.Path(run.workdir) / 'eval' / info['tag']
   config = run.config
-  if dataset is not None and info['name'] != 'folder':
+  # The run's own test split keeps the end-of-run boxes (same numbers) unless --boxes says.
+  own = (info['name'] == (config.data.test_source or config.data.source)
+         and info['split'] in tuple(config.data.test_splits))
+  if dataset is not None and info['name'] != 'folder' and (boxes != 'auto' or not own):
     records, config, info['boxes'] = face_boxes.for_evaluation(
         records, config, boxes, normalization=info['normalization'])
   run.model  # pylint: disable=pointless-statement   (restored here, timed as the load)
