@@ -87,6 +87,26 @@ def test_kernel_part_fits_a_nonlinear_relation(real_face_points):
   assert _ul_nme(sub.complete(test, flip), test, flip).mean() < 0.85 * e_lin
 
 
+def test_sl_noise_training_expects_noisy_sls(real_face_points):
+  # Many shape modes (as real faces have): noise in the SLs is not filtered out by a few.
+  train = _faces(real_face_points, 200, seed=14, modes=30, amp=0.01)
+  test = _faces(real_face_points, 100, seed=15, modes=30, amp=0.01)
+  flip = np.zeros(len(test), bool)
+  rng = np.random.default_rng(16)
+  io = np.linalg.norm(test[:, 36] - test[:, 45], axis=-1)
+  noisy = test + (rng.standard_normal(test.shape) * 0.04 * io[:, None, None]).astype(np.float32)
+  clean_model = _fit(train)
+  noisy_model = _fit(train, sl_noise=0.04, noise_copies=3)
+  assert len(noisy_model.centers) == 200            # centres: the clean faces
+  e_clean, e_noisy = (_ul_nme(m.complete(noisy, flip), test, flip).mean()
+                      for m in (clean_model, noisy_model))
+  assert e_noisy < 0.95 * e_clean, (e_noisy, e_clean)
+  with pytest.raises(ValueError, match='sl_noise must be'):
+    _fit(train, sl_noise=-0.1)
+  with pytest.raises(ValueError, match='noise_copies must be'):
+    _fit(train, sl_noise=0.1, noise_copies=0)
+
+
 def test_mirrored_face_completes_to_the_mirror(real_face_points):
   model = _fit(_faces(real_face_points, 150, seed=4))
   faces = _faces(real_face_points, 5, seed=5, amp=0.06)

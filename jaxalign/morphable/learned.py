@@ -64,7 +64,7 @@ _OPTIONS = {
     'ridge': DEFAULT_RIDGE, 'kernel_ridge': DEFAULT_KERNEL_RIDGE, 'gamma': DEFAULT_GAMMA,
     'kernel': True, 'max_centers': DEFAULT_MAX_CENTERS, 'yaw_bins': DEFAULT_YAW_BINS,
     'min_bin_faces': DEFAULT_MIN_BIN_FACES, 'switch': 'cv', 'folds': DEFAULT_FOLDS, 'seed': 0,
-    'completed_3dmm': None,
+    'completed_3dmm': None, 'sl_noise': 0.0, 'noise_copies': 4,
 }
 
 
@@ -222,7 +222,10 @@ class LearnedCompletion:
         ``completed_3dmm`` or run with the JAX backend; 'count': wherever the bin has
         ``min_bin_faces`` faces; 'none': everywhere, no 3DMM ever), ``folds`` (5), ``seed``
         (0), ``completed_3dmm`` ((N, L, 2) the 3DMM completion of ``shapes`` from their SLs,
-        for ``switch='cv'``).
+        for ``switch='cv'``), ``sl_noise`` (0: off; > 0: the regression is fitted on
+        ``noise_copies`` (4) copies of every face whose SLs carry Gaussian noise of this
+        standard deviation per coordinate, as a fraction of the inter-ocular distance, so it
+        expects SLs as noisy as that, e.g. a CNN's; the switch still compares on clean SLs).
 
     Raises:
       ValueError: wrong shapes, unknown or bad options, no usable face (naming ``shapes``).
@@ -259,7 +262,7 @@ class LearnedCompletion:
     bins = _bin_index(sl_yaw, edges)
     counts = np.bincount(bins, minlength=len(edges) - 1)
     enough = counts >= opts['min_bin_faces']
-    core = _fit_core(work, stable, opts)
+    core = _fit_core(work, stable, opts, scheme.inter_ocular)
     cv = {}
     if opts['switch'] == 'none':
       use = np.ones(len(edges) - 1, bool)
@@ -267,7 +270,7 @@ class LearnedCompletion:
       use = enough
     else:
       # Out of fold: the learned model on each fold, fitted on the others, against the 3DMM.
-      oof = _out_of_fold(work, stable, opts)
+      oof = _out_of_fold(work, stable, opts, scheme.inter_ocular)
       oof = np.where(flipped[:, None, None], _mirror(oof, scheme), oof)
       if c3 is None:
         from jaxalign.morphable import completion  # pylint: disable=g-import-not-at-top
@@ -443,7 +446,11 @@ def _check_options(options: dict) -> dict:
     if not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
       raise ValueError(f'{k} must be a positive number, got {v!r}')
     opts[k] = float(v)
-  for k, lo in (('max_centers', 1), ('min_bin_faces', 0), ('folds', 2)):
+  v = opts['sl_noise']
+  if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+    raise ValueError(f'sl_noise must be a number >= 0, got {v!r}')
+  opts['sl_noise'] = float(v)
+  for k, lo in (('max_centers', 1), ('min_bin_faces', 0), ('folds', 2), ('noise_copies', 1)):
     v = opts[k]
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
       raise ValueError(f'{k} must be an integer >= {lo}, got {v!r}')
@@ -458,39 +465,58 @@ def _check_options(options: dict) -> dict:
   return opts
 
 
-def _fit_core(work: np.ndarray, stable: np.ndarray, opts: dict) -> dict:
-  """The regression's arrays from right-looking training faces (N, L, 2)."""
+def _fit_core(work: np.ndarray, stable: np.ndarray, opts: dict, eyes=(36, 45)) -> dict:
+  """The regression's arrays from right-looking training faces (N, L, 2); ``eyes``: the
+  inter-ocular pair (the unit of ``sl_noise``)."""
   from jaxalign.morphable import statistical  # pylint: disable=g-import-not-at-top
-  sl = work[:, stable]
   unstable = np.setdiff1d(np.arange(work.shape[1]), stable)
-  reference = _procrustes_reference(sl)
-  a = statistical._apply(similarity(sl, reference), work)  # pylint: disable=protected-access
-  x = a[:, stable].reshape(len(a), -1)
-  y = a[:, unstable].reshape(len(a), -1)
-  x_mean, y_mean = x.mean(0), y.mean(0)
-  xc, yc = x - x_mean, y - y_mean
+  reference = _procrustes_reference(work[:, stable])
+
+  def frame(w):
+    """(x, y): the flattened SLs and ULs in the frame of each face's (given) SLs."""
+    a = statistical._apply(  # pylint: disable=protected-access
+        similarity(w[:, stable], reference), w)
+    return a[:, stable].reshape(len(a), -1), a[:, unstable].reshape(len(a), -1)
+
+  x, y = frame(work)
+  xs, ys = x, y                       # the regression's samples
+  if opts['sl_noise'] > 0:
+    # Noisy copies of every face's SLs (its true ULs, in the frame the noisy SLs give them):
+    # the regression then predicts what a noisy input implies, not what a clean one would.
+    rng = np.random.default_rng(opts['seed'] + 1)
+    noisy = np.repeat(work, opts['noise_copies'], 0)
+    io = np.linalg.norm(noisy[:, eyes[0]] - noisy[:, eyes[1]], axis=-1)
+    noisy[:, stable] += rng.standard_normal((len(noisy), len(stable), 2)) * (
+        opts['sl_noise'] * io)[:, None, None]
+    xs, ys = frame(noisy)
+  x_mean, y_mean = xs.mean(0), ys.mean(0)
+  xc, yc = xs - x_mean, ys - y_mean
   weights = np.linalg.solve(xc.T @ xc + opts['ridge'] * np.eye(x.shape[1]), xc.T @ yc)
-  scale = float(xc.std(0).mean()) or 1.0
+  scale = float((x - x_mean).std(0).mean()) or 1.0
   centers = np.zeros((0, x.shape[1]))
   alphas = np.zeros((0, y.shape[1]))
   if opts['kernel'] and len(x) > 1:
-    z = xc / scale
+    z, zs = (x - x_mean) / scale, xc / scale
     resid = yc - xc @ weights
-    if len(z) <= opts['max_centers']:
+    if len(z) <= opts['max_centers'] and xs is x:
       centers = z
       alphas = np.linalg.solve(_kernel(z, z, opts['gamma'])
                                + opts['kernel_ridge'] * np.eye(len(z)), resid)
     else:
-      rng = np.random.default_rng(opts['seed'])
-      centers = z[np.sort(rng.choice(len(z), opts['max_centers'], replace=False))]
-      knm, kmm = _kernel(z, centers, opts['gamma']), _kernel(centers, centers, opts['gamma'])
+      # Centres: the clean faces (a random subset beyond max_centers); samples: all rows.
+      centers = z
+      if len(z) > opts['max_centers']:
+        rng = np.random.default_rng(opts['seed'])
+        centers = z[np.sort(rng.choice(len(z), opts['max_centers'], replace=False))]
+      knm, kmm = _kernel(zs, centers, opts['gamma']), _kernel(centers, centers, opts['gamma'])
       alphas = np.linalg.lstsq(knm.T @ knm + opts['kernel_ridge'] * kmm, knm.T @ resid,
                                rcond=None)[0]
   return dict(reference=reference, x_mean=x_mean, y_mean=y_mean, weights=weights,
               feature_scale=scale, gamma=opts['gamma'], centers=centers, alphas=alphas)
 
 
-def _out_of_fold(work: np.ndarray, stable: np.ndarray, opts: dict) -> np.ndarray:
+def _out_of_fold(work: np.ndarray, stable: np.ndarray, opts: dict,
+                 eyes=(36, 45)) -> np.ndarray:
   """(N, L, 2) right-looking faces completed by models fitted without their fold."""
   n = len(work)
   k = min(opts['folds'], n)
@@ -503,7 +529,7 @@ def _out_of_fold(work: np.ndarray, stable: np.ndarray, opts: dict) -> np.ndarray
     train = np.setdiff1d(np.arange(n), test)
     if len(train) < 2:
       continue
-    core = _fit_core(work[train], stable, opts)
+    core = _fit_core(work[train], stable, opts, eyes)
     model = LearnedCompletion(
         scheme='', stable=stable, **core, yaw_bins=np.asarray([0.0, 90.0]),
         use_learned=np.ones(1, bool), num_faces=len(train), num_skipped=0)
