@@ -129,7 +129,7 @@ def test_by_yaw_benchmark_table(model):
   assert sum(out['counts']) == 16 and out['noise_box'] == 0.01
   rows = out['results']
   assert set(rows) == {'jax/true_flip', 'jax/detected_flip', 'mean_shape/true_flip',
-                       'gaussian/true_flip'}
+                       'gaussian/true_flip', 'learned_synthetic/true_flip'}
   for row in rows.values():
     for norm in ('inter_ocular', 'bbox'):
       assert len(row[norm]['inner']) == len(bench.YAW_BINS)       # the bins, then all

@@ -14,8 +14,9 @@ inter-ocular NME over all completed points, the non-jaw and the jaw ones, per fa
 estimated yaw), by |yaw| bin and on average. No synthetic face is involved. ``--real`` without a
 folder reads the 300-W training faces of ``--data-dir`` (default ``../shared/300w``; ``--max-faces``
 takes a fixed random subset, ``--eos-faces`` limits the slow eos backend to the first of them).
-The backends that learn from annotations, ``gaussian`` (:mod:`jaxalign.morphable.statistical`)
-and ``learned`` (:mod:`jaxalign.morphable.learned`), are scored by ``--folds``-fold
+The backends that learn from annotations, ``gaussian`` (:mod:`jaxalign.morphable.statistical`),
+``learned`` (:mod:`jaxalign.morphable.learned`) and ``learned_linear`` (the same without its
+kernel part: the ridge baseline), are scored by ``--folds``-fold
 cross-validation over the same faces (each fold completed by a model fitted on the others; the
 learned one's pose switch gets the JAX 3DMM's points), or, with ``--learned FILE``, by a stored
 model (:meth:`~jaxalign.morphable.learned.LearnedCompletion.to_dict` JSON). ``--prior-grid``
@@ -473,8 +474,9 @@ def real(paths=None, backends=None, config=None, data_dir=DEFAULT_DATA_DIR, max_
   Args:
     paths: folders / files of ``.pts`` / ``.ljson`` faces, or None: the 300-W training faces of
       ``data_dir`` (at most ``max_faces``, a fixed random subset).
-    backends: names among 'jax', 'eos', 'gaussian', 'learned' (default: 'jax', 'eos' for
-      ``paths``, all four for 300-W).
+    backends: names among 'jax', 'eos', 'gaussian', 'learned', 'learned_linear' (the learned
+      completion without its kernel part: the ridge baseline) (default: 'jax', 'eos' for
+      ``paths``, 'jax', 'eos', 'gaussian', 'learned' for 300-W).
     config: the JAX backend's :class:`~jaxalign.morphable.fitting.FitConfig` (default its own).
     eos_faces: > 0: eos completes only the first that many faces (it is slow); every backend's
       mean over those faces is reported as well (``mean_eos_faces``).
@@ -497,10 +499,12 @@ def real(paths=None, backends=None, config=None, data_dir=DEFAULT_DATA_DIR, max_
                                                if max_faces else '')]
   if backends is None:
     backends = ('jax', 'eos') if paths else ('jax', 'eos', 'gaussian', 'learned')
-  unknown = sorted(set(backends) - {'jax', 'eos', 'gaussian', 'learned'})
+  known = ('jax', 'eos', 'gaussian', 'learned', 'learned_linear')
+  unknown = sorted(set(backends) - set(known))
   if unknown:
-    raise ValueError(f'unknown backend(s) {unknown}; known: jax, eos, gaussian, learned')
-  cv_needed = ('gaussian' in backends) or ('learned' in backends and learned is None)
+    raise ValueError(f'unknown backend(s) {unknown}; known: {", ".join(known)}')
+  cv_needed = bool({'gaussian', 'learned_linear'} & set(backends)) or (
+      'learned' in backends and learned is None)
   if cv_needed and (folds < 2 or len(gt) < 2 * folds):
     raise ValueError(f'cross-validating gaussian / learned needs --folds >= 2 and 2 faces per '
                      f'fold; got {len(gt)} faces, {folds} folds')
@@ -517,7 +521,7 @@ def real(paths=None, backends=None, config=None, data_dir=DEFAULT_DATA_DIR, max_
          'mean': {}, 'by_yaw': {}, 'per_face': []}
   errors = {}
   jax_points = None
-  if 'jax' in backends or 'learned' in backends:
+  if {'jax', 'learned', 'learned_linear'} & set(backends):
     r = completion.complete(gt, backend='jax', image_size=size, flip=flip, model=model,
                             config=config)
     jax_points = r.points
@@ -537,21 +541,24 @@ def real(paths=None, backends=None, config=None, data_dir=DEFAULT_DATA_DIR, max_
         lambda tr: statistical.fit(gt[tr], scheme),
         lambda m, te: statistical.complete(gt[te], m, scheme, flip=flip[te]).points)
     errors['gaussian'] = learned_lib.completed_errors(pts, gt.astype(np.float64), kept)
-  if 'learned' in backends:
-    if learned is None:
-      pts, models = _cv_points(
-          gt, flip, folds, seed,
-          lambda tr: learned_lib.LearnedCompletion.fit(gt[tr], scheme,
-                                                       completed_3dmm=jax_points[tr]),
-          lambda m, te: m.complete(gt[te], flip[te], completed_3dmm=jax_points[te]))
-      out['learned_cv'] = {'folds': folds, 'seed': seed,
-                           'use_learned': [m.use_learned.tolist() for m in models],
-                           'yaw_bins': models[0].yaw_bins.tolist()}
-    else:
+  for name in ('learned', 'learned_linear'):
+    if name not in backends:
+      continue
+    if name == 'learned' and learned is not None:
       pts = learned.complete(gt, flip, completed_3dmm=jax_points)
       out['learned_model'] = {'faces': learned.num_faces, 'use_learned':
                               learned.use_learned.tolist(), 'yaw_bins': learned.yaw_bins.tolist()}
-    errors['learned'] = learned_lib.completed_errors(pts, gt.astype(np.float64), kept)
+    else:
+      options = {'kernel': name == 'learned'}
+      pts, models = _cv_points(
+          gt, flip, folds, seed,
+          lambda tr, o=options: learned_lib.LearnedCompletion.fit(
+              gt[tr], scheme, completed_3dmm=jax_points[tr], **o),
+          lambda m, te: m.complete(gt[te], flip[te], completed_3dmm=jax_points[te]))
+      out[f'{name}_cv'] = {'folds': folds, 'seed': seed,
+                           'use_learned': [m.use_learned.tolist() for m in models],
+                           'yaw_bins': models[0].yaw_bins.tolist()}
+    errors[name] = learned_lib.completed_errors(pts, gt.astype(np.float64), kept)
   for b in backends:
     e = errors[b]
     out['mean'][b] = {k: float(np.nanmean(v)) for k, v in e.items()}
@@ -579,8 +586,11 @@ def prior_configs() -> dict:
   the adaptive noise, the pixel noise, the expression prior and the iterations)."""
   from jaxalign.morphable import completion
   from jaxalign.morphable import fitting
-  base = completion.JAX_DEFAULTS
-  grid = {'default (JAX_DEFAULTS)': base, 'eos prior (EOS_DEFAULTS)': fitting.EOS_DEFAULTS}
+  grid = {'default (JAX_DEFAULTS)': completion.JAX_DEFAULTS,
+          'previous default (TUNED_SYNTHETIC)': fitting.TUNED_SYNTHETIC,
+          'eos prior (EOS_DEFAULTS)': fitting.EOS_DEFAULTS}
+  # The single changes below start from the previous default (chosen on synthetic faces).
+  base = fitting.TUNED_SYNTHETIC
   for noise_mm in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0):
     for k in (20, 30, None):
       grid[f'noise_mm {noise_mm:g}, {k or 63} shape'] = dataclasses.replace(
@@ -593,15 +603,38 @@ def prior_configs() -> dict:
   for lam in (1.0, 10.0):
     grid[f'63 shape, lambda_expression {lam:g}'] = dataclasses.replace(full,
                                                                       lambda_expression=lam)
-  return grid
+  # Around the best single changes: plain rounds (no adaptive noise) with the expression prior.
+  plain = dataclasses.replace(full, adaptive_noise=False, num_iterations=5)
+  for noise_mm in (1.0, 1.5, 2.0):
+    for lam in (0.0, 10.0, 30.0):
+      if (noise_mm, lam) != (2.0, 0.0):
+        grid[f'63 shape, plain 5 rounds, noise_mm {noise_mm:g}, lambda_expression {lam:g}'] = (
+            dataclasses.replace(plain, noise_mm=noise_mm, lambda_expression=lam))
+  grid['63 shape, plain 8 rounds, lambda_expression 10'] = dataclasses.replace(
+      plain, num_iterations=8, lambda_expression=10.0)
+  # The same with the default's adaptive noise (which guards noisy SLs).
+  for noise_mm in (1.5, 2.0):
+    grid[f'63 shape, noise_mm {noise_mm:g}, lambda_expression 30'] = dataclasses.replace(
+        full, noise_mm=noise_mm, lambda_expression=30.0)
+  for k in (30, 40, 50):
+    grid[f'{k} shape, lambda_expression 30'] = dataclasses.replace(base, num_shape=k,
+                                                                  lambda_expression=30.0)
+  # A setting equal to an earlier one (e.g. the default) is listed once, under its first name.
+  unique = {}
+  for name, cfg in grid.items():
+    if cfg not in unique.values():
+      unique[name] = cfg
+  return unique
 
 
 def prior_grid(paths=None, data_dir=DEFAULT_DATA_DIR, max_faces=0, folds=5, seed=0,
-               configs=None, eos=True, eos_faces=0):
+               configs=None, eos=True, eos_faces=0, noise=0.0):
   """Cross-validates the JAX fitter's prior on real annotated faces; JSON-able dict.
 
   Every setting of ``configs`` (default :func:`prior_configs`) completes every face from its
-  ground-truth SLs (the pipeline's flip). The table is each setting's mean inter-ocular NME of
+  ground-truth SLs (the pipeline's flip), plus Gaussian noise of ``noise`` times the landmark
+  box's longer side per coordinate (:func:`add_noise`, a stand-in for a CNN's SLs; scored
+  against the clean points). The table is each setting's mean inter-ocular NME of
   the completed points (all / non-jaw / jaw). The cross-validation picks, per fold, the setting
   with the lowest mean over all completed points on the other folds and scores it on the fold:
   the held-out mean says what choosing by this grid is worth, the picks how stable the choice
@@ -620,10 +653,11 @@ def prior_grid(paths=None, data_dir=DEFAULT_DATA_DIR, max_faces=0, folds=5, seed
                      f'{folds} folds')
   size = np.stack([completion.default_image_size(p) for p in gt])
   flip = pose.flip_from_points(gt, scheme, model)
+  given = add_noise(gt, noise, seed)
   table, errs = [], {}
   for name, cfg in configs.items():
     t = time.perf_counter()
-    r = completion.complete(gt, backend='jax', image_size=size, flip=flip, model=model,
+    r = completion.complete(given, backend='jax', image_size=size, flip=flip, model=model,
                             config=cfg)
     errs[name] = real_errors(r, gt)
     table.append({'setting': name, 'config': dataclasses.asdict(cfg),
@@ -636,13 +670,13 @@ def prior_grid(paths=None, data_dir=DEFAULT_DATA_DIR, max_faces=0, folds=5, seed
     picks.append(best)
     for k in held:
       held[k][test] = errs[best][k][test]
-  out = {'date': time.strftime('%Y-%m-%d'), 'faces': n,
+  out = {'date': time.strftime('%Y-%m-%d'), 'faces': n, 'noise_box': noise,
          'sources': list(map(str, paths)) if paths else [f'300-W train of {data_dir}'],
          'table': table, 'cv': {'folds': folds, 'seed': seed, 'picks': picks,
                                 **{k: float(np.nanmean(v)) for k, v in held.items()}}}
   if eos:
     ne = min(eos_faces, n) if eos_faces else n
-    r = completion.complete(gt[:ne], backend='eos', image_size=size[:ne], flip=flip[:ne],
+    r = completion.complete(given[:ne], backend='eos', image_size=size[:ne], flip=flip[:ne],
                             model=model)
     e = real_errors(r, gt[:ne])
     out['eos'] = {'faces': ne, **{k: float(np.nanmean(v)) for k, v in e.items()},
@@ -652,18 +686,19 @@ def prior_grid(paths=None, data_dir=DEFAULT_DATA_DIR, max_faces=0, folds=5, seed
 
 def format_prior_grid(out) -> str:
   """A plain-text table of :func:`prior_grid` (percent)."""
-  lines = [f"JAX fitter prior on {out['faces']} real faces ({', '.join(out['sources'])}); "
-           'inter-ocular NME % of the completed points', f"{'setting':44s}{'all':>8s}"
+  lines = [f"JAX fitter prior on {out['faces']} real faces ({', '.join(out['sources'])}), SL "
+           f"noise {100 * out.get('noise_box', 0.0):.1f} % of the box; inter-ocular NME % of "
+           'the completed points', f"{'setting':62s}{'all':>8s}"
            f"{'non-jaw':>8s}{'jaw':>8s}"]
   for row in out['table']:
-    lines.append(f"{row['setting']:44s}{100 * row['all']:8.2f}{100 * row['inner']:8.2f}"
+    lines.append(f"{row['setting']:62s}{100 * row['all']:8.2f}{100 * row['inner']:8.2f}"
                  f"{100 * row['jaw']:8.2f}")
   if 'eos' in out:
     e = out['eos']
-    lines.append(f"{'eos (' + str(e['faces']) + ' faces)':44s}{100 * e['all']:8.2f}"
+    lines.append(f"{'eos (' + str(e['faces']) + ' faces)':62s}{100 * e['all']:8.2f}"
                  f"{100 * e['inner']:8.2f}{100 * e['jaw']:8.2f}")
   cv = out['cv']
-  lines.append(f"{str(cv['folds']) + '-fold CV of the choice (held out)':44s}"
+  lines.append(f"{str(cv['folds']) + '-fold CV of the choice (held out)':62s}"
                f"{100 * cv['all']:8.2f}{100 * cv['inner']:8.2f}{100 * cv['jaw']:8.2f}")
   lines.append('picked per fold: ' + '; '.join(cv['picks']))
   return '\n'.join(lines)
@@ -756,7 +791,8 @@ def main(argv=None) -> int:
   p.add_argument('--mismatch-mm', type=float, default=1.0)
   p.add_argument('--noise', type=float, default=None,
                  help='2D noise on the given points: fraction of the inter-ocular distance '
-                      '(default 0.01); --by-yaw: of the landmark box side (default 0)')
+                      '(default 0.01); --by-yaw, --prior-grid: of the landmark box side '
+                      '(default 0)')
   p.add_argument('--json', action='store_true', help='print one JSON object')
   p.add_argument('--tune', action='store_true', help='run the tuning grid instead')
   p.add_argument('--by-yaw', action='store_true',
@@ -821,7 +857,7 @@ def main(argv=None) -> int:
     try:
       out = prior_grid(args.real or None, args.data_dir, args.max_faces, args.folds,
                        eos=backends is None or 'eos' in backends,
-                       eos_faces=args.eos_faces or 0)
+                       eos_faces=args.eos_faces or 0, noise=args.noise or 0.0)
     except (FileNotFoundError, ValueError) as e:
       print(e, file=sys.stderr)
       return 2

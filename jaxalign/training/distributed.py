@@ -91,3 +91,21 @@ def initialize(config) -> bool:
   log.info('process %d of %d, %d local / %d global devices', jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def sync(name: str, timeout_s: int) -> None:
+  """Waits until every process reaches ``name``, then builds the CPU collectives' context.
+
+  The wait is the coordination service's barrier (up to ``timeout_s`` seconds). The tiny
+  all-process collective after it makes gloo build its context while the processes are in
+  step: gloo gives its first collective only 30 s for every process to arrive, which a loaded
+  host misses when one process starts slowly (seen in CI, at orbax's first barrier). A no-op
+  in a one-process run.
+  """
+  if jax.process_count() == 1:
+    return
+  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils
+  from orbax.checkpoint import multihost
+  multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s) * 1000)
+  multihost_utils.sync_global_devices(name)

@@ -119,6 +119,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   schedule = optim.learning_rate_schedule(config)
   state = mesh_lib.replicate(state_lib.init_state(params, model_state, tx, config.seed), mesh)
 
+  # Every process in step before the first collective (orbax's barrier in the Checkpointer).
+  distributed.sync('jaxalign_start', int(config.distributed_timeout_s))
   ckpt = checkpointing.Checkpointer(workdir, int(config.keep_checkpoints), all_processes=True)
   start = 0
   abstract = checkpointing.abstract_with_shardings(state, mesh_lib.replicated(mesh))
