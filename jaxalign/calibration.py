@@ -44,17 +44,44 @@ def _truth_yaw(records, gt) -> np.ndarray:
   return yaw
 
 
-def fit_learned(config, records) -> dict | None:
+def learned_applies(config) -> bool:
+  """Whether the run can have a learned completion (pose-aware, iBUG-68)."""
+  return (config.model.kind == 'pose_aware'
+          and config_lib.model_scheme(config).name == schemes_lib.IBUG68.name)
+
+
+def cnn_pass(model, config, records, batch_size: int | None = None) -> dict:
+  """The CNN pair alone on ``records`` (:func:`jaxalign.inference.run_pipeline` without a
+  completion); shared by :func:`sl_noise` and :func:`calibrate`."""
+  return inference.run_pipeline(model, config, records, 'none', batch_size)
+
+
+def sl_noise(config, cnn, records) -> float:
+  """CNN2's SL noise on held-out ``records`` (:func:`cnn_pass`'s result ``cnn``), in inter-ocular
+  units per coordinate after the best similarity
+  (:func:`jaxalign.morphable.learned.measure_sl_noise`); what ``eval.learned_sl_noise='auto'``
+  fits the learned completion with. 0.0 when no face was predicted."""
+  from jaxalign.morphable import learned  # pylint: disable=g-import-not-at-top
+  valid = cnn['valid']
+  if not valid.any():
+    return 0.0
+  gt = np.stack([np.asarray(r.points, np.float64) for r, v in zip(records, valid) if v])
+  return learned.measure_sl_noise(cnn['cnn_points'][valid], gt, config_lib.model_scheme(config),
+                                  flip=cnn['flipped'][valid])
+
+
+def fit_learned(config, records, sl_noise: float = 0.0) -> dict | None:
   """The learned completion (:class:`jaxalign.morphable.learned.LearnedCompletion`, its
   options' defaults: chosen by cross-validation, ``docs/method.md``) fitted on the run's
   training faces ``records``, as ``to_dict()`` (what ``WORKDIR/learned_completion.json``
   holds); None for the plain model or a scheme other than iBUG-68. The records' annotated yaw
   (synthetic faces) decides their mirroring where known; the pose switch to the 3DMM is chosen
   out of fold on the same faces. None also with fewer training faces than a |yaw| bin needs
-  (``learned.DEFAULT_MIN_BIN_FACES``)."""
+  (``learned.DEFAULT_MIN_BIN_FACES``). ``sl_noise`` > 0: fitted for SLs that noisy (inter-ocular
+  units per coordinate, e.g. :func:`sl_noise`'s measure of CNN2; ``eval.learned_sl_noise``)."""
   from jaxalign.morphable import learned  # pylint: disable=g-import-not-at-top
   scheme = config_lib.model_scheme(config)
-  if config.model.kind != 'pose_aware' or scheme.name != schemes_lib.IBUG68.name or not records:
+  if not learned_applies(config) or not records:
     return None
   if len(records) < learned.DEFAULT_MIN_BIN_FACES:   # no |yaw| bin could ever use it
     log.warning('%d training faces: too few for a learned completion (at least %d)',
@@ -63,11 +90,12 @@ def fit_learned(config, records) -> dict | None:
   shapes = np.stack([np.asarray(r.points, np.float64) for r in records])
   yaw = np.array([np.nan if r.yaw is None else float(r.yaw) for r in records], np.float64)
   return learned.LearnedCompletion.fit(
-      shapes, scheme, yaw=yaw if np.isfinite(yaw).all() else None).to_dict()
+      shapes, scheme, yaw=yaw if np.isfinite(yaw).all() else None,
+      sl_noise=float(sl_noise)).to_dict()
 
 
 def calibrate(model, config, records, batch_size: int | None = None,
-              learned: dict | None = None) -> dict | None:
+              learned: dict | None = None, cnn: dict | None = None) -> dict | None:
   """The completion tables of a run measured on the held-out ``records`` (ground truth in
   ``points``).
 
@@ -76,6 +104,7 @@ def calibrate(model, config, records, batch_size: int | None = None,
     records: held-out faces (:class:`jaxalign.data.records.FaceRecord`).
     batch_size: images per forward pass (default ``config.eval.batch_size``).
     learned: the run's learned completion tables (:func:`fit_learned`), when it has them.
+    cnn: :func:`cnn_pass` on these ``records`` when already run (else it runs here).
 
   Returns:
     ``{'rms': (B, L) nested list (None where a bin has no face), 'bins', 'num_faces', 'units',
@@ -89,7 +118,8 @@ def calibrate(model, config, records, batch_size: int | None = None,
       != schemes_lib.IBUG68.name or not records):
     return None
   bins = completion_lib.YAW_BINS
-  cnn = inference.run_pipeline(model, config, records, 'none', batch_size)
+  if cnn is None:
+    cnn = cnn_pass(model, config, records, batch_size)
   valid = cnn['valid']
   if not valid.any():
     return None

@@ -11,6 +11,7 @@ keeps the imports one-way: training -> inference -> calibration / evaluation -> 
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -20,7 +21,10 @@ from jaxalign import atomic
 from jaxalign import calibration
 from jaxalign import inference
 from jaxalign.evaluation import runner
+from jaxalign.training import config as config_lib
 from jaxalign.training import trainer
+
+log = logging.getLogger('jaxalign.train')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -65,12 +69,22 @@ def recalibrate(run, train_records, holdout) -> dict:
   Returns:
     ``{'learned': tables or None, 'residuals': table or None}`` as written.
   """
-  learned = calibration.fit_learned(run.config, train_records)
+  cnn, noise = None, config_lib.learned_sl_noise(run.config)
+  if noise is None:              # 'auto': CNN2's SL noise on the held-out faces
+    noise = 0.0
+    if holdout and calibration.learned_applies(run.config):
+      cnn = calibration.cnn_pass(run.model, run.config, holdout)
+      noise = calibration.sl_noise(run.config, cnn, holdout)
+      log.info('learned completion: CNN2 SL noise %.4f inter-ocular (%d held-out faces)',
+               noise, int(cnn['valid'].sum()))
+    elif calibration.learned_applies(run.config):
+      log.warning("eval.learned_sl_noise='auto' without validation faces: fitted on clean SLs")
+  learned = calibration.fit_learned(run.config, train_records, sl_noise=noise)
   if learned is not None:
     atomic.write_json(os.path.join(run.workdir, inference.LEARNED_FILE), learned)
   table = None
   if holdout:
-    table = calibration.calibrate(run.model, run.config, holdout, learned=learned)
+    table = calibration.calibrate(run.model, run.config, holdout, learned=learned, cnn=cnn)
     if table is not None:
       atomic.write_json(os.path.join(run.workdir, inference.FUSION_FILE), table)
   return {'learned': learned, 'residuals': table}

@@ -109,3 +109,16 @@ def test_by_yaw_scores_the_learned_completions(sfm_dir):
   np.testing.assert_array_equal(rows['learned_given/true_flip']['bbox']['jaw'],
                                 rows['jax/true_flip']['bbox']['jaw'])
   assert 'learned_synthetic/true_flip' in bench.format_by_yaw(out)
+
+
+def test_real_reads_a_300w_split(tmp_path, sfm_dir):
+  from test_datasets import make_300w
+  from jaxalign.data.sources import w300
+  make_300w(tmp_path)
+  names = {s: bench.w300_faces(tmp_path, s)[1] for s in ('train', 'fit', 'val')}
+  assert sorted(names['fit'] + names['val']) == sorted(names['train'])
+  assert names['val'] and not set(names['fit']) & set(names['val'])
+  recs, _ = w300.load(tmp_path, ['train'])
+  assert sorted(names['val']) == sorted(r.image for r in recs['train'] if w300.in_val(r))
+  out = bench.real(backends=('jax',), data_dir=tmp_path, split='val')
+  assert out['faces'] == len(names['val']) and 'val' in out['sources'][0]

@@ -105,3 +105,42 @@ def test_complete_cli_with_a_runs_learned_completion(tables, real_face_points, t
   want = inference.complete_points(faces, S, 'learned', learned=tables).points
   np.testing.assert_allclose(got, want, atol=1e-3)
   assert complete.main(paths + ['--out', str(tmp_path / 'o2'), '--completion', 'learned']) == 2
+
+
+def test_learned_sl_noise_config_values():
+  config = config_lib.base_config()
+  assert config_lib.learned_sl_noise(config) == 0.0
+  config.eval.learned_sl_noise = 'auto'
+  assert config_lib.learned_sl_noise(config) is None
+  config.eval.learned_sl_noise = '0.03'
+  assert config_lib.learned_sl_noise(config) == 0.03
+  for bad in ('-0.1', 'nan', 'inf', 'noisy'):
+    config.eval.learned_sl_noise = bad
+    with pytest.raises(ValueError, match='eval.learned_sl_noise'):
+      config_lib.validate(config, 1)
+
+
+def test_auto_sl_noise_is_cnn2s_on_the_held_out_faces(smoke_run, real_face_points, tmp_path):
+  """``eval.learned_sl_noise='auto'``: the end of training measures CNN2's SL noise on the
+  held-out faces and fits the learned completion with it."""
+  from jaxalign import workflow
+  from jaxalign.data import records
+  import shutil
+  out_dir = tmp_path / 'run'
+  shutil.copytree(smoke_run, out_dir)
+  run = inference.Run.load(str(out_dir))
+  run.config.eval.learned_sl_noise = 'auto'
+  holdout, _ = records.scan_folder(smoke_run.parent / 'test')
+  faces = _faces(real_face_points, 40, seed=5, amp=0.02)
+  train = [records.FaceRecord(image='x.png', points=p, box=records.landmark_box(p), yaw=10.0)
+           for p in faces]
+  written = workflow.recalibrate(run, train, holdout)
+  cnn = calibration.cnn_pass(run.model, run.config, holdout)
+  expected = calibration.sl_noise(run.config, cnn, holdout)
+  assert expected > 0        # two training steps: far from the truth
+  assert written['learned']['options']['sl_noise'] == pytest.approx(expected)
+  stored = json.loads((out_dir / inference.LEARNED_FILE).read_text())
+  assert stored['options']['sl_noise'] == pytest.approx(expected)
+  # A number is used as given, without looking at the held-out faces.
+  run.config.eval.learned_sl_noise = '0.02'
+  assert workflow.recalibrate(run, train, [])['learned']['options']['sl_noise'] == 0.02

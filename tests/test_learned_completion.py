@@ -107,6 +107,34 @@ def test_sl_noise_training_expects_noisy_sls(real_face_points):
     _fit(train, sl_noise=0.1, noise_copies=0)
 
 
+def test_measure_sl_noise_sees_shape_noise_not_pose(real_face_points):
+  truth = _faces(real_face_points, 400, seed=21).astype(np.float64)
+  io = np.linalg.norm(truth[:, 36] - truth[:, 45], axis=-1)
+  # A similarity of the whole face (what the regression's frame absorbs) is not noise.
+  moved = truth * 1.1 + 7.0
+  assert learned.measure_sl_noise(moved, truth) < 1e-9
+  # Gaussian noise of 3 % of the inter-ocular distance per coordinate on every point is found
+  # (a little below: the similarity fits 4 of the 68 numbers of the 34 SLs).
+  rng = np.random.default_rng(0)
+  noisy = truth + rng.normal(0, 1, truth.shape) * 0.03 * io[:, None, None]
+  assert 0.027 < learned.measure_sl_noise(noisy, truth) < 0.031
+  # Noise on the ULs only is not SL noise; with flip=True the SLs are the mirrored set, which
+  # holds the noisy hidden-side points.
+  ul_only = truth.copy()
+  ul = ~S.stable_mask()
+  ul_only[:, ul] = noisy[:, ul]
+  assert learned.measure_sl_noise(ul_only, truth) < 1e-9
+  assert learned.measure_sl_noise(ul_only, truth, flip=np.ones(len(truth), bool)) > 0.01
+  # Faces with a NaN SL are left out; none left or a wrong shape is an error naming the input.
+  nan = noisy.copy()
+  nan[0, S.stable[0]] = np.nan
+  assert np.isfinite(learned.measure_sl_noise(nan, truth))
+  with pytest.raises(ValueError, match='predicted: no face'):
+    learned.measure_sl_noise(nan[:1], truth[:1])
+  with pytest.raises(ValueError, match='predicted: expected'):
+    learned.measure_sl_noise(noisy[:, :67], truth)
+
+
 def test_mirrored_face_completes_to_the_mirror(real_face_points):
   model = _fit(_faces(real_face_points, 150, seed=4))
   faces = _faces(real_face_points, 5, seed=5, amp=0.06)

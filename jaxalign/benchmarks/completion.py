@@ -468,12 +468,15 @@ def _by_bins(errors, yaw, bins):
 
 
 def real(paths=None, backends=None, config=None, data_dir=DEFAULT_DATA_DIR, max_faces=0,
-         eos_faces=0, folds=5, seed=0, learned=None):
+         eos_faces=0, folds=5, seed=0, learned=None, split='train'):
   """The backends on real annotated faces (see the module docstring); JSON-able dict.
 
   Args:
     paths: folders / files of ``.pts`` / ``.ljson`` faces, or None: the 300-W training faces of
       ``data_dir`` (at most ``max_faces``, a fixed random subset).
+    split: with ``paths`` None, the 300-W split: 'train' (all 2,012 shared faces), or 'fit' /
+      'val' (the fixed validation tenth and the rest, :func:`jaxalign.data.sources.w300.in_val`;
+      a run trained on 'fit' is scored on 'val' with ``learned``).
     backends: names among 'jax', 'eos', 'gaussian', 'learned', 'learned_linear' (the learned
       completion without its kernel part: the ridge baseline) (default: 'jax', 'eos' for
       ``paths``, 'jax', 'eos', 'gaussian', 'learned' for 300-W).
@@ -494,8 +497,8 @@ def real(paths=None, backends=None, config=None, data_dir=DEFAULT_DATA_DIR, max_
     gt, names = real_faces(paths)
     sources = list(map(str, paths))
   else:
-    gt, names = w300_faces(data_dir, 'train', max_faces, seed)
-    sources = [f'300-W train of {data_dir}' + (f' ({max_faces} random faces, seed {seed})'
+    gt, names = w300_faces(data_dir, split, max_faces, seed)
+    sources = [f'300-W {split} of {data_dir}' + (f' ({max_faces} random faces, seed {seed})'
                                                if max_faces else '')]
   if backends is None:
     backends = ('jax', 'eos') if paths else ('jax', 'eos', 'gaussian', 'learned')
@@ -628,7 +631,7 @@ def prior_configs() -> dict:
 
 
 def prior_grid(paths=None, data_dir=DEFAULT_DATA_DIR, max_faces=0, folds=5, seed=0,
-               configs=None, eos=True, eos_faces=0, noise=0.0):
+               configs=None, eos=True, eos_faces=0, noise=0.0, split='train'):
   """Cross-validates the JAX fitter's prior on real annotated faces; JSON-able dict.
 
   Every setting of ``configs`` (default :func:`prior_configs`) completes every face from its
@@ -639,12 +642,13 @@ def prior_grid(paths=None, data_dir=DEFAULT_DATA_DIR, max_faces=0, folds=5, seed
   with the lowest mean over all completed points on the other folds and scores it on the fold:
   the held-out mean says what choosing by this grid is worth, the picks how stable the choice
   is. ``eos``: eos's own fit as a reference row (never picked; ``eos_faces`` > 0 limits it).
+  ``split``: the 300-W split read without ``paths`` (as :func:`real`).
   """
   from jaxalign.morphable import completion
   from jaxalign.morphable import pose
   from jaxalign.morphable.model import load_model
   scheme = schemes_lib.IBUG68
-  gt, _ = real_faces(paths) if paths else w300_faces(data_dir, 'train', max_faces, seed)
+  gt, _ = real_faces(paths) if paths else w300_faces(data_dir, split, max_faces, seed)
   configs = prior_configs() if configs is None else configs
   model = load_model()
   n = len(gt)
@@ -816,6 +820,9 @@ def main(argv=None) -> int:
   p.add_argument('--max-faces', type=int, default=0,
                  help='--real, --prior-grid on 300-W: a fixed random subset of this many faces '
                       '(default 0: all)')
+  p.add_argument('--split', default='train', choices=('train', 'fit', 'val'),
+                 help='--real, --prior-grid on 300-W: the split (default train: all training '
+                      'faces; fit / val: the fixed validation tenth and the rest)')
   p.add_argument('--folds', type=int, default=5,
                  help='--real, --prior-grid: cross-validation folds (default 5)')
   p.add_argument('--learned', default=None, metavar='JSON',
@@ -857,7 +864,8 @@ def main(argv=None) -> int:
     try:
       out = prior_grid(args.real or None, args.data_dir, args.max_faces, args.folds,
                        eos=backends is None or 'eos' in backends,
-                       eos_faces=args.eos_faces or 0, noise=args.noise or 0.0)
+                       eos_faces=args.eos_faces or 0, noise=args.noise or 0.0,
+                       split=args.split)
     except (FileNotFoundError, ValueError) as e:
       print(e, file=sys.stderr)
       return 2
@@ -867,7 +875,7 @@ def main(argv=None) -> int:
     try:
       out = real(args.real or None, backends, data_dir=args.data_dir, max_faces=args.max_faces,
                  eos_faces=args.eos_faces or 0, folds=args.folds,
-                 learned=learned)
+                 learned=learned, split=args.split)
     except (FileNotFoundError, ValueError) as e:
       print(e, file=sys.stderr)
       return 2

@@ -58,7 +58,8 @@ class SynthConfig:
   represent exactly; the defaults add none and keep the output byte-identical):
     tail_shape_sigma: standard deviation of the shape coefficients from ``tail_start`` on
       (None = ``shape_sigma``); clipped at 3 times itself instead of 3. The JAX completion
-      fits the first 30 components (``fitting.TUNED.num_shape``), so with ``tail_start=30`` a
+      fitted the first 30 components (``fitting.TUNED_SYNTHETIC.num_shape``; the default now
+      fits all 63), so with ``tail_start=30`` a
       larger value puts shape the fitter cannot express into the faces.
     tail_start: index of the first "tail" shape component.
     deformation_mm: RMS (over the mesh) of a smooth random per-vertex displacement in model

@@ -86,6 +86,46 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
   return np.concatenate([lin, t[..., None]], -1)
 
 
+def measure_sl_noise(predicted, truth, scheme=schemes_lib.IBUG68, flip=None) -> float:
+  """The SL noise of a predictor, in the unit of ``fit``'s ``sl_noise``: the RMS per coordinate
+  of predicted minus true SLs, after the least-squares similarity that best maps each face's
+  predicted SLs onto its true ones (a shift, scale or rotation of the whole face moves the
+  regression's frame with it and costs the completion nothing), over the true inter-ocular
+  distance (the scheme's ``inter_ocular`` pair).
+
+  Args:
+    predicted, truth: (N, L, 2) landmarks in pixels (the scheme's order). Faces with a
+      non-finite SL or no inter-ocular distance are left out.
+    flip: optional (N,) bool, the pipeline's mirroring (a left-looking face's SLs are the
+      mirrored set, as the pipeline predicts them).
+
+  Raises:
+    ValueError: mismatched shapes, or no usable face (naming ``predicted``).
+  """
+  scheme = schemes_lib.get_scheme(scheme)
+  p, t = np.asarray(predicted, np.float64), np.asarray(truth, np.float64)
+  if p.shape != t.shape or p.ndim != 3 or p.shape[1:] != (scheme.num_points, 2):
+    raise ValueError(f'predicted: expected (N, {scheme.num_points}, 2) points matching truth, '
+                     f'got {p.shape} and {t.shape}')
+  stable = np.asarray(scheme.stable)
+  idx = np.broadcast_to(stable, (len(p), len(stable)))
+  if flip is not None:
+    mirrored = scheme.flip_index_array()[stable]
+    idx = np.where(np.asarray(flip, bool).reshape(-1, 1), mirrored[None], idx)
+  ps = np.take_along_axis(p, idx[..., None], 1)
+  ts = np.take_along_axis(t, idx[..., None], 1)
+  a, b = scheme.inter_ocular
+  io = np.linalg.norm(t[:, a] - t[:, b], axis=-1)
+  ok = np.isfinite(ps).all((1, 2)) & np.isfinite(ts).all((1, 2)) & (io > 0)
+  if not ok.any():
+    raise ValueError(f'predicted: no face with finite SLs and an inter-ocular distance '
+                     f'(of {len(p)})')
+  ps, ts = ps[ok], ts[ok]
+  m = similarity(ps, ts)
+  aligned = np.einsum('nij,nkj->nki', m[..., :2], ps) + m[:, None, :, 2]
+  return float(np.sqrt(np.mean(((aligned - ts) / io[ok][:, None, None]) ** 2)))
+
+
 def _procrustes_reference(sl: np.ndarray) -> np.ndarray:
   """(K, 2) generalized-Procrustes mean of (N, K, 2) SL shapes, centred, unit RMS norm."""
   from jaxalign.morphable import statistical  # pylint: disable=g-import-not-at-top

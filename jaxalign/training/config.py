@@ -95,6 +95,16 @@ def base_config() -> ml_collections.ConfigDict:
   # Host-crop pixels per network-input pixel; 0 = auto (pose-aware: enough for CNN2's zoom,
   # jaxalign.data.pipeline.host_scale).
   c.data.host_scale = 0.0
+  # Decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that keeps the host crop's
+  # resolution (PIL draft mode; jaxalign.data.pipeline.decode_photo).
+  c.data.jpeg_draft = True
+  # The decode-once crop cache (jaxalign.data.crop_cache, docs/datasets.md): each face's host
+  # crop read from DIR instead of decoding its photo at every step. Off by default: it pays
+  # where photos are large (real data sets), and costs disk (S * S * 3 bytes a face).
+  c.data.crop_cache = ml_collections.ConfigDict()
+  c.data.crop_cache.enabled = False
+  c.data.crop_cache.dir = 'runs/data/crops'   # one folder serves every data set and setting
+  c.data.crop_cache.build = True   # crop missing faces on the first run (False: refuse them)
   c.data.num_workers = -1       # grain worker processes; -1 = one per CPU core, 0 = in-process
   c.data.prefetch = 2           # batches buffered per worker
   c.data.balanced = True        # pose-balanced batches (Procrustes + 1-D PCA bins)
@@ -161,6 +171,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.normalization = 'inter_ocular'   # the report's `nme`: 'inter_ocular' | 'inter_pupil' |
                                           # 'bbox' (sqrt(w h) of the face box)
   c.eval.completion_convention = '2d'     # 3DMM jaw convention: '2d' (300-W) | '3d' (AFLW2000-3D)
+  # The learned completion (completion_backend='learned') is fitted on the training faces with
+  # SLs as noisy as the CNN's: 'auto' measures CNN2's SL error on the validation faces (per
+  # coordinate, after the best similarity, in inter-ocular units; 0 without validation faces);
+  # a number sets it ('0': clean SLs, the annotations as they are). Beyond the paper.
+  c.eval.learned_sl_noise = '0'
   return c
 
 
@@ -239,6 +254,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.eval.normalization not in NORMALIZATIONS:
     fail('eval.normalization', f'unknown normaliser {config.eval.normalization!r}; expected '
          f'one of {NORMALIZATIONS}')
+  try:
+    learned_sl_noise(config)
+  except ValueError as e:
+    fail('eval.learned_sl_noise', str(e))
   if config.eval.completion_convention not in ('2d', '3d'):
     fail('eval.completion_convention', f"expected '2d' or '3d', got "
          f'{config.eval.completion_convention!r}')
@@ -458,3 +477,22 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
     flat[key] = parse_override_value(raw, node)
   config.update_from_flattened_dict(flat)
   return config
+
+
+def learned_sl_noise(config) -> float | None:
+  """``eval.learned_sl_noise``: None for 'auto' (measured on the validation faces), else the
+  SL noise in inter-ocular units (>= 0).
+
+  Raises:
+    ValueError: neither 'auto' nor a finite number >= 0.
+  """
+  value = str(config.eval.learned_sl_noise).strip()
+  if value == 'auto':
+    return None
+  try:
+    noise = float(value)
+  except ValueError:
+    noise = float('nan')
+  if not noise >= 0 or noise == float('inf'):
+    raise ValueError(f"expected 'auto' or a number >= 0 (inter-ocular units), got {value!r}")
+  return noise
