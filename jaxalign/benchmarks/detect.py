@@ -316,6 +316,15 @@ def _parser():
   p.add_argument('--variants', default='colour',
                  help=f'comma-separated image variants to run: {",".join(VARIANTS)}')
   p.add_argument('--misses', action='store_true', help='print every missed face')
+  p.add_argument('--first-pass', action='store_true',
+                 help="also score MTCNN's first pass alone as 'mtcnn-first' (the detector "
+                      'before the mirror and equalised passes)')
+  p.add_argument('--verify', default=None, metavar='RUN',
+                 help="also score 'mtcnn+verify': MTCNN whose weaker extra-pass faces are "
+                      "checked by RUN's CNN1 (jaxalign.prediction.verify)")
+  p.add_argument('--verify-thresholds', default='0.5,0.6,0.5',
+                 help="with --verify: MTCNN's stage thresholds of 'mtcnn+verify'; faces "
+                      'below the usual final 0.7 (and weak extra-pass faces) go to the verifier')
   p.add_argument('--fit', action='store_true', help='print the fitted box mappings')
   p.add_argument('--json', action='store_true', help='one JSON object on stdout')
   return p
@@ -339,7 +348,17 @@ def main(argv) -> int:
   names = args.detector or detector_lib.available_detectors()
   try:
     detectors = {n: detector_lib.make_detector(n) for n in names}
-  except (ValueError, RuntimeError) as e:
+    if args.first_pass:
+      detectors['mtcnn-first'] = detector_lib.make_detector('mtcnn', mirror=False,
+                                                            equalize=False)
+    if args.verify:
+      from jaxalign import inference  # pylint: disable=g-import-not-at-top
+      from jaxalign.prediction import verify  # pylint: disable=g-import-not-at-top
+      verifier = verify.Verifier(verify.run_points_fn(inference.Run.load(args.verify)))
+      thresholds = tuple(float(t) for t in args.verify_thresholds.split(','))
+      detectors['mtcnn+verify'] = detector_lib.make_detector('mtcnn', verifier=verifier,
+                                                             thresholds=thresholds)
+  except (ValueError, RuntimeError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   datasets = []

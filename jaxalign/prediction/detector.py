@@ -261,7 +261,8 @@ class MtcnnDetector:
   :func:`suppress` (highest score wins). A face that only an extra pass found is kept when its
   score is at least ``extra_min_score``, or, below that, when ``verifier`` (a callable
   ``(image, [Detection]) -> (N,) bool``, :mod:`jaxalign.prediction.verify`) accepts it; the
-  first pass's detections are kept as before.
+  first pass's detections are kept when they score at least ``accept_score`` (MTCNN's usual
+  final threshold), weaker ones (with ``thresholds`` lowered) only when the verifier accepts.
 
   Args:
     min_face_size: smallest face (MTCNN box side) searched for, in pixels.
@@ -270,6 +271,7 @@ class MtcnnDetector:
     mirror: run the mirror-image pass.
     equalize: run the equalised pass on grey or low-contrast images.
     extra_min_score: least final-stage score of a face found only by an extra pass.
+    accept_score: least final-stage score of a first-pass face kept without the verifier.
     verifier: optional verifier of the extra passes' weaker faces (None: they are dropped).
   """
 
@@ -277,7 +279,8 @@ class MtcnnDetector:
 
   def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7),
                scale_factor: float = 0.709, mirror: bool = True, equalize: bool = True,
-               extra_min_score: float = 0.95, verifier: Callable | None = None):
+               extra_min_score: float = 0.95, accept_score: float = 0.7,
+               verifier: Callable | None = None):
     try:
       with warnings.catch_warnings():  # its `import imghdr` warns on Python 3.11-3.12
         warnings.simplefilter('ignore', DeprecationWarning)
@@ -290,6 +293,7 @@ class MtcnnDetector:
     self.mirror = bool(mirror)
     self.equalize = bool(equalize)
     self.extra_min_score = float(extra_min_score)
+    self.accept_score = float(accept_score)
     self.verifier = verifier
     self._net = MTCNN(min_face_size=self.min_face_size, steps_threshold=list(thresholds),
                       scale_factor=float(scale_factor))
@@ -330,7 +334,8 @@ class MtcnnDetector:
   def raw(self, image: np.ndarray) -> list[Detection]:
     """MTCNN's accepted detections with its own boxes (no mapping), largest first."""
     found = self.candidates(image)
-    keep = [d.neighbours == 0 or d.score >= self.extra_min_score for d in found]
+    keep = [(d.neighbours == 0 and d.score >= self.accept_score) or
+            d.score >= self.extra_min_score for d in found]
     weak = [i for i, k in enumerate(keep) if not k]
     if weak and self.verifier is not None:
       ok = np.asarray(self.verifier(image, [_mapped([found[i]])[0] for i in weak]), bool)
