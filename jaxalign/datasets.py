@@ -1,4 +1,16 @@
-"""Validates a face data set: ``python -m jaxalign.datasets check --dataset NAME ROOT``.
+"""Validates a face data set and builds its crop cache: ``python -m jaxalign.datasets``.
+
+``check --dataset NAME ROOT`` validates; ``cache --dataset NAME ROOT --out DIR`` crops every face
+of every split once into the decode-once crop cache (:mod:`jaxalign.data.crop_cache`) at the
+crop settings of ``--config`` (default: the base config, the paper's 224 px pose-aware model),
+for training and evaluation with ``--config.data.crop_cache.enabled=True
+--config.data.crop_cache.dir=DIR``:
+
+  python -m jaxalign.datasets cache --dataset 300w /data/300W --out /data/crops \
+      --config configs/paper_300w.py --json
+  {"folder": "/data/crops/crops-...", "faces": 4026, "written": 4026, ...}
+
+``check``:
 
 Reads every split of the data set with :mod:`jaxalign.data.sources`, opens each image's header
 (``--decode``: decodes every image), and prints the number of valid faces per split and the
@@ -83,10 +95,73 @@ def check_dataset(name: str, root: str | os.PathLike, decode: bool = False,
   return report
 
 
+def build_cache(name: str, root: str | os.PathLike, out: str | os.PathLike, config=None,
+                splits: Sequence[str] | None = None, workers: int | None = None,
+                **options) -> dict[str, Any]:
+  """Crops every face of data set ``name`` (or of ``splits``) into the crop cache ``out``.
+
+  Args:
+    config: the training config whose crop settings the cache is for (model.input_size,
+      data.box_margin / crop_context / host_scale / jpeg_draft); None: the base config. Its
+      ``data.options`` apply when its ``data.source`` is ``name`` (the boxes training uses).
+    options: the source's loader options (override the config's).
+
+  Returns:
+    {'folder', 'faces' (distinct faces read), 'written', 'cached' (already there), 'skipped'
+    [{'path', 'reason'}] (unreadable images), 'invalid' (files the loader could not use),
+    'seconds', 'bytes' (of the new part), 'crop_size', 'bytes_per_face'}.
+  """
+  # pylint: disable=g-import-not-at-top
+  import dataclasses
+  from jaxalign.data import crop_cache, pipeline
+  from jaxalign.training import config as config_lib
+  config = config if config is not None else config_lib.base_config()
+  if config.data.source == name:
+    options = {**config.data.options.to_dict(), **options}
+  by_split, invalid = sources.load_splits(name, root, **options)
+  unknown = sorted(set(splits or ()) - set(by_split))
+  if unknown:
+    raise ValueError(f'{name} has no split {unknown[0]!r}; it has {sorted(by_split)}')
+  records = [r for s, recs in by_split.items() if not splits or s in splits for r in recs]
+  spec = dataclasses.replace(pipeline.CropSpec.from_config(config), cache_dir=str(out))
+  summary = crop_cache.build(records, spec, out, workers=workers)
+  faces = summary.written + summary.cached + len(summary.skipped)
+  return {'folder': summary.folder, 'faces': faces, 'written': summary.written,
+          'cached': summary.cached,
+          'skipped': [{'path': p, 'reason': r} for p, r in summary.skipped.items()],
+          'invalid': len(invalid), 'seconds': round(summary.seconds, 3),
+          'bytes': summary.bytes, 'crop_size': spec.crop_size,
+          'bytes_per_face': round(summary.bytes / max(summary.written, 1))}
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--boxes', default=None,
+                      help='300w: detector (default) | ground_truth | landmarks; '
+                           'cofw68: cofw68 (default) | cofw | landmarks')
+  parser.add_argument('--image-dir', default=None,
+                      help='cofw68 / the TFDS route: where their images are written as files')
+  parser.add_argument('--scheme', default=None, help='folder: ibug68 (default) or aflw19')
+  parser.add_argument('--landmarks', default=None,
+                      help='the300w_lp: 2d (default) | 3d | origin (see docs/datasets.md)')
+  parser.add_argument('--route', default=None,
+                      help='the300w_lp / aflw2k3d: auto (default: the unzipped files, else a '
+                           'TFDS data dir) | files | tfds')
+
+
+def _source_options(args) -> dict[str, Any]:
+  options = {}
+  for key in ('boxes', 'image_dir', 'scheme', 'landmarks', 'route'):
+    if getattr(args, key) is not None:
+      options[key] = getattr(args, key)
+  return options
+
+
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  argv = list(argv)
   parser = argparse.ArgumentParser(
       prog='python -m jaxalign.datasets',
-      description='Validate a face-alignment data set (see docs/datasets.md).')
+      description='Validate a face-alignment data set, or build its crop cache '
+                  '(see docs/datasets.md).')
   sub = parser.add_subparsers(dest='command', required=True)
   check = sub.add_parser('check', help='count the valid faces per split, list invalid files')
   check.add_argument('root', help='the data set folder (300W-LP / AFLW2000-3D: unzipped, or '
@@ -100,30 +175,60 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                      help='decode every image (slower; finds truncated files)')
   check.add_argument('--no-images', action='store_true',
                      help='do not open the images (annotations only)')
-  check.add_argument('--boxes', default=None,
-                     help='300w: detector (default) | ground_truth | landmarks; '
-                          'cofw68: cofw68 (default) | cofw | landmarks')
-  check.add_argument('--image-dir', default=None,
-                     help='cofw68 / the TFDS route: where their images are written as files')
-  check.add_argument('--scheme', default=None, help='folder: ibug68 (default) or aflw19')
-  check.add_argument('--landmarks', default=None,
-                     help='the300w_lp: 2d (default) | 3d | origin (see docs/datasets.md)')
-  check.add_argument('--route', default=None,
-                     help='the300w_lp / aflw2k3d: auto (default: the unzipped files, else a '
-                          'TFDS data dir) | files | tfds')
-  return parser.parse_args(argv)
+  _add_source_options(check)
+  cache = sub.add_parser('cache', help='crop every face once into the decode-once crop cache')
+  cache.add_argument('root', help='the data set folder')
+  cache.add_argument('--dataset', required=True, choices=sorted(sources.SOURCES),
+                     help='which data set ROOT holds')
+  cache.add_argument('--out', required=True,
+                     help='the cache folder (a run reads it with data.crop_cache.dir=OUT)')
+  cache.add_argument('--config', default=None,
+                     help='the training config whose crop settings to cache (default: the '
+                          'base config); --config.key=value overrides follow it')
+  cache.add_argument('--split', action='append', default=None,
+                     help='only this split (repeatable; default: every split)')
+  cache.add_argument('--workers', type=int, default=None,
+                     help='decoding threads (default: one per core)')
+  cache.add_argument('--json', action='store_true', help='print one JSON object')
+  _add_source_options(cache)
+  overrides = [a for a in argv if a.startswith('--config.')]
+  args = parser.parse_args([a for a in argv if not a.startswith('--config.')])
+  args.overrides = overrides
+  return args
+
+
+def _cache_main(args) -> int:
+  from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    config = config_lib.load_config_file(args.config) if args.config else \
+        config_lib.base_config()
+    config_lib.apply_overrides(config, args.overrides)
+    report = build_cache(args.dataset, args.root, args.out, config, args.split, args.workers,
+                         **_source_options(args))
+  except (FileNotFoundError, ValueError, ImportError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if args.json:
+    print(json.dumps(report))
+  else:
+    print(f'{args.dataset} at {args.root} -> {report["folder"]}')
+    print(f'  {report["faces"]} faces: {report["written"]} cropped, {report["cached"]} already '
+          f'cached, {len(report["skipped"])} unreadable (skipped)')
+    print(f'  {report["seconds"]:.1f} s, {report["bytes"] / 1e6:.1f} MB '
+          f'({report["crop_size"]} px crops, {report["bytes_per_face"]} bytes a face)')
+    for item in report['skipped']:
+      print(f'    {item["path"]}: {item["reason"]}')
+  return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parse_args(sys.argv[1:] if argv is None else argv)
-  options = {}
-  if args.boxes is not None:
-    options['boxes'] = args.boxes
-  if args.image_dir is not None:
-    options['image_dir'] = args.image_dir
-  for key in ('scheme', 'landmarks', 'route'):
-    if getattr(args, key) is not None:
-      options[key] = getattr(args, key)
+  if args.command == 'cache':
+    return _cache_main(args)
+  if args.overrides:
+    print(f'error: {args.overrides[0]}: --config.* is for the cache command', file=sys.stderr)
+    return 2
+  options = _source_options(args)
   try:
     report = check_dataset(args.dataset, args.root, decode=args.decode,
                            check_images=not args.no_images, **options)

@@ -12,6 +12,12 @@ its centre) and goes through :func:`jaxalign.transforms.warp_images`, the projec
 primitive; points go through the same matrix. Gaussian blur with probability ``blur_prob``.
 Randomness: per-example keys ``fold_in(fold_in(root, step), i)``.
 
+Photos: a JPEG is decoded at the smallest DCT scale (PIL's draft mode: 1/2, 1/4 or 1/8) that
+still gives the crop's resolution (:func:`decode_photo`); the crop's matrix accounts for the
+scale, so ``crop_from_image`` and the points stay in the photo's pixels. With a crop cache
+(``CropSpec.cache_dir``, :mod:`jaxalign.data.crop_cache`) each face's crop is read from it
+instead of decoding the photo: the same example, decoded once.
+
 Batches: :class:`TrainBatches` maps step -> batch through the pose-balanced sampler, so the
 iterator is resumable from the step alone. An image that cannot be decoded is replaced by a
 deterministic stand-in from the same pose bin, with a warning; the batch's ``num_skipped``
@@ -49,12 +55,17 @@ class CropSpec:
       resolution than CNN1's input, so that CNN2 (which zooms in on the stable points) samples
       the face once, from the host crop, at its own resolution; CNN1 gets an antialiased
       downscale.
+    jpeg_draft: decode JPEGs at the smallest DCT scale that keeps the crop's resolution.
+    cache_dir: the decode-once crop cache's folder ('' = decode the photos); where the crops
+      are read from, not what they are (not part of the cache's key).
   """
 
   input_size: int
   box_margin: float = 0.1
   crop_context: float = 1.3
   host_scale: float = 1.0
+  jpeg_draft: bool = True
+  cache_dir: str = ''
 
   @property
   def crop_size(self) -> int:
@@ -62,8 +73,10 @@ class CropSpec:
 
   @classmethod
   def from_config(cls, config) -> 'CropSpec':
+    cache = config.data.crop_cache
     return cls(int(config.model.input_size), float(config.data.box_margin),
-               float(config.data.crop_context), host_scale(config))
+               float(config.data.crop_context), host_scale(config),
+               bool(config.data.jpeg_draft), str(cache.dir) if cache.enabled else '')
 
 
 # CNN2 frames the stable points tighter than CNN1 frames the whole face: about this much more
@@ -116,29 +129,75 @@ def crop_box(spec: CropSpec) -> np.ndarray:
 
 
 def decode_image(path) -> np.ndarray:
-  """(H, W, 3) uint8 RGB of an image file; ``ValueError`` naming the file if unreadable.
+  """(H, W, 3) uint8 RGB of an image file at full size; ``ValueError`` naming the file if
+  unreadable.
 
   An (H, W, 3) uint8 array (an image the caller already decoded, as ``predict`` does so that
   each photo is decoded once) is returned as it is.
+  """
+  return decode_photo(path)[0]
+
+
+# libjpeg's DCT-domain downscales (PIL's Image.draft).
+DRAFT_FACTORS = (8, 4, 2)
+
+
+def decode_photo(path, resolution: float = 1.0) -> tuple[np.ndarray, int, tuple[int, int]]:
+  """Decodes an image file at the smallest JPEG draft scale that keeps ``resolution``.
+
+  Args:
+    path: an image file, or an (H, W, 3) uint8 array (returned as it is, factor 1).
+    resolution: decoded pixels needed per photo pixel (1: full size). A JPEG is decoded at
+      1/f of its size, f the largest of 8, 4, 2 with 1/f >= ``resolution`` (PIL draft mode:
+      the IDCT averages each f x f block, so it also antialiases); other formats at full size.
+
+  Returns:
+    (image (ceil(H / f), ceil(W / f), 3) uint8 RGB, f, (H, W) the photo's size). Decoded pixel (i, j) covers photo pixels
+    [f i, f i + f) x [f j, f j + f): photo pixel centre x maps to ``(x + 0.5) / f - 0.5``
+    (:func:`photo_from_draft` is the inverse map).
+
+  Raises:
+    ValueError: naming the file, if it cannot be decoded.
   """
   if isinstance(path, np.ndarray):
     if path.ndim != 3 or path.shape[-1] != 3 or path.dtype != np.uint8:
       raise ValueError(f'image array of shape {path.shape} and dtype {path.dtype}: expected '
                        '(H, W, 3) uint8')
-    return path
+    return path, 1, path.shape[:2]
   try:
     with Image.open(path) as im:
+      factor, (w, h) = 1, im.size
+      if im.format == 'JPEG' and resolution < 1.0:
+        want = next((f for f in DRAFT_FACTORS if f * resolution <= 1.0), 1)
+        if want > 1:
+          im.draft('RGB', (-(-w // want), -(-h // want)))
+          factor = int(round(w / im.size[0]))
       im.load()
-      return np.asarray(im.convert('RGB'))
+      return np.asarray(im.convert('RGB')), factor, (h, w)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise ValueError(f'{path}: cannot decode image ({e})') from None
 
 
+def photo_from_draft(factor: int) -> np.ndarray:
+  """(2, 3) float64 map from the pixels of a 1/``factor`` draft decode to the photo's pixels
+  (pixel centres at integers: draft pixel i covers photo pixels f i .. f i + f - 1)."""
+  f, t = float(factor), (factor - 1) / 2.0
+  return np.array([[f, 0, t], [0, f, t]], np.float64)
+
+
 def load_example(record: FaceRecord, spec: CropSpec) -> dict[str, np.ndarray]:
-  """Decodes and crops one record (host side). Raises ``ValueError`` if it is unusable."""
-  image = decode_image(record.image)
+  """Decodes and crops one record (host side). Raises ``ValueError`` if it is unusable.
+
+  ``crop_from_image`` maps the photo's own pixels (not the draft decode's) to the crop, and
+  ``image_hw`` is the photo's size, whatever scale the JPEG was decoded at.
+  """
   matrix = host_crop_matrix(record.box, spec)
-  crop = transforms.warp_image_host(image, matrix, spec.crop_size)
+  resolution = float(np.abs(matrix[0, 0])) if spec.jpeg_draft else 1.0
+  image, factor, photo_hw = decode_photo(record.image, resolution)
+  # The crop samples the draft decode: photo -> crop composed with draft -> photo.
+  to_crop = matrix if factor == 1 else \
+      (np.vstack([matrix, [0, 0, 1]]) @ np.vstack([photo_from_draft(factor), [0, 0, 1]]))[:2]
+  crop = transforms.warp_image_host(image, to_crop, spec.crop_size)
   points = np.asarray(record.points, np.float64)
   if points.ndim != 2 or points.shape[1] != 2:
     raise ValueError(f'{record.image}: landmarks have shape {points.shape}, expected (L, 2)')
@@ -148,8 +207,46 @@ def load_example(record: FaceRecord, spec: CropSpec) -> dict[str, np.ndarray]:
       'points': points.astype(np.float32),
       'box': crop_box(spec),
       'crop_from_image': matrix.astype(np.float32),
-      'image_hw': np.array(image.shape[:2], np.int32),
+      'image_hw': np.array(photo_hw, np.int32),
   }
+
+
+class Crops:
+  """index -> the host example of ``records[index]``: from the crop cache where it holds the
+  face, else cropped from the photo (:func:`load_example`). Picklable (grain map functions).
+
+  A cache record that turns out damaged at read time (its stored key is not the face's) is
+  reported once and the face is read from its photo from then on.
+  """
+
+  def __init__(self, records, spec: CropSpec, cache=None):
+    self.records = list(records)
+    self.spec = spec
+    self.cache = cache
+    self.positions, self.keys = cache.locate(self.records) if cache is not None else (None, None)
+
+  @property
+  def num_cached(self) -> int:
+    return 0 if self.positions is None else int((self.positions >= 0).sum())
+
+  def __call__(self, index: int) -> dict[str, np.ndarray]:
+    if self.positions is not None and self.positions[index] >= 0:
+      from jaxalign.data import crop_cache  # pylint: disable=g-import-not-at-top
+      try:
+        return self.cache.read(self.positions[index], self.keys[index])
+      except crop_cache.CacheError as e:
+        logging.warning('%s; reading %s instead', e, self.records[index].image)
+        self.positions[index] = -1
+    return load_example(self.records[index], self.spec)
+
+
+def open_cache(spec: CropSpec):
+  """The crop cache of ``spec.cache_dir`` as it is (None without one): evaluation reads the
+  faces it holds and crops the others from their photos."""
+  if not spec.cache_dir:
+    return None
+  from jaxalign.data import crop_cache  # pylint: disable=g-import-not-at-top
+  return crop_cache.CropCache(spec.cache_dir, spec)
 
 
 def _collate(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -164,8 +261,9 @@ class TrainBatches:
   """
 
   def __init__(self, records, sampler, spec: CropSpec, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, cache=None):
     self.records = list(records)
+    self.crops = Crops(self.records, spec, cache)
     self.sampler = sampler
     self.spec = spec
     self.process_index = process_index
@@ -184,7 +282,7 @@ class TrainBatches:
       for attempt in range(_MAX_REPLACEMENTS + 1):
         if index not in self._bad:
           try:
-            example = load_example(self.records[index], self.spec)
+            example = self.crops(index)
             break
           except ValueError as e:
             # Warn once per file and per worker; the batch counts every replaced slot.
@@ -214,10 +312,16 @@ def train_iterator(records, sampler, config, start_step: int, num_steps: int):
   """A grain iterator over batches of steps ``start_step .. num_steps - 1`` (host numpy).
 
   Resuming is starting from another ``start_step``: batch ``t`` does not depend on where the
-  iterator started.
+  iterator started. With ``data.crop_cache.enabled`` the crops come from the decode-once cache
+  (:mod:`jaxalign.data.crop_cache`), built on the first run when ``data.crop_cache.build``, else
+  refused if it lacks a face (:class:`jaxalign.data.crop_cache.CacheError`).
   """
-  fn = TrainBatches(records, sampler, CropSpec.from_config(config),
-                    jax.process_index(), jax.process_count())
+  spec = CropSpec.from_config(config)
+  cache = None
+  if spec.cache_dir:
+    from jaxalign.data import crop_cache  # pylint: disable=g-import-not-at-top
+    cache = crop_cache.ensure(records, spec, build_missing=bool(config.data.crop_cache.build))
+  fn = TrainBatches(records, sampler, spec, jax.process_index(), jax.process_count(), cache)
   ds = grain.MapDataset.range(start_step, num_steps).map(fn)
   workers = num_workers(config)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, workers or 1)),
@@ -239,15 +343,16 @@ def _absl_flags_ready() -> None:
 class EvalExamples:
   """index -> one cropped example of ``records``, unreadable images flagged (grain map fn)."""
 
-  def __init__(self, records, spec: CropSpec):
+  def __init__(self, records, spec: CropSpec, cache=None):
     self.records = list(records)
+    self.crops = Crops(self.records, spec, cache)
     self.spec = spec
 
   def __call__(self, index) -> dict[str, np.ndarray]:
     index = int(index)
     record = self.records[index]
     try:
-      example = load_example(record, self.spec)
+      example = self.crops(index)
       example['valid'] = np.bool_(True)
     except ValueError as e:
       logging.warning('skipping %s: %s', record.image, e)
@@ -263,9 +368,11 @@ class EvalExamples:
 
 def eval_batches(records, spec: CropSpec, batch_size: int, workers: int = 0):
   """Yields fixed-size host batches over ``records`` in order; the last one is padded and its
-  padding has ``valid`` False and ``index`` -1."""
+  padding has ``valid`` False and ``index`` -1. Faces the crop cache of ``spec.cache_dir``
+  holds are read from it; the others are cropped from their photos."""
   n = len(records)
-  ds = grain.MapDataset.range(n).map(EvalExamples(records, spec))
+  cache = open_cache(spec)
+  ds = grain.MapDataset.range(n).map(EvalExamples(records, spec, cache))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, workers), prefetch_buffer_size=8))
   if workers > 0:
     _absl_flags_ready()
