@@ -122,3 +122,6 @@ def test_real_reads_a_300w_split(tmp_path, sfm_dir):
   assert sorted(names['val']) == sorted(r.image for r in recs['train'] if w300.in_val(r))
   out = bench.real(backends=('jax',), data_dir=tmp_path, split='val')
   assert out['faces'] == len(names['val']) and 'val' in out['sources'][0]
+  grid = bench.prior_grid(data_dir=tmp_path, split='fit', folds=2, eos=False,
+                          configs={'default': completion.JAX_DEFAULTS})
+  assert grid['faces'] == len(names['fit']) and 'fit' in grid['sources'][0]

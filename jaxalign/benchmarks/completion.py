@@ -675,7 +675,7 @@ def prior_grid(paths=None, data_dir=DEFAULT_DATA_DIR, max_faces=0, folds=5, seed
     for k in held:
       held[k][test] = errs[best][k][test]
   out = {'date': time.strftime('%Y-%m-%d'), 'faces': n, 'noise_box': noise,
-         'sources': list(map(str, paths)) if paths else [f'300-W train of {data_dir}'],
+         'sources': list(map(str, paths)) if paths else [f'300-W {split} of {data_dir}'],
          'table': table, 'cv': {'folds': folds, 'seed': seed, 'picks': picks,
                                 **{k: float(np.nanmean(v)) for k, v in held.items()}}}
   if eos:
