@@ -265,3 +265,22 @@ def test_augmentation_reach_bounds_the_augmented_views():
   inside = transforms.warp_points(corners[None].repeat(256, 0), transforms.invert(m))
   lo, hi = -0.5 - 1e-3, spec.crop_size - 0.5 + 1e-3
   assert float(inside.min()) >= lo and float(inside.max()) <= hi
+
+
+def test_bench_train_photos_reports_both_pipelines(tmp_path, capsys):
+  from jaxalign.benchmarks import train as bench_train
+  folder = bench_train.render_photos(tmp_path / 'photos', num=2, size=(1600, 1200))
+  photos = sorted(folder.glob('*.jpg'))
+  assert photos and Image.open(photos[0]).size == (1600, 1200)
+  assert bench_train.render_photos(tmp_path / 'photos', num=2, size=(1600, 1200)) == folder
+  argv = ['--config', os.path.join(os.path.dirname(__file__), '..', 'configs', 'smoke.py'),
+          '--photos', str(folder), '--steps', '1', '--warmup', '1', '--json',
+          '--config.batch_size=2', '--config.cpu_devices=1']
+  assert bench_train.main(argv) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  for key in ('photos_images_per_s_per_core', 'cache_images_per_s_per_core',
+              'bare_step_images_per_s', 'cache_pipeline_images_per_s'):
+    assert result[key] > 0, key
+  assert result['faces'] == len(photos) and result['cache_max_abs_diff'] == 0
