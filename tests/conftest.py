@@ -6,6 +6,7 @@ the repository in ``../shared``.
 
 import os
 import pathlib
+import tempfile
 
 # In-process tests run on one CPU device: an 8-way program compiles far slower on 2 cores, and
 # the multi-device checks start their own processes with
@@ -17,6 +18,16 @@ import pathlib
 if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=1').strip()
+
+# One persistent XLA compilation cache for the whole suite (both xdist workers and every
+# subprocess inherit it): many tests train the same smoke model, and a program compiled once is
+# then loaded from disk (compiling dominates the tests on 2 cores). Keyed by JAX and the
+# program, so a stale entry is never used; JAXALIGN_TEST_JAX_CACHE='' turns it off.
+_CACHE = os.environ.get('JAXALIGN_TEST_JAX_CACHE',
+                        os.path.join(tempfile.gettempdir(), f'jaxalign-tests-jax-cache-{os.getuid()}'))
+if _CACHE:
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / 'shared'

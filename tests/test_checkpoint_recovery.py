@@ -40,9 +40,6 @@ def _config(train_dir, **overrides):
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp('ckpt')
-  # The persistent compilation cache lets the resumed runs reuse the first run's programs.
-  jax.config.update('jax_compilation_cache_dir', str(root / 'jax_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   train_dir = write_fixture(str(root / 'train'), num=8, size=48, seed=0)
   workdir = str(root / 'run')
   trainer.train(_config(train_dir), workdir)

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
@@ -20,9 +19,6 @@ from test_pipeline import write_fixture
 @pytest.fixture(scope='module')
 def data_dirs(tmp_path_factory):
   root = tmp_path_factory.mktemp('data')
-  # The persistent compilation cache lets the later runs reuse the first run's programs.
-  jax.config.update('jax_compilation_cache_dir', str(root / 'jax_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   train = write_fixture(str(root / 'train'), num=12, size=64, seed=0)
   test = write_fixture(str(root / 'test'), num=5, size=64, seed=1)
   with open(os.path.join(train, 'face002.png'), 'wb') as f:
