@@ -133,14 +133,17 @@ def test_rigid_residual_and_shift_test_separate_faces_from_clutter(sfm_dir):
     side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
     return b[:, None, :2] + unit[None] * side[:, None, None]
 
-  boxes = np.array([[90, 60, 150, 120], [10, 10, 50, 50]], np.float32)
+  fb = np.concatenate([np.nanmin(face, 0), np.nanmax(face, 0)])
+  boxes = np.stack([fb, fb + [-60, -60, 60, 60]]).astype(np.float32)
   image = np.zeros((200, 200), np.uint8)           # one-channel input is accepted
   follow, _ = verify.follow_ratio(on_face, np.zeros((200, 200, 3), np.uint8), boxes)
   np.testing.assert_allclose(follow, 0, atol=1e-6)
   follow, _ = verify.follow_ratio(on_crop, np.zeros((200, 200, 3), np.uint8), boxes)
   np.testing.assert_allclose(follow, 1, atol=1e-5)
   dets = [_fake(b, 0.7, -1) for b in boxes]
-  assert verify.Verifier(on_face, ref)(image, dets).tolist() == [True, True]
+  # The second box is much larger than the face its points land on: rejected.
+  assert verify.Verifier(on_face, ref)(image, dets).tolist() == [True, False]
+  assert verify.Verifier(on_face, ref, min_box_iou=0.0)(image, dets).tolist() == [True, True]
   assert verify.Verifier(on_crop, ref)(image, dets).tolist() == [False, False]
   assert verify.Verifier(on_face, ref)(image, []).shape == (0,)
 
@@ -153,8 +156,8 @@ def test_run_points_fn_on_a_tiny_run(smoke_run):
   pts = fn(image, np.array([[20, 20, 70, 70], [40, 30, 90, 80]], np.float32))
   assert pts.shape == (2, 68, 2) and np.isfinite(pts).all()
   assert fn(image, np.zeros((0, 4))).shape == (0, 68, 2)
-  follow, residual = verify.Verifier(fn).scores(image, np.array([[20, 20, 70, 70]]))
-  assert follow.shape == residual.shape == (1,) and np.isfinite(follow).all()
+  follow, residual, agree = verify.Verifier(fn).scores(image, np.array([[20, 20, 70, 70]]))
+  assert follow.shape == residual.shape == agree.shape == (1,) and np.isfinite(follow).all()
 
 
 def test_variants_and_recursive_lazy_data_set(tmp_path, capsys):

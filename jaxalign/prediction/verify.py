@@ -13,8 +13,12 @@ are checked with the run's CNN1, which predicts 68 points for any crop:
    points; its RMS residual over the landmark box's longer side. Points scattered in no head's
    shape leave a large residual.
 
-A candidate is accepted when ``follow <= max_follow`` and ``residual <= max_residual``
-(:class:`Verifier`). Measured with ``runs/cpu_300w`` (64 px quarter-width ResNet-18 CNN1,
+3. **Box agreement.** A box around part of a face, or at the wrong scale, still gets points on
+   the face (they pass the shift test) but not points that fill the box: the IoU of the points'
+   tight box with the candidate's mapped box must be at least ``min_box_iou``.
+
+A candidate is accepted when ``follow <= max_follow``, ``residual <= max_residual`` and
+``box_iou >= min_box_iou`` (:class:`Verifier`). Measured with ``runs/cpu_300w`` (64 px quarter-width ResNet-18 CNN1,
 2026-12-05): on 40 of the 300-W faces (landmark boxes moved by up to 5 %) ``follow`` had median
 0.33 and 90th percentile 0.63; on 40 random boxes of 25-120 px away from the faces of the 4 real
 photos its minimum was 0.59 (median 1.20). ``max_follow`` 0.5 accepts 80 % of those faces and none
@@ -103,6 +107,7 @@ class Verifier:
     max_follow: largest accepted shift-test ratio (0 on a face, 1 on clutter).
     max_residual: largest accepted rigid-fit RMS residual / point-box side.
     shift: the shift test's crop displacement (fraction of the box side).
+    min_box_iou: least IoU of the points' tight box with the candidate box.
   """
 
   points_fn: PointsFn
@@ -110,26 +115,32 @@ class Verifier:
   max_follow: float = 0.5
   max_residual: float = 0.05
   shift: float = 0.15
+  min_box_iou: float = 0.5
 
-  def scores(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(follow, residual)``, each (N,), of the candidate boxes (N, 4) of ``image``."""
+  def scores(self, image: np.ndarray, boxes: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(follow, residual, box_iou)``, each (N,), of the candidate boxes (N, 4) of ``image``."""
     from jaxalign.prediction import detector  # pylint: disable=g-import-not-at-top
     rgb, _ = detector._as_uint8(image)  # pylint: disable=protected-access
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     if not len(boxes):
-      return np.zeros(0), np.zeros(0)
+      return np.zeros(0), np.zeros(0), np.zeros(0)
     if self.reference is None:
       from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
       self.reference = pose.reference_points()
     follow, points = follow_ratio(self.points_fn, rgb, boxes, self.shift)
-    return follow, rigid_residual(points, self.reference)
+    tight = np.stack([np.concatenate([np.nanmin(p, 0), np.nanmax(p, 0)]) if np.isfinite(p).any()
+                      else np.zeros(4) for p in points])
+    agree = np.diag(detector.box_iou(tight, boxes))
+    return follow, rigid_residual(points, self.reference), agree
 
   def __call__(self, image: np.ndarray, detections) -> np.ndarray:
     """(N,) bool for ``detections`` (Detection list; their mapped ``box`` is cropped)."""
     if not len(detections):
       return np.zeros(0, bool)
-    follow, residual = self.scores(image, np.stack([d.box for d in detections]))
-    return (follow <= self.max_follow) & (residual <= self.max_residual)
+    follow, residual, agree = self.scores(image, np.stack([d.box for d in detections]))
+    return (follow <= self.max_follow) & (residual <= self.max_residual) & \
+        (agree >= self.min_box_iou)
 
 
 def run_points_fn(run, batch_size: int = 8) -> PointsFn:
