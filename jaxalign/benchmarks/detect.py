@@ -323,8 +323,10 @@ def _parser():
                  help="also score 'mtcnn+verify': MTCNN whose weaker extra-pass faces are "
                       "checked by RUN's CNN1 (jaxalign.prediction.verify)")
   p.add_argument('--verify-thresholds', default='0.5,0.6,0.5',
-                 help="with --verify: MTCNN's stage thresholds of 'mtcnn+verify'; faces "
-                      'below the usual final 0.7 (and weak extra-pass faces) go to the verifier')
+                 help="with --verify: MTCNN's stage thresholds of 'mtcnn+verify'")
+  p.add_argument('--verify-accept', type=float, default=0.95,
+                 help="with --verify: faces scoring below this go to the verifier (lowered "
+                      'stage thresholds also let clutter through at final scores over 0.7)')
   p.add_argument('--fit', action='store_true', help='print the fitted box mappings')
   p.add_argument('--json', action='store_true', help='one JSON object on stdout')
   return p
@@ -356,8 +358,8 @@ def main(argv) -> int:
       from jaxalign.prediction import verify  # pylint: disable=g-import-not-at-top
       verifier = verify.Verifier(verify.run_points_fn(inference.Run.load(args.verify)))
       thresholds = tuple(float(t) for t in args.verify_thresholds.split(','))
-      detectors['mtcnn+verify'] = detector_lib.make_detector('mtcnn', verifier=verifier,
-                                                             thresholds=thresholds)
+      detectors['mtcnn+verify'] = detector_lib.make_detector(
+          'mtcnn', verifier=verifier, thresholds=thresholds, accept_score=args.verify_accept)
   except (ValueError, RuntimeError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
