@@ -324,7 +324,7 @@ def _parser():
                       "checked by RUN's CNN1 (jaxalign.prediction.verify)")
   p.add_argument('--verify-thresholds', default='0.5,0.6,0.5',
                  help="with --verify: MTCNN's stage thresholds of 'mtcnn+verify'")
-  p.add_argument('--verify-accept', type=float, default=0.95,
+  p.add_argument('--verify-accept', type=float, default=0.7,
                  help="with --verify: faces scoring below this go to the verifier (lowered "
                       'stage thresholds also let clutter through at final scores over 0.7)')
   p.add_argument('--fit', action='store_true', help='print the fitted box mappings')
