@@ -1,4 +1,4 @@
-"""``python -m jaxalign.bench detect DIR... [--detector NAME ...] [--synthetic N] [--variants ...] [--fit] [--json]``.
+"""``python -m jaxalign.bench detect DIR... [--detector NAME ...] [--synthetic N] [--variants ...] [--first-pass] [--verify RUN] [--fit] [--json]``.
 
 Face-detector recall and false detections on photos where every face is annotated.
 
@@ -20,7 +20,10 @@ box with IoU >= 0.3, the rule :func:`jaxalign.prediction.face_boxes.detector_box
 false detections per photo, the fit of the mapped box to the landmark box (IoU, centre error /
 landmark-box side, |log| size ratio; medians over the found faces), detector time per photo
 and the missed faces (photo, side, |yaw|). ``--fit`` also prints the box mapping fitted on all
-matched faces (medians, see :mod:`jaxalign.prediction.box_mapping`).
+matched faces (medians, see :mod:`jaxalign.prediction.box_mapping`). ``--first-pass`` adds
+'mtcnn-first' (MTCNN without its mirror and equalised passes); ``--verify RUN`` adds
+'mtcnn+verify' (lowered stage thresholds, faces under ``--verify-accept`` checked by RUN's CNN1,
+:mod:`jaxalign.prediction.verify`).
 """
 
 from __future__ import annotations
