@@ -166,7 +166,9 @@ def run_photos(config, photos_dir, steps: int, warmup: int, cache_dir=None,
   """
   # pylint: disable=g-import-not-at-top
   from jaxalign.data import crop_cache, pipeline
-  from jaxalign.training import trainer
+  from jaxalign.training import mesh as mesh_lib, trainer
+  # Before anything touches JAX (prepare_data does): the devices a training run would have.
+  mesh_lib.configure_cpu_devices(config)
   config.data.synthetic.enabled = False
   config.data.source = ''
   config.data.train_dir = str(photos_dir)
