@@ -37,6 +37,9 @@ def main(argv=None) -> int:
   parser.add_argument('--detector', default=None, choices=detector_lib.DETECTORS,
                       help='face detector (default: the best installed: '
                       f'{", ".join(detector_lib.DETECTORS)})')
+  parser.add_argument('--no-verify', action='store_true',
+                      help="MTCNN at its usual thresholds only (default: weaker candidates are "
+                           "kept when the run's CNN1 verifies them as faces)")
   parser.add_argument('--no-progress', action='store_true', help='no progress bar')
   parser.add_argument('--no-refine', action='store_true',
                       help='use detector boxes as they are (no second pass around the points)')
@@ -46,7 +49,8 @@ def main(argv=None) -> int:
   return pipeline.predict(args.workdir, args.images, bbox=args.bbox, out=args.out,
                           mesh=args.mesh, completion=args.completion,
                           batch_size=args.batch_size, refine=not args.no_refine,
-                          detector=args.detector, progress=False if args.no_progress else None)
+                          detector=args.detector, progress=False if args.no_progress else None,
+                          verify=not args.no_verify)
 
 
 if __name__ == '__main__':

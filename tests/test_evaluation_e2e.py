@@ -307,3 +307,30 @@ def test_evaluation_with_blend_mixes_completion_and_cnn1(run, tmp_path):
   config_lib.save_run_config(config, str(other))
   rep = runner.evaluate(other, out=tmp_path / 'e3d')
   assert rep['completion_blend'] is False
+
+
+def test_predict_verifies_weak_detections_with_the_runs_cnn1(run, tmp_path, monkeypatch):
+  """predict builds MTCNN with lowered thresholds and the run's CNN1 as verifier of its weaker
+  candidates; --no-verify keeps MTCNN as it is."""
+  from jaxalign.prediction import detector as detector_lib
+  from jaxalign.prediction import verify
+  made = []
+  real_make = detector_lib.make_detector
+
+  def recording(name=None, **options):
+    made.append((name, options))
+    return real_make(name, **options)
+  monkeypatch.setattr(detector_lib, 'make_detector', recording)
+  photo = str(FACES / 'image_0010.png')
+  assert predict_cli.main(['--workdir', str(run), photo, '--detector', 'mtcnn',
+                           '--out', str(tmp_path / 'a'), '--no-progress']) == 0
+  name, options = made[-1]
+  assert name == 'mtcnn' and options['thresholds'] == verify.VERIFIED_THRESHOLDS
+  assert isinstance(options['verifier'], verify.Verifier)
+  assert options['verifier'].points_fn(np.zeros((64, 64, 3), np.uint8),
+                                       np.array([[8, 8, 56, 56]])).shape == (1, 68, 2)
+  made.clear()
+  assert predict_cli.main(['--workdir', str(run), photo, '--detector', 'mtcnn', '--no-verify',
+                           '--out', str(tmp_path / 'b'), '--no-progress']) == 0
+  assert all('verifier' not in options for _, options in made)
+  assert (tmp_path / 'b' / 'image_0010.pts').is_file()

@@ -83,7 +83,8 @@ def test_an_old_config_json_loads_with_the_base_defaults(run, tmp_path):
   saved = json.loads((old / 'config.json').read_text())
   for section, key in (('model', 'transform_points'), ('model', 'cnn2_fill'),
                        ('eval', 'completion_fusion'), ('eval', 'box_jitter'),
-                       ('eval', 'completion_convention'), ('data', 'host_scale')):
+                       ('eval', 'completion_convention'), ('data', 'host_scale'),
+                       ('data', 'jpeg_draft')):
     del saved[section][key]
   saved['model']['cnn2_residual'] = False      # a retired option at its default
   saved['model']['freeze_cnn1'] = True         # a retired training-only option
@@ -94,6 +95,7 @@ def test_an_old_config_json_loads_with_the_base_defaults(run, tmp_path):
   assert c.model.transform_points == 'all'     # what a run without the key did
   assert c.eval.completion_fusion is False and c.eval.completion_convention == '2d'
   assert c.eval.box_jitter.shift == 0.0 and c.data.host_scale == 0.0
+  assert c.data.jpeg_draft is False            # its photos decoded in full, as it trained
   assert c.data.options.to_dict() == {'a_loader_option': 3}
   assert 'freeze_cnn1' not in c.model and 'cnn2_residual' not in c.model
   res = inference.run_pipeline(opened.model, c, _records(run), opened.completion('none'))

@@ -117,12 +117,15 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
             out: str | os.PathLike | None = None, mesh: bool = False, completion: str = 'jax',
             batch_size: int = 32, refine: bool = True, stderr: TextIO | None = None,
             stdout: TextIO | None = None, detector: str | None = None,
-            progress: bool | None = None) -> int:
+            progress: bool | None = None, verify: bool = True) -> int:
   """Predicts every face in ``images`` and writes the per-face files into ``out``.
 
   ``detector`` names the face detector (:data:`jaxalign.prediction.detector.DETECTORS`; None:
-  the best installed). ``progress`` shows a progress bar over the photos (default: when stderr
-  is a terminal).
+  the best installed). With ``verify`` (MTCNN only), MTCNN runs with lowered stage thresholds
+  and its weaker candidates (below its usual final score, or found only by an extra pass) are
+  kept only when the run's own CNN1 accepts them as faces (:mod:`jaxalign.prediction.verify`);
+  the faces MTCNN finds at its usual thresholds are kept as before. ``progress`` shows a
+  progress bar over the photos (default: when stderr is a terminal).
 
   Returns:
     The exit status: 0 when every image gave at least one face, 1 when any image failed
@@ -157,6 +160,11 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
   except (FileNotFoundError, ValueError) as e:
     print(f'error: cannot load the run {workdir}: {e}', file=err)
     return 2
+  if detect is not None and verify and isinstance(detect, detector_lib.MtcnnDetector):
+    from jaxalign.prediction import verify as verify_lib  # pylint: disable=g-import-not-at-top
+    detect = detector_lib.make_detector(
+        'mtcnn', thresholds=verify_lib.VERIFIED_THRESHOLDS,
+        verifier=verify_lib.Verifier(verify_lib.run_points_fn(run)))
   scheme = schemes_lib.get_scheme(config.model.scheme)
   out_dir = pathlib.Path(out) if out is not None else pathlib.Path(workdir) / 'predict'
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -343,6 +343,7 @@ def save_run_config(config, workdir: str) -> str:
 LEGACY_DEFAULTS = {
     'model.transform_points': 'all',   # the spatial transform used every point (before 2026-12-03)
     'model.cnn2_fill': 0.7,            # CNN2's framing (training only: the frame is saved)
+    'data.jpeg_draft': False,          # full JPEG decoding (before 2026-12-05): same pixels
 }
 
 # Options that were measured, rejected and removed (docs/architecture.md, "Retired options"):
