@@ -138,3 +138,42 @@ def test_gaussian_blur_with_a_radius_matches_the_exact_blur_inside():
   # Away from the border (where the two treat the edge differently) they agree.
   np.testing.assert_allclose(fast[:, 5:-5, 5:-5], exact[:, 5:-5, 5:-5], atol=0.5)
   np.testing.assert_allclose(fast[0], img[0], atol=1e-3)
+
+
+def test_mirror_augmentation_flips_image_and_permutes_points():
+  """augment.mirror_prob=1 gives exactly the mirror of the unmirrored view (same key): the
+  image flipped left-right, the points mirrored with the scheme's flip permutation, and the
+  matrices (which CNN2 samples the host crop through) carrying the same flip."""
+  from jaxalign import schemes
+  c = config_lib.base_config()
+  c.model.input_size = 32
+  c.augment.blur_prob = 0.0
+  spec = pipeline.CropSpec.from_config(c)
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 255, (2, spec.crop_size, spec.crop_size, 3)).astype(np.uint8)
+  points = rng.uniform(10, spec.crop_size - 10, (2, 68, 2)).astype(np.float32)
+  batch = {'image': image, 'points': points, 'box': np.tile(pipeline.crop_box(spec), (2, 1))}
+  key = jax.random.PRNGKey(3)
+  plain = pipeline.prepare_views(batch, c, key)
+  c.augment.mirror_prob = 1.0
+  mirrored = pipeline.prepare_views(batch, c, key)
+  np.testing.assert_allclose(mirrored['images'], plain['images'][:, :, ::-1], atol=1e-3)
+  expected = transforms.flip_landmarks(plain['points'], 32, schemes.IBUG68)
+  np.testing.assert_allclose(mirrored['points'], expected, atol=1e-4)
+  np.testing.assert_allclose(
+      mirrored['matrices'],
+      transforms.compose(plain['matrices'], transforms.hflip_matrix(32.0)), atol=1e-5)
+  # The viewer's-left eye's outer corner (36) of the mirror is the original's 45, mirrored.
+  np.testing.assert_allclose(mirrored['points'][:, 36, 0], 31.0 - plain['points'][:, 45, 0],
+                             atol=1e-4)
+  c.augment.mirror_prob = 0.5
+  half = pipeline.prepare_views({k: np.repeat(v, 16, 0) for k, v in batch.items()}, c, key)
+  flipped = np.asarray(half['matrices'][:, 0, 0]) < 0    # rotations of at most 10 degrees
+  assert 0 < flipped.sum() < 32     # some faces mirrored, not all
+
+
+def test_mirror_prob_is_validated():
+  c = config_lib.base_config()
+  c.augment.mirror_prob = 1.5
+  with pytest.raises(ValueError, match='augment.mirror_prob'):
+    config_lib.validate(c, 1)

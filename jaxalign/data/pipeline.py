@@ -9,7 +9,8 @@ the network-input square in crop pixels, ``crop_from_image`` float32 (2, 3), ``i
 Device side (jnp, inside the jitted step): one affine matrix per example maps the crop to the
 network input (:func:`input_matrices`: the box jittered by translation and scale, rotated about
 its centre) and goes through :func:`jaxalign.transforms.warp_images`, the project's one warp
-primitive; points go through the same matrix. Gaussian blur with probability ``blur_prob``.
+primitive; points go through the same matrix. Gaussian blur with probability ``blur_prob``; a
+horizontal mirror (one more affine map, points permuted by the scheme) with ``mirror_prob``.
 Randomness: per-example keys ``fold_in(fold_in(root, step), i)``.
 
 Photos: a JPEG is decoded at the smallest DCT scale (PIL's draft mode: 1/2, 1/4 or 1/8) that
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxalign import schemes
 from jaxalign import transforms
 from jaxalign.data.records import FaceRecord
 
@@ -510,6 +512,14 @@ def prepare_views(batch, config, key=None, eval_index=None) -> dict:
     geometry_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     matrices = input_matrices(batch['box'], size, geometry_keys, aug.rotation_deg,
                               aug.translation, aug.scale)
+    mirror = jnp.zeros((b,), bool)
+    if float(aug.mirror_prob) > 0:
+      mirror = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 2))
+                        < aug.mirror_prob)(keys)
+      # The mirror is one more affine map after the crop: both views (CNN1's input and the
+      # host crop CNN2 samples through ``matrices``) see the mirrored face.
+      flipped = transforms.compose(matrices, transforms.hflip_matrix(float(size)))
+      matrices = jnp.where(mirror[:, None, None], flipped, matrices)
   elif key is None and eval_index is not None and any(eval_jitter(config)):
     rotation, shift, scale = eval_jitter(config)
     matrices = input_matrices(batch['box'], size, jitter_keys(config, eval_index), rotation,
@@ -547,6 +557,10 @@ def prepare_views(batch, config, key=None, eval_index=None) -> dict:
     low = source
   images = transforms.warp_images(low, matrices, (size, size))
   points = transforms.warp_points(jnp.asarray(batch['points'], jnp.float32), matrices)
+  if keys is not None and float(aug.mirror_prob) > 0:
+    # A mirrored face's point i is the original's point flip_permutation[i].
+    perm = jnp.asarray(schemes.get_scheme(config.model.scheme).flip_index_array())
+    points = jnp.where(mirror[:, None, None], jnp.take(points, perm, axis=1), points)
   return {'images': images, 'points': points, 'matrices': matrices, 'source': source}
 
 

@@ -126,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.scale = 0.07         # fraction of the box side
   c.augment.blur_prob = 0.5
   c.augment.blur_sigma = (0.5, 2.0)   # sigma range in pixels at 224 px, scaled with input_size
+  # Horizontal mirror (image + the scheme's flip permutation) with this probability. Not in the
+  # paper's list; 0 keeps the paper's augmentation (measured on real faces:
+  # docs/experiments/cpu_300w.md).
+  c.augment.mirror_prob = 0.0
 
   # Loss (jaxalign.losses).
   c.loss = ml_collections.ConfigDict()
@@ -248,6 +252,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail('optim.learning_rate', f'must be positive, got {config.optim.learning_rate}')
   if config.data.pose_bins < 1:
     fail('data.pose_bins', f'must be at least 1, got {config.data.pose_bins}')
+  if not 0.0 <= float(config.augment.mirror_prob) <= 1.0:
+    fail('augment.mirror_prob', f'must be a probability in [0, 1], got '
+         f'{config.augment.mirror_prob}')
   if config.data.crop_context < 1:
     fail('data.crop_context', f'must be >= 1, got {config.data.crop_context}')
   _validate_sources(config, fail)
