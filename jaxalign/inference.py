@@ -314,12 +314,14 @@ def _predict_batch(graphdef, params, config_json, batch):
   model = nnx.merge(graphdef, params)
   views = pipeline.prepare_views(batch, config, None, eval_index=batch['index'])
   to_image = transforms.invert(transforms.compose(batch['crop_from_image'], views['matrices']))
+  tta = bool(config.eval.mirror_tta)
   if config.model.kind == 'plain':
-    rough = model(views['images'])['points']
+    rough = model(views['images'], mirror_tta=tta)['points']
     b = rough.shape[0]
     return (transforms.warp_points(rough, to_image), None, jnp.zeros(b, bool),
             jnp.zeros(b, jnp.float32))
-  out = model(views['images'], source=views['source'], source_to_input=views['matrices'])
+  out = model(views['images'], source=views['source'], source_to_input=views['matrices'],
+              mirror_tta=tta)
   image_to_view = transforms.compose(batch['crop_from_image'], views['matrices'], out['matrix'])
   outside = _outside_fraction(image_to_view, model.cnn2_image_size, batch['image_hw'])
   return (transforms.warp_points(out['rough'], to_image),

@@ -344,3 +344,28 @@ def test_flip_decision_holds_near_profile(model, sfm_model):
     shapes.append(pts)
   _, flipped = model.spatial_transform(jnp.asarray(np.stack(shapes), jnp.float32))
   np.testing.assert_array_equal(np.asarray(flipped), np.asarray(yaws) < 0)
+
+
+def test_mirror_tta_averages_cnn1_over_the_mirror(reference):
+  """eval.mirror_tta: CNN1's points are the mean of its points on the face and on the mirrored
+  face mapped back; so they are mirror-equivariant (the mirrored face gives the mirrored
+  points), which CNN1 alone, untrained, is not."""
+  model = aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, pose_reference=reference,
+                                       rngs=nnx.Rngs(0))
+  model.eval()
+  images = jax.random.uniform(jax.random.PRNGKey(1), (2, SIZE, SIZE, 3)) * 255.0
+  mirrored = images[:, :, ::-1]
+  out = model(images, mirror_tta=True)
+  expected = 0.5 * (model.cnn1(images) + transforms.flip_landmarks(
+      model.cnn1(mirrored), SIZE, schemes.IBUG68))
+  np.testing.assert_allclose(out['rough'], expected, atol=1e-4)
+  back = transforms.flip_landmarks(model(mirrored, mirror_tta=True)['rough'], SIZE,
+                                   schemes.IBUG68)
+  np.testing.assert_allclose(back, out['rough'], atol=1e-3)
+  plain_back = transforms.flip_landmarks(model(mirrored)['rough'], SIZE, schemes.IBUG68)
+  assert not np.allclose(plain_back, model(images)['rough'], atol=1e-3)
+  plain = aligner_lib.PlainAligner(depth='tiny', image_size=SIZE, rngs=nnx.Rngs(0))
+  plain.eval()
+  np.testing.assert_allclose(
+      plain(images, mirror_tta=True)['points'],
+      aligner_lib.mirror_averaged(plain.net, images, schemes.IBUG68), atol=1e-5)

@@ -204,6 +204,15 @@ def _check_shape(name, value, num_points):
   return value
 
 
+def mirror_averaged(net, images: jax.Array, scheme: schemes_lib.LandmarkScheme) -> jax.Array:
+  """Test-time mirror averaging: ``net``'s (B, L, 2) points on ``images`` (B, S, S, 3),
+  averaged with its points on the mirrored images mapped back (x -> S - 1 - x, indices permuted
+  by the scheme). Two forward passes; beyond the paper (``config.eval.mirror_tta``)."""
+  points = net(images)
+  mirrored = net(images[:, :, ::-1])
+  return 0.5 * (points + transforms.flip_landmarks(mirrored, images.shape[2], scheme))
+
+
 def _scatter_points(base, indices, values):
   """base (B, L, 2) with base[b, indices[b, k]] = values[b, k]; indices (B, K)."""
   return jax.vmap(lambda r, i, v: r.at[i].set(v))(base, indices, values)
@@ -348,7 +357,7 @@ class PoseAwareAligner(nnx.Module):
 
   def __call__(self, images: jax.Array, *, source: jax.Array | None = None,
                source_to_input: jax.Array | None = None,
-               return_warped: bool = False) -> dict[str, jax.Array]:
+               return_warped: bool = False, mirror_tta: bool = False) -> dict[str, jax.Array]:
     """Runs the pipeline.
 
     Args:
@@ -356,6 +365,8 @@ class PoseAwareAligner(nnx.Module):
       source: optional (B, H, H, 3) host crops CNN2 samples from (see :meth:`cnn2_view`).
       source_to_input: (B, 2, 3) source pixels -> ``images`` pixels (with ``source``).
       return_warped: also return CNN2's input images (for inspection).
+      mirror_tta: CNN1's points averaged over the image and its mirror
+        (:func:`mirror_averaged`; inference only).
 
     Returns:
       A dict of float32 arrays in INPUT-image pixels unless noted:
@@ -375,7 +386,7 @@ class PoseAwareAligner(nnx.Module):
     if images.ndim != 4 or images.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f'images must be (B, {self.image_size}, {self.image_size}, 3), got '
                        f'{images.shape}')
-    rough = self.cnn1(images)
+    rough = mirror_averaged(self.cnn1, images, self.scheme) if mirror_tta else self.cnn1(images)
     matrix, flipped = self.spatial_transform(jax.lax.stop_gradient(rough))
     matrix = jax.lax.stop_gradient(matrix)
     warped = self.cnn2_view(images, matrix, source, source_to_input)
@@ -419,11 +430,14 @@ class PlainAligner(nnx.Module):
                                  mean_shape=mean_shape, dtype=dtype, bn_momentum=bn_momentum,
                                  zero_init_residual=zero_init_residual, rngs=rngs)
 
-  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
-    """(B, S, S, 3) in 0..255 -> {'points': (B, L, 2) float32 input pixels}."""
+  def __call__(self, images: jax.Array, mirror_tta: bool = False) -> dict[str, jax.Array]:
+    """(B, S, S, 3) in 0..255 -> {'points': (B, L, 2) float32 input pixels}; ``mirror_tta``:
+    averaged over the image and its mirror (:func:`mirror_averaged`)."""
     if images.ndim != 4 or images.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f'images must be (B, {self.image_size}, {self.image_size}, 3), got '
                        f'{images.shape}')
+    if mirror_tta:
+      return {'points': mirror_averaged(self.net, images, self.scheme)}
     return {'points': self.net(images)}
 
 

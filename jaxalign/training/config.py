@@ -180,6 +180,9 @@ def base_config() -> ml_collections.ConfigDict:
   # coordinate, after the best similarity, in inter-ocular units; 0 without validation faces);
   # a number sets it ('0': clean SLs, the annotations as they are). Beyond the paper.
   c.eval.learned_sl_noise = '0'
+  # CNN1's points averaged over the face and its mirror at test time (two CNN1 passes; CNN2 sees
+  # one view, as its faces are all turned one way). Beyond the paper.
+  c.eval.mirror_tta = False
   return c
 
 
