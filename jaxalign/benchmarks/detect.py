@@ -23,7 +23,8 @@ and the missed faces (photo, side, |yaw|). ``--fit`` also prints the box mapping
 matched faces (medians, see :mod:`jaxalign.prediction.box_mapping`). ``--first-pass`` adds
 'mtcnn-first' (MTCNN without its mirror and equalised passes); ``--verify RUN`` adds
 'mtcnn+verify' (lowered stage thresholds, faces under ``--verify-accept`` checked by RUN's CNN1,
-:mod:`jaxalign.prediction.verify`).
+:mod:`jaxalign.prediction.verify`, plus the profile cascade's verified candidates, as
+``predict`` runs it; ``--no-profile-too`` also scores it without the cascade).
 """
 
 from __future__ import annotations
@@ -330,6 +331,12 @@ def _parser():
   p.add_argument('--verify-accept', type=float, default=0.7,
                  help="with --verify: faces scoring below this go to the verifier (lowered "
                       'stage thresholds also let clutter through at final scores over 0.7)')
+  p.add_argument('--profile-min-neighbours', type=int, default=None,
+                 help="with --verify: minNeighbors of the profile cascade's candidates "
+                      '(default: detector.PROFILE_MIN_NEIGHBOURS)')
+  p.add_argument('--no-profile-too', action='store_true',
+                 help="with --verify: also score 'mtcnn+verify-noprofile' (MTCNN's verified "
+                      'candidates without the profile cascade)')
   p.add_argument('--fit', action='store_true', help='print the fitted box mappings')
   p.add_argument('--json', action='store_true', help='one JSON object on stdout')
   return p
@@ -362,7 +369,12 @@ def main(argv) -> int:
       verifier = verify.Verifier(verify.run_points_fn(inference.Run.load(args.verify)))
       thresholds = tuple(float(t) for t in args.verify_thresholds.split(','))
       detectors['mtcnn+verify'] = detector_lib.make_detector(
-          'mtcnn', verifier=verifier, thresholds=thresholds, accept_score=args.verify_accept)
+          'mtcnn', verifier=verifier, thresholds=thresholds, accept_score=args.verify_accept,
+          profile_min_neighbours=args.profile_min_neighbours)
+      if args.no_profile_too:
+        detectors['mtcnn+verify-noprofile'] = detector_lib.make_detector(
+            'mtcnn', verifier=verifier, thresholds=thresholds,
+            accept_score=args.verify_accept, profile=False)
   except (ValueError, RuntimeError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

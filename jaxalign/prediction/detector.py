@@ -47,6 +47,8 @@ FRONTAL_CASCADE = 'haarcascade_frontalface_alt2.xml'
 PROFILE_CASCADE = 'haarcascade_profileface.xml'
 # Kinds of detection: Haar's three passes, and MTCNN's single 'face'.
 KINDS = ('frontal', 'profile', 'profile_mirrored', 'face')
+# minNeighbors of the profile cascade when it feeds MTCNN's verified candidates.
+PROFILE_MIN_NEIGHBOURS = 3
 # Best first: the default is the first one installed.
 DETECTORS = ('mtcnn', 'haar')
 
@@ -165,6 +167,40 @@ def _run(cascade, gray: np.ndarray, min_size: int, min_neighbours: int):
   return xyxy, levels
 
 
+_CASCADE_PASSES = {'frontal': (FRONTAL_CASCADE, False), 'profile': (PROFILE_CASCADE, False),
+                   'profile_mirrored': (PROFILE_CASCADE, True)}
+
+
+def cascade_detections(gray: np.ndarray, kinds, min_size: int, min_neighbours: int
+                       ) -> list[Detection]:
+  """Haar cascade passes on the histogram-equalised grey image, merged (:func:`merge_detections`).
+
+  Args:
+    gray: (H, W) uint8 luma.
+    kinds: passes to run, of 'frontal', 'profile' (the profile cascade: faces turned to one
+      side) and 'profile_mirrored' (the profile cascade on the mirror image, boxes mirrored
+      back: faces turned the other way).
+    min_size: smallest window side in pixels.
+    min_neighbours: OpenCV's ``minNeighbors``.
+
+  Returns:
+    Detections with the cascades' own boxes (detector 'haar', ``neighbours`` = ``score`` =
+    OpenCV's reject level), largest first.
+  """
+  gray = _cv2().equalizeHist(np.ascontiguousarray(gray))
+  width = gray.shape[1]
+  found: list[Detection] = []
+  for kind in kinds:
+    name, mirrored = _CASCADE_PASSES[kind]
+    src = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
+    boxes, levels = _run(_cascade(name), src, min_size, min_neighbours)
+    if mirrored:  # x -> W - 1 - x swaps the box's left and right edges.
+      boxes = mirror_boxes(boxes, width)
+    found += [Detection(b.astype(np.float32), kind, int(n), float(n), detector='haar')
+              for b, n in zip(boxes, levels)]
+  return merge_detections(found)
+
+
 def is_grey_or_flat(rgb: np.ndarray, min_std: float = 40.0) -> bool:
   """True for an (H, W, 3) uint8 image whose channels are equal (a grey photo) or whose luma
   spreads less than ``min_std`` grey levels (low contrast), judged on a subsample of pixels."""
@@ -247,24 +283,10 @@ class HaarDetector:
 
   def raw(self, image: np.ndarray) -> list[Detection]:
     """The merged cascade detections with the cascades' own boxes (no mapping)."""
-    cv2 = _cv2()
     _, gray = _as_uint8(image)
-    gray = cv2.equalizeHist(gray)
-    height, width = gray.shape
-    min_size = max(24, int(round(self.min_size_fraction * min(height, width))))
-    found: list[Detection] = []
-    passes = [('frontal', FRONTAL_CASCADE, False)]
-    if self.profile:
-      passes += [('profile', PROFILE_CASCADE, False),
-                 ('profile_mirrored', PROFILE_CASCADE, True)]
-    for kind, name, mirrored in passes:
-      src = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
-      boxes, levels = _run(_cascade(name), src, min_size, self.min_neighbours)
-      if mirrored:  # x -> W - 1 - x swaps the box's left and right edges.
-        boxes = mirror_boxes(boxes, width)
-      found += [Detection(b.astype(np.float32), kind, int(n), float(n), detector='haar')
-                for b, n in zip(boxes, levels)]
-    return merge_detections(found)
+    min_size = max(24, int(round(self.min_size_fraction * min(gray.shape))))
+    kinds = ('frontal', 'profile', 'profile_mirrored') if self.profile else ('frontal',)
+    return cascade_detections(gray, kinds, min_size, self.min_neighbours)
 
   def __call__(self, image: np.ndarray) -> list[Detection]:
     """Detections, largest first, boxes mapped to the landmark box."""
@@ -283,6 +305,13 @@ class MtcnnDetector:
   first pass's detections are kept when they score at least ``accept_score`` (MTCNN's usual
   final threshold), weaker ones (with ``thresholds`` lowered) only when the verifier accepts.
 
+  With a verifier and ``profile``, OpenCV's profile Haar cascade (on the equalised luma and on
+  its mirror, :func:`cascade_detections`) is a second source of candidates for turned faces
+  that MTCNN misses: a cascade box whose mapped box overlaps none of MTCNN's kept faces (IoU of
+  the mapped boxes at most ``profile_iou``) is kept when the verifier accepts it (detector
+  'haar', kind 'profile' or 'profile_mirrored', mapped by the cascade's own box mapping).
+  Without a verifier the cascade is not run.
+
   Args:
     min_face_size: smallest face (MTCNN box side) searched for, in pixels.
     thresholds: the three stages' face-probability thresholds (MTCNN's defaults).
@@ -292,6 +321,10 @@ class MtcnnDetector:
     extra_min_score: least final-stage score of a face found only by an extra pass.
     accept_score: least final-stage score of a first-pass face kept without the verifier.
     verifier: optional verifier of the extra passes' weaker faces (None: they are dropped).
+    profile: with a verifier, add the profile cascade's verified candidates.
+    profile_min_neighbours: the profile cascade's ``minNeighbors`` (None: the default).
+    profile_min_size: its smallest window side in pixels (the cascade's window is 20 px).
+    profile_iou: a cascade box overlapping a kept MTCNN face more than this is a duplicate.
   """
 
   name = 'mtcnn'
@@ -299,7 +332,9 @@ class MtcnnDetector:
   def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7),
                scale_factor: float = 0.709, mirror: bool = True, equalize: bool = True,
                extra_min_score: float = 0.95, accept_score: float = 0.7,
-               verifier: Callable | None = None):
+               verifier: Callable | None = None, profile: bool = True,
+               profile_min_neighbours: int | None = PROFILE_MIN_NEIGHBOURS,
+               profile_min_size: int = 20, profile_iou: float = 0.3):
     try:
       with warnings.catch_warnings():  # its `import imghdr` warns on Python 3.11-3.12
         warnings.simplefilter('ignore', DeprecationWarning)
@@ -314,6 +349,11 @@ class MtcnnDetector:
     self.extra_min_score = float(extra_min_score)
     self.accept_score = float(accept_score)
     self.verifier = verifier
+    self.profile = bool(profile)
+    self.profile_min_neighbours = PROFILE_MIN_NEIGHBOURS if profile_min_neighbours is None \
+        else int(profile_min_neighbours)
+    self.profile_min_size = int(profile_min_size)
+    self.profile_iou = float(profile_iou)
     self._net = MTCNN(min_face_size=self.min_face_size, steps_threshold=list(thresholds),
                       scale_factor=float(scale_factor))
 
@@ -363,7 +403,31 @@ class MtcnnDetector:
       ok = np.asarray(self.verifier(image, [_mapped([found[i]])[0] for i in weak]), bool)
       for i, accepted in zip(weak, ok):
         keep[i] = bool(accepted)
-    return [d for d, k in zip(found, keep) if k]
+    kept = [d for d, k in zip(found, keep) if k]
+    if self.profile and self.verifier is not None:
+      kept += self.profile_faces(image, kept)
+    return kept
+
+  def profile_candidates(self, image: np.ndarray) -> list[Detection]:
+    """The profile cascade's merged detections (own boxes) on the image and its mirror."""
+    _, grey = _as_uint8(image)
+    if min(grey.shape) < self.profile_min_size:
+      return []
+    return cascade_detections(grey, ('profile', 'profile_mirrored'), self.profile_min_size,
+                              self.profile_min_neighbours)
+
+  def profile_faces(self, image: np.ndarray, kept: list[Detection]) -> list[Detection]:
+    """The profile cascade's candidates that overlap none of ``kept`` (own boxes; compared
+    after mapping) and that the verifier accepts, own boxes."""
+    cands = _mapped(self.profile_candidates(image))
+    if kept and cands:
+      taken = np.stack([d.box for d in _mapped(kept)])
+      cands = [c for c in cands if box_iou(c.box, taken).max() <= self.profile_iou]
+    if not cands:
+      return []
+    ok = np.asarray(self.verifier(image, cands), bool)
+    return [dataclasses.replace(c, box=c.raw_box, raw_box=None)
+            for c, accepted in zip(cands, ok) if accepted]
 
   def __call__(self, image: np.ndarray) -> list[Detection]:
     """Detections, largest first, boxes mapped to the landmark box."""
