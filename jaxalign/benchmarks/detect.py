@@ -23,8 +23,9 @@ and the missed faces (photo, side, |yaw|). ``--fit`` also prints the box mapping
 matched faces (medians, see :mod:`jaxalign.prediction.box_mapping`). ``--first-pass`` adds
 'mtcnn-first' (MTCNN without its mirror and equalised passes); ``--verify RUN`` adds
 'mtcnn+verify' (lowered stage thresholds, faces under ``--verify-accept`` checked by RUN's CNN1,
-:mod:`jaxalign.prediction.verify`, plus the profile cascade's verified candidates, as
-``predict`` runs it; ``--no-profile-too`` also scores it without the cascade).
+:mod:`jaxalign.prediction.verify`, and MTCNN's low-threshold passes whose new faces are all
+verified, as ``predict`` runs it; ``--profile`` adds the profile cascade's verified candidates,
+``--baseline-too`` also scores it without the low-threshold passes).
 """
 
 from __future__ import annotations
@@ -331,12 +332,18 @@ def _parser():
   p.add_argument('--verify-accept', type=float, default=0.7,
                  help="with --verify: faces scoring below this go to the verifier (lowered "
                       'stage thresholds also let clutter through at final scores over 0.7)')
+  p.add_argument('--low-thresholds', default=None,
+                 help="with --verify: stage thresholds of the low-threshold passes whose new "
+                      "faces are all verified ('none': no such passes; default: "
+                      'detector.LOW_THRESHOLDS)')
+  p.add_argument('--profile', action='store_true',
+                 help="with --verify: add the profile cascade's verified candidates")
   p.add_argument('--profile-min-neighbours', type=int, default=None,
-                 help="with --verify: minNeighbors of the profile cascade's candidates "
-                      '(default: detector.PROFILE_MIN_NEIGHBOURS)')
-  p.add_argument('--no-profile-too', action='store_true',
-                 help="with --verify: also score 'mtcnn+verify-noprofile' (MTCNN's verified "
-                      'candidates without the profile cascade)')
+                 help="with --profile: the cascade's minNeighbors (default: "
+                      'detector.PROFILE_MIN_NEIGHBOURS)')
+  p.add_argument('--baseline-too', action='store_true',
+                 help="with --verify: also score 'mtcnn+verify-base' (verified MTCNN without "
+                      'the low-threshold passes and the profile cascade)')
   p.add_argument('--fit', action='store_true', help='print the fitted box mappings')
   p.add_argument('--json', action='store_true', help='one JSON object on stdout')
   return p
@@ -368,13 +375,17 @@ def main(argv) -> int:
       from jaxalign.prediction import verify  # pylint: disable=g-import-not-at-top
       verifier = verify.Verifier(verify.run_points_fn(inference.Run.load(args.verify)))
       thresholds = tuple(float(t) for t in args.verify_thresholds.split(','))
+      low = detector_lib.LOW_THRESHOLDS if args.low_thresholds is None else (
+          None if args.low_thresholds == 'none' else
+          tuple(float(t) for t in args.low_thresholds.split(',')))
       detectors['mtcnn+verify'] = detector_lib.make_detector(
           'mtcnn', verifier=verifier, thresholds=thresholds, accept_score=args.verify_accept,
+          low_thresholds=low, profile=args.profile,
           profile_min_neighbours=args.profile_min_neighbours)
-      if args.no_profile_too:
-        detectors['mtcnn+verify-noprofile'] = detector_lib.make_detector(
+      if args.baseline_too:
+        detectors['mtcnn+verify-base'] = detector_lib.make_detector(
             'mtcnn', verifier=verifier, thresholds=thresholds,
-            accept_score=args.verify_accept, profile=False)
+            accept_score=args.verify_accept, low_thresholds=None, profile=False)
   except (ValueError, RuntimeError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

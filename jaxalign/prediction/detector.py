@@ -47,6 +47,9 @@ FRONTAL_CASCADE = 'haarcascade_frontalface_alt2.xml'
 PROFILE_CASCADE = 'haarcascade_profileface.xml'
 # Kinds of detection: Haar's three passes, and MTCNN's single 'face'.
 KINDS = ('frontal', 'profile', 'profile_mirrored', 'face')
+# Stage thresholds of MTCNN's low-threshold passes (image and mirror) when a verifier checks
+# every face that only they find (docs/benchmarks.md, issue 24).
+LOW_THRESHOLDS = (0.3, 0.4, 0.3)
 # minNeighbors of the profile cascade when it feeds MTCNN's verified candidates.
 PROFILE_MIN_NEIGHBOURS = 3
 # Best first: the default is the first one installed.
@@ -66,7 +69,7 @@ class Detection:
       (MTCNN).
     neighbours: Haar: how many overlapping raw windows supported it (OpenCV's reject level);
       MTCNN: 0 when its first pass found it, -1 when only an extra pass (mirror, equalised)
-      did; 0 for other detectors.
+      did, -2 when only a low-threshold pass did; 0 for other detectors.
     score: the detector's confidence (MTCNN: final-stage probability; Haar: ``neighbours``).
     raw_box: (4,) float32 the detector's own box, before the mapping (None = same as box).
     detector: the detector's name ('mtcnn', 'haar').
@@ -304,6 +307,9 @@ class MtcnnDetector:
   ``(image, [Detection]) -> (N,) bool``, :mod:`jaxalign.prediction.verify`) accepts it; the
   first pass's detections are kept when they score at least ``accept_score`` (MTCNN's usual
   final threshold), weaker ones (with ``thresholds`` lowered) only when the verifier accepts.
+  With a verifier, two more passes (image and mirror) run at ``low_thresholds``; a face that
+  only they found is kept when the verifier accepts it, whatever its score (lowered early
+  stages let clutter reach high final scores).
 
   With a verifier and ``profile``, OpenCV's profile Haar cascade (on the equalised luma and on
   its mirror, :func:`cascade_detections`) is a second source of candidates for turned faces
@@ -321,7 +327,10 @@ class MtcnnDetector:
     extra_min_score: least final-stage score of a face found only by an extra pass.
     accept_score: least final-stage score of a first-pass face kept without the verifier.
     verifier: optional verifier of the extra passes' weaker faces (None: they are dropped).
-    profile: with a verifier, add the profile cascade's verified candidates.
+    low_thresholds: with a verifier, stage thresholds of the low-threshold passes (image and,
+      with ``mirror``, its mirror) whose new faces are kept only when verified; None: none.
+    profile: with a verifier, add the profile cascade's verified candidates (off by default:
+      on the synthetic photos it found almost no face that MTCNN's candidates miss).
     profile_min_neighbours: the profile cascade's ``minNeighbors`` (None: the default).
     profile_min_size: its smallest window side in pixels (the cascade's window is 20 px).
     profile_iou: a cascade box overlapping a kept MTCNN face more than this is a duplicate.
@@ -332,7 +341,8 @@ class MtcnnDetector:
   def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7),
                scale_factor: float = 0.709, mirror: bool = True, equalize: bool = True,
                extra_min_score: float = 0.95, accept_score: float = 0.7,
-               verifier: Callable | None = None, profile: bool = True,
+               verifier: Callable | None = None,
+               low_thresholds: tuple | None = LOW_THRESHOLDS, profile: bool = False,
                profile_min_neighbours: int | None = PROFILE_MIN_NEIGHBOURS,
                profile_min_size: int = 20, profile_iou: float = 0.3):
     try:
@@ -356,13 +366,18 @@ class MtcnnDetector:
     self.profile_iou = float(profile_iou)
     self._net = MTCNN(min_face_size=self.min_face_size, steps_threshold=list(thresholds),
                       scale_factor=float(scale_factor))
+    self.low_thresholds = None if low_thresholds is None else tuple(low_thresholds)
+    self._low_net = None if low_thresholds is None else MTCNN(
+        min_face_size=self.min_face_size, steps_threshold=list(low_thresholds),
+        scale_factor=float(scale_factor))
 
   def _pass(self, rgb: np.ndarray, kind: str, mirrored: bool = False) -> list[Detection]:
     """One MTCNN run on ``rgb`` ((H, W, 3) uint8); boxes in ``rgb``'s pixels, or mirrored
     back to the original's when ``mirrored`` (``rgb`` is then the mirror image)."""
     found = []
     width = rgb.shape[1]
-    for r in self._net.detect_faces(rgb):
+    net = self._low_net if kind.startswith('low') else self._net
+    for r in net.detect_faces(rgb):
       x, y, w, h = (float(v) for v in r['box'])
       kp = r['keypoints']
       order = ('left_eye', 'right_eye', 'nose', 'mouth_left', 'mouth_right')
@@ -371,8 +386,9 @@ class MtcnnDetector:
       if mirrored:  # back to the original image; the viewer's left eye comes first again
         box = mirror_boxes(box, width)[0]
         keypoints = np.stack([width - 1 - keypoints[:, 0], keypoints[:, 1]], 1)[[1, 0, 2, 4, 3]]
-      # neighbours: 0 for the first pass, -1 for an extra pass (see candidates()).
-      found.append(Detection(box, 'face', 0 if kind == 'first' else -1,
+      # neighbours: 0 for the first pass, -1 for an extra pass, -2 for a low-threshold pass.
+      found.append(Detection(box, 'face', {'first': 0}.get(kind, -2 if net is not self._net
+                                                             else -1),
                              float(r['confidence']), detector='mtcnn', keypoints=keypoints))
     return found
 
@@ -391,13 +407,17 @@ class MtcnnDetector:
     if self.equalize and flat:
       clahe = _cv2().createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
       found += self._pass(skin_tint(clahe), 'equalized')
+    if self._low_net is not None and self.verifier is not None:
+      found += self._pass(rgb, 'low')
+      if self.mirror:
+        found += self._pass(np.ascontiguousarray(rgb[:, ::-1]), 'low_mirror', mirrored=True)
     return suppress(found)
 
   def raw(self, image: np.ndarray) -> list[Detection]:
     """MTCNN's accepted detections with its own boxes (no mapping), largest first."""
     found = self.candidates(image)
     keep = [(d.neighbours == 0 and d.score >= self.accept_score) or
-            d.score >= self.extra_min_score for d in found]
+            (d.neighbours >= -1 and d.score >= self.extra_min_score) for d in found]
     weak = [i for i, k in enumerate(keep) if not k]
     if weak and self.verifier is not None:
       ok = np.asarray(self.verifier(image, [_mapped([found[i]])[0] for i in weak]), bool)
