@@ -2,14 +2,17 @@
 
   python -m jaxalign.predict --workdir RUN IMAGE... [--bbox x0,y0,x1,y1] [--out DIR] [--mesh]
       [--completion jax|eos|gaussian|none] [--batch-size 32] [--detector mtcnn|haar]
-      [--no-refine]
+      [--no-refine] [--no-verify] [--no-draft]
 
 Writes per face ``DIR/<stem>.pts`` (68 points, 1-based iBUG format), ``DIR/<stem>.json``
 (points, box, yaw/pitch/roll, 3DMM coefficients, completion backend), with ``--mesh`` the fitted
 mesh ``DIR/<stem>.obj``, and per image ``DIR/<stem>.png`` (stable landmarks green, completed
 ones orange). Faces are found by a face detector (``--detector``: MTCNN when installed, else
 OpenCV's Haar cascades) unless ``--bbox`` gives the box; faces of many photos share the CNN and
-completion batches. Exit status: 0 all images done, 1 some image failed (missing, unreadable,
+completion batches. A large JPEG is decoded at a DCT draft scale (1/2, 1/4, 1/8): for the
+detector with a long side of at least 1,000 px, for the networks the smallest scale that keeps
+the smallest face's crop resolution (``--no-draft``: full size); everything written is in the
+photo's pixels. Exit status: 0 all images done, 1 some image failed (missing, unreadable,
 no face; the others are still written), 2 nothing ran. Default ``DIR``: ``RUN/predict``.
 """
 
@@ -43,6 +46,9 @@ def main(argv=None) -> int:
   parser.add_argument('--no-progress', action='store_true', help='no progress bar')
   parser.add_argument('--no-refine', action='store_true',
                       help='use detector boxes as they are (no second pass around the points)')
+  parser.add_argument('--no-draft', action='store_true',
+                      help='decode JPEGs at full size (default: at the smallest DCT draft scale '
+                           'the detector and the crops need; outputs stay in photo pixels)')
   args = parser.parse_args(argv)
   if args.batch_size < 1:
     parser.error('--batch-size must be positive')
@@ -50,7 +56,7 @@ def main(argv=None) -> int:
                           mesh=args.mesh, completion=args.completion,
                           batch_size=args.batch_size, refine=not args.no_refine,
                           detector=args.detector, progress=False if args.no_progress else None,
-                          verify=not args.no_verify)
+                          verify=not args.no_verify, draft=not args.no_draft)
 
 
 if __name__ == '__main__':

@@ -3,8 +3,10 @@
 Faces per second of the whole pipeline behind ``python -m jaxalign.predict`` on given boxes:
 decode the photo, crop, CNN1 -> spatial transform -> CNN2 on the device, 3DMM completion
 (:func:`jaxalign.inference.run_pipeline`), at batch 1 and batch 32 (by default), with
-the CNN and completion shares. The face detector (OpenCV Haar cascades, once per photo) is timed
-separately. Compilation is excluded (one warm-up pass per batch size), said so in the output.
+the CNN and completion shares. The face detector (the default one, once per photo, on the
+decode predict gives it: a JPEG at its draft scale, ``--no-draft`` full size) is timed
+separately, with that decode. Compilation is excluded (one warm-up pass per batch size), said
+so in the output.
 
 The model is a trained run (``--workdir``) or, for speed alone, a freshly initialised model of
 a config (default: the paper's pose-aware ResNet-50 pair at 224 px): the weights do not change
@@ -64,24 +66,31 @@ def main(argv=None) -> int:
   p.add_argument('--faces', type=int, default=None,
                  help='faces timed per batch size (default: 2 batches, at least 4 faces)')
   p.add_argument('--completion', default='jax', choices=inference.BACKENDS)
+  p.add_argument('--no-draft', action='store_true',
+                 help='decode JPEGs at full size (default: the draft scales predict uses)')
   p.add_argument('--json', action='store_true', help='print one JSON object')
   args = p.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   from jaxalign.data import records as records_lib  # pylint: disable=g-import-not-at-top
   from jaxalign.prediction import detector, pipeline  # pylint: disable=g-import-not-at-top
   try:
-    image = pipeline.read_image(args.image)
+    t = time.perf_counter()
+    photo = pipeline.read_photo(
+        args.image, 1.0 if args.no_draft else pipeline.detection_resolution(args.image))
+    decode_s = time.perf_counter() - t
     model, config, what, completion = _model(args)
   except (OSError, ValueError) as e:   # FileNotFoundError is an OSError
     print(f'error: {e}', file=sys.stderr)
     return 2
+  if args.no_draft:   # the crops too (they decode the photo at the run's draft scale)
+    config.data.jpeg_draft = False
   t = time.perf_counter()
-  dets = detector.detect_faces(image)
+  dets = detector.detect_faces(photo.image)
   detect_s = time.perf_counter() - t
   if args.bbox:
     box = pipeline.parse_bbox(args.bbox)
   elif dets:
-    box = dets[0].box
+    box = pipeline.boxes_to_photo(dets[0].box, photo.factor)
   else:
     print(f'error: {args.image}: no face detected; pass --bbox', file=sys.stderr)
     return 2
@@ -107,8 +116,9 @@ def main(argv=None) -> int:
       'benchmark': 'predict', 'model': what, 'completion': args.completion,
       'device': f'{jax.devices()[0].platform} ({jax.devices()[0].device_kind}, '
                 f'{jax.device_count()} device(s))',
-      'image': f'{args.image} ({image.shape[1]}x{image.shape[0]})',
-      'detector_s_per_image': detect_s, 'rows': rows, 'compilation': 'excluded',
+      'image': f'{args.image} ({photo.photo_hw[1]}x{photo.photo_hw[0]})',
+      'detector': detector.default_detector(), 'detector_decode_factor': photo.factor,
+      'detector_decode_s': decode_s, 'detector_s_per_image': detect_s, 'rows': rows, 'compilation': 'excluded',
       'cpu_count': os.cpu_count(), 'load_average': [round(x, 2) for x in os.getloadavg()],
       'date': time.strftime('%Y-%m-%d %H:%M'),
   }
@@ -117,7 +127,9 @@ def main(argv=None) -> int:
     return 0
   print(f'predict pipeline: {what}; completion {args.completion}; {result["device"]}; '
         f'image {result["image"]}; compilation excluded')
-  print(f'detector (Haar, frontal + 2 profile passes): {1000 * detect_s:.0f} ms per image')
+  print(f'detector ({result["detector"]}) on the 1/{photo.factor} decode '
+        f'({photo.image.shape[1]}x{photo.image.shape[0]}, decoded in {1000 * decode_s:.0f} ms): '
+        f'{1000 * detect_s:.0f} ms per image')
   print('batch  faces  faces/s  ms/face  CNN faces/s  completion faces/s')
   for r in rows:
     comp = '-' if r['completion_faces_per_s'] is None else f'{r["completion_faces_per_s"]:.1f}'

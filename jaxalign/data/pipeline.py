@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import grain
 import jax
@@ -144,11 +144,28 @@ def decode_image(path) -> np.ndarray:
 DRAFT_FACTORS = (8, 4, 2)
 
 
-def decode_photo(path, resolution: float = 1.0) -> tuple[np.ndarray, int, tuple[int, int]]:
+def draft_factor(resolution: float) -> int:
+  """The JPEG draft factor :func:`decode_photo` decodes at for ``resolution`` (decoded pixels
+  per photo pixel): the largest of :data:`DRAFT_FACTORS` f with f * resolution <= 1, else 1."""
+  return next((f for f in DRAFT_FACTORS if f * resolution <= 1.0), 1)
+
+
+class DecodedPhoto(NamedTuple):
+  """A photo already decoded (:func:`decode_photo`'s result), as a record's ``image``: the
+  faces of one photo share one decode (``predict``) and their crops account for its factor
+  exactly as when :func:`load_example` decodes the file itself."""
+
+  image: np.ndarray
+  factor: int
+  photo_hw: tuple[int, int]
+
+
+def decode_photo(path, resolution: float = 1.0) -> DecodedPhoto:
   """Decodes an image file at the smallest JPEG draft scale that keeps ``resolution``.
 
   Args:
-    path: an image file, or an (H, W, 3) uint8 array (returned as it is, factor 1).
+    path: an image file, an (H, W, 3) uint8 array (returned as it is, factor 1), or a
+      :class:`DecodedPhoto` (returned as it is, whatever ``resolution``).
     resolution: decoded pixels needed per photo pixel (1: full size). A JPEG is decoded at
       1/f of its size, f the largest of 8, 4, 2 with 1/f >= ``resolution`` (PIL draft mode:
       the IDCT averages each f x f block, so it also antialiases); other formats at full size.
@@ -161,21 +178,23 @@ def decode_photo(path, resolution: float = 1.0) -> tuple[np.ndarray, int, tuple[
   Raises:
     ValueError: naming the file, if it cannot be decoded.
   """
+  if isinstance(path, DecodedPhoto):
+    return path
   if isinstance(path, np.ndarray):
     if path.ndim != 3 or path.shape[-1] != 3 or path.dtype != np.uint8:
       raise ValueError(f'image array of shape {path.shape} and dtype {path.dtype}: expected '
                        '(H, W, 3) uint8')
-    return path, 1, path.shape[:2]
+    return DecodedPhoto(path, 1, path.shape[:2])
   try:
     with Image.open(path) as im:
       factor, (w, h) = 1, im.size
       if im.format == 'JPEG' and resolution < 1.0:
-        want = next((f for f in DRAFT_FACTORS if f * resolution <= 1.0), 1)
+        want = draft_factor(resolution)
         if want > 1:
           im.draft('RGB', (-(-w // want), -(-h // want)))
           factor = int(round(w / im.size[0]))
       im.load()
-      return np.asarray(im.convert('RGB')), factor, (h, w)
+      return DecodedPhoto(np.asarray(im.convert('RGB')), factor, (h, w))
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise ValueError(f'{path}: cannot decode image ({e})') from None
 

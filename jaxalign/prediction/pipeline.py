@@ -10,6 +10,18 @@ write per face ``<stem>.pts``, ``<stem>.json`` (and
 Detector boxes follow the Haar cascades' framing, not the landmark box the network was trained
 on, so a detected face goes through the pipeline twice: the second pass crops around the tight
 box of the first pass's 68 points (the training framing for synthetic and folder data).
+
+JPEG draft decoding (``draft``, on by default; ``--no-draft``): a JPEG is decoded for the
+detector at the smallest DCT scale (1/2, 1/4, 1/8: PIL's draft mode) whose long side is still
+:data:`DETECT_LONG_SIDE` pixels, and the networks read a decode at the smallest scale that still
+gives the crop of the photo's smallest face its resolution (the host crop's pixels per photo
+pixel, :func:`jaxalign.data.pipeline.host_crop_matrix`; the scale training and evaluation decode
+that face at, :func:`jaxalign.data.pipeline.decode_photo`), decoded again only when that scale
+differs from the detector's. With a run trained with ``data.jpeg_draft=False`` the networks
+read the full-size decode, as in its training. Boxes, points and the overlay stay in the photo's
+pixels: detector boxes are mapped back (:func:`jaxalign.data.pipeline.photo_from_draft`), the
+crops account for the scale (:class:`jaxalign.data.pipeline.DecodedPhoto`), and the overlay is
+drawn at the photo's size on the finer decode enlarged to it.
 """
 
 from __future__ import annotations
@@ -32,6 +44,9 @@ from jaxalign.prediction import writer
 
 # Images decoded, detected and predicted together (bounds the memory held by decoded photos).
 IMAGES_PER_CHUNK = 32
+# Long side (pixels) of the JPEG draft decode the detector reads: MTCNN finds faces from 20 px,
+# so down to 2 % of the photo's long side (80 px on a 4,000 x 3,000 photo, read at 1/4).
+DETECT_LONG_SIDE = 1000
 
 
 @dataclasses.dataclass
@@ -58,12 +73,81 @@ def parse_bbox(text: str) -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """(H, W, 3) uint8 RGB; FileNotFoundError / ValueError naming the file."""
+  return read_photo(path).image
+
+
+def read_photo(path: str | os.PathLike, resolution: float = 1.0) -> data_pipeline.DecodedPhoto:
+  """:func:`jaxalign.data.pipeline.decode_photo` (a JPEG at the smallest draft scale that keeps
+  ``resolution``) after :func:`read_image`'s checks."""
   path = str(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such file')
   if os.path.isdir(path):
     raise ValueError(f'{path}: is a folder, not an image')
-  return data_pipeline.decode_image(path)
+  return data_pipeline.decode_photo(path, resolution)
+
+
+def _header(path) -> tuple[str, tuple[int, int]] | None:
+  """(format, (W, H)) from the image file's header; None where it cannot be read (the decode
+  then reports the file)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      return str(im.format), im.size
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    return None
+
+
+def detection_resolution(path: str | os.PathLike) -> float:
+  """Decoded pixels per photo pixel for the detector: :data:`DETECT_LONG_SIDE` over the photo's
+  long side, at most 1."""
+  header = _header(path)
+  return 1.0 if header is None or min(header[1]) <= 0 else \
+      min(1.0, DETECT_LONG_SIDE / max(header[1]))
+
+
+def decode_for_crops(path: str | os.PathLike, photo: data_pipeline.DecodedPhoto, boxes,
+                     spec: data_pipeline.CropSpec) -> data_pipeline.DecodedPhoto:
+  """The decode the networks read for the faces at ``boxes`` (photo pixels): the JPEG at the
+  smallest draft scale that keeps the crop of the smallest face (:func:`crop_resolution`);
+  ``photo`` (a decode of ``path``) itself when it is at that scale or not a JPEG."""
+  resolution = crop_resolution(boxes, spec)
+  if data_pipeline.draft_factor(resolution) == photo.factor:
+    return photo
+  # At full size: a JPEG too small for the detector's draft, or no JPEG (no draft scales).
+  if photo.factor == 1 and (_header(path) or ('',))[0] != 'JPEG':
+    return photo
+  return read_photo(path, resolution)
+
+
+def crop_resolution(boxes, spec: data_pipeline.CropSpec) -> float:
+  """Decoded pixels per photo pixel the host crops of ``boxes`` (photo pixels) need: the
+  largest crop scale (the smallest face's; 1 when the spec has no JPEG draft decoding)."""
+  if not spec.jpeg_draft or not len(boxes):
+    return 1.0
+  try:
+    return max(float(np.abs(data_pipeline.host_crop_matrix(b, spec)[0, 0])) for b in boxes)
+  except ValueError:   # a degenerate box: full size
+    return 1.0
+
+
+def boxes_to_photo(boxes, factor: int) -> np.ndarray:
+  """(..., 4) boxes in the pixels of a 1/``factor`` draft decode -> the photo's pixels."""
+  m = data_pipeline.photo_from_draft(factor)
+  b = np.asarray(boxes, np.float64)
+  corners = b.reshape(b.shape[:-1] + (2, 2)) @ m[:, :2].T + m[:, 2]
+  return corners.reshape(b.shape).astype(np.float32)
+
+
+def full_size(photo: data_pipeline.DecodedPhoto) -> np.ndarray:
+  """(H, W, 3) the decode at the photo's size (a draft decode enlarged bilinearly, pixel
+  centres where :func:`jaxalign.data.pipeline.photo_from_draft` puts them)."""
+  if photo.factor == 1:
+    return photo.image
+  import cv2  # pylint: disable=g-import-not-at-top
+  h, w = photo.photo_hw
+  return cv2.warpAffine(photo.image, data_pipeline.photo_from_draft(photo.factor), (w, h),
+                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _records(images, faces: Sequence[Face], num_points: int, boxes=None):
@@ -80,8 +164,9 @@ def predict_faces(model, config, images, faces: Sequence[Face],
   """The full pipeline on the given faces; detector boxes get a refinement pass.
 
   Args:
-    images: ``{image_index: (H, W, 3) uint8}`` (or a list) of the decoded photos the faces
-      index.
+    images: ``{image_index: (H, W, 3) uint8 or DecodedPhoto}`` (or a list) of the decoded
+      photos the faces index (a :class:`jaxalign.data.pipeline.DecodedPhoto` may be a JPEG
+      draft decode: boxes and points stay in the photo's pixels).
     completion: the run's :class:`jaxalign.inference.Completion` (or a backend name: the
       completion without the run's tables).
 
@@ -117,7 +202,7 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
             out: str | os.PathLike | None = None, mesh: bool = False, completion: str = 'jax',
             batch_size: int = 32, refine: bool = True, stderr: TextIO | None = None,
             stdout: TextIO | None = None, detector: str | None = None,
-            progress: bool | None = None, verify: bool = True) -> int:
+            progress: bool | None = None, verify: bool = True, draft: bool = True) -> int:
   """Predicts every face in ``images`` and writes the per-face files into ``out``.
 
   ``detector`` names the face detector (:data:`jaxalign.prediction.detector.DETECTORS`; None:
@@ -125,7 +210,9 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
   and its weaker candidates (below its usual final score, or found only by an extra pass) are
   kept only when the run's own CNN1 accepts them as faces (:mod:`jaxalign.prediction.verify`);
   the faces MTCNN finds at its usual thresholds are kept as before. ``progress`` shows a
-  progress bar over the photos (default: when stderr is a terminal).
+  progress bar over the photos (default: when stderr is a terminal). ``draft``: JPEG draft
+  decoding for the detector and the networks (the module docstring); off, every photo is decoded
+  at full size.
 
   Returns:
     The exit status: 0 when every image gave at least one face, 1 when any image failed
@@ -166,6 +253,7 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
         'mtcnn', thresholds=verify_lib.VERIFIED_THRESHOLDS,
         verifier=verify_lib.Verifier(verify_lib.run_points_fn(run)))
   scheme = schemes_lib.get_scheme(config.model.scheme)
+  spec = data_pipeline.CropSpec.from_config(config)
   out_dir = pathlib.Path(out) if out is not None else pathlib.Path(workdir) / 'predict'
   out_dir.mkdir(parents=True, exist_ok=True)
   sfm = None
@@ -183,30 +271,41 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
     bar = tqdm.tqdm(total=len(images), unit='photo', file=err)
   for start in range(0, len(images), IMAGES_PER_CHUNK):
     paths = list(images[start:start + IMAGES_PER_CHUNK])
-    decoded: dict[int, np.ndarray] = {}
+    decoded: dict[int, data_pipeline.DecodedPhoto] = {}   # what the networks read
+    overlays: dict[int, data_pipeline.DecodedPhoto] = {}  # the finer decode, drawn on
     faces: list[Face] = []
     for i, path in enumerate(paths):
       try:
-        image = read_image(path)
+        if box is not None:
+          found = [Face(i, box, 'bbox')]
+          photo = read_photo(path, crop_resolution([box], spec) if draft else 1.0)
+        else:
+          photo = read_photo(path, detection_resolution(path) if draft else 1.0)
+          try:
+            dets = detect(photo.image)
+          except (RuntimeError, FileNotFoundError) as e:
+            print(f'error: {path}: face detector unavailable: {e}', file=err)
+            return 2
+          found = [Face(i, boxes_to_photo(d.box, photo.factor),
+                        f'detector:{getattr(d, "detector", "")}:{d.kind}') for d in dets]
       except (OSError, ValueError) as e:
         print(f'error: {e}', file=err)
         failed += 1
         continue
-      if box is not None:
-        found = [Face(i, box, 'bbox')]
-      else:
-        try:
-          dets = detect(image)
-        except (RuntimeError, FileNotFoundError) as e:
-          print(f'error: {path}: face detector unavailable: {e}', file=err)
-          return 2
-        found = [Face(i, d.box, f'detector:{getattr(d, "detector", "")}:{d.kind}')
-                 for d in dets]
       if not found:
         print(f'{path}: no face detected (pass --bbox x0,y0,x1,y1 to give one)', file=err)
         failed += 1
         continue
-      decoded[i] = image
+      if draft and box is None:
+        try:
+          decoded[i] = decode_for_crops(path, photo, [f.box for f in found], spec)
+        except (OSError, ValueError) as e:
+          print(f'error: {e}', file=err)
+          failed += 1
+          continue
+      else:
+        decoded[i] = photo
+      overlays[i] = min(photo, decoded[i], key=lambda p: p.factor)
       faces += found
     if not faces:
       if bar is not None:
@@ -237,6 +336,7 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
             backend=None if config.model.kind == 'plain' else res['backend'],
             flipped=bool(res['flipped'][k]), box_source=faces[k].box_source,
             extra={'detector_box': np.asarray(faces[k].box).tolist(),
+                   'decode_factor': int(decoded[i].factor),
                    'checkpoint_step': int(step), 'workdir': str(workdir)})
         meshes = None
         if sfm is not None and shape is not None and np.isfinite(shape).all():
@@ -247,7 +347,7 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
         num_faces += 1
       else:
         writer.write_image(out_dir / f'{stem}.png',
-                           writer.draw_landmarks(decoded[i], drawn, scheme))
+                           writer.draw_landmarks(full_size(overlays[i]), drawn, scheme))
     if bar is not None:
       bar.update(len(paths))
   if bar is not None:
