@@ -215,7 +215,8 @@ def test_low_threshold_passes_run_with_a_verifier_and_their_faces_need_it(monkey
       'low': [_fake([10, 11, 50, 61], 0.97, -2), _fake([100, 10, 140, 60], 0.99, -2)],
       'low_mirror': [_fake([200, 10, 240, 60], 0.50, -2)],
   }
-  det = detector.MtcnnDetector(equalize=False)
+  assert detector.MtcnnDetector().low_thresholds is None      # off by default
+  det = detector.MtcnnDetector(equalize=False, low_thresholds=detector.LOW_THRESHOLDS)
   assert det.low_thresholds == detector.LOW_THRESHOLDS
   kinds = []
   monkeypatch.setattr(det, '_pass', lambda rgb, kind, mirrored=False: kinds.append(

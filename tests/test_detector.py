@@ -151,6 +151,19 @@ def test_bench_detect_on_tiny_synthetic_set(sfm_dir, tmp_path, capsys):
   assert bench_detect.main([str(out), '--detector', 'haar']) == 0
   text = capsys.readouterr().out
   assert f'| synth | haar | 2 | {r["faces"]} | {r["found"]}/{r["faces"]}' in text
+  # ... binned by the rendered yaws kept in yaws.json, each recall with its Wilson interval.
+  assert (out / 'yaws.json').is_file()
+  assert bench_detect.main([str(out), '--detector', 'haar', '--json']) == 0
+  back = json.loads(capsys.readouterr().out)['datasets']['synth']['haar']['recall_by']
+  yaw_bins = {k: v for k, v in r['recall_by'].items() if k.startswith('yaw')}
+  assert yaw_bins and sum(v['faces'] for v in yaw_bins.values()) == r['faces']
+  assert {k: (v['found'], v['faces']) for k, v in back.items() if k.startswith('yaw')} == {
+      k: (v['found'], v['faces']) for k, v in yaw_bins.items()}
+  for v in back.values():
+    assert v['interval'][0] <= v['recall'] <= v['interval'][1]
+  lo, hi = bench_detect.wilson_interval(48, 60)
+  assert abs(lo - 0.6822) < 1e-3 and abs(hi - 0.8817) < 1e-3
+  assert bench_detect.wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_bench_detect_bad_inputs(tmp_path, capsys):

@@ -23,9 +23,12 @@ and the missed faces (photo, side, |yaw|). ``--fit`` also prints the box mapping
 matched faces (medians, see :mod:`jaxalign.prediction.box_mapping`). ``--first-pass`` adds
 'mtcnn-first' (MTCNN without its mirror and equalised passes); ``--verify RUN`` adds
 'mtcnn+verify' (lowered stage thresholds, faces under ``--verify-accept`` checked by RUN's CNN1,
-:mod:`jaxalign.prediction.verify`, and MTCNN's low-threshold passes whose new faces are all
-verified, as ``predict`` runs it; ``--profile`` adds the profile cascade's verified candidates,
-``--baseline-too`` also scores it without the low-threshold passes).
+:mod:`jaxalign.prediction.verify`, as ``predict`` runs it); ``--low-thresholds T1,T2,T3`` adds
+MTCNN passes at those stage thresholds whose new faces are all verified, ``--profile`` the
+profile cascade's verified candidates, and ``--baseline-too`` scores 'mtcnn+verify-base'
+without either. A folder written by ``--write-synthetic`` holds ``yaws.json`` (the rendered
+yaws): its faces are binned by rendered yaw (0, 30, 55, 75, 88 degrees). Every recall comes with
+its 95 % Wilson interval.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 MATCH_SIDE_RANGE = (0.6, 3.0)
 SIZE_BINS = ((0, 32, '<32px'), (32, 64, '32-64px'), (64, 1e9, '>=64px'))
 YAW_BINS = ((0, 20, 'frontal'), (20, 65, 'three-quarter'), (65, 91, 'profile'))
+# The synthetic photos' rendered |yaw| (detect_scenes.YAWS: 0, 30, 55, 75, 88 degrees).
+RENDERED_YAW_BINS = ((0, 15, 'yaw0'), (15, 42, 'yaw30'), (42, 65, 'yaw55'), (65, 81, 'yaw75'),
+                     (81, 91, 'yaw88'))
 # Finer |yaw| bins for the misses of real faces (degrees).
 MISS_YAW_BINS = ((0, 15, 'yaw<15'), (15, 30, 'yaw15-30'), (30, 45, 'yaw30-45'),
                  (45, 60, 'yaw45-60'), (60, 91, 'yaw>=60'), (91, 1e9, 'yaw?'))
@@ -196,6 +202,33 @@ def _bins(values, bins) -> list[str]:
   return [next(label for lo, hi, label in bins if lo <= v < hi) for v in values]
 
 
+def wilson_interval(found: int, total: int, z: float = 1.96) -> tuple[float, float]:
+  """The Wilson score interval (95 % for z = 1.96) of a recall ``found / total``."""
+  if total <= 0:
+    return (0.0, 1.0)
+  p = found / total
+  d = 1 + z * z / total
+  c = (p + z * z / (2 * total)) / d
+  h = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / d
+  return (float(max(0.0, c - h)), float(min(1.0, c + h)))
+
+
+def rendered_yaws(folder: str, photos) -> list[np.ndarray] | None:
+  """Per photo, the faces' rendered |yaw| from ``yaws.json`` of a folder written by
+  ``--write-synthetic`` (None when there is none or it lacks a photo)."""
+  path = pathlib.Path(folder) / 'yaws.json'
+  if not path.is_file():
+    return None
+  table = json.loads(path.read_text())
+  out = []
+  for photo, _, faces in photos:
+    yaws = table.get(pathlib.Path(photo).stem)
+    if yaws is None or len(yaws) != len(faces):
+      return None
+    out.append(np.abs(np.asarray(yaws, np.float64)))
+  return out
+
+
 def face_yaws(photos) -> list[np.ndarray | None]:
   """Per photo, (faces,) |yaw| in degrees of each face from the rigid 3DMM fit of its annotated
   points (:func:`jaxalign.morphable.pose.estimate_pose`); None for every photo when the Surrey
@@ -276,7 +309,9 @@ def evaluate(detector, photos, yaws=None, image_variant: str = 'colour',
          'recall': len(pairs) / max(num_faces, 1), 'recall_iou': hits_iou / max(num_faces, 1),
          'false': false, 'false_per_photo': false / max(len(photos), 1),
          'seconds_per_photo': seconds / max(len(photos), 1),
-         'recall_by': {k: {'found': v[0], 'faces': v[1], 'recall': v[0] / v[1]}
+         'recall_interval': wilson_interval(len(pairs), num_faces),
+         'recall_by': {k: {'found': v[0], 'faces': v[1], 'recall': v[0] / v[1],
+                           'interval': wilson_interval(v[0], v[1])}
                        for k, v in groups.items()}}
   if mapped:
     mapped, truth = np.stack(mapped), np.stack(truth)
@@ -333,9 +368,9 @@ def _parser():
                  help="with --verify: faces scoring below this go to the verifier (lowered "
                       'stage thresholds also let clutter through at final scores over 0.7)')
   p.add_argument('--low-thresholds', default=None,
-                 help="with --verify: stage thresholds of the low-threshold passes whose new "
-                      "faces are all verified ('none': no such passes; default: "
-                      'detector.LOW_THRESHOLDS)')
+                 help="with --verify: add MTCNN passes (image, mirror) at these stage "
+                      'thresholds whose new faces are all verified (e.g. 0.3,0.4,0.3, '
+                      "detector.LOW_THRESHOLDS; default: none, as predict)")
   p.add_argument('--profile', action='store_true',
                  help="with --verify: add the profile cascade's verified candidates")
   p.add_argument('--profile-min-neighbours', type=int, default=None,
@@ -375,9 +410,8 @@ def main(argv) -> int:
       from jaxalign.prediction import verify  # pylint: disable=g-import-not-at-top
       verifier = verify.Verifier(verify.run_points_fn(inference.Run.load(args.verify)))
       thresholds = tuple(float(t) for t in args.verify_thresholds.split(','))
-      low = detector_lib.LOW_THRESHOLDS if args.low_thresholds is None else (
-          None if args.low_thresholds == 'none' else
-          tuple(float(t) for t in args.low_thresholds.split(',')))
+      low = None if args.low_thresholds in (None, 'none') else tuple(
+          float(t) for t in args.low_thresholds.split(','))
       detectors['mtcnn+verify'] = detector_lib.make_detector(
           'mtcnn', verifier=verifier, thresholds=thresholds, accept_score=args.verify_accept,
           low_thresholds=low, profile=args.profile,
@@ -396,7 +430,11 @@ def main(argv) -> int:
     except (FileNotFoundError, ValueError) as e:
       print(f'error: {e}', file=sys.stderr)
       return 2
-    datasets.append((name, photos, face_yaws(photos), MISS_YAW_BINS))
+    rendered = rendered_yaws(path, photos)
+    if rendered is not None:
+      datasets.append((name, photos, rendered, RENDERED_YAW_BINS))
+    else:
+      datasets.append((name, photos, face_yaws(photos), MISS_YAW_BINS))
   if args.synthetic > 0:
     from jaxalign.benchmarks import detect_scenes  # pylint: disable=g-import-not-at-top
     try:
@@ -408,7 +446,7 @@ def main(argv) -> int:
       detect_scenes.write_scenes(args.write_synthetic, scenes)
     datasets.append((f'synthetic (seed {args.seed})',
                      [(s.name, s.image, s.faces) for s in scenes], [s.yaws for s in scenes],
-                     YAW_BINS))
+                     RENDERED_YAW_BINS))
   results, pairs = {}, {}
   for name, photos, yaws, yaw_bins in datasets:
     for image_variant in variants:
@@ -441,7 +479,8 @@ def main(argv) -> int:
             f'{r["seconds_per_photo"]:.3f} |')
   for name, by_det in results.items():
     for det_name, r in by_det.items():
-      parts = ', '.join(f'{k} {v["found"]}/{v["faces"]}' for k, v in r['recall_by'].items())
+      parts = ', '.join(f'{k} {v["found"]}/{v["faces"]} [{100 * v["interval"][0]:.0f}-'
+                        f'{100 * v["interval"][1]:.0f} %]' for k, v in r['recall_by'].items())
       print(f'{name} / {det_name}: {parts}; recall at IoU >= {HIT_IOU}: '
             f'{100 * r["recall_iou"]:.1f} %')
       if args.misses:

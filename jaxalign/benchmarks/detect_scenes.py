@@ -122,7 +122,9 @@ def make_scenes(num: int, seed: int = 0, width: int = 640, height: int = 480,
 
 
 def write_scenes(out_dir: str | os.PathLike, scenes: list[Scene]) -> pathlib.Path:
-  """Writes ``<name>.png`` and ``<name>_<k>.pts`` per scene (the ``bench detect`` layout)."""
+  """Writes ``<name>.png`` and ``<name>_<k>.pts`` per scene (the ``bench detect`` layout) and
+  ``yaws.json`` (``{name: [yaw of face k, ...]}``, degrees; merged with one already there)."""
+  import json  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from jaxalign import io  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(out_dir)
@@ -131,4 +133,8 @@ def write_scenes(out_dir: str | os.PathLike, scenes: list[Scene]) -> pathlib.Pat
     Image.fromarray(s.image).save(out / f'{s.name}.png')
     for k, pts in enumerate(s.faces):
       io.write_pts(out / f'{s.name}_{k}.pts', pts)
+  table_path = out / 'yaws.json'
+  table = json.loads(table_path.read_text()) if table_path.is_file() else {}
+  table.update({s.name: [float(y) for y in s.yaws] for s in scenes})
+  table_path.write_text(json.dumps(table, indent=0))
   return out

@@ -47,8 +47,8 @@ FRONTAL_CASCADE = 'haarcascade_frontalface_alt2.xml'
 PROFILE_CASCADE = 'haarcascade_profileface.xml'
 # Kinds of detection: Haar's three passes, and MTCNN's single 'face'.
 KINDS = ('frontal', 'profile', 'profile_mirrored', 'face')
-# Stage thresholds of MTCNN's low-threshold passes (image and mirror) when a verifier checks
-# every face that only they find (docs/benchmarks.md, issue 24).
+# Stage thresholds measured for MTCNN's optional low-threshold passes (image and mirror), whose
+# new faces a verifier checks (docs/benchmarks.md, issue 24: not on by default).
 LOW_THRESHOLDS = (0.3, 0.4, 0.3)
 # minNeighbors of the profile cascade when it feeds MTCNN's verified candidates.
 PROFILE_MIN_NEIGHBOURS = 3
@@ -328,7 +328,9 @@ class MtcnnDetector:
     accept_score: least final-stage score of a first-pass face kept without the verifier.
     verifier: optional verifier of the extra passes' weaker faces (None: they are dropped).
     low_thresholds: with a verifier, stage thresholds of the low-threshold passes (image and,
-      with ``mirror``, its mirror) whose new faces are kept only when verified; None: none.
+      with ``mirror``, its mirror) whose new faces are kept only when verified; None (the
+      default): none. :data:`LOW_THRESHOLDS` was measured and not kept: the verifier rejects
+      the near-profile faces they add and accepted one more false face on the real photos.
     profile: with a verifier, add the profile cascade's verified candidates (off by default:
       on the synthetic photos it found almost no face that MTCNN's candidates miss).
     profile_min_neighbours: the profile cascade's ``minNeighbors`` (None: the default).
@@ -342,7 +344,7 @@ class MtcnnDetector:
                scale_factor: float = 0.709, mirror: bool = True, equalize: bool = True,
                extra_min_score: float = 0.95, accept_score: float = 0.7,
                verifier: Callable | None = None,
-               low_thresholds: tuple | None = LOW_THRESHOLDS, profile: bool = False,
+               low_thresholds: tuple | None = None, profile: bool = False,
                profile_min_neighbours: int | None = PROFILE_MIN_NEIGHBOURS,
                profile_min_size: int = 20, profile_iou: float = 0.3):
     try:
