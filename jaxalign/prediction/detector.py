@@ -50,7 +50,8 @@ KINDS = ('frontal', 'profile', 'profile_mirrored', 'face')
 # Stage thresholds measured for MTCNN's optional low-threshold passes (image and mirror), whose
 # new faces a verifier checks (docs/benchmarks.md, issue 24: not on by default).
 LOW_THRESHOLDS = (0.3, 0.4, 0.3)
-# minNeighbors of the profile cascade when it feeds MTCNN's verified candidates.
+# minNeighbors of the profile cascade when it feeds MTCNN's verified candidates (not tuned: the
+# cascade is off by default, docs/benchmarks.md, issue 24).
 PROFILE_MIN_NEIGHBOURS = 3
 # Best first: the default is the first one installed.
 DETECTORS = ('mtcnn', 'haar')
@@ -307,9 +308,9 @@ class MtcnnDetector:
   ``(image, [Detection]) -> (N,) bool``, :mod:`jaxalign.prediction.verify`) accepts it; the
   first pass's detections are kept when they score at least ``accept_score`` (MTCNN's usual
   final threshold), weaker ones (with ``thresholds`` lowered) only when the verifier accepts.
-  With a verifier, two more passes (image and mirror) run at ``low_thresholds``; a face that
-  only they found is kept when the verifier accepts it, whatever its score (lowered early
-  stages let clutter reach high final scores).
+  With a verifier and ``low_thresholds`` set (off by default), two more passes (image and
+  mirror) run at those stage thresholds; a face that only they found is kept when the verifier
+  accepts it, whatever its score (lowered early stages let clutter reach high final scores).
 
   With a verifier and ``profile``, OpenCV's profile Haar cascade (on the equalised luma and on
   its mirror, :func:`cascade_detections`) is a second source of candidates for turned faces
@@ -416,7 +417,8 @@ class MtcnnDetector:
     return suppress(found)
 
   def raw(self, image: np.ndarray) -> list[Detection]:
-    """MTCNN's accepted detections with its own boxes (no mapping), largest first."""
+    """The accepted detections with the detectors' own boxes (no mapping): MTCNN's, largest
+    first, then the profile cascade's verified ones (with ``profile``)."""
     found = self.candidates(image)
     keep = [(d.neighbours == 0 and d.score >= self.accept_score) or
             (d.neighbours >= -1 and d.score >= self.extra_min_score) for d in found]
