@@ -219,8 +219,7 @@ def run_photos(config, photos_dir, steps: int, warmup: int, cache_dir=None,
 def _draft_factor(record, spec) -> int:
   """The JPEG draft factor the pipeline decodes ``record``'s photo at."""
   from jaxalign.data import pipeline  # pylint: disable=g-import-not-at-top
-  k = float(np.abs(pipeline.host_crop_matrix(record.box, spec)[0, 0]))
-  return next((f for f in pipeline.DRAFT_FACTORS if f * k <= 1.0), 1)
+  return pipeline.draft_factor(float(np.abs(pipeline.host_crop_matrix(record.box, spec)[0, 0])))
 
 
 def main(argv) -> int:
