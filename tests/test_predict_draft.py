@@ -165,3 +165,20 @@ def test_geometry_helpers():
   assert data_pipeline.draft_factor(res) == 1
   no_draft = data_pipeline.CropSpec(input_size=32, host_scale=1.5, jpeg_draft=False)
   assert pipeline.crop_resolution([large], no_draft) == 1.0
+
+
+def test_full_size_enlarges_a_draft_decode_with_the_project_warp():
+  """The overlay's enlargement: a 1/4 draft of a smooth ramp enlarged to the photo's size puts
+  each draft pixel's value at its centre in the photo (f i + (f - 1) / 2) and leaves no black
+  border."""
+  ys, xs = np.mgrid[0:30, 0:40]
+  draft = np.stack([xs * 6, ys * 8, np.full_like(xs, 128)], -1).astype(np.uint8)
+  out = pipeline.full_size(data_pipeline.DecodedPhoto(draft, 4, (120, 160))).astype(float)
+  assert out.shape == (120, 160, 3)
+  # Draft pixel (10, 20)'s centre is photo (41.5, 81.5): the mean of the two photo pixels around
+  # it on the ramp (1.5 levels a photo pixel) is the draft's value.
+  assert out[41, 81:83, 0].mean() == pytest.approx(draft[10, 20, 0], abs=0.6)
+  assert out[41:43, 81, 1].mean() == pytest.approx(draft[10, 20, 1], abs=0.6)
+  assert out[:, :, 2].min() >= 120          # no zero fill at the edges
+  same = data_pipeline.DecodedPhoto(draft, 1, (30, 40))
+  assert pipeline.full_size(same) is draft

@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxalign import inference
 from jaxalign import schemes as schemes_lib
+from jaxalign import transforms
 from jaxalign.data import pipeline as data_pipeline
 from jaxalign.data import records as records_lib
 from jaxalign.prediction import detector as detector_lib
@@ -144,10 +145,8 @@ def full_size(photo: data_pipeline.DecodedPhoto) -> np.ndarray:
   centres where :func:`jaxalign.data.pipeline.photo_from_draft` puts them)."""
   if photo.factor == 1:
     return photo.image
-  import cv2  # pylint: disable=g-import-not-at-top
-  h, w = photo.photo_hw
-  return cv2.warpAffine(photo.image, data_pipeline.photo_from_draft(photo.factor), (w, h),
-                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+  return transforms.warp_image_host(photo.image, data_pipeline.photo_from_draft(photo.factor),
+                                   tuple(photo.photo_hw))
 
 
 def _records(images, faces: Sequence[Face], num_points: int, boxes=None):
