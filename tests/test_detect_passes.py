@@ -242,3 +242,24 @@ def test_low_threshold_passes_run_with_a_verifier_and_their_faces_need_it(monkey
   kinds.clear()
   det.raw(image)
   assert kinds == [('first', False), ('mirror', True)]
+
+
+def test_bench_shares_mtcnn_runs_and_verdicts_between_gates():
+  calls = []
+
+  def candidates(image):
+    calls.append('c')
+    return [_fake([1, 2, 3, 4], 0.9, -1)]
+
+  def verifier(image, dets):
+    calls.append(len(dets))
+    return np.array([d.box[0] > 5 for d in dets])
+  shared_c, shared_v = (bench_detect.SharedResults(candidates),
+                        bench_detect.SharedResults(verifier))
+  a, b = np.zeros((8, 8, 3), np.uint8), np.ones((8, 8, 3), np.uint8)
+  assert len(shared_c(a)) == len(shared_c(a)) == 1 and len(shared_c(b)) == 1
+  dets = [_fake([1, 2, 3, 4], 0.8, -1), _fake([9, 2, 13, 4], 0.8, -1)]
+  assert shared_v(a, dets[:1]).tolist() == [False]
+  assert shared_v(a, dets).tolist() == [False, True]     # only the new box is verified
+  assert shared_v(b, dets[:1]).tolist() == [False]       # another image: verified again
+  assert calls == ['c', 'c', 1, 1, 1]

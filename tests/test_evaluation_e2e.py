@@ -326,6 +326,7 @@ def test_predict_verifies_weak_detections_with_the_runs_cnn1(run, tmp_path, monk
                            '--out', str(tmp_path / 'a'), '--no-progress']) == 0
   name, options = made[-1]
   assert name == 'mtcnn' and options['thresholds'] == verify.VERIFIED_THRESHOLDS
+  assert options['extra_min_score'] == verify.VERIFIED_EXTRA_MIN_SCORE
   assert isinstance(options['verifier'], verify.Verifier)
   assert options['verifier'].points_fn(np.zeros((64, 64, 3), np.uint8),
                                        np.array([[8, 8, 56, 56]])).shape == (1, 68, 2)

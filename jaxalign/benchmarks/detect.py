@@ -26,7 +26,9 @@ matched faces (medians, see :mod:`jaxalign.prediction.box_mapping`). ``--first-p
 :mod:`jaxalign.prediction.verify`, as ``predict`` runs it); ``--low-thresholds T1,T2,T3`` adds
 MTCNN passes at those stage thresholds whose new faces are all verified, ``--profile`` the
 profile cascade's verified candidates, and ``--baseline-too`` scores 'mtcnn+verify-base'
-without either. A folder written by ``--write-synthetic`` holds ``yaws.json`` (the rendered
+without either; ``--verify-extra-min-score 0.85,0.95`` scores 'mtcnn+verify' with the first gate
+on the faces only an extra pass found and adds 'mtcnn+verify@0.95' (same MTCNN runs, another
+gate). A folder written by ``--write-synthetic`` holds ``yaws.json`` (the rendered
 yaws): its faces are binned by rendered yaw (0, 30, 55, 75, 88 degrees). Every recall comes with
 its 95 % Wilson interval.
 """
@@ -34,6 +36,8 @@ its 95 % Wilson interval.
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import pathlib
 import re
@@ -324,6 +328,30 @@ def evaluate(detector, photos, yaws=None, image_variant: str = 'colour',
   return out
 
 
+class SharedResults:
+  """Remembers what a detector's ``candidates(image)`` or a verifier's ``(image, detections)``
+  returned, per image (its pixels' digest) and detection box, so that detectors that differ only
+  in which candidates they accept run MTCNN and CNN1 once per photo (their timings then count
+  only the first run)."""
+
+  def __init__(self, fn):
+    self.fn, self.seen = fn, {}
+
+  def __call__(self, image, detections=None):
+    img = np.ascontiguousarray(image)
+    key = (hashlib.sha1(img.tobytes()).hexdigest(), img.shape)
+    if detections is None:
+      if key not in self.seen:
+        self.seen[key] = self.fn(image)
+      return list(self.seen[key])
+    keys = [key + (tuple(np.asarray(d.box, np.float32).tolist()),) for d in detections]
+    new = [i for i, k in enumerate(keys) if k not in self.seen]
+    if new:
+      for i, ok in zip(new, np.asarray(self.fn(image, [detections[i] for i in new]), bool)):
+        self.seen[keys[i]] = bool(ok)
+    return np.array([self.seen[k] for k in keys], bool)
+
+
 def fit_all(pairs_by_detector: dict) -> dict:
   """Per detector and kind, the box mapping fitted on all matched pairs (mirrored profile
   detections pooled with the profile ones)."""
@@ -345,7 +373,8 @@ def _parser():
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('datasets', nargs='*', help='folders of photos with .pts per face, or photos')
   p.add_argument('--detector', action='append', default=None,
-                 help='detector name (repeatable; default: every installed one)')
+                 help="detector name (repeatable; default: every installed one; 'none': "
+                      'only the --first-pass and --verify rows)')
   p.add_argument('--synthetic', type=int, default=0,
                  help='add this many synthetic photos (needs JAXALIGN_SFM_DIR)')
   p.add_argument('--seed', type=int, default=0, help='seed of the synthetic photos')
@@ -364,6 +393,11 @@ def _parser():
                       "checked by RUN's CNN1 (jaxalign.prediction.verify)")
   p.add_argument('--verify-thresholds', default='0.5,0.6,0.5',
                  help="with --verify: MTCNN's stage thresholds of 'mtcnn+verify'")
+  p.add_argument('--verify-extra-min-score', default=None, metavar='S[,S...]',
+                 help="with --verify: least score of a face that only an extra pass (mirror, "
+                      "equalised) found, kept unverified (default: predict's, "
+                      'verify.VERIFIED_EXTRA_MIN_SCORE); more values add '
+                      "'mtcnn+verify@S' rows that share the first one's MTCNN runs")
   p.add_argument('--verify-accept', type=float, default=0.7,
                  help="with --verify: faces scoring below this go to the verifier (lowered "
                       'stage thresholds also let clutter through at final scores over 0.7)')
@@ -401,7 +435,7 @@ def main(argv) -> int:
     return 2
   names = args.detector or detector_lib.available_detectors()
   try:
-    detectors = {n: detector_lib.make_detector(n) for n in names}
+    detectors = {n: detector_lib.make_detector(n) for n in names if n != 'none'}
     if args.first_pass:
       detectors['mtcnn-first'] = detector_lib.make_detector('mtcnn', mirror=False,
                                                             equalize=False)
@@ -412,13 +446,21 @@ def main(argv) -> int:
       thresholds = tuple(float(t) for t in args.verify_thresholds.split(','))
       low = None if args.low_thresholds in (None, 'none') else tuple(
           float(t) for t in args.low_thresholds.split(','))
+      gates = [verify.VERIFIED_EXTRA_MIN_SCORE] if args.verify_extra_min_score is None else [
+          float(g) for g in args.verify_extra_min_score.split(',')]
+      verifier = SharedResults(verifier)
       detectors['mtcnn+verify'] = detector_lib.make_detector(
           'mtcnn', verifier=verifier, thresholds=thresholds, accept_score=args.verify_accept,
-          low_thresholds=low, profile=args.profile,
+          low_thresholds=low, profile=args.profile, extra_min_score=gates[0],
           profile_min_neighbours=args.profile_min_neighbours)
+      base = detectors['mtcnn+verify']
+      base.candidates = SharedResults(base.candidates)
+      for gate in gates[1:]:   # the same MTCNN runs and verdicts, another acceptance gate
+        detectors[f'mtcnn+verify@{gate:g}'] = copy.copy(base)
+        detectors[f'mtcnn+verify@{gate:g}'].extra_min_score = gate
       if args.baseline_too:
         detectors['mtcnn+verify-base'] = detector_lib.make_detector(
-            'mtcnn', verifier=verifier, thresholds=thresholds,
+            'mtcnn', verifier=verifier, thresholds=thresholds, extra_min_score=gates[0],
             accept_score=args.verify_accept, low_thresholds=None, profile=False)
   except (ValueError, RuntimeError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -40,6 +40,10 @@ import numpy as np
 # faces found against 70, with no more false detections on the real photos (docs/benchmarks.md,
 # "Finding every face"); 0.3 / 0.4 / 0.3 found 77 but let 3 false detections through there.
 VERIFIED_THRESHOLDS = (0.5, 0.6, 0.5)
+# With a verifier: least final-stage score of a face that only MTCNN's mirror or equalised pass
+# found, kept without verification (MtcnnDetector's extra_min_score; the verifier judges weaker
+# ones). Candidate value, see docs/benchmarks.md ("Extra-pass gate 0.85").
+VERIFIED_EXTRA_MIN_SCORE = 0.95
 
 # Points-function signature: (image (H, W, 3) uint8, boxes (N, 4)) -> (N, 68, 2) image pixels.
 PointsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
