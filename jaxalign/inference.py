@@ -14,7 +14,9 @@ and the benchmarks, so that all of them compute the same points::
   res['valid']      # (N,) bool: False where the image could not be decoded (points NaN)
 
 Pipeline per face: crop around the box exactly as in training (:mod:`jaxalign.data.pipeline`,
-no augmentation) -> CNN1 -> spatial transform -> CNN2 -> inverse crop -> completion of the
+no augmentation) -> CNN1 -> spatial transform -> CNN2 -> inverse crop [-> with
+``config.eval.recrop``, the same again on a crop around these points, the two passes averaged:
+:func:`predict_with_recrop`] -> completion of the
 unstable points as the run's :class:`Completion` says (its backend and convention, and the
 tables calibrated on held-out faces at the end of training, :mod:`jaxalign.calibration`).
 
@@ -375,6 +377,48 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
           'flipped': flipped, 'boxes': boxes, 'valid': valid, 'cnn2_outside': outside}
 
 
+def recrop_records(records, points) -> list:
+  """``records`` with each box replaced by the tight box of ``points`` (N, L, 2) (the network's
+  own landmarks, image pixels), the framing the networks were trained on; a face whose points
+  give no valid box keeps its box."""
+  out = []
+  for r, p in zip(records, np.asarray(points, np.float32)):
+    box = records_lib.landmark_box(p) if np.isfinite(p).all() else None
+    out.append(dataclasses.replace(r, box=box) if box is not None and records_lib.valid_box(box)
+               else r)
+  return out
+
+
+def average_passes(first: dict, second: dict) -> dict:
+  """:func:`predict_records`' dicts of two passes on the same faces -> one: CNN1's points and the
+  pair's points averaged where both passes are valid (the first pass's elsewhere). The stable
+  set, the flip, the boxes and the outside fraction stay the first pass's; at those stable points
+  the second pass contributes its own pair's estimate (CNN2's, or CNN1's where it flipped the
+  other way)."""
+  both = (first['valid'] & second['valid'])[:, None, None]
+
+  def mean(a, b):
+    return np.where(both, 0.5 * (a + b), a).astype(np.float32)
+
+  rough = mean(first['rough'], second['rough'])
+  pair = mean(first['cnn_points'], second['cnn_points'])
+  stable = np.where(np.isnan(first['stable']), np.nan, pair).astype(np.float32)
+  return dict(first, rough=rough, stable=stable, cnn_points=merge_stable(stable, rough))
+
+
+def predict_with_recrop(model, config, records, batch_size: int = 64) -> dict:
+  """:func:`predict_records`, then (``config.eval.recrop``) a second pass on crops around the
+  first pass's own points (no box jitter: that box is the network's, not a detector's), the two
+  averaged (:func:`average_passes`). Beyond the paper: measured in
+  docs/experiments/cpu_300w.md."""
+  first = predict_records(model, config, records, batch_size=batch_size)
+  if not bool(config.eval.recrop) or not len(records):
+    return first
+  second = predict_records(model, pipeline.without_box_jitter(config),
+                           recrop_records(records, first['cnn_points']), batch_size=batch_size)
+  return average_passes(first, second)
+
+
 # ------------------------------------------------------------------------------- completion
 
 def complete_points(points, scheme, backend: str, flip=None, train_dir: str | None = None,
@@ -493,7 +537,7 @@ def run_pipeline(model, config, records, completion: Completion | str | None = N
   n = len(records)
   batch_size = int(batch_size or config.eval.batch_size)
   t0 = time.perf_counter()
-  out = predict_records(model, config, records, batch_size=batch_size)
+  out = predict_with_recrop(model, config, records, batch_size=batch_size)
   t1 = time.perf_counter()
   valid = out['valid']
   points = out['cnn_points'].copy()

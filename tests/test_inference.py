@@ -211,3 +211,82 @@ def test_calibration_goes_through_run_pipeline(run, monkeypatch):
   np.testing.assert_array_equal(np.where(np.isfinite(alpha), alpha, np.nan),
                                 np.asarray(table['blend']['alpha'], np.float64))
   assert table['blend']['backend'] == 'jax' and table['blend']['fused'] is True
+
+
+def test_average_passes_keeps_the_first_pass_stable_set():
+  """eval.recrop's merge: CNN1's and the pair's points averaged over two passes, the stable set
+  (and flip, boxes) the first pass's, a face the second pass could not read kept as it was."""
+  nan = np.nan
+  first = {'rough': np.zeros((2, 3, 2), np.float32), 'valid': np.array([True, True]),
+           'stable': np.array([[[2, 2], [nan, nan], [nan, nan]]] * 2, np.float32),
+           'flipped': np.array([False, True]), 'boxes': np.ones((2, 4), np.float32)}
+  first['cnn_points'] = inference.merge_stable(first['stable'], first['rough'])
+  second = {'rough': np.full((2, 3, 2), 4.0, np.float32), 'valid': np.array([True, False]),
+            'stable': np.array([[[nan, nan], [6, 6], [nan, nan]]] * 2, np.float32),
+            'flipped': np.array([True, True]), 'boxes': np.zeros((2, 4), np.float32)}
+  second['cnn_points'] = inference.merge_stable(second['stable'], second['rough'])
+  out = inference.average_passes(first, second)
+  # face 0: point 0 stable in pass 1 (2) and CNN1's in pass 2 (4) -> 3; points 1-2 CNN1's mean.
+  np.testing.assert_array_equal(out['cnn_points'][0], [[3, 3], [2, 2], [2, 2]])
+  np.testing.assert_array_equal(out['rough'][0], np.full((3, 2), 2.0))
+  assert np.isnan(out['stable'][0, 1:]).all() and not np.isnan(out['stable'][0, 0]).any()
+  np.testing.assert_array_equal(out['cnn_points'][1], first['cnn_points'][1])   # pass 2 invalid
+  np.testing.assert_array_equal(out['flipped'], first['flipped'])
+  np.testing.assert_array_equal(out['boxes'], first['boxes'])
+
+
+def test_recrop_records_frames_the_points():
+  from jaxalign.data import records as records_lib
+  recs = [records_lib.FaceRecord(image='a.jpg', points=np.zeros((3, 2), np.float32),
+                                 box=np.array([0, 0, 9, 9], np.float32)) for _ in range(3)]
+  pts = np.array([[[1, 2], [5, 8], [3, 4]],
+                  [[1, 2], [np.nan, 8], [3, 4]],      # not finite: the box stays
+                  [[1, 2], [1, 2], [1, 2]]],          # no extent: the box stays
+                 np.float32)
+  out = inference.recrop_records(recs, pts)
+  np.testing.assert_array_equal(out[0].box, [1, 2, 5, 8])
+  np.testing.assert_array_equal(out[1].box, recs[1].box)
+  np.testing.assert_array_equal(out[2].box, recs[2].box)
+  assert out[0].image == 'a.jpg' and out[0] is not recs[0]
+
+
+def test_recrop_is_the_mean_of_a_pass_and_a_pass_around_its_points(run):
+  """run_pipeline with eval.recrop: the given (jittered) boxes, then crops around the first
+  pass's own points without jitter, the two averaged."""
+  from jaxalign.data import pipeline
+  opened = inference.Run.load(run)
+  config = opened.config.copy_and_resolve_references()
+  config.eval.box_jitter.shift, config.eval.box_jitter.scale = 0.05, 0.07
+  config.eval.box_jitter.rotation_deg = 10.0
+  recs = _records(run)
+  plain = inference.run_pipeline(opened.model, config, recs, 'none')
+  config.eval.recrop = True
+  res = inference.run_pipeline(opened.model, config, recs, 'none')
+  first = inference.predict_records(opened.model, config, recs)
+  second = inference.predict_records(opened.model, pipeline.without_box_jitter(config),
+                                     inference.recrop_records(recs, first['cnn_points']))
+  want = inference.average_passes(first, second)
+  np.testing.assert_allclose(res['points'], want['cnn_points'], atol=1e-4)
+  np.testing.assert_allclose(plain['points'], first['cnn_points'], atol=1e-4)
+  assert np.abs(res['points'] - plain['points']).max() > 1e-3
+  np.testing.assert_array_equal(res['boxes'], plain['boxes'])
+
+
+def test_predict_ignores_the_evaluation_box_jitter(run, tmp_path, real_face_paths):
+  """eval.box_jitter disturbs landmark boxes in evaluation only: predict's boxes (a detector's
+  or the caller's) are used as given, so its points do not depend on it."""
+  jittered = tmp_path / 'jittered'
+  shutil.copytree(run, jittered)
+  config = json.loads((jittered / 'config.json').read_text())
+  config['eval']['box_jitter'].update(shift=0.05, scale=0.07, rotation_deg=10.0)
+  (jittered / 'config.json').write_text(json.dumps(config))
+  image, _ = real_face_paths
+  points = []
+  for r in (run, jittered):
+    out_dir = tmp_path / f'p_{r.name}'
+    assert predict_cli.main(['--workdir', str(r), str(image), '--bbox', '60,60,200,200',
+                             '--out', str(out_dir), '--no-progress']) == 0
+    points.append(json.loads((out_dir / 'image_0010.json').read_text()))
+  first, second = (np.asarray(p['faces'][0]['points'] if 'faces' in p else p['points'],
+                               np.float64) for p in points)
+  np.testing.assert_array_equal(first, second)

@@ -497,6 +497,16 @@ def eval_jitter(config) -> tuple[float, float, float]:
   return float(j.rotation_deg), float(j.shift), float(j.scale)
 
 
+def without_box_jitter(config):
+  """A copy of ``config`` whose ``eval.box_jitter`` magnitudes are zero: for boxes that must
+  not be disturbed again (a detector's, a box file's, a second pass around the network's own
+  points). ``config`` itself is not changed."""
+  config = config.copy_and_resolve_references()
+  config.eval.box_jitter.shift = config.eval.box_jitter.scale = 0.0
+  config.eval.box_jitter.rotation_deg = 0.0
+  return config
+
+
 def jitter_keys(config, index) -> jax.Array:
   """(B,) per-face keys of the evaluation box jitter: ``fold_in(PRNGKey(eval.box_jitter.seed),
   record index)``, so a face's jitter depends only on its index in the test set."""

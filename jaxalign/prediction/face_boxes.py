@@ -139,7 +139,4 @@ def for_evaluation(records, config, mode: str = 'auto', detector: str | None = N
   jitter = config.eval.box_jitter
   records, counts = detector_boxes(records, detector, shift=float(jitter.shift),
                                    scale=float(jitter.scale), seed=int(jitter.seed))
-  config = config.copy_and_resolve_references()
-  config.eval.box_jitter.shift = config.eval.box_jitter.scale = 0.0
-  config.eval.box_jitter.rotation_deg = 0.0
-  return records, config, counts
+  return records, data_pipeline.without_box_jitter(config), counts

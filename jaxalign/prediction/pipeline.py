@@ -241,6 +241,8 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
   try:
     run = inference.Run.load(workdir)
     model, config, step = run.model, run.config, run.step
+    # A detector's box (or the caller's) is never disturbed by the evaluation's box jitter.
+    config = data_pipeline.without_box_jitter(config)
     # The run's tables where they were made for this completion (Completion.of_run).
     run_completion = run.completion(completion)
   except (FileNotFoundError, ValueError) as e:

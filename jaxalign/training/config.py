@@ -183,6 +183,10 @@ def base_config() -> ml_collections.ConfigDict:
   # CNN1's points averaged over the face and its mirror at test time (two CNN1 passes; CNN2 sees
   # one view, as its faces are all turned one way). Beyond the paper.
   c.eval.mirror_tta = False
+  # A second pass of the CNN pair on a crop around the first pass's own points (the training
+  # framing, without the box's error), averaged with the first (inference.predict_with_recrop).
+  # Twice the networks' cost at test time. Beyond the paper.
+  c.eval.recrop = False
   return c
 
 
