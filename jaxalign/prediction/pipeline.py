@@ -253,6 +253,7 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
     detect = detector_lib.make_detector(
         'mtcnn', thresholds=verify_lib.VERIFIED_THRESHOLDS,
         extra_min_score=verify_lib.VERIFIED_EXTRA_MIN_SCORE,
+        grey_equalized_min_score=verify_lib.VERIFIED_GREY_EQUALIZED_MIN_SCORE,
         verifier=verify_lib.Verifier(verify_lib.run_points_fn(run)))
   scheme = schemes_lib.get_scheme(config.model.scheme)
   spec = data_pipeline.CropSpec.from_config(config)
