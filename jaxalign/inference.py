@@ -178,6 +178,10 @@ class Completion:
     tables = read_tables(workdir) if tables is None else tables
     residuals = tables.get('residuals')
     pose_aware = config.model.kind == 'pose_aware'
+    if backend == 'learned' and not pose_aware:
+      # The plain model completes no point: its 3DMM fit only gives the pose, with the JAX fit
+      # (run_pipeline), so the plain twin of a 'learned' config needs no learned tables.
+      backend = 'jax'
     where = workdir if workdir is not None else 'the run'
     fusion = None
     if config.eval.completion_fusion and pose_aware and backend in JAX_FIT:

@@ -290,3 +290,15 @@ def test_predict_ignores_the_evaluation_box_jitter(run, tmp_path, real_face_path
   first, second = (np.asarray(p['faces'][0]['points'] if 'faces' in p else p['points'],
                                np.float64) for p in points)
   np.testing.assert_array_equal(first, second)
+
+
+def test_the_plain_twin_of_a_learned_config_needs_no_learned_tables():
+  """configs/cpu_300w.py uses the learned completion; its plain twin (model.kind=plain) fits the
+  3DMM only for the pose, so it opens its completion without learned_completion.json."""
+  config = _smoke_config(**{'model.kind': 'plain', 'eval.completion': True,
+                           'eval.completion_backend': 'learned'})
+  completion = inference.Completion.of_run(config, None, tables={})
+  assert completion.backend == 'jax' and completion.learned is None
+  config.model.kind = 'pose_aware'
+  with pytest.raises(ValueError, match='learned_completion.json'):
+    inference.Completion.of_run(config, None, tables={})
