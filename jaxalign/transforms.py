@@ -291,8 +291,8 @@ def warp_image_host(image: np.ndarray, matrix, size: int | tuple[int, int]) -> n
   The same matrix convention and bilinear sampling with zeros outside, run by PIL so that
   input-pipeline worker processes need no JAX: it brings images of any size to one square
   ``size`` for batching (or to ``size = (height, width)``: ``predict``'s overlay enlarges a JPEG
-  draft decode to the photo's size); every other warp (augmentation, spatial transform, flips) runs on the
-  device through :func:`warp_image`. Tested to agree with it (tests/test_pipeline.py).
+  draft decode to the photo's size); every other warp (augmentation, spatial transform, flips)
+  runs on the device through :func:`warp_image`. Tested to agree with it (tests/test_pipeline.py).
   ``matrix`` maps input pixel centres to output pixel centres; PIL samples at pixel corners +
   0.5, hence the half-pixel terms.
   """
@@ -306,6 +306,6 @@ def warp_image_host(image: np.ndarray, matrix, size: int | tuple[int, int]) -> n
   data = (inv[0, 0], inv[0, 1], c0, inv[1, 0], inv[1, 1], c1)
   pil = Image.fromarray(image)
   height, width = (size, size) if np.isscalar(size) else size
-  out = pil.transform((int(width), int(height)), Image.Transform.AFFINE, data, Image.Resampling.BILINEAR,
-                      fillcolor=(0, 0, 0))
+  out = pil.transform((int(width), int(height)), Image.Transform.AFFINE, data,
+                      Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
   return np.asarray(out)

@@ -2,6 +2,7 @@
 and model state without the optimiser), Completion (the one gating rule of the completion's
 tables), the one fallback, and the calibration that makes the tables through run_pipeline."""
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -302,3 +303,29 @@ def test_the_plain_twin_of_a_learned_config_needs_no_learned_tables():
   config.model.kind = 'pose_aware'
   with pytest.raises(ValueError, match='learned_completion.json'):
     inference.Completion.of_run(config, None, tables={})
+
+
+def test_predict_refines_only_a_detector_box_to_cnn1_framing(run, monkeypatch, real_face_paths):
+  """predict's refinement: a detector's box is replaced by the tight box of CNN1's first-pass
+  points (inference.recrop_records); a box the caller gave is kept."""
+  from jaxalign.data import pipeline as data_pipeline
+  from jaxalign.prediction import pipeline as predict_pipeline
+  opened = inference.Run.load(run)
+  image = data_pipeline.decode_image(str(real_face_paths[0]))
+  box = np.array([60, 60, 200, 200], np.float32)
+  faces = [predict_pipeline.Face(0, box, 'detector:mtcnn'), predict_pipeline.Face(0, box, 'bbox')]
+  seen = []
+  original = inference.run_pipeline
+
+  def spy(model, config, records, completion=None, batch_size=None):
+    seen.append(records)
+    return original(model, config, records, completion, batch_size)
+
+  monkeypatch.setattr(inference, 'run_pipeline', spy)
+  predict_pipeline.predict_faces(opened.model, opened.config, [image], faces, 'none')
+  from jaxalign.data import records as records_lib
+  given = dataclasses.replace(seen[0][0], box=box)
+  first = inference.predict_records(opened.model, opened.config, [given])
+  np.testing.assert_allclose(seen[0][0].box, records_lib.landmark_box(first['rough'][0]),
+                             atol=1e-3)
+  np.testing.assert_array_equal(seen[0][1].box, box)

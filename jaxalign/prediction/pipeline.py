@@ -180,11 +180,9 @@ def predict_faces(model, config, images, faces: Sequence[Face],
   if refine and any(f.box_source.startswith('detector') for f in faces):
     # First pass only for the CNN1 points (no completion needed for a box).
     first = inference.predict_records(model, config, records, batch_size=batch_size)
-    boxes = []
-    for f, rough, ok in zip(faces, first['rough'], first['valid']):
-      box = records_lib.landmark_box(rough) if ok and np.isfinite(rough).all() else f.box
-      boxes.append(box if f.box_source.startswith('detector') and
-                   records_lib.valid_box(box) else f.box)
+    framed = inference.recrop_records(records, first['rough'])   # NaN where not decoded
+    boxes = [r.box if f.box_source.startswith('detector') else f.box
+             for f, r in zip(faces, framed)]
     records = _records(images, faces, scheme.num_points, boxes)
   return inference.run_pipeline(model, config, records, completion, batch_size)
 
