@@ -43,6 +43,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ValueError / FileNotFoundError: bad config values or data folders (named in the message).
     jaxalign.training.trainer.NonFiniteLossError: the loss became non-finite.
   """
+  pretrain(config, workdir)
   result = trainer.train(config, workdir)
   data = result.pop('data')
   resolved = result.pop('config')
@@ -58,6 +59,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result['reports'] = runner.evaluate_splits(run, data['test_sets'], data['mean_shape'])
     result['report'] = next(iter(result['reports'].values()))
   return result
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+  """The pretraining stage (``config.pretrain``): trains ``pretrain.config`` into
+  ``WORKDIR/pretrain`` with its own data, evaluation and report, unless a checkpoint of its
+  last step is already there (a rerun resumes it, or skips it once finished). The trainer then
+  starts the run from its weights (:func:`jaxalign.training.trainer.init_source`).
+
+  Returns:
+    The pretraining run's folder, or None when the config has no pretraining stage.
+  """
+  if not (config.get('pretrain') and config.pretrain.config):
+    return None
+  config_lib.validate_pretrain(config)
+  stage = config_lib.load_config_file(config_lib.pretrain_config_path(config))
+  if int(config.pretrain.num_steps):
+    stage.num_steps = int(config.pretrain.num_steps)
+  # The stage runs on the devices (and processes) of the main run.
+  for key in ('cpu_devices', 'distributed', 'coordinator_address', 'num_processes',
+              'process_id', 'distributed_timeout_s'):
+    stage[key] = config[key]
+  folder = trainer.pretrain_dir(workdir)
+  if trainer.finished_steps(folder) >= int(stage.num_steps):
+    log.info('pretraining stage already finished in %s', folder)
+    return folder
+  log.info('pretraining stage: %s, %d steps, into %s', config.pretrain.config,
+           stage.num_steps, folder)
+  train_and_evaluate(stage, folder)
+  return folder
 
 
 def recalibrate(run, train_records, holdout) -> dict:

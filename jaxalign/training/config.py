@@ -10,6 +10,8 @@ their docstring; the command line overrides single keys with ``--config.key=valu
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from jaxalign import schemes
@@ -30,7 +32,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 5_000
   c.log_every = 100
   c.keep_checkpoints = 3
-  c.init_from = ''           # torchvision ResNet-50 weights (.pth / .safetensors) for both CNNs
+  # A run's folder (its weights: fine-tuning, synthetic pretraining) or torchvision ResNet
+  # weights (.pth / .safetensors, ImageNet) for both CNNs' backbones; '' = random.
+  c.init_from = ''
+  # A pretraining stage that the same command runs first (jaxalign.workflow.pretrain): the
+  # config file (e.g. 'configs/default.py': synthetic faces, our stand-in for ImageNet) trained
+  # into WORKDIR/pretrain, whose weights then start this run (as init_from would). Resumable;
+  # skipped once finished. '' = none.
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.config = ''
+  c.pretrain.num_steps = 0   # > 0: overrides the pretraining config's num_steps
   # CPU only: the host's cores as this many JAX devices, data parallel like GPUs (0 = one per
   # core, as many as divide batch_size; 1 = one device, XLA's threads inside each op). No effect
   # with XLA_FLAGS' --xla_force_host_platform_device_count or in multi-process runs.
@@ -255,6 +266,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail('data.host_scale', f'must be 0 (auto) or positive, got {config.data.host_scale}')
   if config.optim.schedule not in SCHEDULES:
     fail('optim.schedule', f'unknown schedule {config.optim.schedule!r}; expected {SCHEDULES}')
+  validate_pretrain(config)
   if not config.optim.learning_rate > 0:
     fail('optim.learning_rate', f'must be positive, got {config.optim.learning_rate}')
   if config.data.pose_bins < 1:
@@ -281,6 +293,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
          'data.source to a registered data set, or data.synthetic.enabled=True')
   if config.loss.kind not in ('wing', 'l1', 'l2'):
     fail('loss.kind', f'unknown loss {config.loss.kind!r}; expected wing, l1 or l2')
+
+
+def validate_pretrain(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ValueError`` naming the key when ``config.pretrain`` cannot work."""
+  if not (config.get('pretrain') and config.pretrain.config):
+    return
+  def fail(key, msg):
+    raise ValueError(f'config.{key}: {msg}')
+  if config.init_from:
+    fail('pretrain.config', f'set either pretrain.config ({config.pretrain.config!r}) or '
+         f'init_from ({config.init_from!r}), not both')
+  if not os.path.isfile(pretrain_config_path(config)):
+    fail('pretrain.config', f'config file {config.pretrain.config!r} does not exist (looked '
+         f'in the working directory and in {_REPO_DIR})')
+  if not isinstance(config.pretrain.num_steps, int) or config.pretrain.num_steps < 0:
+    fail('pretrain.num_steps', f"must be 0 (the config's own) or a positive integer, got "
+         f'{config.pretrain.num_steps!r}')
 
 
 def _validate_sources(config, fail) -> None:
@@ -323,10 +352,22 @@ def _validate_sources(config, fail) -> None:
            f'{config.model.scheme}; set model.scheme={scheme}')
 
 
+# The checkout holding this package (where configs/ lives in a source install).
+_REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def pretrain_config_path(config) -> str:
+  """``config.pretrain.config`` as a path: as given if it exists (relative to the working
+  directory), else relative to the checkout (``configs/default.py`` from anywhere)."""
+  path = str(config.pretrain.config)
+  if os.path.isfile(path) or os.path.isabs(path):
+    return path
+  return os.path.join(_REPO_DIR, path)
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """``get_config()`` of a config file (e.g. ``configs/smoke.py``), as ``--config`` loads it."""
   import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
     raise FileNotFoundError(f'config file {path} does not exist')
   spec = importlib.util.spec_from_file_location(
@@ -344,7 +385,6 @@ RUN_CONFIG_FILE = 'config.json'
 def save_run_config(config, workdir: str) -> str:
   """Writes the resolved config as ``WORKDIR/config.json`` (what :func:`load_run_config` and
   :class:`jaxalign.inference.Run` read)."""
-  import os  # pylint: disable=g-import-not-at-top
   from jaxalign import atomic  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, RUN_CONFIG_FILE)
   atomic.write_text(path, config.to_json_best_effort(indent=2, sort_keys=True))
@@ -430,7 +470,6 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     FileNotFoundError: ``workdir`` holds no ``config.json`` (not a training run).
     ValueError: the file is not valid JSON, or the run used a retired option.
   """
-  import os  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, RUN_CONFIG_FILE)
   saved = read_json_object(path)
   if saved is None:
@@ -445,7 +484,6 @@ def read_json_object(path: str) -> dict | None:
     ValueError: naming the file, when it is not valid JSON or not an object.
   """
   import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
     return None
   try:

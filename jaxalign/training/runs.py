@@ -1,13 +1,17 @@
 """A finished (or running) training run's model, restored from its folder.
 
 ``restore_model(workdir)`` is what :class:`jaxalign.inference.Run` restores: the parameters and
-model state only (the optimiser state on disk is never read).
+model state only (the optimiser state on disk is never read). ``init_from_run`` starts a new
+model from a run's weights (``config.init_from=RUN_DIR``: fine-tuning, synthetic pretraining).
 """
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
+from flax import nnx
 
 from jaxalign.training import checkpointing
 from jaxalign.training import config as config_lib
@@ -45,11 +49,64 @@ def restore_model(workdir: str, step: int | None = None, config=None):
   return model, config, int(restored['step'])
 
 
+def _trained_variables(model: nnx.Module) -> dict[tuple, nnx.Variable]:
+  """Path -> variable for what training changes: parameters and BatchNorm statistics (not the
+  :class:`~jaxalign.models.resnet.ModelConstant` mean shapes, canonical frame and weights)."""
+  return {path: v for path, v in nnx.iter_graph(model)
+          if isinstance(v, (nnx.Param, nnx.BatchStat))}
+
+
+def init_from_run(model: nnx.Module, workdir: str) -> tuple[list[str], list[str]]:
+  """Starts ``model`` from a trained run: copies every parameter and BatchNorm statistic of the
+  run's latest checkpoint whose path and shape match into ``model``, in place.
+
+  This is how a run fine-tunes another (``config.init_from=RUN_DIR``, e.g. real faces from a
+  synthetic pretraining run). The model's own constants stay: its mean shape and CNN2's
+  canonical frame come from its own training set. The input size may differ (the backbones
+  pool globally); the architecture may not.
+
+  Returns:
+    ``(copied, skipped)``: the dotted paths copied, and those skipped because the run's shape
+    differs (the landmark heads of a run with another landmark scheme).
+  Raises:
+    FileNotFoundError: ``workdir`` holds no run (config.json and a checkpoint).
+    ValueError: a backbone variable is missing from the run or has another shape (another
+      depth, width or model kind), or nothing matched.
+  """
+  source, _, step = restore_model(workdir)
+  have = _trained_variables(source)
+  copied, skipped, missing = [], [], []
+  for path, var in _trained_variables(model).items():
+    name = '.'.join(str(p) for p in path)
+    other = have.get(path)
+    if other is None:
+      missing.append(name)
+      continue
+    if other.shape != var.shape:
+      if 'head' in path:
+        skipped.append(name)
+        continue
+      raise ValueError(f'init_from={workdir}: {name} has shape {other.shape} in the run '
+                       f'(step {step}) but {var.shape} here: the architectures differ '
+                       '(model.depth / width / kind)')
+    var[...] = jax.numpy.asarray(other[...], var.dtype)
+    copied.append(name)
+  if missing or not copied:
+    raise ValueError(f'init_from={workdir}: the run (step {step}) lacks {len(missing)} of this '
+                     f'model\'s variables ({", ".join(missing[:3])}...): another model.kind '
+                     'or depth')
+  return copied, skipped
+
+
+def is_run_dir(path: str) -> bool:
+  """Whether ``path`` is a training run's folder (it holds ``config.json``)."""
+  return os.path.isdir(path) and os.path.isfile(os.path.join(path, config_lib.RUN_CONFIG_FILE))
+
+
 def read_mean_shape(workdir) -> np.ndarray | None:
   """The training mean shape (L, 2) in network-input pixels that the trainer saved in
   ``WORKDIR/data_stats.json``, or None (an older run, or not a run)."""
   import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   path = os.path.join(str(workdir), DATA_STATS)
   try:
     with open(path, encoding='utf-8') as f:

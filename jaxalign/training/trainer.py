@@ -108,10 +108,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model = state_lib.create_model(config, data['mean_shape'], data['canonical_shape'],
                                  int(config.seed))
-  if config.init_from:
-    from jaxalign.models import pretrained  # pylint: disable=g-import-not-at-top
-    n = pretrained.init_from_pretrained(model, config.init_from)
-    log.info('initialised %d ResNet backbone(s) from %s', n, config.init_from)
+  source = init_source(config, workdir)
+  if source:
+    _initialise(model, source)
   defs, params, model_state = state_lib.split_model(model)
   log.info('model %s ResNet-%s, %.2f M parameters, input %d px', config.model.kind,
            config.model.depth, state_lib.count_params(params) / 1e6, config.model.input_size)
@@ -154,6 +153,50 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
   result['data'] = data
   return result
+
+
+def pretrain_dir(workdir: str) -> str:
+  """Where the pretraining stage (``config.pretrain``) of the run in ``workdir`` trains."""
+  return os.path.join(os.path.abspath(workdir), 'pretrain')
+
+
+def finished_steps(workdir: str) -> int:
+  """The step of the newest checkpoint in ``workdir`` (0 without one)."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    return 0
+  ckpt = checkpointing.Checkpointer(workdir, async_save=False)
+  try:
+    return int(ckpt.latest_step() or 0)
+  finally:
+    ckpt.close()
+
+
+def init_source(config, workdir: str) -> str:
+  """What the run's weights start from: ``config.init_from``, else the pretraining stage's run
+  (``WORKDIR/pretrain``, trained first by :func:`jaxalign.workflow.pretrain`), else '' (random)."""
+  if config.init_from:
+    return str(config.init_from)
+  if config.get('pretrain') and config.pretrain.config:
+    folder = pretrain_dir(workdir)
+    if not runs.is_run_dir(folder):
+      raise FileNotFoundError(f'pretrain.config={config.pretrain.config!r}: no pretraining run '
+                              f'in {folder}; train with jaxalign.workflow.train_and_evaluate '
+                              '(python -m jaxalign.train), which runs the stage first')
+    return folder
+  return ''
+
+
+def _initialise(model, source: str) -> None:
+  """``config.init_from``: a training run's folder (its weights, e.g. a synthetic pretraining
+  run) or a torchvision ResNet weights file (ImageNet backbones)."""
+  if runs.is_run_dir(source):
+    copied, skipped = runs.init_from_run(model, source)
+    log.info('initialised %d variables from the run %s%s', len(copied), source,
+             f' (skipped, other shape: {", ".join(skipped)})' if skipped else '')
+    return
+  from jaxalign.models import pretrained  # pylint: disable=g-import-not-at-top
+  n = pretrained.init_from_pretrained(model, source)
+  log.info('initialised %d ResNet backbone(s) from %s', n, source)
 
 
 def _save_data_stats(workdir, data):

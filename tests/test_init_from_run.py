@@ -1,0 +1,137 @@
+"""``config.init_from=RUN_DIR``: a model starts from a trained run's weights (fine-tuning, the
+synthetic pretraining of real-face runs), keeping its own constants (mean shape, canonical)."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxalign.models import resnet
+from jaxalign.training import config as config_lib
+from jaxalign.training import runs
+from jaxalign.training import state as state_lib
+
+
+def _arrays(model, kind):
+  return {path: np.asarray(v[...]) for path, v in nnx.iter_graph(model) if isinstance(v, kind)}
+
+
+def _fresh(smoke_run, seed=7, **model_keys):
+  config = config_lib.load_run_config(str(smoke_run))
+  for key, value in model_keys.items():
+    config.model[key] = value
+  return state_lib.create_model(config, seed=seed), config
+
+
+def test_copies_every_parameter_and_statistic_and_keeps_the_constants(smoke_run):
+  source, _, _ = runs.restore_model(str(smoke_run))
+  model, _ = _fresh(smoke_run)
+  constants = _arrays(model, resnet.ModelConstant)
+  before = _arrays(model, nnx.Param)
+  copied, skipped = runs.init_from_run(model, str(smoke_run))
+  assert skipped == []
+  have, want = _arrays(model, nnx.Param), _arrays(source, nnx.Param)
+  assert len(copied) == len(want) + len(_arrays(source, nnx.BatchStat))
+  assert have.keys() == want.keys()
+  for path in want:
+    np.testing.assert_array_equal(have[path], want[path], err_msg=str(path))
+  # A fresh initialisation with another seed differs, so the copy did something.
+  assert any(not np.array_equal(before[p], want[p]) for p in want)
+  for path, stats in _arrays(source, nnx.BatchStat).items():
+    np.testing.assert_array_equal(_arrays(model, nnx.BatchStat)[path], stats)
+  for path, value in _arrays(model, resnet.ModelConstant).items():
+    np.testing.assert_array_equal(value, constants[path], err_msg=str(path))
+
+
+def test_heads_of_another_landmark_scheme_are_skipped(smoke_run):
+  model, _ = _fresh(smoke_run, scheme='aflw19')
+  copied, skipped = runs.init_from_run(model, str(smoke_run))
+  assert skipped and all('head' in name for name in skipped)
+  assert any('backbone' in name for name in copied)
+
+
+def test_another_architecture_is_refused_by_name(smoke_run):
+  model, _ = _fresh(smoke_run, kind='plain')
+  with pytest.raises(ValueError, match='init_from=.*lacks'):
+    runs.init_from_run(model, str(smoke_run))
+
+
+def test_a_folder_without_a_run_is_refused(smoke_run, tmp_path):
+  assert runs.is_run_dir(str(smoke_run))
+  assert not runs.is_run_dir(str(tmp_path))
+  model, _ = _fresh(smoke_run)
+  with pytest.raises(FileNotFoundError):
+    runs.init_from_run(model, str(tmp_path))
+
+
+def test_training_starts_from_the_run(smoke_run, tmp_path):
+  """``train`` with init_from=RUN: after one step at a tiny rate the convolutions are the run's."""
+  from jaxalign import workflow
+  config = config_lib.load_run_config(str(smoke_run))
+  config.init_from = str(smoke_run)
+  config.seed = 5
+  config.num_steps = 1
+  config.checkpoint_every = 1
+  config.optim.learning_rate = 1e-12
+  config.optim.final_learning_rate = 1e-12
+  config.optim.weight_decay = 0.0
+  workflow.train_and_evaluate(config, str(tmp_path / 'run'))
+  tuned, _, step = runs.restore_model(str(tmp_path / 'run'))
+  source, _, _ = runs.restore_model(str(smoke_run))
+  assert step == 1
+  have, want = _arrays(tuned, nnx.Param), _arrays(source, nnx.Param)
+  for path in want:
+    np.testing.assert_allclose(have[path], want[path], atol=1e-6, err_msg=str(path))
+  assert jax.tree.leaves(want)
+
+
+def test_the_pretraining_stage_runs_first_and_starts_the_run(smoke_run, tmp_path, monkeypatch,
+                                                             sfm_dir):
+  """``pretrain.config``: one command trains the stage into WORKDIR/pretrain, then the run from
+  its weights; a rerun does not train the stage again."""
+  from jaxalign import workflow
+  from jaxalign.training import trainer
+  config = config_lib.load_run_config(str(smoke_run))
+  config.pretrain.config = 'configs/smoke.py'     # synthetic faces, resolved from the checkout
+  config.pretrain.num_steps = 2
+  config.num_steps = 1
+  config.checkpoint_every = 1
+  config.optim.learning_rate = 1e-12
+  config.optim.final_learning_rate = 1e-12
+  config.optim.weight_decay = 0.0
+  config.eval.enabled = False
+  workdir = tmp_path / 'run'
+  calls = []
+  real_train = trainer.train
+  monkeypatch.setattr(trainer, 'train', lambda c, w: calls.append(w) or real_train(c, w))
+  workflow.train_and_evaluate(config, str(workdir))
+  stage = workdir / 'pretrain'
+  assert calls == [str(stage), str(workdir)]
+  assert trainer.finished_steps(str(stage)) == 2
+  assert config_lib.load_run_config(str(stage)).data.synthetic.enabled
+  tuned, _, _ = runs.restore_model(str(workdir))
+  pretrained, _, _ = runs.restore_model(str(stage))
+  have, want = _arrays(tuned, nnx.Param), _arrays(pretrained, nnx.Param)
+  for path in want:
+    np.testing.assert_allclose(have[path], want[path], atol=1e-6, err_msg=str(path))
+  # The run's own constants: its mean shape comes from its own training faces.
+  assert not np.allclose(_arrays(tuned, resnet.ModelConstant)[('cnn1', 'mean_shape')],
+                         _arrays(pretrained, resnet.ModelConstant)[('cnn1', 'mean_shape')])
+  calls.clear()
+  config.num_steps = 2
+  workflow.train_and_evaluate(config, str(workdir))      # resumes the run, not the stage
+  assert calls == [str(workdir)]
+
+
+@pytest.mark.parametrize('change, key', [
+    (dict(init_from='runs/x'), 'config.pretrain.config'),
+    (dict(pretrain_config='configs/nope.py'), 'config.pretrain.config'),
+    (dict(pretrain_steps=-1), 'config.pretrain.num_steps'),
+])
+def test_bad_pretraining_settings_are_named(change, key):
+  config = config_lib.base_config()
+  config.pretrain.config = change.get('pretrain_config', 'configs/smoke.py')
+  config.pretrain.num_steps = change.get('pretrain_steps', 0)
+  config.init_from = change.get('init_from', '')
+  with pytest.raises(ValueError, match=key):
+    config_lib.validate_pretrain(config)
