@@ -62,7 +62,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> str | None:
-  """The pretraining stage (``config.pretrain``): trains ``pretrain.config`` into
+  """The pretraining stage (``config.pretrain``): trains ``pretrain.config``, with this run's
+  architecture (``model.kind``, ``depth``, ``cnn2_depth``, ``width``), into
   ``WORKDIR/pretrain`` with its own data, evaluation and report, unless a checkpoint of its
   last step is already there (a rerun resumes it, or skips it once finished). The trainer then
   starts the run from its weights (:func:`jaxalign.training.trainer.init_source`).
@@ -76,7 +77,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> str | None:
   stage = config_lib.load_config_file(config_lib.pretrain_config_path(config))
   if int(config.pretrain.num_steps):
     stage.num_steps = int(config.pretrain.num_steps)
-  # The stage runs on the devices (and processes) of the main run.
+  # The stage pretrains this run's architecture (a plain twin pretrains a plain network), on
+  # the devices (and processes) of the main run.
+  for key in ('kind', 'depth', 'cnn2_depth', 'width'):
+    stage.model[key] = config.model[key]
   for key in ('cpu_devices', 'distributed', 'coordinator_address', 'num_processes',
               'process_id', 'distributed_timeout_s'):
     stage[key] = config[key]
