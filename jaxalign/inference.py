@@ -183,6 +183,14 @@ class Completion:
       # (run_pipeline), so the plain twin of a 'learned' config needs no learned tables.
       backend = 'jax'
     where = workdir if workdir is not None else 'the run'
+    if backend == 'learned' and tables.get('learned') is None:
+      # Too few training faces for a learned completion (calibration.fit_learned), or a run
+      # never calibrated: complete with the 3DMM, as the evaluation report then records,
+      # rather than lose the end of a finished training run.
+      log.warning("the 'learned' completion needs %s's %s (written at the end of training, or "
+                  'by python -m jaxalign.calibrate --workdir RUN); completing with the JAX '
+                  '3DMM fit instead', where, LEARNED_FILE)
+      backend = 'jax'
     fusion = None
     if config.eval.completion_fusion and pose_aware and backend in JAX_FIT:
       if residuals is None:

@@ -293,16 +293,22 @@ def test_predict_ignores_the_evaluation_box_jitter(run, tmp_path, real_face_path
   np.testing.assert_array_equal(first, second)
 
 
-def test_the_plain_twin_of_a_learned_config_needs_no_learned_tables():
+def test_the_plain_twin_of_a_learned_config_needs_no_learned_tables(caplog):
   """configs/cpu_300w.py uses the learned completion; its plain twin (model.kind=plain) fits the
   3DMM only for the pose, so it opens its completion without learned_completion.json."""
   config = _smoke_config(**{'model.kind': 'plain', 'eval.completion': True,
                            'eval.completion_backend': 'learned'})
   completion = inference.Completion.of_run(config, None, tables={})
   assert completion.backend == 'jax' and completion.learned is None
+  # A pose-aware run without the tables (too few training faces for a learned completion, or
+  # never calibrated) completes with the JAX 3DMM and says so, instead of failing after training.
   config.model.kind = 'pose_aware'
+  with caplog.at_level(logging.WARNING, logger='jaxalign'):
+    completion = inference.Completion.of_run(config, None, tables={})
+  assert completion.backend == 'jax' and completion.learned is None
+  assert 'learned_completion.json' in caplog.text
   with pytest.raises(ValueError, match='learned_completion.json'):
-    inference.Completion.of_run(config, None, tables={})
+    inference.Completion('learned', '2d')
 
 
 def test_predict_refines_only_a_detector_box_to_cnn1_framing(run, monkeypatch, real_face_paths):
