@@ -17,7 +17,9 @@ beyond the paper is left to flags, so that this config stays the paper's: its co
 (learned from the training faces, fused with CNN1's points and mixed, calibrated on a held-out
 tenth) is ``--config.data.holdout_fraction=0.1 --config.eval.completion_backend=learned
 --config.eval.completion_fusion=True --config.eval.completion_blend=True``, its second pass
-around the pair's own points ``--config.eval.recrop=True``; without detector box
+around the pair's own points ``--config.eval.recrop=True``, its synthetic pretraining (the
+stand-in for the paper's ImageNet weights, which ``--config.init_from=resnet50.safetensors``
+loads where you have them) ``--config.pretrain.config=configs/default.py``; without detector box
 files, ``--config.data.options.boxes=landmarks --config.data.test_options.boxes=landmarks`` with
 cpu_300w's ``eval.box_jitter`` (shift 0.05, scale 0.07, rotation_deg 10).
 """

@@ -52,6 +52,7 @@ def test_cpu_300w_trains_on_shared_faces_and_reports_val(tmp_path, sfm_dir):
   c.eval.batch_size = 8
   c.data.num_workers = 0
   c.data.pose_bins = 2
+  c.data.crop_cache.dir = str(tmp_path / 'crops')
   if c.pretrain.config:          # the stage runs too, shrunk to the smoke config
     c.pretrain.config = 'configs/smoke.py'
     c.pretrain.num_steps = 1
