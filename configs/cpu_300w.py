@@ -22,7 +22,9 @@ command first trains the embedded default itself (``configs/default.py``: 1,500 
 rendered synthetic faces, our stand-in for the paper's ImageNet initialisation) into
 ``runs/cpu_300w/pretrain`` (``pretrain.config``), then starts from its weights for 4,500 steps
 of SGD with momentum at 3e-3 and a cosine decay to 1e-5 (a 200-step warm-up) on the real faces;
-what was tried and measured on ``val`` is in docs/experiments/cpu_300w.md. The unstable points
+what was tried and measured on ``val`` is in docs/experiments/cpu_300w.md. Without the
+pretraining (from scratch, as before 2026-12-05 night): ``--config.pretrain.config=''``; from a
+pretraining run you already have: ``--config.pretrain.config='' --config.init_from=RUN_DIR``. The unstable points
 are completed by the completion learned from the training faces (``eval.completion_backend=
 'learned'``, fitted at the end of training into ``learned_completion.json``), fused and mixed
 with CNN1's points by tables calibrated on the held-out slice. At test time the CNN pair runs
