@@ -132,8 +132,10 @@ def calibrate(model, config, records, batch_size: int | None = None,
            'frame': 'right-looking (left-looking faces mirrored)'}
   tables = {'residuals': table, 'learned': learned}
   own = inference.resolve_backend(config)
-  backends = [own] + [b for b in ('jax', 'learned') if b != own
-                      and (b != 'learned' or learned is not None)]
+  # The run's own first; 'learned' only with its tables (a run with too few training faces
+  # for them completes with the JAX fit: inference.Completion.of_run).
+  backends = [b for b in dict.fromkeys((own, 'jax', 'learned'))
+              if b != 'learned' or learned is not None]
   blends = {}
   for backend in backends:
     if backend not in ('jax', 'eos', 'learned'):

@@ -169,8 +169,10 @@ class Completion:
     for but missing or made for another completion is left out with a warning.
 
     Raises:
-      ValueError: an unknown backend or convention, or a damaged table file.
+      ValueError: an unknown backend or convention, a damaged table file, or the learned
+        backend asked for by name (``backend='learned'``) without its tables.
     """
+    asked = backend      # None: the run's own setting, which may fall back below
     backend = resolve_backend(config, backend)
     convention = convention or config.eval.completion_convention
     if convention not in ('2d', '3d'):
@@ -183,10 +185,11 @@ class Completion:
       # (run_pipeline), so the plain twin of a 'learned' config needs no learned tables.
       backend = 'jax'
     where = workdir if workdir is not None else 'the run'
-    if backend == 'learned' and tables.get('learned') is None:
-      # Too few training faces for a learned completion (calibration.fit_learned), or a run
-      # never calibrated: complete with the 3DMM, as the evaluation report then records,
-      # rather than lose the end of a finished training run.
+    if backend == 'learned' and tables.get('learned') is None and asked is None:
+      # The run's own 'learned' setting, but too few training faces for a learned completion
+      # (calibration.fit_learned), or a run never calibrated: complete with the 3DMM, as the
+      # evaluation report then records, rather than lose the end of a finished training run.
+      # Asked for by name (--completion learned), the missing tables are an error instead.
       log.warning("the 'learned' completion needs %s's %s (written at the end of training, or "
                   'by python -m jaxalign.calibrate --workdir RUN); completing with the JAX '
                   '3DMM fit instead', where, LEARNED_FILE)

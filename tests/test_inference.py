@@ -335,3 +335,18 @@ def test_predict_refines_only_a_detector_box_to_cnn1_framing(run, monkeypatch, r
   np.testing.assert_allclose(seen[0][0].box, records_lib.landmark_box(first['rough'][0]),
                              atol=1e-3)
   np.testing.assert_array_equal(seen[0][1].box, box)
+
+
+def test_calibration_of_a_learned_run_without_learned_tables_mixes_the_jax_fit(run):
+  """A run set to the learned completion but with too few training faces for its tables: the
+  calibration measures the JAX fit's mix instead of failing (end of training keeps its run)."""
+  config = inference.load_config(run)
+  config.eval.completion = True
+  config.eval.completion_backend = 'learned'
+  config.eval.completion_fusion = True
+  config.eval.completion_blend = True
+  opened = inference.Run(run, config)
+  table = calibration.calibrate(opened.model, config, _records(run) * 2, learned=None)
+  assert list(table['blends']) == ['jax'] and 'blend' not in table
+  completion = inference.Completion.of_run(config, tables={'residuals': table, 'learned': None})
+  assert completion.backend == 'jax' and completion.blend['backend'] == 'jax'

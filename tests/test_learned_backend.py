@@ -47,8 +47,13 @@ def test_learned_backend_completes_with_the_tables_and_keeps_the_3dmm_pose(
 def test_completion_value_gates_the_learned_backend(tables):
   config = config_lib.base_config()
   config.eval.completion_backend = 'learned'
+  # Asked for by name without the tables: an error naming them; the run's own setting falls
+  # back to the JAX 3DMM (the end of a training run with too few faces for the tables).
   with pytest.raises(ValueError, match='learned_completion.json'):
-    inference.Completion.of_run(config, tables={'residuals': None, 'learned': None})
+    inference.Completion.of_run(config, backend='learned',
+                                tables={'residuals': None, 'learned': None})
+  assert inference.Completion.of_run(
+      config, tables={'residuals': None, 'learned': None}).backend == 'jax'
   rms = [[0.1] * 68] * 12
   blend = lambda b: {'alpha': [[0.5] * 68] * 12, 'backend': b, 'fused': True,
                      'convention': '2d'}
