@@ -140,6 +140,21 @@ def test_gaussian_blur_with_a_radius_matches_the_exact_blur_inside():
   np.testing.assert_allclose(fast[0], img[0], atol=1e-3)
 
 
+def test_gaussian_blur_with_a_radius_replicates_the_edges_exactly():
+  """The tap version is a truncated separable Gaussian with replicated edges, border included:
+  scipy's ``gaussian_filter1d(mode='nearest')`` with the same radius, per example."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  img = rng.uniform(0, 255, (3, 11, 13, 2)).astype(np.float32)
+  sigma = np.array([0.4, 1.0, 2.2], np.float32)
+  fast = np.asarray(pipeline.gaussian_blur(img, jnp.asarray(sigma), radius=3))
+  for i, s in enumerate(sigma):
+    ref = ndimage.gaussian_filter1d(img[i].astype(np.float64), s, axis=0, mode='nearest',
+                                    radius=3)
+    ref = ndimage.gaussian_filter1d(ref, s, axis=1, mode='nearest', radius=3)
+    np.testing.assert_allclose(fast[i], ref, atol=2e-3)
+
+
 def test_mirror_augmentation_flips_image_and_permutes_points():
   """augment.mirror_prob=1 gives exactly the mirror of the unmirrored view (same key): the
   image flipped left-right, the points mirrored with the scheme's flip permutation, and the
