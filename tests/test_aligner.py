@@ -250,6 +250,22 @@ def test_losses_and_gradient_isolation(model, images):
   assert 0.0 <= float(aux1['flipped_fraction']) <= 1.0
 
 
+def test_cnn2_jitter_moves_cnn2_view_and_targets_only(model, images):
+  """An identity jitter changes nothing; a turn of CNN2's frame changes CNN2's loss only."""
+  canon = np.asarray(model.canonical_shape[...])
+  gt = jnp.asarray(np.stack([_similarity(_turned(canon, 0.2), 0.1 * i, 1.0, (0, 0),
+                                         np.array([15.5, 15.5])) for i in range(4)]))
+  loss_fn = nnx.jit(lambda m, x, p, j: aligner_lib.compute_losses(
+      m, x, p, transform_from='ground_truth', cnn2_jitter=j)[1])
+  base = aligner_lib.compute_losses(model, images, gt, transform_from='ground_truth')[1]
+  same = loss_fn(model, images, gt, jnp.tile(jnp.eye(2, 3)[None], (4, 1, 1)))
+  np.testing.assert_allclose(same['loss_cnn2'], base['loss_cnn2'], rtol=1e-5)
+  turn = transforms.similarity_matrix(jnp.full((4,), 0.3), 1.0, jnp.full((4, 2), 15.5))
+  moved = loss_fn(model, images, gt, turn)
+  np.testing.assert_allclose(moved['loss_cnn1'], base['loss_cnn1'], rtol=1e-6)
+  assert abs(float(moved['loss_cnn2']) - float(base['loss_cnn2'])) > 1e-3
+
+
 def test_cnn2_weights_follow_the_mirror(model, images):
   canon = np.asarray(model.canonical_shape[...])
   center = np.array([15.5, 15.5])

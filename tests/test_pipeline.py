@@ -192,3 +192,43 @@ def test_mirror_prob_is_validated():
   c.augment.mirror_prob = 1.5
   with pytest.raises(ValueError, match='augment.mirror_prob'):
     config_lib.validate(c, 1)
+
+
+def test_cnn2_jitter_is_drawn_only_in_training_within_its_ranges():
+  """``augment.cnn2_*`` give CNN2's own view jitter (maps within its frame) in training only;
+  CNN1's view and points are the same with and without it (same key)."""
+  c = config_lib.base_config()
+  c.model.input_size = 32
+  c.augment.blur_prob = 0.0
+  spec = pipeline.CropSpec.from_config(c)
+  rng = np.random.default_rng(0)
+  n = 64
+  image = rng.integers(0, 255, (n, spec.crop_size, spec.crop_size, 3)).astype(np.uint8)
+  points = rng.uniform(10, spec.crop_size - 10, (n, 68, 2)).astype(np.float32)
+  batch = {'image': image, 'points': points, 'box': np.tile(pipeline.crop_box(spec), (n, 1))}
+  key = jax.random.PRNGKey(5)
+  plain = pipeline.prepare_views(batch, c, key)
+  assert 'cnn2_jitter' not in plain
+  c.augment.update({'cnn2_rotation_deg': 6.0, 'cnn2_translation': 0.04, 'cnn2_scale': 0.05})
+  views = pipeline.prepare_views(batch, c, key)
+  np.testing.assert_array_equal(views['images'], plain['images'])
+  np.testing.assert_array_equal(views['points'], plain['points'])
+  m = np.asarray(views['cnn2_jitter'])
+  assert m.shape == (n, 2, 3)
+  angle = np.degrees(np.arctan2(m[:, 0, 1], m[:, 0, 0]))
+  zoom = np.hypot(m[:, 0, 0], m[:, 0, 1])
+  assert 4.0 < np.abs(angle).max() <= 6.0 + 1e-3
+  assert 1 / 1.05 - 1e-4 <= zoom.min() and zoom.max() <= 1 / 0.95 + 1e-4
+  # The frame's centre moves by at most the translation (plus what the turn and zoom move it).
+  centre = np.array([16.0, 16.0])
+  moved = np.einsum('nij,j->ni', m[:, :, :2], centre) + m[:, :, 2] - centre
+  assert np.abs(moved).max() <= 0.04 * 32 * 1.1 + 1e-3 and np.abs(moved).max() > 0.5
+  # Not at evaluation (no key).
+  assert 'cnn2_jitter' not in pipeline.prepare_views(batch, c)
+
+
+def test_cnn2_jitter_config_is_validated():
+  c = config_lib.base_config()
+  c.augment.cnn2_translation = -0.1
+  with pytest.raises(ValueError, match='augment.cnn2_translation'):
+    config_lib.validate(c, 1)

@@ -526,9 +526,11 @@ def prepare_views(batch, config, key=None, eval_index=None) -> dict:
 
   Returns:
     dict with ``images`` (B, n, n, 3) float32 0..255 (CNN1's input; the models normalise),
-    ``points`` (B, L, 2) input pixels, ``matrices`` (B, 2, 3) crop -> input, and ``source``
+    ``points`` (B, L, 2) input pixels, ``matrices`` (B, 2, 3) crop -> input, ``source``
     (B, S, S, 3) float32: the host crop itself (blurred like ``images`` when the augmentation
-    blurs), which CNN2 samples through ``matrices`` composed with its own transform.
+    blurs), which CNN2 samples through ``matrices`` composed with its own transform, and, when
+    ``augment.cnn2_*`` ask for it in training, ``cnn2_jitter`` (B, 2, 3): CNN2's extra
+    augmentation, a map within its canonical frame applied after the spatial transform.
   """
   size = int(config.model.input_size)
   aug = config.augment
@@ -588,7 +590,21 @@ def prepare_views(batch, config, key=None, eval_index=None) -> dict:
     # A mirrored face's point i is the original's point flip_permutation[i].
     perm = jnp.asarray(schemes.get_scheme(config.model.scheme).flip_index_array())
     points = jnp.where(mirror[:, None, None], jnp.take(points, perm, axis=1), points)
-  return {'images': images, 'points': points, 'matrices': matrices, 'source': source}
+  views = {'images': images, 'points': points, 'matrices': matrices, 'source': source}
+  if keys is not None and any(cnn2_jitter_ranges(config)):
+    rotation, translation, scale = cnn2_jitter_ranges(config)
+    side = int(config.model.cnn2_input_size or size)
+    frame = jnp.broadcast_to(jnp.asarray([0.0, 0.0, side, side], jnp.float32), (b, 4))
+    cnn2_keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys)
+    views['cnn2_jitter'] = input_matrices(frame, side, cnn2_keys, rotation, translation, scale)
+  return views
+
+
+def cnn2_jitter_ranges(config) -> tuple[float, float, float]:
+  """``augment.cnn2_{rotation_deg,translation,scale}`` (zeros when absent: older runs)."""
+  aug = config.augment
+  return tuple(float(aug.get(k, 0.0)) for k in
+               ('cnn2_rotation_deg', 'cnn2_translation', 'cnn2_scale'))
 
 
 def prepare_batch(batch, config, key=None):

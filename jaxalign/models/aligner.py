@@ -467,6 +467,7 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
                    cnn1_weight: float = 1.0, cnn2_weight: float = 1.0,
                    transform_from: str = 'prediction', loss_params: dict | None = None,
                    source: jax.Array | None = None, source_to_input: jax.Array | None = None,
+                   cnn2_jitter: jax.Array | None = None,
                    ) -> tuple[jax.Array, dict[str, Any]]:
   """Training loss of either aligner on one batch, for ``nnx.value_and_grad(has_aux=True)``.
 
@@ -494,6 +495,8 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
     loss_params: keyword parameters of the elementwise loss (``{'w': 18., 'epsilon': 3.}``, the
       wing defaults, when None).
     source, source_to_input: CNN2's source view (:meth:`PoseAwareAligner.cnn2_view`).
+    cnn2_jitter: optional (B, 2, 3) maps within CNN2's frame applied after ``M`` (CNN2's own
+      augmentation, ``augment.cnn2_*``); the targets move with the view.
 
   Returns:
     (loss, aux): loss a float32 scalar; aux a dict with the scalar terms ``loss``,
@@ -517,6 +520,8 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
   src = rough if transform_from == 'prediction' else points
   matrix, flipped = model.spatial_transform(jax.lax.stop_gradient(src))
   matrix = jax.lax.stop_gradient(matrix)
+  if cnn2_jitter is not None:
+    matrix = transforms.compose(matrix, cnn2_jitter)
   view = model.cnn2_view(images, matrix, source, source_to_input)
   targets = model.cnn2_targets(points, matrix, flipped)
   w2 = None

@@ -141,6 +141,14 @@ def base_config() -> ml_collections.ConfigDict:
   # paper's list; 0 keeps the paper's augmentation (measured on real faces:
   # docs/experiments/cpu_300w.md).
   c.augment.mirror_prob = 0.0
+  # CNN2's own geometric augmentation (not in the paper): its crop in the canonical frame moved
+  # by U(-t, t) of the frame's side, scaled by 1 + U(-s, s) and turned by U(-r, r) degrees
+  # after the spatial transform. The transform undoes the image's augmentation (it normalises
+  # the face again), so without this CNN2 sees each training face in one pose only, framed by
+  # CNN1's training-set error, which shrinks as CNN1 fits (docs/experiments/cpu_300w.md).
+  c.augment.cnn2_rotation_deg = 0.0
+  c.augment.cnn2_translation = 0.0
+  c.augment.cnn2_scale = 0.0
 
   # Loss (jaxalign.losses).
   c.loss = ml_collections.ConfigDict()
@@ -271,6 +279,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail('optim.learning_rate', f'must be positive, got {config.optim.learning_rate}')
   if config.data.pose_bins < 1:
     fail('data.pose_bins', f'must be at least 1, got {config.data.pose_bins}')
+  for key in ('cnn2_rotation_deg', 'cnn2_translation', 'cnn2_scale'):
+    value = float(config.augment.get(key, 0.0))
+    if not 0.0 <= value < (90.0 if key == 'cnn2_rotation_deg' else 0.5):
+      fail(f'augment.{key}', f'must be in [0, {90 if key == "cnn2_rotation_deg" else 0.5}), '
+           f'got {value}')
   if not 0.0 <= float(config.augment.mirror_prob) <= 1.0:
     fail('augment.mirror_prob', f'must be a probability in [0, 1], got '
          f'{config.augment.mirror_prob}')

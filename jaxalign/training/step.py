@@ -25,10 +25,12 @@ def loss_kwargs(config) -> dict:
       if config.loss.kind == 'wing' else {}
 
 
-def model_loss(model, images, points, config, source=None, source_to_input=None, key=None):
+def model_loss(model, images, points, config, source=None, source_to_input=None,
+               cnn2_jitter=None):
   """``(loss, metrics)`` of a model in training mode on (B, n, n, 3) images with (B, L, 2)
   target points in input pixels (:func:`jaxalign.models.aligner.compute_losses`); CNN2 samples
-  ``source`` (the host crops) through ``source_to_input`` when given.
+  ``source`` (the host crops) through ``source_to_input`` when given, its view moved by
+  ``cnn2_jitter`` (B, 2, 3) when given.
 
   The plain model regresses all points. The pose-aware pair is trained as the paper does:
   CNN1 on all points, CNN2 on the stable points of the image warped with CNN1's prediction
@@ -39,7 +41,8 @@ def model_loss(model, images, points, config, source=None, source_to_input=None,
       model, images, points, kind=config.loss.kind,
       cnn1_weight=float(config.loss.cnn1_weight), cnn2_weight=float(config.loss.cnn2_weight),
       transform_from=config.model.transform_from,
-      loss_params=loss_kwargs(config), source=source, source_to_input=source_to_input)
+      loss_params=loss_kwargs(config), source=source, source_to_input=source_to_input,
+      cnn2_jitter=cnn2_jitter)
   return loss, {k: v for k, v in aux.items() if k != 'points'}
 
 
@@ -53,7 +56,7 @@ def make_step_fn(defs: state_lib.ModelDefs, tx, schedule, config):
     def loss_of(params):
       model = state_lib.merge(defs.train, params, state['model_state'])
       loss, metrics = model_loss(model, views['images'], views['points'], config,
-                                 views['source'], views['matrices'], key)
+                                 views['source'], views['matrices'], views.get('cnn2_jitter'))
       return loss, (metrics, state_lib.model_state_of(model))
 
     with resnet.options(**resnet.options_from_config(config)):   # read while tracing
