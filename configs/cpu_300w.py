@@ -43,7 +43,7 @@ from jaxalign.training.config import base_config
 def get_config() -> ml_collections.ConfigDict:
   c = base_config()
   c.seed = 0
-  # Synthetic pretraining (the embedded default, about 15 min) in the same command, then the
+  # Synthetic pretraining (the embedded default, about 11 min) in the same command, then the
   # real faces (measured on val: docs/experiments/cpu_300w.md).
   c.pretrain.config = 'configs/default.py'
   # 8,000 steps fit into the hour since the step got 1.5x faster (docs/benchmarks.md); alone they

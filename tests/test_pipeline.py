@@ -223,8 +223,10 @@ def test_cnn2_jitter_is_drawn_only_in_training_within_its_ranges():
   centre = np.array([16.0, 16.0])
   moved = np.einsum('nij,j->ni', m[:, :, :2], centre) + m[:, :, 2] - centre
   assert np.abs(moved).max() <= 0.04 * 32 * 1.1 + 1e-3 and np.abs(moved).max() > 0.5
-  # Not at evaluation (no key).
+  # Not at evaluation (no key), nor for a plain network (no CNN2).
   assert 'cnn2_jitter' not in pipeline.prepare_views(batch, c)
+  c.model.kind = 'plain'
+  assert 'cnn2_jitter' not in pipeline.prepare_views(batch, c, key)
 
 
 def test_cnn2_jitter_config_is_validated():

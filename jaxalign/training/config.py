@@ -279,11 +279,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail('optim.learning_rate', f'must be positive, got {config.optim.learning_rate}')
   if config.data.pose_bins < 1:
     fail('data.pose_bins', f'must be at least 1, got {config.data.pose_bins}')
-  for key in ('cnn2_rotation_deg', 'cnn2_translation', 'cnn2_scale'):
+  for key, limit in (('cnn2_rotation_deg', 90.0), ('cnn2_translation', 0.5), ('cnn2_scale', 0.5)):
     value = float(config.augment.get(key, 0.0))
-    if not 0.0 <= value < (90.0 if key == 'cnn2_rotation_deg' else 0.5):
-      fail(f'augment.{key}', f'must be in [0, {90 if key == "cnn2_rotation_deg" else 0.5}), '
-           f'got {value}')
+    if not 0.0 <= value < limit:
+      fail(f'augment.{key}', f'must be in [0, {limit}), got {value}')
   if not 0.0 <= float(config.augment.mirror_prob) <= 1.0:
     fail('augment.mirror_prob', f'must be a probability in [0, 1], got '
          f'{config.augment.mirror_prob}')
