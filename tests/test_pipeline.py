@@ -194,18 +194,24 @@ def test_mirror_prob_is_validated():
     config_lib.validate(c, 1)
 
 
-def test_cnn2_jitter_is_drawn_only_in_training_within_its_ranges():
-  """``augment.cnn2_*`` give CNN2's own view jitter (maps within its frame) in training only;
-  CNN1's view and points are the same with and without it (same key)."""
+def _unblurred_config_and_batch(n, seed, low=0, high=255):
+  """The base config at 32 px without the augmentation blur, and ``n`` random host crops with
+  random points and the crop's input box."""
   c = config_lib.base_config()
   c.model.input_size = 32
   c.augment.blur_prob = 0.0
   spec = pipeline.CropSpec.from_config(c)
-  rng = np.random.default_rng(0)
-  n = 64
-  image = rng.integers(0, 255, (n, spec.crop_size, spec.crop_size, 3)).astype(np.uint8)
+  rng = np.random.default_rng(seed)
+  image = rng.integers(low, high, (n, spec.crop_size, spec.crop_size, 3)).astype(np.uint8)
   points = rng.uniform(10, spec.crop_size - 10, (n, 68, 2)).astype(np.float32)
-  batch = {'image': image, 'points': points, 'box': np.tile(pipeline.crop_box(spec), (n, 1))}
+  return c, {'image': image, 'points': points, 'box': np.tile(pipeline.crop_box(spec), (n, 1))}
+
+
+def test_cnn2_jitter_is_drawn_only_in_training_within_its_ranges():
+  """``augment.cnn2_*`` give CNN2's own view jitter (maps within its frame) in training only;
+  CNN1's view and points are the same with and without it (same key)."""
+  n = 64
+  c, batch = _unblurred_config_and_batch(n, seed=0)
   key = jax.random.PRNGKey(5)
   plain = pipeline.prepare_views(batch, c, key)
   assert 'cnn2_jitter' not in plain
@@ -233,4 +239,56 @@ def test_cnn2_jitter_config_is_validated():
   c = config_lib.base_config()
   c.augment.cnn2_translation = -0.1
   with pytest.raises(ValueError, match='augment.cnn2_translation'):
+    config_lib.validate(c, 1)
+
+
+def test_appearance_augmentation_changes_pixels_not_geometry():
+  """``augment.brightness/contrast/grey_prob/occlusion_prob``: the same key gives the same
+  geometry (points, matrices) with and without them; grey faces have equal channels; an
+  occluder is one flat-coloured rectangle inside the face box; nothing at evaluation."""
+  n = 32
+  c, batch = _unblurred_config_and_batch(n, seed=1, low=30, high=220)
+  image, box = batch['image'], batch['box']
+  key = jax.random.PRNGKey(7)
+  plain = pipeline.prepare_views(batch, c, key)
+  np.testing.assert_array_equal(plain['source'], image.astype(np.float32))
+
+  c.augment.update({'grey_prob': 1.0})
+  grey = np.asarray(pipeline.prepare_views(batch, c, key)['source'])
+  np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-3)
+  np.testing.assert_allclose(grey[..., 1], image @ np.array([0.299, 0.587, 0.114]), atol=1e-3)
+
+  c.augment.update({'grey_prob': 0.0, 'brightness': 0.3, 'contrast': 0.3})
+  views = pipeline.prepare_views(batch, c, key)
+  np.testing.assert_array_equal(views['points'], plain['points'])
+  np.testing.assert_array_equal(views['matrices'], plain['matrices'])
+  source = np.asarray(views['source'])
+  ratio = source.mean(axis=(1, 2, 3)) / image.mean(axis=(1, 2, 3))
+  assert 0.65 < ratio.min() < 0.95 and 1.05 < ratio.max() < 1.35   # gains drawn both ways
+  assert source.min() >= 0 and source.max() <= 255
+
+  c.augment.update({'brightness': 0.0, 'contrast': 0.0, 'occlusion_prob': 1.0,
+                    'occlusion_size': (0.2, 0.3)})
+  changed = np.any(np.asarray(pipeline.prepare_views(batch, c, key)['source'])
+                   != image.astype(np.float32), axis=-1)                  # (n, S, S)
+  side = box[0, 2] - box[0, 0]
+  for i in range(n):
+    ys, xs = np.nonzero(changed[i])
+    width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    assert 0.2 * side - 2 <= width <= 0.3 * side + 2 and 0.2 * side - 2 <= height <= 0.3 * side + 2
+    assert changed[i].sum() == width * height or changed[i].sum() >= 0.9 * width * height
+    cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+    assert box[i, 0] - 1 <= cx <= box[i, 2] + 1 and box[i, 1] - 1 <= cy <= box[i, 3] + 1
+  # Evaluation (no key) is untouched.
+  np.testing.assert_array_equal(pipeline.prepare_views(batch, c)['source'],
+                                image.astype(np.float32))
+
+
+@pytest.mark.parametrize('key,value', [('brightness', 1.0), ('contrast', -0.1),
+                                       ('grey_prob', 1.5), ('occlusion_prob', -0.5),
+                                       ('occlusion_size', (0.5, 0.2))])
+def test_appearance_augmentation_is_validated(key, value):
+  c = config_lib.base_config()
+  c.augment[key] = value
+  with pytest.raises(ValueError, match=f'augment.{key}'):
     config_lib.validate(c, 1)

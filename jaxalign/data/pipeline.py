@@ -558,6 +558,9 @@ def prepare_views(batch, config, key=None, eval_index=None) -> dict:
   else:
     matrices = input_matrices(batch['box'], size)
   source = jnp.asarray(batch['image'], jnp.float32)
+  if keys is not None:
+    # On the host crop, so that both views (CNN1's input, CNN2's resampling) see the same face.
+    source = appearance_augment(source, jnp.asarray(batch['box'], jnp.float32), keys, aug)
   # Input pixels per crop pixel (< 1 when the host crop has more resolution than the input).
   density = jnp.sqrt(jnp.abs(jnp.linalg.det(matrices[:, :, :2])))
   sigma_aa = 0.5 * jnp.sqrt(jnp.maximum(1.0 / density ** 2 - 1.0, 0.0))   # crop pixels
@@ -601,6 +604,75 @@ def prepare_views(batch, config, key=None, eval_index=None) -> dict:
     cnn2_keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys)
     views['cnn2_jitter'] = input_matrices(frame, side, cnn2_keys, rotation, translation, scale)
   return views
+
+
+def appearance_ranges(aug) -> dict:
+  """The appearance augmentation's settings, with the defaults of runs that predate them (off)."""
+  return {'brightness': float(aug.get('brightness', 0.0)),
+          'contrast': float(aug.get('contrast', 0.0)),
+          'grey_prob': float(aug.get('grey_prob', 0.0)),
+          'occlusion_prob': float(aug.get('occlusion_prob', 0.0)),
+          'occlusion_size': tuple(float(v) for v in aug.get('occlusion_size', (0.1, 0.4)))}
+
+
+def appearance_augment(images, boxes, keys, aug) -> jax.Array:
+  """Photometric changes and a random occluding rectangle, per example (beyond the paper).
+
+  Args:
+    images: (B, S, S, 3) float32 0..255 host crops.
+    boxes: (B, 4) the face's input square in crop pixels (x0, y0, x1, y1): occluders are sized
+      and placed relative to it.
+    keys: (B,) per-example keys (folds 4 and 5 are used here).
+    aug: ``config.augment``: ``brightness`` b (gain 1 + U(-b, b)), ``contrast`` c (deviation
+      from the crop's mean grey scaled by 1 + U(-c, c)), ``grey_prob`` (RGB replaced by its
+      luminance), ``occlusion_prob`` (one axis-aligned rectangle with sides U(lo, hi) of the
+      box side, ``occlusion_size`` = (lo, hi), centred uniformly in the box, filled with a
+      uniform random colour). All zero: ``images`` unchanged.
+
+  Returns:
+    (B, S, S, 3) float32 in 0..255.
+  """
+  r = appearance_ranges(aug)
+  if not any((r['brightness'], r['contrast'], r['grey_prob'], r['occlusion_prob'])):
+    return images
+  b, h, w, _ = images.shape
+  luma = jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
+
+  def draw(k):
+    k = jax.random.split(jax.random.fold_in(k, 4), 3)
+    return (1.0 + jax.random.uniform(k[0], minval=-1.0, maxval=1.0) * r['brightness'],
+            1.0 + jax.random.uniform(k[1], minval=-1.0, maxval=1.0) * r['contrast'],
+            jax.random.uniform(k[2]) < r['grey_prob'])
+
+  gain, contrast, grey = jax.vmap(draw)(keys)
+  out = images
+  if r['grey_prob'] > 0:
+    out = jnp.where(grey[:, None, None, None], (out @ luma)[..., None], out)
+  if r['contrast'] > 0:
+    mean = jnp.mean(out @ luma, axis=(1, 2))[:, None, None, None]
+    out = mean + (out - mean) * contrast[:, None, None, None]
+  out = out * gain[:, None, None, None]
+  if r['occlusion_prob'] > 0:
+    lo, hi = r['occlusion_size']
+
+    def rectangle(k, box):
+      k = jax.random.split(jax.random.fold_in(k, 5), 5)
+      side = box[2] - box[0]
+      centre = box[:2] + jax.random.uniform(k[0], (2,)) * side
+      half = 0.5 * jax.random.uniform(k[1], (2,), minval=lo, maxval=hi) * side
+      colour = jax.random.uniform(k[2], (3,), maxval=255.0)
+      return (jax.random.uniform(k[3]) < r['occlusion_prob'], centre - half, centre + half,
+              colour)
+
+    on, low, high, colour = jax.vmap(rectangle)(keys, boxes)
+    # Pixel centres at integer coordinates (the warp's convention).
+    xs = jnp.arange(w, dtype=jnp.float32)[None, None, :]
+    ys = jnp.arange(h, dtype=jnp.float32)[None, :, None]
+    inside = ((xs >= low[:, 0, None, None]) & (xs <= high[:, 0, None, None])
+              & (ys >= low[:, 1, None, None]) & (ys <= high[:, 1, None, None])
+              & on[:, None, None])
+    out = jnp.where(inside[..., None], colour[:, None, None, :], out)
+  return jnp.clip(out, 0.0, 255.0)
 
 
 def cnn2_jitter_ranges(config) -> tuple[float, float, float]:

@@ -149,6 +149,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.cnn2_rotation_deg = 0.0
   c.augment.cnn2_translation = 0.0
   c.augment.cnn2_scale = 0.0
+  # Appearance (not in the paper; 0 keeps the paper's augmentation): on the host crop, so both
+  # views see it (jaxalign.data.pipeline.appearance_augment).
+  c.augment.brightness = 0.0     # gain 1 + U(-b, b)
+  c.augment.contrast = 0.0       # deviation from the crop's mean grey times 1 + U(-c, c)
+  c.augment.grey_prob = 0.0      # RGB replaced by its luminance
+  c.augment.occlusion_prob = 0.0   # one rectangle of random colour over the face
+  c.augment.occlusion_size = (0.1, 0.4)   # its sides, fractions of the face box's side
 
   # Loss (jaxalign.losses).
   c.loss = ml_collections.ConfigDict()
@@ -283,9 +290,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     value = float(config.augment.get(key, 0.0))
     if not 0.0 <= value < limit:
       fail(f'augment.{key}', f'must be in [0, {limit}), got {value}')
-  if not 0.0 <= float(config.augment.mirror_prob) <= 1.0:
-    fail('augment.mirror_prob', f'must be a probability in [0, 1], got '
-         f'{config.augment.mirror_prob}')
+  for key in ('mirror_prob', 'grey_prob', 'occlusion_prob'):
+    value = float(config.augment.get(key, 0.0))
+    if not 0.0 <= value <= 1.0:
+      fail(f'augment.{key}', f'must be a probability in [0, 1], got {value}')
+  for key in ('brightness', 'contrast'):
+    value = float(config.augment.get(key, 0.0))
+    if not 0.0 <= value < 1.0:
+      fail(f'augment.{key}', f'must be in [0, 1), got {value}')
+  size = tuple(config.augment.get('occlusion_size', (0.1, 0.4)))
+  if len(size) != 2 or not 0.0 < float(size[0]) <= float(size[1]) <= 1.0:
+    fail('augment.occlusion_size', f'must be (lo, hi) with 0 < lo <= hi <= 1, got {size}')
   if config.data.crop_context < 1:
     fail('data.crop_context', f'must be >= 1, got {config.data.crop_context}')
   _validate_sources(config, fail)
