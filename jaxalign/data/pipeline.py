@@ -635,8 +635,8 @@ def appearance_augment(images, boxes, keys, aug) -> jax.Array:
   r = appearance_ranges(aug)
   if not any((r['brightness'], r['contrast'], r['grey_prob'], r['occlusion_prob'])):
     return images
-  b, h, w, _ = images.shape
-  luma = jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
+  _, h, w, _ = images.shape
+  luma = jnp.asarray([0.299, 0.587, 0.114], jnp.float32)   # ITU-R BT.601, as PIL's 'L'
 
   def draw(k):
     k = jax.random.split(jax.random.fold_in(k, 4), 3)
@@ -656,6 +656,7 @@ def appearance_augment(images, boxes, keys, aug) -> jax.Array:
     lo, hi = r['occlusion_size']
 
     def rectangle(k, box):
+      # Five keys, one unused: kept so that runs measured with it draw the same occluders.
       k = jax.random.split(jax.random.fold_in(k, 5), 5)
       side = box[2] - box[0]
       centre = box[:2] + jax.random.uniform(k[0], (2,)) * side
