@@ -2,7 +2,7 @@
 
   python -m jaxalign.predict --workdir RUN IMAGE... [--bbox x0,y0,x1,y1] [--out DIR] [--mesh]
       [--completion jax|eos|gaussian|none] [--batch-size 32] [--detector mtcnn|haar]
-      [--no-refine] [--no-verify] [--no-draft]
+      [--no-refine] [--no-verify] [--verify-also RUN] [--no-draft]
 
 Writes per face ``DIR/<stem>.pts`` (68 points, 1-based iBUG format), ``DIR/<stem>.json``
 (points, box, yaw/pitch/roll, 3DMM coefficients, completion backend), with ``--mesh`` the fitted
@@ -43,6 +43,11 @@ def main(argv=None) -> int:
   parser.add_argument('--no-verify', action='store_true',
                       help="MTCNN at its usual thresholds only (default: weaker candidates are "
                            "kept when the run's CNN1 verifies them as faces)")
+  parser.add_argument('--verify-also', action='append', default=[], metavar='RUN',
+                      help="another run whose CNN1 may also accept a weaker candidate that the "
+                           "run's own rejects (repeatable; e.g. one trained on synthetic faces "
+                           'at every yaw, such as runs/syn_default or RUN/pretrain; off by '
+                           'default, docs/benchmarks.md)')
   parser.add_argument('--no-progress', action='store_true', help='no progress bar')
   parser.add_argument('--no-refine', action='store_true',
                       help='use detector boxes as they are (no second pass around the points)')
@@ -56,7 +61,8 @@ def main(argv=None) -> int:
                           mesh=args.mesh, completion=args.completion,
                           batch_size=args.batch_size, refine=not args.no_refine,
                           detector=args.detector, progress=False if args.no_progress else None,
-                          verify=not args.no_verify, draft=not args.no_draft)
+                          verify=not args.no_verify, draft=not args.no_draft,
+                          verify_also=args.verify_also)
 
 
 if __name__ == '__main__':

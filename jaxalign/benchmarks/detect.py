@@ -1,4 +1,4 @@
-"""``python -m jaxalign.bench detect DIR... [--detector NAME ...] [--synthetic N] [--variants ...] [--first-pass] [--verify RUN] [--fit] [--json]``.
+"""``python -m jaxalign.bench detect DIR... [--detector NAME ...] [--synthetic N] [--variants ...] [--first-pass] [--verify RUN [--verify-also RUN2]] [--fit] [--json]``.
 
 Face-detector recall and false detections on photos where every face is annotated.
 
@@ -23,7 +23,8 @@ and the missed faces (photo, side, |yaw|). ``--fit`` also prints the box mapping
 matched faces (medians, see :mod:`jaxalign.prediction.box_mapping`). ``--first-pass`` adds
 'mtcnn-first' (MTCNN without its mirror and equalised passes); ``--verify RUN`` adds
 'mtcnn+verify' (lowered stage thresholds, faces under ``--verify-accept`` checked by RUN's CNN1,
-:mod:`jaxalign.prediction.verify`, as ``predict`` runs it); ``--low-thresholds T1,T2,T3`` adds
+:mod:`jaxalign.prediction.verify`, as ``predict`` runs it; ``--verify-also RUN2``: or accepted
+by RUN2's CNN1, as ``predict --verify-also``); ``--low-thresholds T1,T2,T3`` adds
 MTCNN passes at those stage thresholds whose new faces are all verified, ``--profile`` the
 profile cascade's verified candidates, and ``--baseline-too`` scores 'mtcnn+verify-base'
 without either; ``--verify-extra-min-score 0.85,0.95`` scores 'mtcnn+verify' with the first gate
@@ -391,6 +392,9 @@ def _parser():
   p.add_argument('--verify', default=None, metavar='RUN',
                  help="also score 'mtcnn+verify': MTCNN whose weaker extra-pass faces are "
                       "checked by RUN's CNN1 (jaxalign.prediction.verify)")
+  p.add_argument('--verify-also', action='append', default=[], metavar='RUN',
+                 help="with --verify: another run whose CNN1 may also accept a candidate that "
+                      "RUN's rejects (repeatable; predict's --verify-also)")
   p.add_argument('--verify-thresholds', default='0.5,0.6,0.5',
                  help="with --verify: MTCNN's stage thresholds of 'mtcnn+verify'")
   p.add_argument('--verify-extra-min-score', default=None, metavar='S[,S...]',
@@ -437,6 +441,9 @@ def main(argv) -> int:
     print(f'error: --variants {args.variants}: expected some of {", ".join(VARIANTS)}',
           file=sys.stderr)
     return 2
+  if args.verify_also and not args.verify:
+    print('error: --verify-also needs --verify RUN', file=sys.stderr)
+    return 2
   names = args.detector or detector_lib.available_detectors()
   try:
     detectors = {n: detector_lib.make_detector(n) for n in names if n != 'none'}
@@ -446,7 +453,7 @@ def main(argv) -> int:
     if args.verify:
       from jaxalign import inference  # pylint: disable=g-import-not-at-top
       from jaxalign.prediction import verify  # pylint: disable=g-import-not-at-top
-      verifier = verify.Verifier(verify.run_points_fn(inference.Run.load(args.verify)))
+      verifier = verify.make_verifier(inference.Run.load(args.verify), also=args.verify_also)
       thresholds = tuple(float(t) for t in args.verify_thresholds.split(','))
       low = None if args.low_thresholds in (None, 'none') else tuple(
           float(t) for t in args.low_thresholds.split(','))

@@ -199,14 +199,17 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
             out: str | os.PathLike | None = None, mesh: bool = False, completion: str = 'jax',
             batch_size: int = 32, refine: bool = True, stderr: TextIO | None = None,
             stdout: TextIO | None = None, detector: str | None = None,
-            progress: bool | None = None, verify: bool = True, draft: bool = True) -> int:
+            progress: bool | None = None, verify: bool = True, draft: bool = True,
+            verify_also: Sequence[str] = ()) -> int:
   """Predicts every face in ``images`` and writes the per-face files into ``out``.
 
   ``detector`` names the face detector (:data:`jaxalign.prediction.detector.DETECTORS`; None:
   the best installed). With ``verify`` (MTCNN only), MTCNN runs with lowered stage thresholds
   and its weaker candidates (below its usual final score, or found only by an extra pass) are
   kept only when the run's own CNN1 accepts them as faces (:mod:`jaxalign.prediction.verify`);
-  the faces MTCNN finds at its usual thresholds are kept as before. ``progress`` shows a
+  the faces MTCNN finds at its usual thresholds are kept as before; ``verify_also`` (run
+  folders, off by default) lets their CNN1s accept what the run's own rejects
+  (:class:`jaxalign.prediction.verify.AnyVerifier`). ``progress`` shows a
   progress bar over the photos (default: when stderr is a terminal). ``draft``: JPEG draft
   decoding for the detector and the networks (the module docstring); off, every photo is decoded
   at full size.
@@ -246,13 +249,25 @@ def predict(workdir: str | os.PathLike, images: Sequence[str], bbox: str | None 
   except (FileNotFoundError, ValueError) as e:
     print(f'error: cannot load the run {workdir}: {e}', file=err)
     return 2
+  if verify_also and not verify:
+    print('error: --verify-also needs the verification (drop --no-verify)', file=err)
+    return 2
   if detect is not None and verify and isinstance(detect, detector_lib.MtcnnDetector):
     from jaxalign.prediction import verify as verify_lib  # pylint: disable=g-import-not-at-top
+    try:
+      verifier = verify_lib.make_verifier(run, also=verify_also)
+    except (FileNotFoundError, ValueError) as e:
+      print(f'error: --verify-also: {e}', file=err)
+      return 2
     detect = detector_lib.make_detector(
         'mtcnn', thresholds=verify_lib.VERIFIED_THRESHOLDS,
         extra_min_score=verify_lib.VERIFIED_EXTRA_MIN_SCORE,
         grey_equalized_min_score=verify_lib.VERIFIED_GREY_EQUALIZED_MIN_SCORE,
-        verifier=verify_lib.Verifier(verify_lib.run_points_fn(run)))
+        verifier=verifier)
+  elif verify_also and detect is not None:
+    name = getattr(detect, 'name', detector)
+    print(f'warning: --verify-also applies to the mtcnn detector only; {name} runs without '
+          'verification', file=err)
   scheme = schemes_lib.get_scheme(config.model.scheme)
   spec = data_pipeline.CropSpec.from_config(config)
   out_dir = pathlib.Path(out) if out is not None else pathlib.Path(workdir) / 'predict'

@@ -160,6 +160,63 @@ class Verifier:
         (agree >= self.min_box_iou)
 
 
+@dataclasses.dataclass
+class AnyVerifier:
+  """``verifier(image, detections) -> (N,) bool``: a candidate is accepted when any of
+  ``verifiers`` accepts it. Each verifier after the first sees only the candidates that all
+  before it rejected (a second CNN1 costs nothing on what the first accepted).
+
+  ``predict --verify-also RUN`` / ``bench detect --verify-also RUN`` (:func:`make_verifier`): the
+  run's own CNN1 first, then another run's, e.g. a CNN1 trained on synthetic faces at every yaw
+  (``runs/syn_default``, or a run's pretraining stage ``RUN/pretrain``). Measured on issue 24's
+  photos (docs/benchmarks.md, "A verifier whose CNN1 has seen every yaw"): ``runs/cpu_300w`` or
+  ``runs/syn_default`` found 99 instead of 95 of 125 synthetic faces at 75 degrees (colour), no
+  more grey faces, and the same false detections on 400 300-W crops and the real photos;
+  ``runs/cpu_300w`` or ``runs/cpu_300w_8k/pretrain`` the same 99, 7 more grey faces of 579, but
+  one more false detection on the grey 300-W crops. Off by default.
+  """
+
+  verifiers: tuple
+
+  def __call__(self, image: np.ndarray, detections) -> np.ndarray:
+    ok = np.zeros(len(detections), bool)
+    for verifier in self.verifiers:
+      todo = np.flatnonzero(~ok)
+      if not len(todo):
+        break
+      ok[todo] = np.asarray(verifier(image, [detections[i] for i in todo]), bool)
+    return ok
+
+
+def make_verifier(run, also=()) -> 'Verifier | AnyVerifier':
+  """The verifier ``predict`` uses: ``run``'s CNN1 (:class:`Verifier`, default thresholds), or
+  with ``also`` (run folders) an :class:`AnyVerifier` of ``run``'s CNN1 and then each of theirs.
+
+  Args:
+    run: a :class:`jaxalign.inference.Run`.
+    also: further run folders whose CNN1 may accept what ``run``'s rejects.
+
+  Raises:
+    FileNotFoundError: a run in ``also`` has no ``config.json`` or no checkpoint (the message
+      names the folder). ValueError: its config is damaged or does not fit its checkpoint.
+  """
+  from jaxalign import inference  # pylint: disable=g-import-not-at-top
+  first = Verifier(run_points_fn(run))
+  if not also:
+    return first
+  others = []
+  for workdir in also:
+    try:
+      other = inference.Run.load(workdir)
+      other.model  # pylint: disable=pointless-statement  (restore now: a clear error up front)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f'verifier run {workdir}: {e}') from None
+    except ValueError as e:
+      raise ValueError(f'verifier run {workdir}: {e}') from None
+    others.append(Verifier(run_points_fn(other)))
+  return AnyVerifier((first, *others))
+
+
 def run_points_fn(run, batch_size: int = 8) -> PointsFn:
   """CNN1's rough points of a trained run (:class:`jaxalign.inference.Run`) as a
   :data:`PointsFn` (crops made as in training around each box)."""
