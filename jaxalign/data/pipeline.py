@@ -646,10 +646,11 @@ def appearance_augment(images, boxes, keys, aug) -> jax.Array:
 
   gain, contrast, grey = jax.vmap(draw)(keys)
   out = images
+  y = images @ luma          # (B, S, S); a grey crop's luma is the same (the weights sum to 1)
   if r['grey_prob'] > 0:
-    out = jnp.where(grey[:, None, None, None], (out @ luma)[..., None], out)
+    out = jnp.where(grey[:, None, None, None], y[..., None], out)
   if r['contrast'] > 0:
-    mean = jnp.mean(out @ luma, axis=(1, 2))[:, None, None, None]
+    mean = jnp.mean(y, axis=(1, 2))[:, None, None, None]
     out = mean + (out - mean) * contrast[:, None, None, None]
   out = out * gain[:, None, None, None]
   if r['occlusion_prob'] > 0:
