@@ -11,7 +11,9 @@ network input (:func:`input_matrices`: the box jittered by translation and scale
 its centre) and goes through :func:`jaxalign.transforms.warp_images`, the project's one warp
 primitive; points go through the same matrix. Gaussian blur with probability ``blur_prob``; a
 horizontal mirror (one more affine map, points permuted by the scheme) with ``mirror_prob``.
-Randomness: per-example keys ``fold_in(fold_in(root, step), i)``.
+Randomness: per-example keys ``fold_in(fold_in(root, step), i)``. The appearance augmentation
+(photometric changes, an occluder: :func:`appearance_augment`) is drawn on the host crop instead,
+per example from ``(seed, step, slot)``, so that the step reads uint8 crops as without it.
 
 Photos: a JPEG is decoded at the smallest DCT scale (PIL's draft mode: 1/2, 1/4 or 1/8) that
 still gives the crop's resolution (:func:`decode_photo`); the crop's matrix accounts for the
@@ -43,6 +45,7 @@ from jaxalign import transforms
 from jaxalign.data.records import FaceRecord
 
 _MAX_REPLACEMENTS = 16
+_APPEARANCE_STREAM = 4      # the appearance draws' own stream of the run's seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,17 +281,22 @@ class TrainBatches:
   """step -> this process's share of the global training batch (a grain map function).
 
   Picklable, so grain worker processes each hold a copy. ``records`` are the training faces,
-  ``sampler`` a :class:`jaxalign.data.sampling.BalancedSampler`.
+  ``sampler`` a :class:`jaxalign.data.sampling.BalancedSampler`. ``appearance``
+  (:func:`appearance_on`) draws :func:`appearance_augment` on each crop, from a generator seeded
+  by ``(seed, step, slot in the global batch)``: a batch depends on its step alone.
   """
 
   def __init__(self, records, sampler, spec: CropSpec, process_index: int = 0,
-               process_count: int = 1, cache=None):
+               process_count: int = 1, cache=None, appearance: dict | None = None,
+               seed: int = 0):
     self.records = list(records)
     self.crops = Crops(self.records, spec, cache)
     self.sampler = sampler
     self.spec = spec
     self.process_index = process_index
     self.process_count = process_count
+    self.appearance = appearance
+    self.seed = int(seed)
     self._bad: set[int] = set()
 
   def __call__(self, step) -> dict[str, np.ndarray]:
@@ -316,6 +324,11 @@ class TrainBatches:
                            'is the data folder readable?')
       skipped += replaced
       example['index'] = np.int32(index)
+      if self.appearance is not None:
+        slot = self.process_index * local + len(examples)
+        rng = np.random.default_rng((self.seed, _APPEARANCE_STREAM, step, slot))
+        example = dict(example, image=appearance_augment(example['image'], example['box'], rng,
+                                                         self.appearance))
       examples.append(example)
     batch = _collate(examples)
     batch['step'] = np.int64(step)
@@ -342,7 +355,8 @@ def train_iterator(records, sampler, config, start_step: int, num_steps: int):
   if spec.cache_dir:
     from jaxalign.data import crop_cache  # pylint: disable=g-import-not-at-top
     cache = crop_cache.ensure(records, spec, build_missing=bool(config.data.crop_cache.build))
-  fn = TrainBatches(records, sampler, spec, jax.process_index(), jax.process_count(), cache)
+  fn = TrainBatches(records, sampler, spec, jax.process_index(), jax.process_count(), cache,
+                    appearance=appearance_on(config), seed=int(config.seed))
   ds = grain.MapDataset.range(start_step, num_steps).map(fn)
   workers = num_workers(config)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, workers or 1)),
@@ -557,10 +571,8 @@ def prepare_views(batch, config, key=None, eval_index=None) -> dict:
                               shift, scale)
   else:
     matrices = input_matrices(batch['box'], size)
+  # The appearance augmentation, if any, is already in the host crop (TrainBatches).
   source = jnp.asarray(batch['image'], jnp.float32)
-  if keys is not None:
-    # On the host crop, so that both views (CNN1's input, CNN2's resampling) see the same face.
-    source = appearance_augment(source, jnp.asarray(batch['box'], jnp.float32), keys, aug)
   # Input pixels per crop pixel (< 1 when the host crop has more resolution than the input).
   density = jnp.sqrt(jnp.abs(jnp.linalg.det(matrices[:, :, :2])))
   sigma_aa = 0.5 * jnp.sqrt(jnp.maximum(1.0 / density ** 2 - 1.0, 0.0))   # crop pixels
@@ -615,66 +627,65 @@ def appearance_ranges(aug) -> dict:
           'occlusion_size': tuple(float(v) for v in aug.get('occlusion_size', (0.1, 0.4)))}
 
 
-def appearance_augment(images, boxes, keys, aug) -> jax.Array:
-  """Photometric changes and a random occluding rectangle, per example (beyond the paper).
+def appearance_augment(image: np.ndarray, box, rng: np.random.Generator, ranges: dict
+                       ) -> np.ndarray:
+  """Photometric changes and a random occluding rectangle on one host crop (beyond the paper).
+
+  Host side (numpy, in the decode workers): the crop reaches the step as uint8 like any other,
+  so the augmentation costs the step nothing (drawn inside the step it made it about 30 %
+  slower: docs/benchmarks.md), and both views (CNN1's input, CNN2's resampling) see it.
 
   Args:
-    images: (B, S, S, 3) float32 0..255 host crops.
-    boxes: (B, 4) the face's input square in crop pixels (x0, y0, x1, y1): occluders are sized
+    image: (S, S, 3) uint8 host crop.
+    box: (4,) the face's input square in crop pixels (x0, y0, x1, y1): the occluder is sized
       and placed relative to it.
-    keys: (B,) per-example keys (folds 4 and 5 are used here).
-    aug: ``config.augment``: ``brightness`` b (gain 1 + U(-b, b)), ``contrast`` c (deviation
-      from the crop's mean grey scaled by 1 + U(-c, c)), ``grey_prob`` (RGB replaced by its
-      luminance), ``occlusion_prob`` (one axis-aligned rectangle with sides U(lo, hi) of the
-      box side, ``occlusion_size`` = (lo, hi), centred uniformly in the box, filled with a
-      uniform random colour). All zero: ``images`` unchanged.
+    rng: this example's generator (:class:`TrainBatches` seeds it from the run's seed, the step
+      and the example's slot in the global batch).
+    ranges: :func:`appearance_ranges`: ``brightness`` b (gain 1 + U(-b, b)), ``contrast`` c
+      (deviation from the crop's mean grey scaled by 1 + U(-c, c)), ``grey_prob`` (RGB replaced
+      by its luminance), ``occlusion_prob`` (one axis-aligned rectangle with sides U(lo, hi) of
+      the box side, ``occlusion_size`` = (lo, hi), centred uniformly in the box, filled with a
+      uniform random colour).
 
   Returns:
-    (B, S, S, 3) float32 in 0..255.
+    (S, S, 3) uint8, rounded to the nearest level.
   """
-  r = appearance_ranges(aug)
-  if not any((r['brightness'], r['contrast'], r['grey_prob'], r['occlusion_prob'])):
-    return images
-  _, h, w, _ = images.shape
-  luma = jnp.asarray([0.299, 0.587, 0.114], jnp.float32)   # ITU-R BT.601, as PIL's 'L'
+  # Every draw is made whatever the settings, so one setting does not change another's draws.
+  gain = 1.0 + rng.uniform(-1.0, 1.0) * ranges['brightness']
+  contrast = 1.0 + rng.uniform(-1.0, 1.0) * ranges['contrast']
+  grey = rng.uniform() < ranges['grey_prob']
+  occlude = rng.uniform() < ranges['occlusion_prob']
+  lo, hi = ranges['occlusion_size']
+  box = np.asarray(box, np.float64)
+  side = box[2] - box[0]
+  centre = box[:2] + rng.uniform(size=2) * side
+  half = 0.5 * rng.uniform(lo, hi, size=2) * side
+  colour = rng.uniform(0.0, 255.0, size=3)
 
-  def draw(k):
-    k = jax.random.split(jax.random.fold_in(k, 4), 3)
-    return (1.0 + jax.random.uniform(k[0], minval=-1.0, maxval=1.0) * r['brightness'],
-            1.0 + jax.random.uniform(k[1], minval=-1.0, maxval=1.0) * r['contrast'],
-            jax.random.uniform(k[2]) < r['grey_prob'])
-
-  gain, contrast, grey = jax.vmap(draw)(keys)
-  out = images
-  y = images @ luma          # (B, S, S); a grey crop's luma is the same (the weights sum to 1)
-  if r['grey_prob'] > 0:
-    out = jnp.where(grey[:, None, None, None], y[..., None], out)
-  if r['contrast'] > 0:
-    mean = jnp.mean(y, axis=(1, 2))[:, None, None, None]
-    out = mean + (out - mean) * contrast[:, None, None, None]
-  out = out * gain[:, None, None, None]
-  if r['occlusion_prob'] > 0:
-    lo, hi = r['occlusion_size']
-
-    def rectangle(k, box):
-      # Five keys, one unused: kept so that runs measured with it draw the same occluders.
-      k = jax.random.split(jax.random.fold_in(k, 5), 5)
-      side = box[2] - box[0]
-      centre = box[:2] + jax.random.uniform(k[0], (2,)) * side
-      half = 0.5 * jax.random.uniform(k[1], (2,), minval=lo, maxval=hi) * side
-      colour = jax.random.uniform(k[2], (3,), maxval=255.0)
-      return (jax.random.uniform(k[3]) < r['occlusion_prob'], centre - half, centre + half,
-              colour)
-
-    on, low, high, colour = jax.vmap(rectangle)(keys, boxes)
+  out = image.astype(np.float32)
+  y = out @ np.asarray([0.299, 0.587, 0.114], np.float32)   # ITU-R BT.601, as PIL's 'L'
+  if grey:
+    out = np.repeat(y[..., None], 3, axis=-1)   # a grey crop's luma is the same (weights sum to 1)
+  if ranges['contrast'] > 0:
+    mean = np.float32(y.mean())
+    out = mean + (out - mean) * np.float32(contrast)
+  out = out * np.float32(gain)
+  if occlude:
     # Pixel centres at integer coordinates (the warp's convention).
-    xs = jnp.arange(w, dtype=jnp.float32)[None, None, :]
-    ys = jnp.arange(h, dtype=jnp.float32)[None, :, None]
-    inside = ((xs >= low[:, 0, None, None]) & (xs <= high[:, 0, None, None])
-              & (ys >= low[:, 1, None, None]) & (ys <= high[:, 1, None, None])
-              & on[:, None, None])
-    out = jnp.where(inside[..., None], colour[:, None, None, :], out)
-  return jnp.clip(out, 0.0, 255.0)
+    x0, y0 = np.ceil(centre - half).astype(int)
+    x1, y1 = np.floor(centre + half).astype(int)
+    h, w = image.shape[:2]
+    out[max(y0, 0):max(min(y1 + 1, h), 0), max(x0, 0):max(min(x1 + 1, w), 0)] = colour
+  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def appearance_on(config) -> dict | None:
+  """:func:`appearance_ranges` when training draws the appearance augmentation, else None."""
+  r = appearance_ranges(config.augment)
+  if not config.augment.enabled or not any(
+      (r['brightness'], r['contrast'], r['grey_prob'], r['occlusion_prob'])):
+    return None
+  return r
 
 
 def cnn2_jitter_ranges(config) -> tuple[float, float, float]:
