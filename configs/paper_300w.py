@@ -22,7 +22,7 @@ stand-in for the paper's ImageNet weights, which ``--config.init_from=resnet50.s
 loads where you have them) ``--config.pretrain.config=configs/default.py``, its jitter of CNN2's
 crop ``--config.augment.cnn2_rotation_deg=5 --config.augment.cnn2_translation=0.03
 --config.augment.cnn2_scale=0.05`` (frame units, so the same at 224 px); the appearance
-augmentation measured on cpu_300w (not in cpu_300w for its time: docs/experiments/cpu_300w.md)
+augmentation that cpu_300w uses (measured there: docs/experiments/cpu_300w.md)
 ``--config.augment.brightness=0.25 --config.augment.contrast=0.3
 --config.augment.grey_prob=0.1 --config.augment.occlusion_prob=0.3``; without detector box
 files, ``--config.data.options.boxes=landmarks --config.data.test_options.boxes=landmarks`` with
