@@ -663,7 +663,8 @@ def appearance_augment(image: np.ndarray, box, rng: np.random.Generator, ranges:
   colour = rng.uniform(0.0, 255.0, size=3)
 
   out = image.astype(np.float32)
-  y = out @ np.asarray([0.299, 0.587, 0.114], np.float32)   # ITU-R BT.601, as PIL's 'L'
+  if grey or ranges['contrast'] > 0:
+    y = out @ np.asarray([0.299, 0.587, 0.114], np.float32)   # ITU-R BT.601, as PIL's 'L'
   if grey:
     out = np.repeat(y[..., None], 3, axis=-1)   # a grey crop's luma is the same (weights sum to 1)
   if ranges['contrast'] > 0:
