@@ -221,10 +221,12 @@ def test_average_passes_keeps_the_first_pass_stable_set():
   first = {'rough': np.zeros((2, 3, 2), np.float32), 'valid': np.array([True, True]),
            'stable': np.array([[[2, 2], [nan, nan], [nan, nan]]] * 2, np.float32),
            'flipped': np.array([False, True]), 'boxes': np.ones((2, 4), np.float32)}
+  first['observed'] = first['rough']
   first['cnn_points'] = inference.merge_stable(first['stable'], first['rough'])
   second = {'rough': np.full((2, 3, 2), 4.0, np.float32), 'valid': np.array([True, False]),
             'stable': np.array([[[nan, nan], [6, 6], [nan, nan]]] * 2, np.float32),
             'flipped': np.array([True, True]), 'boxes': np.zeros((2, 4), np.float32)}
+  second['observed'] = second['rough']
   second['cnn_points'] = inference.merge_stable(second['stable'], second['rough'])
   out = inference.average_passes(first, second)
   # face 0: point 0 stable in pass 1 (2) and CNN1's in pass 2 (4) -> 3; points 1-2 CNN1's mean.

@@ -70,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   # its input (CNN1's input holds the whole landmark box at 1 / (1 + box_margin) = 0.91).
   c.model.transform_points = 'stable'
   c.model.cnn2_fill = 0.8
+  # What CNN2 regresses: 'stable' (the paper: the 34 SLs) or 'all' (every point, beyond the
+  # paper: its unstable points are then fused and mixed with the completion in CNN1's place, and
+  # its frame is framed on every point, so that the whole face is in view).
+  c.model.cnn2_points = 'stable'
   c.model.width = 64            # stem channels of '18'/'34'/'50' (64 = the standard ResNet)
   c.model.input_size = 224      # network input side in pixels (the paper: 224)
   c.model.dtype = 'float32'     # compute dtype; parameters stay float32
@@ -272,7 +276,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   except ValueError as e:
     fail('model.conv1x1' if 'conv1x1' in str(e) else 'model.max_pool', str(e))
   for key, allowed in (('transform_from', ('prediction', 'ground_truth')),
-                       ('transform_points', ('all', 'stable'))):
+                       ('transform_points', ('all', 'stable')),
+                       ('cnn2_points', ('stable', 'all'))):
     if config.model[key] not in allowed:
       fail(f'model.{key}', f'expected one of {allowed}, got {config.model[key]!r}')
   if not 0.1 <= float(config.model.cnn2_fill) <= 1.5:
