@@ -17,6 +17,7 @@ from jaxalign import evaluate as evaluate_cli
 from jaxalign import io
 from jaxalign import metrics
 from jaxalign import predict as predict_cli
+from jaxalign import schemes
 from jaxalign.evaluation import report as report_lib
 from jaxalign.evaluation import runner
 
@@ -272,6 +273,9 @@ def test_evaluation_with_fusion_reports_fused_unfused_and_cnn_only(run, tmp_path
                                     npz['true_left'], npz['flipped'], npz['true_yaw'])
   for key in ('stage2_gain', 'stage2_win_rate', 'cnn1_nme_stable', 'flip_accuracy'):
     assert again[key] == rep[key], key
+  # The collapsed-CNN1 count recomputes from the saved CNN1 points as well.
+  assert rep['cnn1_implausible'] == runner.implausible_shapes(
+      npz['cnn1'], [str(n) for n in npz['images']], schemes.IBUG68)
 
 
 def test_evaluation_with_blend_mixes_completion_and_cnn1(run, tmp_path):

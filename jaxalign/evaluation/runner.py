@@ -21,11 +21,13 @@ import numpy as np
 
 from jaxalign import inference
 from jaxalign import metrics
+from jaxalign import schemes as schemes_lib
 from jaxalign.data import pipeline
 from jaxalign.data import records as records_lib
 from jaxalign.evaluation import plots
 from jaxalign.evaluation import report as report_lib
 from jaxalign.prediction import face_boxes
+from jaxalign.prediction import verify
 from jaxalign.training import checkpointing
 from jaxalign.training import config as config_lib
 from jaxalign.training import data_setup
@@ -34,6 +36,32 @@ BACKENDS = inference.BACKENDS
 # Split evaluated when ``--dataset NAME`` names no split.
 DEFAULT_SPLITS = {'300w': 'full', 'cofw68': 'test', 'aflw': 'test', 'aflw2k3d': 'test',
                   'folder': 'all', 'the300w_lp': 'train'}
+
+
+def implausible_shapes(cnn1, names, scheme) -> dict | None:
+  """The faces on which CNN1 collapsed: its (N, L, 2) points fit no rigid 3D face (the rigid
+  fit's RMS residual / point-box side above :data:`jaxalign.prediction.verify.MAX_RESIDUAL`,
+  the threshold that rejects scattered points in detection). Such single faces move a run's
+  mean NME by tenths of a point (docs/experiments/cpu_300w.md), so the report names them.
+
+  Returns:
+    ``{'max_residual', 'count', 'images'}`` (``names`` of the flagged faces, worst first), or
+    None for a scheme without the 3D reference points (only iBUG-68 has them).
+  """
+  if scheme.name != schemes_lib.IBUG68.name:
+    return None
+  from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
+  try:
+    reference = pose.reference_points(scheme=scheme)
+  except (FileNotFoundError, OSError) as e:   # no 3DMM files: the count is optional
+    logging.warning('cnn1_implausible not computed: %s', e)
+    return None
+  residual = verify.rigid_residual(np.asarray(cnn1, np.float64), reference)
+  # A face without enough finite points (inf) was not decoded or not predicted: not a collapse.
+  bad = np.isfinite(residual) & (residual > verify.MAX_RESIDUAL)
+  order = np.flatnonzero(bad)[np.argsort(-residual[bad])]
+  return {'max_residual': verify.MAX_RESIDUAL, 'count': int(bad.sum()),
+          'images': [str(names[k]) for k in order]}
 
 
 def _tag(text: str) -> str:
@@ -234,6 +262,7 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
                                          true_yaw, scheme))
     outside = res.get('cnn2_outside')
     rep['cnn2_outside_fraction'] = None if outside is None else _finite_mean(outside[valid])
+  rep['cnn1_implausible'] = implausible_shapes(cnn1, [str(r.image) for r in kept], scheme)
   baseline = None
   if mean_shape is not None:
     baseline = pipeline.shape_in_boxes(mean_shape, kept, pipeline.CropSpec.from_config(config))

@@ -114,6 +114,11 @@ def follow_ratio(points_fn: PointsFn, image: np.ndarray, boxes: np.ndarray,
   return follow / len(moves), base.astype(np.float32)
 
 
+# Largest rigid-fit residual / point-box side of a face's points (:func:`rigid_residual`): the
+# verifier's threshold, and what the evaluation counts as a collapsed CNN1 (``cnn1_implausible``).
+MAX_RESIDUAL = 0.05
+
+
 @dataclasses.dataclass
 class Verifier:
   """``verifier(image, detections) -> (N,) bool``: accept the candidates that look like faces.
@@ -130,7 +135,7 @@ class Verifier:
   points_fn: PointsFn
   reference: np.ndarray | None = None
   max_follow: float = 0.5
-  max_residual: float = 0.05
+  max_residual: float = MAX_RESIDUAL
   shift: float = 0.15
   min_box_iou: float = 0.5
 
