@@ -54,6 +54,7 @@ from jaxalign import schemes as schemes_lib
 from jaxalign import transforms
 from jaxalign.data import pipeline
 from jaxalign.data import records as records_lib
+from jaxalign.models import aligner as aligner_lib
 from jaxalign.training import config as config_lib
 from jaxalign.training import runs
 
@@ -398,8 +399,43 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
     observed = merge_stable(cnn2, rough)
   boxes = np.stack([np.asarray(r.box, np.float32) for r in records]) if n else \
       np.zeros((0, 4), np.float32)
-  return {'rough': rough, 'stable': stable, 'observed': observed,
-          'cnn_points': merge_stable(stable, observed), 'flipped': flipped, 'boxes': boxes, 'valid': valid, 'cnn2_outside': outside}
+  out = {'rough': rough, 'stable': stable, 'observed': observed,
+         'cnn_points': merge_stable(stable, observed), 'flipped': flipped,
+         'boxes': boxes, 'valid': valid, 'cnn2_outside': outside,
+         'cnn1_collapsed': np.zeros(n, bool)}
+  if bool(config.eval.get('cnn1_guard', False)) and config.model.kind == 'pose_aware' and n:
+    _guard_collapsed_cnn1(model, config, records, out, batch_size, num_workers)
+  return out
+
+
+def cnn1_collapsed(model, rough) -> np.ndarray:
+  """(N,) bool: CNN1's (N, L, 2) points ``rough`` fit no rigid 3D face: the RMS residual of
+  the rigid fit of the model's mean-face points over the points' box side is above
+  :data:`jaxalign.prediction.verify.MAX_RESIDUAL` (faces that were not predicted: False)."""
+  from jaxalign.prediction import verify  # pylint: disable=g-import-not-at-top
+  residual = verify.rigid_residual(rough, np.asarray(model.pose_reference[...]))
+  return np.isfinite(residual) & (residual > verify.MAX_RESIDUAL)
+
+
+def _guard_collapsed_cnn1(model, config, records, out, batch_size, num_workers) -> None:
+  """``config.eval.cnn1_guard`` (beyond the paper): the faces on which CNN1 collapsed
+  (:func:`cnn1_collapsed`) take, in place in ``out``, the pipeline with CNN1 replaced by its mean
+  shape (:func:`jaxalign.models.aligner.with_mean_shape_cnn1`): the mean face placed in the face
+  box frames CNN2's view, and its unstable points are the observed ones. The fallback runs over
+  every face, so that each keeps its own box jitter, but only when some face collapsed."""
+  flagged = cnn1_collapsed(model, out['rough'])
+  out['cnn1_collapsed'] = flagged
+  if not flagged.any():
+    return
+  log.warning('CNN1 collapsed on %d of %d faces (its points fit no rigid 3D face); their CNN2 '
+              'runs on the mean shape placed in the box', int(flagged.sum()), len(flagged))
+  unguarded = config.copy_and_resolve_references()
+  unguarded.eval.cnn1_guard = False
+  alt = predict_records(aligner_lib.with_mean_shape_cnn1(model), unguarded, records,
+                        batch_size=batch_size, num_workers=num_workers)
+  for key in ('rough', 'stable', 'observed', 'cnn_points', 'flipped', 'cnn2_outside'):
+    out[key] = np.where(flagged.reshape((-1,) + (1,) * (out[key].ndim - 1)), alt[key],
+                        out[key]).astype(out[key].dtype)
 
 
 def recrop_records(records, points) -> list:
@@ -430,8 +466,11 @@ def average_passes(first: dict, second: dict) -> dict:
   observed = mean(first['observed'], second['observed'])
   pair = mean(first['cnn_points'], second['cnn_points'])
   stable = np.where(np.isnan(first['stable']), np.nan, pair).astype(np.float32)
+  collapsed = first.get('cnn1_collapsed')
+  if collapsed is not None and second.get('cnn1_collapsed') is not None:
+    collapsed = collapsed | second['cnn1_collapsed']    # the guard stepped in on either pass
   return dict(first, rough=rough, observed=observed, stable=stable,
-              cnn_points=merge_stable(stable, observed))
+              cnn_points=merge_stable(stable, observed), cnn1_collapsed=collapsed)
 
 
 def predict_with_recrop(model, config, records, batch_size: int = 64) -> dict:

@@ -221,6 +221,27 @@ def mirror_averaged(net, images: jax.Array, scheme: schemes_lib.LandmarkScheme) 
   return 0.5 * (points + transforms.flip_landmarks(mirrored, images.shape[2], scheme))
 
 
+class MeanShapeNet(nnx.Module):
+  """Stands in for a landmark network: its (L, 2) ``mean_shape`` for every image (the
+  regression head's starting point), whatever the image shows."""
+
+  def __init__(self, mean_shape):
+    self.mean_shape = ModelConstant(jnp.asarray(mean_shape, jnp.float32))
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    mean = self.mean_shape[...]
+    return jnp.broadcast_to(mean, (images.shape[0],) + mean.shape)
+
+
+def with_mean_shape_cnn1(model: 'PoseAwareAligner') -> 'PoseAwareAligner':
+  """A copy of ``model`` whose CNN1 outputs its mean shape (:class:`MeanShapeNet`), so that the
+  spatial transform frames the face box as the average training face and CNN2 runs on that view:
+  the fallback for a face on which CNN1 collapsed (``config.eval.cnn1_guard``)."""
+  fallback = nnx.clone(model)
+  fallback.cnn1 = MeanShapeNet(model.cnn1.mean_shape[...])
+  return fallback
+
+
 def _scatter_points(base, indices, values):
   """base (B, L, 2) with base[b, indices[b, k]] = values[b, k]; indices (B, K)."""
   return jax.vmap(lambda r, i, v: r.at[i].set(v))(base, indices, values)
