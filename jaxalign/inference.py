@@ -411,10 +411,10 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
 def cnn1_collapsed(model, rough) -> np.ndarray:
   """(N,) bool: CNN1's (N, L, 2) points ``rough`` fit no rigid 3D face: the RMS residual of
   the rigid fit of the model's mean-face points over the points' box side is above
-  :data:`jaxalign.prediction.verify.MAX_RESIDUAL` (faces that were not predicted: False)."""
-  from jaxalign.prediction import verify  # pylint: disable=g-import-not-at-top
-  residual = verify.rigid_residual(rough, np.asarray(model.pose_reference[...]))
-  return np.isfinite(residual) & (residual > verify.MAX_RESIDUAL)
+  :data:`jaxalign.morphable.pose.MAX_RESIDUAL` (faces that were not predicted: False)."""
+  from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
+  residual = pose.rigid_residual(rough, np.asarray(model.pose_reference[...]))
+  return np.isfinite(residual) & (residual > pose.MAX_RESIDUAL)
 
 
 def _guard_collapsed_cnn1(model, config, records, out, batch_size, num_workers) -> None:

@@ -6,7 +6,6 @@ import numpy as np
 from jaxalign import schemes
 from jaxalign.evaluation import runner
 from jaxalign.morphable import pose
-from jaxalign.prediction import verify
 
 
 def _faces(n, rng):
@@ -30,8 +29,8 @@ def test_collapsed_faces_are_named_worst_first(sfm_dir):
   scattered[4, :34] = scattered[4, :34][::-1]                      # half the face shuffled
   names = [f'face_{k}.jpg' for k in range(6)]
   clean = runner.implausible_shapes(faces, names, schemes.IBUG68)
-  assert clean == {'max_residual': verify.MAX_RESIDUAL, 'count': 0, 'images': []}
-  res = verify.rigid_residual(scattered, pose.reference_points())
+  assert clean == {'max_residual': pose.MAX_RESIDUAL, 'count': 0, 'images': []}
+  res = pose.rigid_residual(scattered, pose.reference_points())
   out = runner.implausible_shapes(scattered, names, schemes.IBUG68)
   assert out['count'] == 2
   assert out['images'] == sorted(['face_2.jpg', 'face_4.jpg'], key=lambda n: -res[int(n[5])])

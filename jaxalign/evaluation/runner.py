@@ -27,7 +27,6 @@ from jaxalign.data import records as records_lib
 from jaxalign.evaluation import plots
 from jaxalign.evaluation import report as report_lib
 from jaxalign.prediction import face_boxes
-from jaxalign.prediction import verify
 from jaxalign.training import checkpointing
 from jaxalign.training import config as config_lib
 from jaxalign.training import data_setup
@@ -40,7 +39,7 @@ DEFAULT_SPLITS = {'300w': 'full', 'cofw68': 'test', 'aflw': 'test', 'aflw2k3d': 
 
 def implausible_shapes(cnn1, names, scheme) -> dict | None:
   """The faces on which CNN1 collapsed: its (N, L, 2) points fit no rigid 3D face (the rigid
-  fit's RMS residual / point-box side above :data:`jaxalign.prediction.verify.MAX_RESIDUAL`,
+  fit's RMS residual / point-box side above :data:`jaxalign.morphable.pose.MAX_RESIDUAL`,
   the threshold that rejects scattered points in detection). Such single faces move a run's
   mean NME by tenths of a point (docs/experiments/cpu_300w.md), so the report names them.
 
@@ -56,11 +55,11 @@ def implausible_shapes(cnn1, names, scheme) -> dict | None:
   except (FileNotFoundError, OSError) as e:   # no 3DMM files: the count is optional
     logging.warning('cnn1_implausible not computed: %s', e)
     return None
-  residual = verify.rigid_residual(np.asarray(cnn1, np.float64), reference)
+  residual = pose.rigid_residual(np.asarray(cnn1, np.float64), reference)
   # A face without enough finite points (inf) was not decoded or not predicted: not a collapse.
-  bad = np.isfinite(residual) & (residual > verify.MAX_RESIDUAL)
+  bad = np.isfinite(residual) & (residual > pose.MAX_RESIDUAL)
   order = np.flatnonzero(bad)[np.argsort(-residual[bad])]
-  return {'max_residual': verify.MAX_RESIDUAL, 'count': int(bad.sum()),
+  return {'max_residual': pose.MAX_RESIDUAL, 'count': int(bad.sum()),
           'images': [str(names[k]) for k in order]}
 
 

@@ -128,3 +128,39 @@ def flip_from_points(points, scheme=schemes_lib.IBUG68, model=None,
   points ignored; too few points: not flipped)."""
   yaw = np.asarray(estimate_pose(points, scheme, model)[..., 0])
   return is_left_looking(yaw, threshold)
+
+
+# Largest rigid-fit residual / point-box side of a face's points (:func:`rigid_residual`): what
+# the detection verifier accepts, and beyond which the evaluation and ``eval.cnn1_guard`` count a
+# CNN1 output as collapsed (scattered points that no rigid face explains).
+MAX_RESIDUAL = 0.05
+
+
+def rigid_residual(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """RMS residual of the best affine camera from 3D reference points to 2D points.
+
+  Args:
+    points: (N, L, 2) image pixels (NaN points ignored).
+    reference: (L, 3) model points (NaN rows, e.g. contour points, ignored).
+
+  Returns:
+    (N,) float64 RMS residual / longer side of the points' box; inf where fewer than 6 points
+    are usable (an affine camera has 8 unknowns, 4 per coordinate).
+  """
+  pts = np.asarray(points, np.float64)
+  if pts.ndim != 3 or pts.shape[-1] != 2:
+    raise ValueError(f'points must have shape (N, L, 2), got {pts.shape}')
+  ref = np.asarray(reference, np.float64)
+  if ref.shape != (pts.shape[1], 3):
+    raise ValueError(f'reference must have shape ({pts.shape[1]}, 3), got {ref.shape}')
+  out = np.full(len(pts), np.inf)
+  for i, p in enumerate(pts):
+    ok = np.isfinite(p).all(-1) & np.isfinite(ref).all(-1)
+    if ok.sum() < 6:
+      continue
+    a = np.concatenate([ref[ok], np.ones((ok.sum(), 1))], 1)          # (K, 4)
+    cam, *_ = np.linalg.lstsq(a, p[ok], rcond=None)                    # (4, 2)
+    res = np.sqrt(np.mean(np.sum((a @ cam - p[ok]) ** 2, -1)))
+    side = np.max(p[ok].max(0) - p[ok].min(0))
+    out[i] = res / max(side, 1e-6)
+  return out

@@ -35,6 +35,13 @@ from typing import Callable
 
 import numpy as np
 
+from jaxalign.morphable import pose as pose_lib
+
+# The rigid-face test and its threshold live with the pose fits (below the inference and the
+# evaluation, which use them too); the verifier's names for them.
+rigid_residual = pose_lib.rigid_residual
+MAX_RESIDUAL = pose_lib.MAX_RESIDUAL
+
 # MTCNN's stage thresholds when a verifier checks its weaker faces (``predict``'s default; the
 # usual ones are 0.6 / 0.7 / 0.7): on the synthetic photos of the detection benchmark 75 of 92
 # faces found against 70, with no more false detections on the real photos (docs/benchmarks.md,
@@ -54,36 +61,6 @@ VERIFIED_GREY_EQUALIZED_MIN_SCORE = 0.85
 
 # Points-function signature: (image (H, W, 3) uint8, boxes (N, 4)) -> (N, 68, 2) image pixels.
 PointsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def rigid_residual(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
-  """RMS residual of the best affine camera from 3D reference points to 2D points.
-
-  Args:
-    points: (N, L, 2) image pixels (NaN points ignored).
-    reference: (L, 3) model points (NaN rows, e.g. contour points, ignored).
-
-  Returns:
-    (N,) float64 RMS residual / longer side of the points' box; inf where fewer than 6 points
-    are usable (an affine camera has 8 unknowns, 4 per coordinate).
-  """
-  pts = np.asarray(points, np.float64)
-  if pts.ndim != 3 or pts.shape[-1] != 2:
-    raise ValueError(f'points must have shape (N, L, 2), got {pts.shape}')
-  ref = np.asarray(reference, np.float64)
-  if ref.shape != (pts.shape[1], 3):
-    raise ValueError(f'reference must have shape ({pts.shape[1]}, 3), got {ref.shape}')
-  out = np.full(len(pts), np.inf)
-  for i, p in enumerate(pts):
-    ok = np.isfinite(p).all(-1) & np.isfinite(ref).all(-1)
-    if ok.sum() < 6:
-      continue
-    a = np.concatenate([ref[ok], np.ones((ok.sum(), 1))], 1)          # (K, 4)
-    cam, *_ = np.linalg.lstsq(a, p[ok], rcond=None)                    # (4, 2)
-    res = np.sqrt(np.mean(np.sum((a @ cam - p[ok]) ** 2, -1)))
-    side = np.max(p[ok].max(0) - p[ok].min(0))
-    out[i] = res / max(side, 1e-6)
-  return out
 
 
 def follow_ratio(points_fn: PointsFn, image: np.ndarray, boxes: np.ndarray,
@@ -112,11 +89,6 @@ def follow_ratio(points_fn: PointsFn, image: np.ndarray, boxes: np.ndarray,
     d = np.linalg.norm(pts[(k + 1) * n:(k + 2) * n] - base, axis=-1)   # (N, L)
     follow += np.nanmedian(d, axis=-1) / np.maximum(np.linalg.norm(m, axis=-1), 1e-6)
   return follow / len(moves), base.astype(np.float32)
-
-
-# Largest rigid-fit residual / point-box side of a face's points (:func:`rigid_residual`): the
-# verifier's threshold, and what the evaluation counts as a collapsed CNN1 (``cnn1_implausible``).
-MAX_RESIDUAL = 0.05
 
 
 @dataclasses.dataclass

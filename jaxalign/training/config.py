@@ -217,7 +217,7 @@ def base_config() -> ml_collections.ConfigDict:
   # framing, without the box's error), averaged with the first (inference.predict_with_recrop).
   # Twice the networks' cost at test time. Beyond the paper.
   c.eval.recrop = False
-  # A face whose CNN1 points fit no rigid 3D face (a collapse: verify.MAX_RESIDUAL) gets the
+  # A face whose CNN1 points fit no rigid 3D face (a collapse: pose.MAX_RESIDUAL) gets the
   # pipeline with CNN1's output replaced by its mean shape placed in the face box
   # (inference.predict_records). Beyond the paper.
   c.eval.cnn1_guard = False
