@@ -31,8 +31,7 @@ are completed by the completion learned from the training faces (``eval.completi
 'learned'``, fitted at the end of training into ``learned_completion.json``), fused and mixed
 with CNN1's points by tables calibrated on the held-out slice. At test time the CNN pair runs
 twice, on the given box and on a crop around its own points, and the two are averaged
-(``eval.recrop``); a face whose CNN1 points fit no rigid 3D face (a collapse) gets CNN2 on the
-mean shape placed in its box instead (``eval.cnn1_guard``).
+(``eval.recrop``).
 The plain twin (the paper's "original ResNet" baseline at the same budget) is the same command
 with ``--config.model.kind=plain``. ``configs/paper_300w.py`` is the paper's recipe for GPUs.
 """
@@ -101,10 +100,6 @@ def get_config() -> ml_collections.ConfigDict:
   # A second pass of the CNN pair around its own points, averaged with the first (beyond the
   # paper; measured on val: docs/experiments/cpu_300w.md).
   c.eval.recrop = True
-  # CNN1 collapses on a rare face (points scattered over the photo); such a face gets CNN2 on
-  # the mean shape placed in its box (beyond the paper; measured on val:
-  # docs/experiments/cpu_300w.md).
-  c.eval.cnn1_guard = True
   c.eval.box_jitter.shift = 0.05
   c.eval.box_jitter.scale = 0.07
   c.eval.box_jitter.rotation_deg = 10.0

@@ -17,8 +17,7 @@ beyond the paper is left to flags, so that this config stays the paper's: its co
 (learned from the training faces, fused with CNN1's points and mixed, calibrated on a held-out
 tenth) is ``--config.data.holdout_fraction=0.1 --config.eval.completion_backend=learned
 --config.eval.completion_fusion=True --config.eval.completion_blend=True``, its second pass
-around the pair's own points ``--config.eval.recrop=True``, its guard against a collapsed
-CNN1 ``--config.eval.cnn1_guard=True``, its synthetic pretraining (the
+around the pair's own points ``--config.eval.recrop=True``, its synthetic pretraining (the
 stand-in for the paper's ImageNet weights, which ``--config.init_from=resnet50.safetensors``
 loads where you have them) ``--config.pretrain.config=configs/default.py``, its jitter of CNN2's
 crop ``--config.augment.cnn2_rotation_deg=5 --config.augment.cnn2_translation=0.03
