@@ -5,9 +5,7 @@ faces or a held-out slice of the training set), what the run's :class:`jaxalign.
 .Completion` needs beyond its backend:
 
 - ``rms``: CNN1's residual RMS per |yaw| bin and point (inter-ocular units, right-looking
-  frame; CNN2's where it regresses every point, ``model.cnn2_points='all'``: the ``observed``
-  points of :func:`jaxalign.inference.predict_records`), from which the fusion weights of those
-  unstable points in the 3DMM fit come
+  frame), from which the fusion weights of CNN1's unstable points in the 3DMM fit come
   (``eval.completion_fusion``; :func:`jaxalign.morphable.completion.fusion_weights`);
 - ``blend``: the mix of each completed unstable point with CNN1's, alpha per |yaw| bin and
   point fitted by least squares (``eval.completion_blend``;
@@ -127,7 +125,7 @@ def calibrate(model, config, records, batch_size: int | None = None,
     return None
   kept = [r for r, v in zip(records, valid) if v]
   gt = np.stack([np.asarray(r.points, np.float32) for r in kept])
-  rough = cnn['observed'][valid]   # CNN1's points, or CNN2's where it regresses every point
+  rough = cnn['rough'][valid]
   rms = completion_lib.residual_rms(rough, gt, _truth_yaw(kept, gt), bins=bins)
   table = {'rms': np.where(np.isfinite(rms), rms, None).tolist(), 'bins': list(bins),
            'num_faces': int(valid.sum()), 'units': 'inter-ocular distance',

@@ -6,11 +6,8 @@ and the benchmarks, so that all of them compute the same points::
   run = Run.load('runs/default')          # config merged onto base_config(); no optimiser
   res = run_pipeline(run.model, run.config, records, run.completion())
   res['points']     # (N, L, 2) image pixels: the full pipeline
-  res['cnn_points'] # (N, L, 2) the CNNs alone: CNN2's stable points, `observed` elsewhere
+  res['cnn_points'] # (N, L, 2) the CNNs alone: CNN2's stable points, CNN1's other points
   res['rough']      # (N, L, 2) CNN1's points (== points for 'plain')
-  res['observed']   # (N, L, 2) the CNNs' own estimate of every point that the completion fuses
-                    #   and mixes with: CNN1's, or CNN2's where it regresses every point
-                    #   (model.cnn2_points='all')
   res['stable']     # (N, L, 2) CNN2's stable points, NaN elsewhere ('pose_aware'; else all NaN)
   res['flipped']    # (N,) bool: the face was mirrored (left-looking) before CNN2
   res['boxes']      # (N, 4) the face boxes used (x0, y0, x1, y1), image pixels
@@ -54,7 +51,6 @@ from jaxalign import schemes as schemes_lib
 from jaxalign import transforms
 from jaxalign.data import pipeline
 from jaxalign.data import records as records_lib
-from jaxalign.models import aligner as aligner_lib
 from jaxalign.training import config as config_lib
 from jaxalign.training import runs
 
@@ -300,12 +296,11 @@ def fill_unstable(stable, completed, rough, ok=None) -> tuple[np.ndarray, np.nda
   Args:
     stable: (N, L, 2) CNN2's points, NaN at the unstable points.
     completed: (N, L, 2) the completion's points.
-    rough: (N, L, 2) the CNNs' own points (``observed``: CNN1's, or CNN2's where it
-      regresses every point).
+    rough: (N, L, 2) CNN1's points.
     ok: (N,) bool, the backend's verdict per face (None: every fit succeeded).
 
   Returns:
-    (points (N, L, 2) float32, fallback (N, L) bool: the points taken from ``rough``).
+    (points (N, L, 2) float32, fallback (N, L) bool: the points taken from CNN1).
   """
   filled = merge_stable(stable, np.asarray(completed, np.float32))
   ok = np.ones(len(filled), bool) if ok is None else np.asarray(ok, bool)
@@ -340,15 +335,14 @@ def _predict_batch(graphdef, params, config_json, batch):
   if config.model.kind == 'plain':
     rough = model(views['images'], mirror_tta=tta)['points']
     b = rough.shape[0]
-    return (transforms.warp_points(rough, to_image), None, None, jnp.zeros(b, bool),
+    return (transforms.warp_points(rough, to_image), None, jnp.zeros(b, bool),
             jnp.zeros(b, jnp.float32))
   out = model(views['images'], source=views['source'], source_to_input=views['matrices'],
               mirror_tta=tta)
   image_to_view = transforms.compose(batch['crop_from_image'], views['matrices'], out['matrix'])
   outside = _outside_fraction(image_to_view, model.cnn2_image_size, batch['image_hw'])
   return (transforms.warp_points(out['rough'], to_image),
-          transforms.warp_points(out['sl_points'], to_image),
-          transforms.warp_points(out['cnn2_points'], to_image), out['flipped'], outside)
+          transforms.warp_points(out['sl_points'], to_image), out['flipped'], outside)
 
 
 def predict_records(model, config, records, batch_size: int = 64, num_workers: int = 0) -> dict:
@@ -363,9 +357,9 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
     num_workers: grain worker processes for decoding (0 = in this process).
 
   Returns:
-    dict of numpy arrays ``rough``, ``stable``, ``observed``, ``cnn_points``, ``flipped``,
-    ``boxes``, ``valid`` (see the module docstring) and ``cnn2_outside`` (N,): the fraction of
-    CNN2's input pixels that fall outside the photo (black; 0 for the plain model).
+    dict of numpy arrays ``rough``, ``stable``, ``cnn_points``, ``flipped``, ``boxes``,
+    ``valid`` (see the module docstring) and ``cnn2_outside`` (N,): the fraction of CNN2's
+    input pixels that fall outside the photo (black; 0 for the plain model).
   """
   n = len(records)
   num_points = config_lib.model_scheme(config).num_points
@@ -375,67 +369,27 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
   config_json = config.to_json(sort_keys=True)
   rough = np.full((n, num_points, 2), np.nan, np.float32)
   stable = np.full((n, num_points, 2), np.nan, np.float32)
-  cnn2 = np.full((n, num_points, 2), np.nan, np.float32)
   flipped = np.zeros(n, bool)
   valid = np.zeros(n, bool)
   outside = np.full(n, np.nan, np.float32)
   for batch in pipeline.eval_batches(records, spec, batch_size, num_workers):
     dev = {k: jnp.asarray(batch[k]) for k in ('image', 'points', 'box', 'crop_from_image',
                                               'index', 'image_hw')}
-    r, s, c, f, o = _predict_batch(graphdef, params, config_json, dev)
+    r, s, f, o = _predict_batch(graphdef, params, config_json, dev)
     keep = batch['index'] >= 0
     idx = batch['index'][keep]
     rough[idx] = np.asarray(r)[keep]
     if s is not None:
       stable[idx] = np.asarray(s)[keep]
-      cnn2[idx] = np.asarray(c)[keep]
     flipped[idx] = np.asarray(f)[keep]
     outside[idx] = np.asarray(o)[keep]
     valid[idx] = batch['valid'][keep]
   rough[~valid] = np.nan
   stable[~valid] = np.nan
-  observed = rough
-  if config.model.kind != 'plain' and config.model.cnn2_points == 'all':
-    observed = merge_stable(cnn2, rough)
   boxes = np.stack([np.asarray(r.box, np.float32) for r in records]) if n else \
       np.zeros((0, 4), np.float32)
-  out = {'rough': rough, 'stable': stable, 'observed': observed,
-         'cnn_points': merge_stable(stable, observed), 'flipped': flipped,
-         'boxes': boxes, 'valid': valid, 'cnn2_outside': outside,
-         'cnn1_collapsed': np.zeros(n, bool)}
-  if bool(config.eval.get('cnn1_guard', False)) and config.model.kind == 'pose_aware' and n:
-    _guard_collapsed_cnn1(model, config, records, out, batch_size, num_workers)
-  return out
-
-
-def cnn1_collapsed(model, rough) -> np.ndarray:
-  """(N,) bool: CNN1's (N, L, 2) points ``rough`` fit no rigid 3D face: the RMS residual of
-  the rigid fit of the model's mean-face points over the points' box side is above
-  :data:`jaxalign.morphable.pose.MAX_RESIDUAL` (faces that were not predicted: False)."""
-  from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
-  residual = pose.rigid_residual(rough, np.asarray(model.pose_reference[...]))
-  return np.isfinite(residual) & (residual > pose.MAX_RESIDUAL)
-
-
-def _guard_collapsed_cnn1(model, config, records, out, batch_size, num_workers) -> None:
-  """``config.eval.cnn1_guard`` (beyond the paper): the faces on which CNN1 collapsed
-  (:func:`cnn1_collapsed`) take, in place in ``out``, the pipeline with CNN1 replaced by its mean
-  shape (:func:`jaxalign.models.aligner.with_mean_shape_cnn1`): the mean face placed in the face
-  box frames CNN2's view, and its unstable points are the observed ones. The fallback runs over
-  every face, so that each keeps its own box jitter, but only when some face collapsed."""
-  flagged = cnn1_collapsed(model, out['rough'])
-  out['cnn1_collapsed'] = flagged
-  if not flagged.any():
-    return
-  log.warning('CNN1 collapsed on %d of %d faces (its points fit no rigid 3D face); their CNN2 '
-              'runs on the mean shape placed in the box', int(flagged.sum()), len(flagged))
-  unguarded = config.copy_and_resolve_references()
-  unguarded.eval.cnn1_guard = False
-  alt = predict_records(aligner_lib.with_mean_shape_cnn1(model), unguarded, records,
-                        batch_size=batch_size, num_workers=num_workers)
-  for key in ('rough', 'stable', 'observed', 'cnn_points', 'flipped', 'cnn2_outside'):
-    out[key] = np.where(flagged.reshape((-1,) + (1,) * (out[key].ndim - 1)), alt[key],
-                        out[key]).astype(out[key].dtype)
+  return {'rough': rough, 'stable': stable, 'cnn_points': merge_stable(stable, rough),
+          'flipped': flipped, 'boxes': boxes, 'valid': valid, 'cnn2_outside': outside}
 
 
 def recrop_records(records, points) -> list:
@@ -451,9 +405,8 @@ def recrop_records(records, points) -> list:
 
 
 def average_passes(first: dict, second: dict) -> dict:
-  """:func:`predict_records`' dicts of two passes on the same faces -> one: CNN1's points, the
-  observed points and the pair's points averaged where both passes are valid (the first pass's
-  elsewhere). The stable
+  """:func:`predict_records`' dicts of two passes on the same faces -> one: CNN1's points and the
+  pair's points averaged where both passes are valid (the first pass's elsewhere). The stable
   set, the flip, the boxes and the outside fraction stay the first pass's; at those stable points
   the second pass contributes its own pair's estimate (CNN2's, or CNN1's where it flipped the
   other way)."""
@@ -463,14 +416,9 @@ def average_passes(first: dict, second: dict) -> dict:
     return np.where(both, 0.5 * (a + b), a).astype(np.float32)
 
   rough = mean(first['rough'], second['rough'])
-  observed = mean(first['observed'], second['observed'])
   pair = mean(first['cnn_points'], second['cnn_points'])
   stable = np.where(np.isnan(first['stable']), np.nan, pair).astype(np.float32)
-  collapsed = first.get('cnn1_collapsed')
-  if collapsed is not None and second.get('cnn1_collapsed') is not None:
-    collapsed = collapsed | second['cnn1_collapsed']    # the guard stepped in on either pass
-  return dict(first, rough=rough, observed=observed, stable=stable,
-              cnn_points=merge_stable(stable, observed), cnn1_collapsed=collapsed)
+  return dict(first, rough=rough, stable=stable, cnn_points=merge_stable(stable, rough))
 
 
 def predict_with_recrop(model, config, records, batch_size: int = 64) -> dict:
@@ -627,10 +575,8 @@ def run_pipeline(model, config, records, completion: Completion | str | None = N
       log.warning('%s', error)
   elif valid.any() and fit_backend != 'none':
     sel = np.flatnonzero(valid)
-    # The CNNs' own points (CNN1's, or CNN2's where it regresses every point): fused into the
-    # fit, mixed with its result, and the fallback of a failed fit.
-    observed = out['observed'][sel]
-    fit_input = observed if plain else out['stable'][sel]
+    rough = out['rough'][sel]
+    fit_input = rough if plain else out['stable'][sel]
     fuse = completion.fusion if not plain else None
     mix = completion.blend if not plain else None
 
@@ -640,8 +586,8 @@ def run_pipeline(model, config, records, completion: Completion | str | None = N
           train_dir=completion.train_dir, convention=convention, learned=completion.learned,
           **extra)
 
-    yaw_cnn1 = cnn1_yaw(observed) if (fuse or mix) else None
-    result = fit(**fusion_inputs(observed, fuse, yaw_cnn1))
+    yaw_cnn1 = cnn1_yaw(rough) if (fuse or mix) else None
+    result = fit(**fusion_inputs(rough, fuse, yaw_cnn1))
     for name, arr in (('yaw', yaw), ('pitch', pitch), ('roll', roll)):
       value = getattr(result, name, None)
       if value is not None:
@@ -656,7 +602,7 @@ def run_pipeline(model, config, records, completion: Completion | str | None = N
     if not plain:
       ran = backend
       stable = out['stable'][sel]
-      filled, bad = fill_unstable(stable, result.points, observed, getattr(result, 'ok', None))
+      filled, bad = fill_unstable(stable, result.points, rough, getattr(result, 'ok', None))
       num_fallbacks = int(bad.any(-1).sum())
       if num_fallbacks:
         log.warning('completion failed on %d faces; their unstable points are CNN1\'s',
@@ -665,13 +611,13 @@ def run_pipeline(model, config, records, completion: Completion | str | None = N
       if fuse:
         unfused = fit()
         points_unfused = points.copy()
-        points_unfused[sel] = fill_unstable(stable, unfused.points, observed,
+        points_unfused[sel] = fill_unstable(stable, unfused.points, rough,
                                             getattr(unfused, 'ok', None))[0]
       if mix:
         from jaxalign.morphable import completion as completion_lib  # pylint: disable=g-import-not-at-top
         points_unblended = points.copy()
         points[sel] = completion_lib.blend_points(
-            filled, observed, np.asarray(mix['alpha'], np.float64), yaw_cnn1,
+            filled, rough, np.asarray(mix['alpha'], np.float64), yaw_cnn1,
             bins=tuple(mix['bins']))
   t2 = time.perf_counter()
   return dict(out, points=points, points_unfused=points_unfused,

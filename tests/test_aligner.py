@@ -32,18 +32,6 @@ def _turned(shape, amount):
   return shape
 
 
-def _four_faces(canon):
-  """(4, 68, 2) similarity moves of ``canon``: left-looking, right-looking, left-looking,
-  frontal; a little asymmetry so that the template's mirror symmetry hides no index error."""
-  center = np.array([15.5, 15.5])
-  gt = np.stack([_similarity(_turned(canon, -0.35), 0.2, 0.9, (1.0, 0.0), center),
-                 _similarity(_turned(canon, 0.35), -0.3, 0.8, (0.0, 1.0), center),
-                 _similarity(_turned(canon, -0.5), 0.5, 0.7, (-1.0, 2.0), center),
-                 _similarity(canon, 0.1, 1.1, (0.5, 0.5), center)])
-  gt[..., 1] += np.linspace(0, 1, 68)
-  return gt
-
-
 class _Oracle(nnx.Module):
   """Stands in for a CNN: returns fixed points whatever the images."""
 
@@ -205,7 +193,12 @@ def test_inverse_transform_and_unflip_recover_the_points(model, images):
   """With oracle CNNs (CNN1 = ground truth, CNN2 = ground truth in its own frame), the model
   must return the ground truth: this checks the inverse warp and the index un-flip."""
   canon = np.asarray(model.canonical_shape[...])
-  gt = _four_faces(canon)  # break the symmetry of the template a little
+  center = np.array([15.5, 15.5])
+  gt = np.stack([_similarity(_turned(canon, -0.35), 0.2, 0.9, (1.0, 0.0), center),
+                 _similarity(_turned(canon, 0.35), -0.3, 0.8, (0.0, 1.0), center),
+                 _similarity(_turned(canon, -0.5), 0.5, 0.7, (-1.0, 2.0), center),
+                 _similarity(canon, 0.1, 1.1, (0.5, 0.5), center)])
+  gt[..., 1] += np.linspace(0, 1, 68)  # break the symmetry of the template a little
   gt = jnp.asarray(gt)
   matrix, flipped = model.spatial_transform(gt)
   targets = model.cnn2_targets(gt, matrix, flipped)
@@ -223,54 +216,6 @@ def test_inverse_transform_and_unflip_recover_the_points(model, images):
   # The targets of a mirrored face are the mirrored shape in its own indexing: its stable
   # points are the viewer's-left half (the brow point 17 sits left of 22 after mirroring).
   assert float(targets[0, 0, 0]) < float(targets[0, IBUG.stable.index(22), 0])
-
-
-def test_cnn2_all_points_recovers_every_point_and_keeps_the_stable_set(reference, images):
-  """model.cnn2_points='all': CNN2 regresses all 68 points of its frame. With oracle CNNs
-  (CNN1 = ground truth + 2 px, so that CNN1's and CNN2's points differ; CNN2 = the truth in its
-  frame) every point comes back through the inverse warp and the un-flip, the stable set and
-  the SL-only outputs are those of the paper's model, and the unstable points are CNN2's."""
-  model = aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, cnn2_points='all',
-                                       pose_reference=reference, rngs=nnx.Rngs(0))
-  assert model.cnn2.num_points == 68
-  canon = np.asarray(model.canonical_shape[...])
-  gt = _four_faces(canon)
-  gt = jnp.asarray(gt)
-  matrix, flipped = model.spatial_transform(gt + 2.0)
-  targets = model.cnn2_targets(gt, matrix, flipped)
-  assert targets.shape == (4, 68, 2)
-  oracle = nnx.clone(model)
-  oracle.cnn1 = _Oracle(gt + 2.0)
-  oracle.cnn2 = _Oracle(targets)
-  out = nnx.jit(lambda m, x: m(x))(oracle, images)
-  np.testing.assert_array_equal(out['flipped'], [True, False, True, False])
-  np.testing.assert_allclose(out['cnn2_points'], gt, atol=1e-3)      # every point, CNN2's
-  idx = np.asarray(out['stable_indices'])
-  np.testing.assert_array_equal(idx[0], IBUG.flip_index_array()[list(IBUG.stable)])
-  np.testing.assert_array_equal(idx[1], IBUG.stable)
-  for b in range(4):
-    np.testing.assert_allclose(out['stable'][b], np.asarray(gt)[b, idx[b]], atol=1e-3)
-    unstable = np.setdiff1d(np.arange(68), idx[b])
-    assert np.isnan(np.asarray(out['sl_points'])[b, unstable]).all()
-    np.testing.assert_allclose(out['points'][b, unstable], np.asarray(gt + 2.0)[b, unstable],
-                               atol=1e-4)   # 'points' keeps CNN1's ULs, as documented
-  # The paper's model on the same input: its CNN2 output is the stable points only.
-  paper = aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, pose_reference=reference,
-                                       rngs=nnx.Rngs(0))
-  out_paper = paper(images)
-  assert out_paper['stable'].shape == (4, 34, 2)
-  np.testing.assert_array_equal(np.isnan(out_paper['cnn2_points']),
-                                np.isnan(out_paper['sl_points']))
-  # Training: CNN2's loss covers every point, so a weight on an unstable point alone (26, the
-  # viewer's-right brow end) reaches CNN2 for every face, mirrored or not.
-  w = np.zeros((4, 68), np.float32)
-  w[:, 26] = 1.0
-  aux = aligner_lib.compute_losses(model, images, gt, jnp.asarray(w),
-                                   transform_from='ground_truth')[1]
-  assert float(aux['loss_cnn2']) > 0
-  with pytest.raises(ValueError, match='cnn2_points'):
-    aligner_lib.PoseAwareAligner(depth='tiny', image_size=SIZE, cnn2_points='jaw',
-                                 pose_reference=reference, rngs=nnx.Rngs(0))
 
 
 def test_losses_and_gradient_isolation(model, images):

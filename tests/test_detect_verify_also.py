@@ -71,22 +71,3 @@ def test_predict_and_bench_refuse_a_missing_or_unused_second_run(smoke_run, tmp_
                             '--verify-also', str(tmp_path / 'nope')]) == 2
   assert 'verifier run' in capsys.readouterr().err
 
-
-def test_the_verifier_reads_cnn1s_own_points_under_the_collapse_guard(smoke_run, monkeypatch):
-  """A run with eval.cnn1_guard: the verifier's points are CNN1's own (the guard's stand-in, the
-  mean shape placed in the box, would pass the residual test on any clutter)."""
-  from jaxalign import inference
-  run = inference.Run.load(smoke_run)
-  run.config.eval.cnn1_guard = True
-  seen = []
-  original = inference.predict_records
-
-  def spy(model, config, records, **kwargs):
-    seen.append(bool(config.eval.cnn1_guard))
-    return original(model, config, records, **kwargs)
-
-  monkeypatch.setattr(inference, 'predict_records', spy)
-  image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8)
-  points = verify.run_points_fn(run)(image, np.array([[20, 10, 60, 60]], np.float32))
-  assert points.shape == (1, 68, 2) and seen == [False]
-  assert run.config.eval.cnn1_guard     # the run's own config is left as it was

@@ -181,7 +181,7 @@ def test_evaluation_of_aflw2000_3d_completes_in_the_3d_convention(tmp_path, monk
   def fake_predict(model, config, records, batch_size, **kw):
     gt = np.stack([r.points for r in records]).astype(np.float32)
     pred = np.where(stable[None, :, None], gt + 1.0, np.nan).astype(np.float32)
-    return {'rough': gt + 2.0, 'observed': gt + 2.0, 'stable': pred, 'cnn_points': np.where(np.isnan(pred), gt, pred),
+    return {'rough': gt + 2.0, 'stable': pred, 'cnn_points': np.where(np.isnan(pred), gt, pred),
             'flipped': np.zeros(len(records), bool), 'valid': np.ones(len(records), bool),
             'boxes': np.stack([r.box for r in records]).astype(np.float32)}
 

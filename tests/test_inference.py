@@ -105,6 +105,19 @@ def test_an_old_config_json_loads_with_the_base_defaults(run, tmp_path):
   (old / 'config.json').write_text(json.dumps(saved))
   with pytest.raises(ValueError, match=r'config\.model\.cnn2_residual=True'):
     inference.Run.load(old)
+  # The options retired in session 13 (measured on cpu_300w, rejected): their default loads,
+  # the other value is refused by name.
+  for section, key, default, other in (('model', 'cnn2_points', 'stable', 'all'),
+                                       ('eval', 'cnn1_guard', False, True)):
+    saved['model']['cnn2_residual'] = False
+    saved[section][key] = default
+    (old / 'config.json').write_text(json.dumps(saved))
+    assert key not in inference.Run.load(old).config[section]
+    saved[section][key] = other
+    (old / 'config.json').write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=rf'config\.{section}\.{key}={other!r}'):
+      inference.Run.load(old)
+    del saved[section][key]
 
 
 def _records(run):
@@ -221,12 +234,10 @@ def test_average_passes_keeps_the_first_pass_stable_set():
   first = {'rough': np.zeros((2, 3, 2), np.float32), 'valid': np.array([True, True]),
            'stable': np.array([[[2, 2], [nan, nan], [nan, nan]]] * 2, np.float32),
            'flipped': np.array([False, True]), 'boxes': np.ones((2, 4), np.float32)}
-  first['observed'] = first['rough']
   first['cnn_points'] = inference.merge_stable(first['stable'], first['rough'])
   second = {'rough': np.full((2, 3, 2), 4.0, np.float32), 'valid': np.array([True, False]),
             'stable': np.array([[[nan, nan], [6, 6], [nan, nan]]] * 2, np.float32),
             'flipped': np.array([True, True]), 'boxes': np.zeros((2, 4), np.float32)}
-  second['observed'] = second['rough']
   second['cnn_points'] = inference.merge_stable(second['stable'], second['rough'])
   out = inference.average_passes(first, second)
   # face 0: point 0 stable in pass 1 (2) and CNN1's in pass 2 (4) -> 3; points 1-2 CNN1's mean.
@@ -352,57 +363,3 @@ def test_calibration_of_a_learned_run_without_learned_tables_mixes_the_jax_fit(r
   assert list(table['blends']) == ['jax'] and 'blend' not in table
   completion = inference.Completion.of_run(config, tables={'residuals': table, 'learned': None})
   assert completion.backend == 'jax' and completion.blend['backend'] == 'jax'
-
-
-def test_cnn1_guard_replaces_only_the_collapsed_faces(run, tmp_path):
-  """eval.cnn1_guard: a face whose CNN1 points fit no rigid 3D face gets the pipeline with CNN1
-  replaced by its mean shape (the same box and jitter); the other faces are untouched, and a
-  model that collapses nowhere gives the unguarded result exactly."""
-  import jax.numpy as jnp
-  from flax import nnx
-  from jaxalign.models import aligner as aligner_lib
-  from jaxalign.models.resnet import ModelConstant
-  opened = inference.Run.load(run)
-  model, config = opened.model, opened.config.copy_and_resolve_references()
-  recs = _records(run)
-  plain = inference.predict_records(model, config, recs)
-  guarded_config = config.copy_and_resolve_references()
-  guarded_config.eval.cnn1_guard = True
-  same = inference.predict_records(model, guarded_config, recs)
-  assert not same['cnn1_collapsed'].any()
-  for key in ('rough', 'stable', 'cnn_points', 'observed'):
-    np.testing.assert_array_equal(same[key], plain[key])
-
-  # CNN1 scattered on face 1 only (a stand-in network: the mean shape, and on the second image
-  # of every batch points drawn over the whole crop).
-  size = model.image_size
-  scattered = np.random.default_rng(0).uniform(0, size - 1, (68, 2)).astype(np.float32)
-
-  class Collapsing(nnx.Module):
-    def __init__(self, mean):
-      self.mean_shape = ModelConstant(jnp.asarray(mean))
-      self.bad = ModelConstant(jnp.asarray(scattered))
-
-    def __call__(self, images):
-      out = jnp.broadcast_to(self.mean_shape[...], (images.shape[0], 68, 2))
-      return out.at[1].set(self.bad[...])
-
-  broken = nnx.clone(model)
-  broken.cnn1 = Collapsing(np.asarray(model.cnn1.mean_shape[...]) + 0.5)
-  unguarded = inference.predict_records(broken, config, recs)
-  assert inference.cnn1_collapsed(broken, unguarded['rough']).tolist() == \
-      [k == 1 for k in range(len(recs))]
-  out = inference.predict_records(broken, guarded_config, recs)
-  fallback = inference.predict_records(aligner_lib.with_mean_shape_cnn1(broken), config, recs)
-  np.testing.assert_array_equal(out['cnn1_collapsed'], [k == 1 for k in range(len(recs))])
-  for key in ('rough', 'stable', 'cnn_points', 'observed', 'flipped'):
-    np.testing.assert_array_equal(out[key][1], fallback[key][1])
-    keep = [k for k in range(len(recs)) if k != 1]
-    np.testing.assert_array_equal(out[key][keep], unguarded[key][keep])
-  assert not np.array_equal(out['cnn_points'][1], unguarded['cnn_points'][1])
-  # The evaluation names the faces the guard stepped in on.
-  from jaxalign.evaluation import runner
-  info = {'dataset': 'folder', 'name': 'folder', 'split': 'all', 'normalization': 'inter_ocular'}
-  rep = runner.evaluate_records(broken, guarded_config, recs, tmp_path / 'e', info,
-                                completion='none', with_plots=False)
-  assert rep['cnn1_guard'] == {'count': 1, 'images': [str(recs[1].image)]}

@@ -220,7 +220,7 @@ def _fake_predictions(records, scheme, shift=1.0, stable_only=False):
   stable = np.where(scheme.stable_mask()[None, :, None], pred, np.nan).astype(np.float32)
   rough = pred + 1.0
   return {'points': (stable if stable_only else pred).copy(), 'rough': rough,
-          'observed': rough, 'stable': stable, 'cnn_points': np.where(np.isnan(stable), rough, stable),
+          'stable': stable, 'cnn_points': np.where(np.isnan(stable), rough, stable),
           'flipped': np.zeros(len(records), bool),
           'boxes': np.stack([r.box for r in records]).astype(np.float32),
           'valid': np.ones(len(records), bool)}

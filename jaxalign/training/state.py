@@ -66,7 +66,7 @@ def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -
 
   Args:
     config: training config (``model.kind``, ``depth``, ``input_size``, ``dtype``, ``scheme``,
-      ``cnn2_depth``, ``cnn2_input_size``, ``cnn2_points``).
+      ``cnn2_depth``, ``cnn2_input_size``).
     mean_shape: (L, 2) training mean shape in network-input pixels (the regression heads'
       starting point), or None for the model's default.
     canonical_shape: (L, 2) CNN2's canonical frame in its input pixels, or None.
@@ -78,7 +78,7 @@ def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -
                 dtype=_DTYPES[m.dtype], rngs=nnx.Rngs(params=seed))
   if m.kind == 'pose_aware':
     kwargs.update(cnn2_depth=model_depth(config, 'cnn2_depth'),
-                  cnn2_image_size=m.cnn2_input_size or None, cnn2_points=m.cnn2_points,
+                  cnn2_image_size=m.cnn2_input_size or None,
                   canonical_shape=canonical_shape, flip_threshold=flip_threshold(config),
                   transform_weights=transform_weights(config),
                   pose_reference=pose_lib.reference_points(

@@ -66,9 +66,7 @@ def prepare_data(config):
   canonical = None
   if config.model.kind == 'pose_aware':
     size = int(config.model.cnn2_input_size or config.model.input_size)
-    # CNN2's frame holds the points it regresses: the stable ones, or every point.
-    framed = scheme.stable if (config.model.transform_points == 'stable'
-                               and config.model.cnn2_points == 'stable') else None
+    framed = scheme.stable if config.model.transform_points == 'stable' else None
     canonical = aligner.canonical_shape_from_training(
         shapes, size, scheme, flip_threshold=state_lib.flip_threshold(config),
         fill=float(config.model.cnn2_fill), frame_points=framed)
