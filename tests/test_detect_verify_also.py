@@ -70,4 +70,3 @@ def test_predict_and_bench_refuse_a_missing_or_unused_second_run(smoke_run, tmp_
   assert bench_detect.main([str(tmp_path), '--detector', 'none', '--verify', str(smoke_run),
                             '--verify-also', str(tmp_path / 'nope')]) == 2
   assert 'verifier run' in capsys.readouterr().err
-
