@@ -225,11 +225,37 @@ class Completion:
     return dataclasses.replace(completion, blend=dict(blend, bins=tuple(residuals['bins'])))
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelEnsemble:
+  """The networks of an ensemble run (``config.ensemble.members`` > 1), each in inference mode.
+
+  Wherever a model goes (:func:`predict_records` and everything above it: the second pass, the
+  completion's calibration, evaluation, ``predict``, the detection verifier), an ensemble goes
+  too: each member's CNN pair runs on the same crops and their points are averaged, except
+  where one member has collapsed (:func:`ensemble_predictions`). Members share the config (crop, input size, scheme); they
+  differ in their seeds.
+  """
+
+  members: tuple
+
+  def __post_init__(self):
+    if not self.members:
+      raise ValueError('an ensemble needs at least one member model')
+
+  def __len__(self) -> int:
+    return len(self.members)
+
+  def eval(self) -> None:
+    for m in self.members:
+      m.eval()
+
+
 class Run:
   """A trained run, opened once: its config (``WORKDIR/config.json`` merged onto
   :func:`jaxalign.training.config.base_config`, so every default lives there), its model
-  (restored on first use: parameters and model state only, never the optimiser) and its
-  completion (:meth:`completion`).
+  (restored on first use: parameters and model state only, never the optimiser; for an
+  ensemble run, a :class:`ModelEnsemble` of the members' checkpoints) and its completion
+  (:meth:`completion`).
 
   ``Run.load(workdir)`` is the one way to open a run; ``evaluate``, ``predict``, ``complete
   --workdir``, the end-of-training evaluation and the pose experiment all use it.
@@ -251,9 +277,34 @@ class Run:
     """
     return cls(str(workdir), load_config(str(workdir)), step)
 
+  @property
+  def member_dirs(self) -> list[str]:
+    """The folders of the run's networks: ``[workdir]``, or an ensemble's members
+    (:func:`jaxalign.training.runs.member_dirs`)."""
+    return runs.member_dirs(self.workdir, int(self.config.ensemble.members))
+
   def _restore(self) -> None:
-    if self._model is None:
-      self._model, _, self._step = runs.restore_model(self.workdir, self._step, self.config)
+    if self._model is not None:
+      return
+    model, _, step = runs.restore_model(self.workdir, self._step, self.config)
+    dirs = self.member_dirs[1:]
+    if dirs:
+      others = []
+      for folder in dirs:
+        if not runs.is_run_dir(folder):
+          raise FileNotFoundError(f'{self.workdir}: ensemble member {folder} is missing (the '
+                                  f'run has config.ensemble.members='
+                                  f'{self.config.ensemble.members}); train it with python -m '
+                                  'jaxalign.train on the same --workdir')
+        member_config = load_config(folder)
+        for key in ('kind', 'input_size', 'scheme', 'cnn2_input_size'):
+          if member_config.model[key] != self.config.model[key]:
+            raise ValueError(f'ensemble member {folder}: config.model.{key}='
+                             f'{member_config.model[key]!r}, the run has '
+                             f'{self.config.model[key]!r}')
+        others.append(runs.restore_model(folder, None, member_config)[0])
+      model = ModelEnsemble((model,) + tuple(others))
+    self._model, self._step = model, step
 
   @property
   def model(self):
@@ -349,7 +400,8 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
   """The CNNs' landmarks of ``records`` (:class:`jaxalign.data.records.FaceRecord` list).
 
   Args:
-    model: :attr:`Run.model` (inference mode).
+    model: :attr:`Run.model` (inference mode); a :class:`ModelEnsemble` runs every member and
+      averages their points (:func:`average_predictions`).
     config: the run's config.
     records: faces with ``image`` (a path, or an (H, W, 3) uint8 array already decoded) and
       ``box``; ``points`` may be anything of shape (L, 2).
@@ -361,6 +413,9 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
     ``valid`` (see the module docstring) and ``cnn2_outside`` (N,): the fraction of CNN2's
     input pixels that fall outside the photo (black; 0 for the plain model).
   """
+  if isinstance(model, ModelEnsemble):
+    return ensemble_predictions([predict_records(m, config, records, batch_size, num_workers)
+                                 for m in model.members], config)
   n = len(records)
   num_points = config_lib.model_scheme(config).num_points
   spec = pipeline.CropSpec.from_config(config)
@@ -404,34 +459,86 @@ def recrop_records(records, points) -> list:
   return out
 
 
-def average_passes(first: dict, second: dict) -> dict:
-  """:func:`predict_records`' dicts of two passes on the same faces -> one: CNN1's points and the
-  pair's points averaged where both passes are valid (the first pass's elsewhere). The stable
-  set, the flip, the boxes and the outside fraction stay the first pass's; at those stable points
-  the second pass contributes its own pair's estimate (CNN2's, or CNN1's where it flipped the
-  other way)."""
-  both = (first['valid'] & second['valid'])[:, None, None]
+def average_predictions(preds: list[dict]) -> dict:
+  """:func:`predict_records`' dicts on the same faces (two passes, or an ensemble's members)
+  -> one: CNN1's points and the pair's points averaged where every dict is valid (the first's
+  elsewhere). The stable set, the flip, the boxes and the outside fraction stay the first's; at
+  those stable points the others contribute their own pair's estimate (CNN2's, or CNN1's where
+  they flipped the other way)."""
+  first = preds[0]
+  if len(preds) == 1:
+    return first
+  every = np.logical_and.reduce([p['valid'] for p in preds])[:, None, None]
 
-  def mean(a, b):
-    return np.where(both, 0.5 * (a + b), a).astype(np.float32)
+  def mean(key):
+    return np.where(every, np.mean([p[key] for p in preds], axis=0), first[key]
+                    ).astype(np.float32)
 
-  rough = mean(first['rough'], second['rough'])
-  pair = mean(first['cnn_points'], second['cnn_points'])
-  stable = np.where(np.isnan(first['stable']), np.nan, pair).astype(np.float32)
+  rough = mean('rough')
+  stable = np.where(np.isnan(first['stable']), np.nan, mean('cnn_points')).astype(np.float32)
   return dict(first, rough=rough, stable=stable, cnn_points=merge_stable(stable, rough))
+
+
+def member_disagreement(preds: list[dict]) -> np.ndarray:
+  """(N,) how far an ensemble's members' CNN1 points lie apart on each face: the largest mean
+  point distance between two members, over the side of their mean points' box (sqrt(w h)).
+  Members that see the same face agree to a few hundredths (docs/experiments/cpu_300w.md); a
+  collapsed network is a tenth or more away. NaN where a member has no points."""
+  rough = np.stack([np.asarray(p['rough'], np.float64) for p in preds])       # (K, N, L, 2)
+  mean = rough.mean(0)
+  side = np.sqrt(np.prod(np.nanmax(mean, 1) - np.nanmin(mean, 1), axis=-1))
+  gaps = [np.linalg.norm(rough[i] - rough[j], axis=-1).mean(-1)
+          for i in range(len(preds)) for j in range(i + 1, len(preds))]
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.max(gaps, axis=0) / side
+
+
+def ensemble_predictions(preds: list[dict], config) -> dict:
+  """An ensemble's members' :func:`predict_records` dicts on the same faces -> one.
+
+  Every face gets the members' mean (:func:`average_predictions`), except a face on which they
+  disagree by more than ``config.ensemble.max_disagreement`` (:func:`member_disagreement`): one
+  member has collapsed there, so the face gets, whole (points, stable set, flip), the member
+  whose CNN1 points fit a rigid 3D face best (:func:`jaxalign.morphable.pose.rigid_residual`;
+  iBUG-68 only, others are averaged). ``ensemble_choice`` (N,) says which member was taken
+  (-1: the mean).
+  """
+  out = average_predictions(preds)
+  n = len(out['valid'])
+  choice = np.full(n, -1, np.int64)
+  limit = float(config.ensemble.max_disagreement)
+  scheme = config_lib.model_scheme(config)
+  if len(preds) > 1 and limit > 0 and scheme.name == schemes_lib.IBUG68.name:
+    with np.errstate(invalid='ignore'):
+      flagged = np.flatnonzero(member_disagreement(preds) > limit)
+    if flagged.size:
+      from jaxalign.morphable import pose  # pylint: disable=g-import-not-at-top
+      reference = pose.reference_points(scheme=scheme)
+      residual = np.stack([pose.rigid_residual(np.asarray(p['rough'][flagged], np.float64),
+                                               reference) for p in preds])   # (K, F)
+      choice[flagged] = np.argmin(np.where(np.isfinite(residual), residual, np.inf), axis=0)
+      out = {k: (np.array(v) if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v)
+             for k, v in out.items()}
+      for i in flagged:
+        for k, v in out.items():
+          if isinstance(v, np.ndarray) and v.shape[:1] == (n,):
+            v[i] = preds[choice[i]][k][i]
+      log.info('ensemble: members disagree on %d of %d faces; each gets its most rigid '
+               "member's points", flagged.size, n)
+  return dict(out, ensemble_choice=choice)
 
 
 def predict_with_recrop(model, config, records, batch_size: int = 64) -> dict:
   """:func:`predict_records`, then (``config.eval.recrop``) a second pass on crops around the
   first pass's own points (no box jitter: that box is the network's, not a detector's), the two
-  averaged (:func:`average_passes`). Beyond the paper: measured in
+  averaged (:func:`average_predictions`). Beyond the paper: measured in
   docs/experiments/cpu_300w.md."""
   first = predict_records(model, config, records, batch_size=batch_size)
   if not bool(config.eval.recrop) or not len(records):
     return first
   second = predict_records(model, pipeline.without_box_jitter(config),
                            recrop_records(records, first['cnn_points']), batch_size=batch_size)
-  return average_passes(first, second)
+  return average_predictions([first, second])
 
 
 # ------------------------------------------------------------------------------- completion

@@ -22,6 +22,7 @@ from jaxalign import calibration
 from jaxalign import inference
 from jaxalign.evaluation import runner
 from jaxalign.training import config as config_lib
+from jaxalign.training import runs
 from jaxalign.training import trainer
 
 log = logging.getLogger('jaxalign.train')
@@ -44,6 +45,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     jaxalign.training.trainer.NonFiniteLossError: the loss became non-finite.
   """
   pretrain(config, workdir)
+  if train_members(config, workdir) is None:
+    return {'interrupted': True, 'report': None}
   result = trainer.train(config, workdir)
   data = result.pop('data')
   resolved = result.pop('config')
@@ -92,6 +95,41 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> str | None:
            stage.num_steps, folder)
   train_and_evaluate(stage, folder)
   return folder
+
+
+def train_members(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """An ensemble's members 1 .. K-1 (``config.ensemble.members`` = K > 1), trained one after
+  the other before the run itself (member 0), each unless a checkpoint of its last step is
+  already there (a rerun resumes or skips it).
+
+  Member k is this config with ``ensemble.member = k`` (its training draws are seed + k's,
+  :func:`jaxalign.training.config.draw_seed`; its data and held-out split are the seed's) and
+  ``ensemble.members = 1``, started from what the run starts from (``init_from``, or the
+  pretraining stage: one stage for every member), trained and evaluated into
+  ``WORKDIR/members/k`` (:func:`jaxalign.training.runs.member_dirs`) with its own report.
+  The run's own end of training then calibrates and evaluates the ensemble
+  (:class:`jaxalign.inference.ModelEnsemble`).
+
+  Returns:
+    The members' folders (empty for a single network), or None when a member's training was
+    interrupted (``stop_after_steps``; a rerun resumes it).
+  """
+  count = int(config.ensemble.members)
+  if count <= 1:
+    return []
+  start = trainer.init_source(config, workdir)
+  folders = runs.member_dirs(workdir, count)[1:]
+  for k, folder in enumerate(folders, 1):
+    member = config.copy_and_resolve_references()
+    member.ensemble.members, member.ensemble.member = 1, k
+    member.pretrain.config, member.init_from = '', start
+    if trainer.finished_steps(folder) >= int(member.num_steps):
+      log.info('ensemble member %d of %d already trained in %s', k, count, folder)
+      continue
+    log.info('ensemble member %d of %d: %d steps into %s', k, count, member.num_steps, folder)
+    if train_and_evaluate(member, folder).get('interrupted'):
+      return None
+  return folders
 
 
 def recalibrate(run, train_records, holdout) -> dict:

@@ -227,7 +227,7 @@ def test_calibration_goes_through_run_pipeline(run, monkeypatch):
   assert table['blend']['backend'] == 'jax' and table['blend']['fused'] is True
 
 
-def test_average_passes_keeps_the_first_pass_stable_set():
+def test_average_predictions_keeps_the_first_pass_stable_set():
   """eval.recrop's merge: CNN1's and the pair's points averaged over two passes, the stable set
   (and flip, boxes) the first pass's, a face the second pass could not read kept as it was."""
   nan = np.nan
@@ -239,7 +239,7 @@ def test_average_passes_keeps_the_first_pass_stable_set():
             'stable': np.array([[[nan, nan], [6, 6], [nan, nan]]] * 2, np.float32),
             'flipped': np.array([True, True]), 'boxes': np.zeros((2, 4), np.float32)}
   second['cnn_points'] = inference.merge_stable(second['stable'], second['rough'])
-  out = inference.average_passes(first, second)
+  out = inference.average_predictions([first, second])
   # face 0: point 0 stable in pass 1 (2) and CNN1's in pass 2 (4) -> 3; points 1-2 CNN1's mean.
   np.testing.assert_array_equal(out['cnn_points'][0], [[3, 3], [2, 2], [2, 2]])
   np.testing.assert_array_equal(out['rough'][0], np.full((3, 2), 2.0))
@@ -279,7 +279,7 @@ def test_recrop_is_the_mean_of_a_pass_and_a_pass_around_its_points(run):
   first = inference.predict_records(opened.model, config, recs)
   second = inference.predict_records(opened.model, pipeline.without_box_jitter(config),
                                      inference.recrop_records(recs, first['cnn_points']))
-  want = inference.average_passes(first, second)
+  want = inference.average_predictions([first, second])
   np.testing.assert_allclose(res['points'], want['cnn_points'], atol=1e-4)
   np.testing.assert_allclose(plain['points'], first['cnn_points'], atol=1e-4)
   assert np.abs(res['points'] - plain['points']).max() > 1e-3

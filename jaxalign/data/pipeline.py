@@ -356,7 +356,7 @@ def train_iterator(records, sampler, config, start_step: int, num_steps: int):
     from jaxalign.data import crop_cache  # pylint: disable=g-import-not-at-top
     cache = crop_cache.ensure(records, spec, build_missing=bool(config.data.crop_cache.build))
   fn = TrainBatches(records, sampler, spec, jax.process_index(), jax.process_count(), cache,
-                    appearance=appearance_on(config), seed=int(config.seed))
+                    appearance=appearance_on(config), seed=sampler.seed)
   ds = grain.MapDataset.range(start_step, num_steps).map(fn)
   workers = num_workers(config)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, workers or 1)),

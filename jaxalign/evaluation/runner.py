@@ -262,6 +262,12 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
     outside = res.get('cnn2_outside')
     rep['cnn2_outside_fraction'] = None if outside is None else _finite_mean(outside[valid])
   rep['cnn1_implausible'] = implausible_shapes(cnn1, [str(r.image) for r in kept], scheme)
+  if res.get('ensemble_choice') is not None:
+    # An ensemble's faces on which its members disagreed (one collapsed): each got one member.
+    choice = np.asarray(res['ensemble_choice'])[valid]
+    rep['ensemble_single_member'] = {
+        'count': int((choice >= 0).sum()),
+        'images': {str(r.image): int(c) for r, c in zip(kept, choice) if c >= 0}}
   baseline = None
   if mean_shape is not None:
     baseline = pipeline.shape_in_boxes(mean_shape, kept, pipeline.CropSpec.from_config(config))

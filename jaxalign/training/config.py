@@ -19,6 +19,7 @@ from jaxalign.models import resnet
 
 MODEL_KINDS = ('pose_aware', 'plain')
 SCHEDULES = ('piecewise', 'constant', 'cosine')
+MAX_MEMBERS = 16   # config.ensemble.members: more is a typo, not an experiment on this codebase
 NORMALIZATIONS = ('inter_ocular', 'inter_pupil', 'bbox')   # == jaxalign.metrics.NORMALIZATIONS
 
 
@@ -42,6 +43,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.config = ''
   c.pretrain.num_steps = 0   # > 0: overrides the pretraining config's num_steps
+  # An ensemble of this many networks (jaxalign.workflow.train_members; beyond the paper): the
+  # same command trains members 1 .. K-1 first, each this config with seed + k into
+  # WORKDIR/members/k from the same start (init_from / the pretraining stage), then member 0 in
+  # WORKDIR; at test time every member's CNN pair runs on each face and their points are
+  # averaged (inference.ModelEnsemble), and the completion's tables are calibrated on that
+  # average. 1 = one network (the paper).
+  c.ensemble = ml_collections.ConfigDict()
+  c.ensemble.members = 1
+  # Which member this run is (set by the workflow: 0 = the run itself). Member k draws its
+  # random numbers (initialisation, batch order, augmentation) as seed + k would; the data (the
+  # held-out split, synthetic faces) stays the seed's, so every member has the same
+  # calibration faces (draw_seed).
+  c.ensemble.member = 0
+  # A face on which the members' CNN1 points lie further apart than this (mean distance over
+  # the face box's side) gets the one member whose points fit a rigid 3D face best instead of
+  # the mean: one network has collapsed there (inference.ensemble_predictions). 0 = always the
+  # mean.
+  c.ensemble.max_disagreement = 0.1
   # CPU only: the host's cores as this many JAX devices, data parallel like GPUs (0 = one per
   # core, as many as divide batch_size; 1 = one device, XLA's threads inside each op). No effect
   # with XLA_FLAGS' --xla_force_host_platform_device_count or in multi-process runs.
@@ -216,6 +235,12 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def draw_seed(config) -> int:
+  """The seed of a run's training draws (initialisation, batch order, augmentation):
+  ``seed + ensemble.member``. The data's seeds (held-out split, synthetic faces) stay ``seed``."""
+  return int(config.seed) + int(config.ensemble.get('member', 0))
+
+
 def model_scheme(config) -> schemes.LandmarkScheme:
   """The run's landmark scheme: ``config.model.scheme`` with ``config.model.stable`` (a comma
   list of indices, or a list) as its stable set when set (the pose experiment's arm 6).
@@ -282,6 +307,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.optim.schedule not in SCHEDULES:
     fail('optim.schedule', f'unknown schedule {config.optim.schedule!r}; expected {SCHEDULES}')
   validate_pretrain(config)
+  members = config.ensemble.members
+  if not isinstance(members, int) or not 1 <= members <= MAX_MEMBERS:
+    fail('ensemble.members', f'must be an integer from 1 to {MAX_MEMBERS}, got {members!r}')
+  if not 0.0 <= float(config.ensemble.max_disagreement) <= 1.0:
+    fail('ensemble.max_disagreement', f'must be a fraction in [0, 1], got '
+         f'{config.ensemble.max_disagreement}')
   if not config.optim.learning_rate > 0:
     fail('optim.learning_rate', f'must be positive, got {config.optim.learning_rate}')
   if config.data.pose_bins < 1:

@@ -114,3 +114,13 @@ def read_mean_shape(workdir) -> np.ndarray | None:
   except (OSError, ValueError, AttributeError):
     return None
   return None if mean is None else np.asarray(mean, np.float32)
+
+
+MEMBERS_DIR = 'members'
+
+
+def member_dirs(workdir: str, members: int) -> list[str]:
+  """The folders of an ensemble's members (``config.ensemble.members``): member 0 is the run in
+  ``workdir`` itself, member k >= 1 trains into ``WORKDIR/members/k``."""
+  workdir = os.path.abspath(str(workdir))
+  return [workdir] + [os.path.join(workdir, MEMBERS_DIR, str(k)) for k in range(1, int(members))]

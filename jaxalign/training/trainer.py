@@ -60,7 +60,7 @@ def prepare_data(config):
   spec = pipeline.CropSpec.from_config(config)
   shapes = pipeline.points_in_input(records, spec)
   sampler = sampling.BalancedSampler.from_shapes(
-      shapes, config.batch_size, int(config.seed), int(config.data.pose_bins),
+      shapes, config.batch_size, config_lib.draw_seed(config), int(config.data.pose_bins),
       bool(config.data.balanced), scheme)
   mean_shape = aligner.mean_shape_from_training(shapes)
   canonical = None
@@ -107,7 +107,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
            jax.devices()[0].platform, config.batch_size, sampler.bin_sizes)
 
   model = state_lib.create_model(config, data['mean_shape'], data['canonical_shape'],
-                                 int(config.seed))
+                                 config_lib.draw_seed(config))
   source = init_source(config, workdir)
   if source:
     _initialise(model, source)
@@ -116,7 +116,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
            config.model.depth, state_lib.count_params(params) / 1e6, config.model.input_size)
   tx = optim.make_optimizer(config)
   schedule = optim.learning_rate_schedule(config)
-  state = mesh_lib.replicate(state_lib.init_state(params, model_state, tx, config.seed), mesh)
+  state = mesh_lib.replicate(
+      state_lib.init_state(params, model_state, tx, config_lib.draw_seed(config)), mesh)
 
   # Every process in step before the first collective (orbax's barrier in the Checkpointer).
   distributed.sync('jaxalign_start', int(config.distributed_timeout_s))
