@@ -97,7 +97,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> str | None:
   return folder
 
 
-def train_members(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def train_members(config: ml_collections.ConfigDict, workdir: str) -> list[str] | None:
   """An ensemble's members 1 .. K-1 (``config.ensemble.members`` = K > 1), trained one after
   the other before the run itself (member 0), each unless a checkpoint of its last step is
   already there (a rerun resumes or skips it).
