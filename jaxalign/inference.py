@@ -232,8 +232,8 @@ class ModelEnsemble:
   Wherever a model goes (:func:`predict_records` and everything above it: the second pass, the
   completion's calibration, evaluation, ``predict``, the detection verifier), an ensemble goes
   too: each member's CNN pair runs on the same crops and their points are averaged, except
-  where one member has collapsed (:func:`ensemble_predictions`). Members share the config (crop, input size, scheme); they
-  differ in their seeds.
+  where one member has collapsed (:func:`ensemble_predictions`). Members share the config
+  (crop, input size, scheme); they differ in their training draws.
   """
 
   members: tuple
@@ -401,7 +401,7 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
 
   Args:
     model: :attr:`Run.model` (inference mode); a :class:`ModelEnsemble` runs every member and
-      averages their points (:func:`average_predictions`).
+      merges their points (:func:`ensemble_predictions`; then also ``ensemble_choice``).
     config: the run's config.
     records: faces with ``image`` (a path, or an (H, W, 3) uint8 array already decoded) and
       ``box``; ``points`` may be anything of shape (L, 2).
@@ -517,15 +517,22 @@ def ensemble_predictions(preds: list[dict], config) -> dict:
       residual = np.stack([pose.rigid_residual(np.asarray(p['rough'][flagged], np.float64),
                                                reference) for p in preds])   # (K, F)
       choice[flagged] = np.argmin(np.where(np.isfinite(residual), residual, np.inf), axis=0)
-      out = {k: (np.array(v) if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v)
-             for k, v in out.items()}
-      for i in flagged:
-        for k, v in out.items():
-          if isinstance(v, np.ndarray) and v.shape[:1] == (n,):
-            v[i] = preds[choice[i]][k][i]
+      out = {k: _take_members(v, [p[k] for p in preds], choice) for k, v in out.items()}
       log.info('ensemble: members disagree on %d of %d faces; each gets its most rigid '
                "member's points", flagged.size, n)
   return dict(out, ensemble_choice=choice)
+
+
+def _take_members(merged, per_member, choice):
+  """``merged`` (a per-face array, leading axis N) with the faces where ``choice`` >= 0 taken
+  from that member's array instead; anything that is not a per-face array as it is."""
+  n = len(choice)
+  if not (isinstance(merged, np.ndarray) and merged.shape[:1] == (n,)):
+    return merged
+  faces = np.flatnonzero(choice >= 0)
+  out = merged.copy()
+  out[faces] = np.stack(per_member)[choice[faces], faces]
+  return out
 
 
 def predict_with_recrop(model, config, records, batch_size: int = 64) -> dict:

@@ -19,6 +19,8 @@ from jaxalign.training import state as state_lib
 
 # The training set's statistics the trainer writes beside the checkpoints (the mean shape).
 DATA_STATS = 'data_stats.json'
+# Where an ensemble's members 1 .. K-1 train, inside the run's folder (member_dirs).
+MEMBERS_DIR = 'members'
 
 
 def restore_model(workdir: str, step: int | None = None, config=None):
@@ -114,9 +116,6 @@ def read_mean_shape(workdir) -> np.ndarray | None:
   except (OSError, ValueError, AttributeError):
     return None
   return None if mean is None else np.asarray(mean, np.float32)
-
-
-MEMBERS_DIR = 'members'
 
 
 def member_dirs(workdir: str, members: int) -> list[str]:
