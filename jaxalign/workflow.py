@@ -64,6 +64,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
+def stretch_schedule(config: ml_collections.ConfigDict, num_steps: int) -> None:
+  """Sets ``config.num_steps`` and stretches a piecewise schedule's ``optim.decay_steps`` by
+  the same factor, in place, so that the decays fall at the same fractions of the run (a cosine
+  schedule already spans ``num_steps``). Without it, a pretraining stage lengthened from 1,500
+  to 3,000 steps would spend its last 2,000 at the floor rate."""
+  old = int(config.num_steps)
+  config.num_steps = int(num_steps)
+  if config.optim.schedule == 'piecewise' and old > 0:
+    config.optim.decay_steps = max(1, round(int(config.optim.decay_steps) * num_steps / old))
+
+
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> str | None:
   """The pretraining stage (``config.pretrain``): trains ``pretrain.config``, with this run's
   architecture (``model.kind``, ``depth``, ``cnn2_depth``, ``width``), into
@@ -79,7 +90,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> str | None:
   config_lib.validate_pretrain(config)
   stage = config_lib.load_config_file(config_lib.pretrain_config_path(config))
   if int(config.pretrain.num_steps):
-    stage.num_steps = int(config.pretrain.num_steps)
+    stretch_schedule(stage, int(config.pretrain.num_steps))
   # The stage pretrains this run's architecture (a plain twin pretrains a plain network), on
   # the devices (and processes) of the main run.
   for key in ('kind', 'depth', 'cnn2_depth', 'width'):

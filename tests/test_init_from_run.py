@@ -111,6 +111,10 @@ def test_the_pretraining_stage_runs_first_and_starts_the_run(smoke_run, tmp_path
   assert trainer.finished_steps(str(stage)) == 2
   stage_config = config_lib.load_run_config(str(stage))
   assert stage_config.data.synthetic.enabled and stage_config.model.kind == 'plain'
+  # The stage's piecewise decays keep their fraction of its (overridden) length.
+  smoke = config_lib.load_config_file('configs/smoke.py')
+  assert stage_config.optim.schedule == 'piecewise'
+  assert stage_config.optim.decay_steps == round(smoke.optim.decay_steps * 2 / smoke.num_steps)
   tuned, _, _ = runs.restore_model(str(workdir))
   pretrained, _, _ = runs.restore_model(str(stage))
   have, want = _arrays(tuned, nnx.Param), _arrays(pretrained, nnx.Param)
@@ -125,6 +129,26 @@ def test_the_pretraining_stage_runs_first_and_starts_the_run(smoke_run, tmp_path
   config.num_steps = 2
   workflow.train_and_evaluate(config, str(workdir))      # resumes the run, not the stage
   assert calls == [str(workdir)]
+
+
+def test_stretch_schedule_keeps_the_decays_at_their_fractions():
+  """``pretrain.num_steps``: a piecewise schedule's decays stretch with the length (a
+  1,500-step stage with a decay at 1,000, run for 3,000 steps, decays at 2,000, not at 1,000
+  and then 2,000 steps at the floor); a cosine schedule already spans ``num_steps``."""
+  from jaxalign import workflow
+  from jaxalign.training import optim
+  config = config_lib.load_config_file('configs/default.py')
+  rates = optim.learning_rate_schedule(config)
+  workflow.stretch_schedule(config, 2 * config.num_steps)
+  stretched = optim.learning_rate_schedule(config)
+  assert config.optim.schedule == 'piecewise'
+  for step in (0, 400, 999, 1000, 1400):
+    assert float(stretched(2 * step)) == pytest.approx(float(rates(step)))
+  cosine = config_lib.base_config()
+  cosine.optim.schedule = 'cosine'
+  before = cosine.optim.decay_steps
+  workflow.stretch_schedule(cosine, 1234)
+  assert cosine.num_steps == 1234 and cosine.optim.decay_steps == before
 
 
 @pytest.mark.parametrize('change, key', [

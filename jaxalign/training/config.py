@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   # skipped once finished. '' = none.
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.config = ''
-  c.pretrain.num_steps = 0   # > 0: overrides the pretraining config's num_steps
+  c.pretrain.num_steps = 0   # > 0: the pretraining config's num_steps, its schedule stretched to it
   # An ensemble of this many networks (jaxalign.workflow.train_members; beyond the paper): the
   # same command trains members 1 .. K-1 first, each this config with seed + k's draws into
   # WORKDIR/members/k from the same start (init_from / the pretraining stage), then member 0 in
