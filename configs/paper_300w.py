@@ -19,7 +19,8 @@ tenth) is ``--config.data.holdout_fraction=0.1 --config.eval.completion_backend=
 --config.eval.completion_fusion=True --config.eval.completion_blend=True``, its second pass
 around the pair's own points ``--config.eval.recrop=True``, its synthetic pretraining (the
 stand-in for the paper's ImageNet weights, which ``--config.init_from=resnet50.safetensors``
-loads where you have them) ``--config.pretrain.config=configs/default.py``, its jitter of CNN2's
+loads where you have them) ``--config.pretrain.config=configs/default.py
+--config.pretrain.num_steps=3000``, its jitter of CNN2's
 crop ``--config.augment.cnn2_rotation_deg=5 --config.augment.cnn2_translation=0.03
 --config.augment.cnn2_scale=0.05`` (frame units, so the same at 224 px); the appearance
 augmentation that cpu_300w uses (measured there: docs/experiments/cpu_300w.md)
