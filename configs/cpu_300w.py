@@ -45,9 +45,10 @@ from jaxalign.training.config import base_config
 def get_config() -> ml_collections.ConfigDict:
   c = base_config()
   c.seed = 0
-  # Synthetic pretraining (the embedded default at twice its length, about 18 min) in the same
+  # Synthetic pretraining (the embedded default at twice its length, about 16 min) in the same
   # command, then the real faces (measured on val: docs/experiments/cpu_300w.md; 3,000 steps
-  # against 1,500: -0.16 [-0.27, -0.07] without the one face the shorter one collapsed on).
+  # against 1,500: -0.16 [-0.27, -0.07] without the one face the shorter one collapsed on; a
+  # second draw: +0.01 [-0.20, +0.21] without its collapsed face, so mostly fewer collapses).
   c.pretrain.config = 'configs/default.py'
   c.pretrain.num_steps = 3_000
   # 8,000 steps fit into the hour since the step got 1.5x faster (docs/benchmarks.md); alone they
