@@ -89,6 +89,7 @@ def test_an_old_config_json_loads_with_the_base_defaults(run, tmp_path):
     del saved[section][key]
   saved['model']['cnn2_residual'] = False      # a retired option at its default
   saved['model']['freeze_cnn1'] = True         # a retired training-only option
+  saved['data']['mix'] = {'config': 'configs/default.py', 'bins': 1}   # another (session 16)
   saved['data']['options'] = {'a_loader_option': 3}
   (old / 'config.json').write_text(json.dumps(saved))
   opened = inference.Run.load(old)
@@ -99,6 +100,7 @@ def test_an_old_config_json_loads_with_the_base_defaults(run, tmp_path):
   assert c.data.jpeg_draft is False            # its photos decoded in full, as it trained
   assert c.data.options.to_dict() == {'a_loader_option': 3}
   assert 'freeze_cnn1' not in c.model and 'cnn2_residual' not in c.model
+  assert 'mix' not in c.data
   res = inference.run_pipeline(opened.model, c, _records(run), opened.completion('none'))
   assert np.isfinite(res['points']).all()
   saved['model']['cnn2_residual'] = True

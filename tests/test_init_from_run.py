@@ -151,20 +151,6 @@ def test_stretch_schedule_keeps_the_decays_at_their_fractions():
   assert cosine.num_steps == 1234 and cosine.optim.decay_steps == before
 
 
-@pytest.mark.parametrize('mix_config, bins, key', [
-    ('configs/nope.py', 1, 'config.data.mix.config'),
-    ('', 1, 'config.data.mix.config'),
-    ('configs/smoke.py', 0, 'config.data.mix.bins'),
-    ('configs/smoke.py', -1, 'config.data.mix.bins'),
-])
-def test_bad_mixing_settings_are_named(mix_config, bins, key):
-  config = config_lib.base_config()
-  config.data.mix.config = mix_config
-  config.data.mix.bins = bins
-  with pytest.raises(ValueError, match=key):
-    config_lib.validate_mix(config)
-
-
 @pytest.mark.parametrize('change, key', [
     (dict(init_from='runs/x'), 'config.pretrain.config'),
     (dict(pretrain_config='configs/nope.py'), 'config.pretrain.config'),

@@ -86,25 +86,3 @@ def test_errors():
     sampling.BalancedSampler(np.zeros(0, int), 4, 0)
   with pytest.raises(ValueError, match='step'):
     sampling.BalancedSampler(np.zeros(3, int), 4, 0).batch_indices(-1)
-
-
-def test_groups_get_bins_of_their_own_and_their_share_of_each_batch():
-  yaws = np.linspace(-1, 1, 40)
-  real, synthetic = _shapes(yaws), _shapes(np.linspace(-1, 1, 12), seed=5)
-  # One group is exactly from_shapes (an existing run resumes with the same batches).
-  single = sampling.BalancedSampler.from_shape_groups([(real, 2)], 6, seed=1)
-  plain = sampling.BalancedSampler.from_shapes(real, 6, seed=1, num_bins=2)
-  assert single.state() == plain.state()
-  for step in range(5):
-    np.testing.assert_array_equal(single.batch_indices(step), plain.batch_indices(step))
-  # Two pose bins of real faces and one of synthetic ones: a third of every batch of 6.
-  mixed = sampling.BalancedSampler.from_shape_groups([(real, 2), (synthetic, 1)], 6, seed=1)
-  assert sorted(mixed.bin_sizes)[0] == 12 and sum(mixed.bin_sizes) == 52
-  for step in range(10):
-    idx = mixed.batch_indices(step)
-    assert (idx >= 40).sum() == 2 and idx.max() < 52
-  # The synthetic group's bins count after the real ones even when its faces are not binned.
-  uniform = sampling.BalancedSampler.from_shape_groups([(real, 2), (synthetic, 1)], 6, seed=1,
-                                                       balanced=False)
-  assert sorted(uniform.bin_sizes) == [12, 40]
-  assert all((uniform.batch_indices(s) >= 40).sum() == 3 for s in range(4))

@@ -90,7 +90,7 @@ def run(config, steps: int, warmup: int) -> dict:
   setup = _setup(config)
   data = setup['data']
   total = warmup + steps
-  it = pipeline.train_iterator(data['train_records'], data['sampler'], config, 0, 2 * total + 1)
+  it = pipeline.train_iterator(data['records'], data['sampler'], config, 0, 2 * total + 1)
   setup['first'] = next(it)
   bare = _time_steps(setup, None, steps, warmup, config.batch_size)
   full = _time_steps(setup, it, steps, warmup, config.batch_size)
@@ -147,7 +147,7 @@ def step_figures(config, data, steps: int, warmup: int, rounds: int) -> tuple[fl
   rounds, the best of each (another job's load on the host hits both alike)."""
   from jaxalign.data import pipeline  # pylint: disable=g-import-not-at-top
   setup = _setup(config, data)
-  it = pipeline.train_iterator(data['train_records'], data['sampler'], config, 0,
+  it = pipeline.train_iterator(data['records'], data['sampler'], config, 0,
                                2 * rounds * (warmup + steps) + 1)
   setup['first'] = next(it)
   bare, piped = [], []

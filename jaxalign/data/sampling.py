@@ -75,33 +75,10 @@ class BalancedSampler:
   def from_shapes(cls, shapes, batch_size: int, seed: int, num_bins: int,
                   balanced: bool = True, scheme=schemes_lib.IBUG68) -> 'BalancedSampler':
     """Bins (N, L, 2) training shapes by pose; ``balanced=False`` gives one bin (uniform)."""
-    return cls.from_shape_groups([(shapes, num_bins)], batch_size, seed, balanced, scheme)
-
-  @classmethod
-  def from_shape_groups(cls, groups, batch_size: int, seed: int, balanced: bool = True,
-                        scheme=schemes_lib.IBUG68) -> 'BalancedSampler':
-    """Bins several groups of training faces, each by its own pose, into bins of its own.
-
-    Args:
-      groups: ``[(shapes, num_bins), ...]``: (N_g, L, 2) shapes of the records of each group,
-        in record order (group 0's records first), and the group's number of pose bins. Every
-        bin gets the same share of a batch, so a group with ``b`` of ``B`` non-empty bins fills
-        ``b / B`` of it (e.g. synthetic faces mixed into real ones, ``data.mix``).
-      batch_size, seed: as for the constructor.
-      balanced: False gives each group one bin (uniform within the group).
-      scheme: the shapes' landmark scheme.
-    """
-    parts, offset = [], 0
-    for shapes, num_bins in groups:
-      n = len(shapes)
-      if not balanced or num_bins <= 1 or n < 2:
-        bins = np.zeros(n, np.int64)
-      else:
-        bins = bin_assignments(pose_coefficients(shapes, scheme), num_bins)
-      parts.append(bins + offset)
-      offset += max(int(num_bins), 1)
-    bins = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    return cls(bins, batch_size, seed)
+    n = len(shapes)
+    if not balanced or num_bins <= 1 or n < 2:
+      return cls(np.zeros(n, np.int64), batch_size, seed)
+    return cls(bin_assignments(pose_coefficients(shapes, scheme), num_bins), batch_size, seed)
 
   @property
   def bin_sizes(self) -> list[int]:

@@ -147,15 +147,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.num_val = 0   # validation faces (own seed) for CNN1's held-out residuals
   c.data.synthetic.image_size = 128
   c.data.synthetic.kwargs = ml_collections.ConfigDict()  # passed on to the generator
-  # Rendered synthetic faces mixed into the training batches of a real-face run (beyond the
-  # paper): the synthetic training set of the config file ``data.mix.config`` (rendered once
-  # and cached as that config's own run would), given ``data.mix.bins`` pose bins of their own
-  # beside the ``data.pose_bins`` of the real faces, so that a batch holds bins / (pose_bins +
-  # bins) synthetic faces. They train the networks only: the completion, the mean shape and the
-  # held-out slice come from the real faces. '' or 0 bins = no mixing.
-  c.data.mix = ml_collections.ConfigDict()
-  c.data.mix.config = ''
-  c.data.mix.bins = 0
 
   # Device augmentation (jaxalign.data.pipeline.prepare_batch).
   c.augment = ml_collections.ConfigDict()
@@ -326,7 +317,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail('optim.learning_rate', f'must be positive, got {config.optim.learning_rate}')
   if config.data.pose_bins < 1:
     fail('data.pose_bins', f'must be at least 1, got {config.data.pose_bins}')
-  validate_mix(config)
   for key, limit in (('cnn2_rotation_deg', 90.0), ('cnn2_translation', 0.5), ('cnn2_scale', 0.5)):
     value = float(config.augment.get(key, 0.0))
     if not 0.0 <= value < limit:
@@ -361,30 +351,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
          'data.source to a registered data set, or data.synthetic.enabled=True')
   if config.loss.kind not in ('wing', 'l1', 'l2'):
     fail('loss.kind', f'unknown loss {config.loss.kind!r}; expected wing, l1 or l2')
-
-
-def mix_config_path(config) -> str:
-  """``config.data.mix.config`` as a path (resolved like ``pretrain.config``)."""
-  return _config_path(str(config.data.mix.config))
-
-
-def validate_mix(config: ml_collections.ConfigDict) -> None:
-  """Raises ``ValueError`` naming the key when ``config.data.mix`` cannot work."""
-  mix = config.data.get('mix')
-  if not mix:
-    return
-  bins = mix.get('bins', 0)
-  if not isinstance(bins, int) or isinstance(bins, bool) or bins < 0:
-    raise ValueError(f'config.data.mix.bins: must be a non-negative integer, got {bins!r}')
-  if bins and not mix.get('config'):
-    raise ValueError(f'config.data.mix.config: data.mix.bins={bins} needs a config file whose '
-                     'synthetic training faces to mix in (e.g. configs/default.py)')
-  if mix.get('config') and not bins:
-    raise ValueError(f'config.data.mix.bins: data.mix.config={mix.config!r} mixes nothing with '
-                     '0 bins; set data.mix.bins (e.g. 1) or data.mix.config=\'\'')
-  if mix.get('config') and not os.path.isfile(mix_config_path(config)):
-    raise ValueError(f'config.data.mix.config: config file {mix.config!r} does not exist '
-                     f'(looked in the working directory and in {_REPO_DIR})')
 
 
 def validate_pretrain(config: ml_collections.ConfigDict) -> None:
@@ -451,12 +417,7 @@ _REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 def pretrain_config_path(config) -> str:
   """``config.pretrain.config`` as a path: as given if it exists (relative to the working
   directory), else relative to the checkout (``configs/default.py`` from anywhere)."""
-  return _config_path(str(config.pretrain.config))
-
-
-def _config_path(path: str) -> str:
-  """A config file's path as given if it exists (relative to the working directory), else
-  relative to the checkout."""
+  path = str(config.pretrain.config)
   if os.path.isfile(path) or os.path.isabs(path):
     return path
   return os.path.join(_REPO_DIR, path)
@@ -510,6 +471,8 @@ RETIRED = {
                                     'docs/experiments/cpu_300w.md, "CNN2 on every point")'),
     'eval.cnn1_guard': (False, 'the collapse guard (retired; its measurement: '
                                'docs/experiments/cpu_300w.md, "A guard")'),
+    # Synthetic faces mixed into a real run's batches (session 16; training only).
+    'data.mix': (None, ''),
 }
 
 

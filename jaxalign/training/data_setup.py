@@ -154,31 +154,6 @@ def load_records(folder: str, num_points: int, what: str):
   return recs, len(invalid)
 
 
-def mixed_records(config):
-  """The rendered synthetic faces mixed into a run's training batches (``data.mix``): the
-  synthetic training set of the config file ``data.mix.config``, rendered once into that
-  config's cache (the same folder its own run, e.g. the pretraining stage, uses) and read like
-  any 300-W-style folder. ``[]`` when the config mixes nothing.
-
-  Raises:
-    ValueError: the mix config renders no synthetic faces, or they carry another landmark
-      scheme than the model's.
-  """
-  from jaxalign.training import config as config_lib  # pylint: disable=g-import-not-at-top
-  mix = config.data.get('mix')
-  if not mix or not mix.get('config') or not int(mix.get('bins', 0)):
-    return []
-  other = config_lib.load_config_file(config_lib.mix_config_path(config))
-  if not other.data.synthetic.enabled:
-    raise ValueError(f'config.data.mix.config: {mix.config} renders no synthetic faces '
-                     '(its data.synthetic.enabled is False)')
-  train_dir, _ = ensure_synthetic(other)
-  scheme = schemes.get_scheme(config.model.scheme)
-  recs, _ = load_records(train_dir, scheme.num_points, 'mixed synthetic')
-  _check_scheme(recs, scheme, f'the synthetic faces of {mix.config}')
-  return recs
-
-
 # ----------------------------------------------------------------------------- registered sources
 
 def uses_source(config) -> bool:

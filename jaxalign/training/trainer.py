@@ -57,18 +57,11 @@ def prepare_data(config):
   records, holdout = data_setup.validation_records(config, records)
   # Read the held-out splits now, so that a wrong test path fails before the training.
   test_sets = data_setup.test_sets(config) if config.eval.enabled else {}
-  # Synthetic faces mixed into the batches (data.mix): after the real faces, in bins of their
-  # own; they train the networks only (the mean shape, the completion and the held-out slice
-  # stay the real faces').
-  mixed = data_setup.mixed_records(config)
   spec = pipeline.CropSpec.from_config(config)
   shapes = pipeline.points_in_input(records, spec)
-  groups = [(shapes, int(config.data.pose_bins))]
-  if mixed:
-    groups.append((pipeline.points_in_input(mixed, spec), int(config.data.mix.bins)))
-  sampler = sampling.BalancedSampler.from_shape_groups(
-      groups, config.batch_size, config_lib.draw_seed(config), bool(config.data.balanced),
-      scheme)
+  sampler = sampling.BalancedSampler.from_shapes(
+      shapes, config.batch_size, config_lib.draw_seed(config), int(config.data.pose_bins),
+      bool(config.data.balanced), scheme)
   mean_shape = aligner.mean_shape_from_training(shapes)
   canonical = None
   if config.model.kind == 'pose_aware':
@@ -77,8 +70,7 @@ def prepare_data(config):
     canonical = aligner.canonical_shape_from_training(
         shapes, size, scheme, flip_threshold=state_lib.flip_threshold(config),
         fill=float(config.model.cnn2_fill), frame_points=framed)
-  return {'records': records, 'train_records': list(records) + list(mixed),
-          'num_mixed': len(mixed), 'num_invalid': num_invalid, 'sampler': sampler,
+  return {'records': records, 'num_invalid': num_invalid, 'sampler': sampler,
           'mean_shape': mean_shape, 'canonical_shape': canonical, 'test_sets': test_sets,
           'holdout': holdout}
 
@@ -110,11 +102,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_devices = mesh.devices.size
   config_lib.validate(config, num_devices)
   data = prepare_data(config)
-  records, sampler = data['train_records'], data['sampler']
-  log.info('%d devices (%s), global batch %d; pose bins %s%s', num_devices,
-           jax.devices()[0].platform, config.batch_size, sampler.bin_sizes,
-           f' (the last {config.data.mix.bins}: {data["num_mixed"]} synthetic faces mixed in)'
-           if data['num_mixed'] else '')
+  records, sampler = data['records'], data['sampler']
+  log.info('%d devices (%s), global batch %d; pose bins %s', num_devices,
+           jax.devices()[0].platform, config.batch_size, sampler.bin_sizes)
 
   model = state_lib.create_model(config, data['mean_shape'], data['canonical_shape'],
                                  config_lib.draw_seed(config))
@@ -213,8 +203,7 @@ def _initialise(model, source: str) -> None:
 def _save_data_stats(workdir, data):
   if jax.process_index() != 0:
     return
-  stats = {'num_train': len(data['records']), 'num_mixed': data.get('num_mixed', 0),
-           'invalid_files': data['num_invalid'],
+  stats = {'num_train': len(data['records']), 'invalid_files': data['num_invalid'],
            'pose_bin_sizes': data['sampler'].bin_sizes,
            'mean_shape': np.asarray(data['mean_shape']).tolist()}
   atomic.write_json(os.path.join(workdir, DATA_STATS), stats)
