@@ -50,6 +50,16 @@ def test_heads_of_another_landmark_scheme_are_skipped(smoke_run):
   assert any('backbone' in name for name in copied)
 
 
+def test_heads_of_another_head_input_are_skipped(smoke_run):
+  """A run with pooled heads starts a ``model.head='flatten'`` model: the backbones are
+  copied, the heads' kernels (of another input size) start afresh."""
+  model, _ = _fresh(smoke_run, head='flatten', input_size=64)   # a 2 x 2 grid
+  copied, skipped = runs.init_from_run(model, str(smoke_run))
+  assert model.cnn1.backbone.feature_grid(model.image_size) > 1
+  assert sorted(skipped) == ['cnn1.head.kernel', 'cnn2.head.kernel']
+  assert any('backbone' in name for name in copied)
+
+
 def test_another_architecture_is_refused_by_name(smoke_run):
   model, _ = _fresh(smoke_run, kind='plain')
   with pytest.raises(ValueError, match='init_from=.*lacks'):
@@ -95,6 +105,7 @@ def test_the_pretraining_stage_runs_first_and_starts_the_run(smoke_run, tmp_path
   config.pretrain.config = 'configs/smoke.py'     # synthetic faces, resolved from the checkout
   config.pretrain.num_steps = 2
   config.model.kind = 'plain'      # smoke.py is pose-aware: the stage takes the run's kind
+  config.model.head = 'flatten'    # ... and its heads
   config.num_steps = 1
   config.checkpoint_every = 1
   config.optim.learning_rate = 1e-12
@@ -111,6 +122,7 @@ def test_the_pretraining_stage_runs_first_and_starts_the_run(smoke_run, tmp_path
   assert trainer.finished_steps(str(stage)) == 2
   stage_config = config_lib.load_run_config(str(stage))
   assert stage_config.data.synthetic.enabled and stage_config.model.kind == 'plain'
+  assert stage_config.model.head == 'flatten'
   # The stage's piecewise decays keep their fraction of its (overridden) length.
   smoke = config_lib.load_config_file('configs/smoke.py')
   assert stage_config.optim.schedule == 'piecewise'

@@ -138,3 +138,31 @@ def test_zero_init_residual_blocks_start_as_identity():
   assert block.downsample is None
   x = jnp.abs(jax.random.normal(jax.random.key(0), (2, 8, 8, 8)))
   np.testing.assert_allclose(nnx.jit(lambda b, x: b(x))(block, x), x, atol=1e-6)
+
+
+@pytest.mark.parametrize('size', [64, 70, 33])
+def test_flatten_head_sees_the_whole_feature_grid(size):
+  """``head='flatten'``: the head's input is the last feature map as a grid (G x G x C, G the
+  input side halved five times, rounded up), so moving a feature to another cell moves the
+  points; the pooled head cannot tell the cells apart."""
+  model = resnet_lib.LandmarkRegressor(5, depth='tiny', image_size=size, head='flatten',
+                                       rngs=nnx.Rngs(0))
+  grid = model.backbone.feature_grid(size)
+  fmap = _feature_map(model.backbone, _images(2, size))
+  assert fmap.shape[1:3] == (grid, grid)
+  assert model.head.kernel.shape == (grid * grid * model.backbone.num_features, 10)
+  out = _forward(model, _images(2, size))
+  assert out.shape == (2, 5, 2) and np.all(np.isfinite(out))
+  # The head on a feature map and on the same map with its cells swapped.
+  swapped = jnp.flip(fmap, axis=(1, 2))
+  heads = {}
+  for kind in resnet_lib.HEADS:
+    m = resnet_lib.LandmarkRegressor(5, depth='tiny', image_size=size, head=kind,
+                                     rngs=nnx.Rngs(0))
+    m.head.kernel[...] = jax.random.normal(jax.random.key(1), m.head.kernel.shape)
+    feed = ((lambda f: f.reshape(f.shape[0], -1)) if kind == 'flatten'
+            else (lambda f: jnp.mean(f, axis=(1, 2))))
+    heads[kind] = np.abs(np.asarray(m.head(feed(fmap)) - m.head(feed(swapped)))).max()
+  assert heads['mean'] < 1e-4 < heads['flatten']
+  with pytest.raises(ValueError, match="head must be one of"):
+    resnet_lib.LandmarkRegressor(5, depth='tiny', image_size=size, head='max', rngs=nnx.Rngs(0))

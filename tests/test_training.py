@@ -45,6 +45,10 @@ def test_validate_names_the_bad_key():
   with pytest.raises(ValueError, match='model.kind'):
     config_lib.validate(c, 1)
   c.model.kind = 'plain'
+  c.model.head = 'max'
+  with pytest.raises(ValueError, match='model.head'):
+    config_lib.validate(c, 1)
+  c.model.head = 'flatten'
   c.optim.schedule = 'exotic'
   with pytest.raises(ValueError, match='optim.schedule'):
     config_lib.validate(c, 1)

@@ -324,10 +324,26 @@ class ResNet(nnx.Module):
         x = block(x)
     return x
 
+  def feature_grid(self, image_size: int) -> int:
+    """Side of :meth:`feature_map`'s output for a square ``image_size`` input: each stride-2
+    layer (the stem's convolution and max pool, the first block of every stage after the first)
+    maps a side s to ceil(s / 2) under its symmetric padding."""
+    side = int(image_size)
+    for _ in range(2 + len(self.spec.stage_sizes) - 1):
+      side = -(-side // 2)
+    return side
+
   def __call__(self, images: jax.Array) -> jax.Array:
     """(B, H, W, 3) in 0..255 -> (B, num_features) float32 globally average-pooled features."""
     x = self.feature_map(images)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+# The regression head's input (``config.model.head``): 'mean' pools the last feature map
+# globally (torchvision's ResNet, the paper's network); 'flatten' keeps its grid (G x G cells of
+# C channels, G = input side / 32 rounded up), so the linear head sees where a feature fired
+# (beyond the paper; measured in docs/experiments/cpu_300w.md).
+HEADS = ('mean', 'flatten')
 
 
 class ModelConstant(nnx.Variable):
@@ -355,12 +371,18 @@ class LandmarkRegressor(nnx.Module):
     mean_shape: (L, 2) initial guess in input pixels; default: every point at the image centre
       (pass the training mean shape instead).
     dtype, bn_momentum, zero_init_residual: see :class:`ResNet`.
+    head: the head's input, one of :data:`HEADS`: 'mean' (globally pooled features, C values)
+      or 'flatten' (the last feature map as it is, G * G * C values).
     rngs: ``nnx.Rngs`` with a ``params`` stream.
   """
 
   def __init__(self, num_points: int, *, depth: int | str | ResNetSpec = 50,
                image_size: int = 224, mean_shape=None, dtype=jnp.float32,
-               bn_momentum: float = 0.9, zero_init_residual: bool = False, rngs: nnx.Rngs):
+               bn_momentum: float = 0.9, zero_init_residual: bool = False,
+               head: str = 'mean', rngs: nnx.Rngs):
+    if head not in HEADS:
+      raise ValueError(f'head must be one of {HEADS}, got {head!r}')
+    self.head_input = head
     if num_points < 1:
       raise ValueError(f'num_points must be positive, got {num_points}')
     if image_size < 8:
@@ -377,8 +399,11 @@ class LandmarkRegressor(nnx.Module):
       raise ValueError('mean_shape has non-finite values')
     self.backbone = ResNet(depth, dtype=dtype, bn_momentum=bn_momentum,
                            zero_init_residual=zero_init_residual, rngs=rngs)
+    num_inputs = self.backbone.num_features
+    if head == 'flatten':
+      num_inputs *= self.backbone.feature_grid(self.image_size) ** 2
     self.head = nnx.Linear(
-        self.backbone.num_features, 2 * num_points, dtype=jnp.float32,
+        num_inputs, 2 * num_points, dtype=jnp.float32,
         param_dtype=jnp.float32,
         kernel_init=nnx.initializers.variance_scaling(1e-4, 'fan_in', 'truncated_normal'),
         bias_init=nnx.initializers.zeros_init(), rngs=rngs)
@@ -388,6 +413,10 @@ class LandmarkRegressor(nnx.Module):
     """(B, S, S, 3) in 0..255 -> (B, L, 2) float32 (x, y) in input pixels."""
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'images must be (B, H, W, 3), got shape {images.shape}')
-    features = self.backbone(images)
+    if self.head_input == 'flatten':
+      features = self.backbone.feature_map(images).astype(jnp.float32)
+      features = features.reshape(features.shape[0], -1)
+    else:
+      features = self.backbone(images)
     offsets = self.head(features).reshape(-1, self.num_points, 2)
     return self.mean_shape[...] + self.image_size * offsets

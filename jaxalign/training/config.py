@@ -98,6 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.scheme = 'ibug68'
   c.model.flip = True           # mirror left-looking faces before CNN2 (False: no-flip ablation)
   c.model.stable = ''           # comma list of the SL indices; '' = the scheme's own set
+  # The regression heads' input: 'mean' (the last feature map pooled globally: torchvision's
+  # ResNet, the paper) or 'flatten' (the map kept as a grid; beyond the paper,
+  # jaxalign.models.resnet.HEADS).
+  c.model.head = 'mean'
 
   # Data (jaxalign.data.pipeline): 300-W-style folders, or the synthetic default.
   c.data = ml_collections.ConfigDict()
@@ -297,7 +301,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   except ValueError as e:
     fail('model.conv1x1' if 'conv1x1' in str(e) else 'model.max_pool', str(e))
   for key, allowed in (('transform_from', ('prediction', 'ground_truth')),
-                       ('transform_points', ('all', 'stable'))):
+                       ('transform_points', ('all', 'stable')), ('head', resnet.HEADS)):
     if config.model[key] not in allowed:
       fail(f'model.{key}', f'expected one of {allowed}, got {config.model[key]!r}')
   if not 0.1 <= float(config.model.cnn2_fill) <= 1.5:
