@@ -50,14 +50,39 @@ def test_heads_of_another_landmark_scheme_are_skipped(smoke_run):
   assert any('backbone' in name for name in copied)
 
 
-def test_heads_of_another_head_input_are_skipped(smoke_run):
-  """A run with pooled heads starts a ``model.head='flatten'`` model: the backbones are
-  copied, the heads' kernels (of another input size) start afresh."""
+def test_pooled_heads_start_grid_heads_with_the_same_outputs(smoke_run):
+  """A run with pooled heads starts a ``model.head='flatten'`` model as the grid heads that
+  give the same points (every cell's kernel block the pooled kernel / G), so the fine-tuning
+  starts where the run stopped."""
+  import jax.numpy as jnp
+  source, _, _ = runs.restore_model(str(smoke_run))
   model, _ = _fresh(smoke_run, head='flatten', input_size=64)   # a 2 x 2 grid
+  assert model.cnn1.backbone.feature_grid(model.image_size) == 2
   copied, skipped = runs.init_from_run(model, str(smoke_run))
-  assert model.cnn1.backbone.feature_grid(model.image_size) > 1
-  assert sorted(skipped) == ['cnn1.head.kernel', 'cnn2.head.kernel']
-  assert any('backbone' in name for name in copied)
+  assert skipped == [] and {'cnn1.head.kernel', 'cnn2.head.kernel'} <= set(copied)
+  assert model.cnn1.head.kernel.shape[0] == 4 * source.cnn1.head.kernel.shape[0]
+  pooled, _ = _fresh(smoke_run, input_size=64)      # the source's pooled heads, at 64 px
+  runs.init_from_run(pooled, str(smoke_run))
+  for net in ('cnn1', 'cnn2'):
+    getattr(model, net).mean_shape[...] = getattr(pooled, net).mean_shape[...]
+  model.eval()
+  pooled.eval()
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)), jnp.float32)
+  for net in ('cnn1', 'cnn2'):
+    np.testing.assert_allclose(getattr(model, net)(images), getattr(pooled, net)(images),
+                               atol=1e-3)
+
+
+def test_pooled_to_grid_kernel_layout():
+  """Cell k of the flattened (G, G, C) map holds rows k * C .. (k + 1) * C of the kernel."""
+  kernel = np.arange(6, dtype=np.float32).reshape(3, 2)
+  grid = resnet.pooled_to_grid_kernel(kernel, 2)
+  assert grid.shape == (12, 2)
+  for k in range(4):
+    np.testing.assert_array_equal(grid[3 * k:3 * (k + 1)], kernel / 2)
+  fmap = np.random.default_rng(1).normal(size=(5, 2, 2, 3)).astype(np.float32)
+  np.testing.assert_allclose((fmap.reshape(5, -1) / 2) @ grid, fmap.mean(axis=(1, 2)) @ kernel,
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_another_architecture_is_refused_by_name(smoke_run):

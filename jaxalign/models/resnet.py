@@ -341,9 +341,17 @@ class ResNet(nnx.Module):
 
 # The regression head's input (``config.model.head``): 'mean' pools the last feature map
 # globally (torchvision's ResNet, the paper's network); 'flatten' keeps its grid (G x G cells of
-# C channels, G = input side / 32 rounded up), so the linear head sees where a feature fired
-# (beyond the paper; measured in docs/experiments/cpu_300w.md).
+# C channels, G = input side / 32 rounded up, divided by G), so the linear head sees where a
+# feature fired (beyond the paper; measured in docs/experiments/cpu_300w.md).
 HEADS = ('mean', 'flatten')
+
+
+def pooled_to_grid_kernel(kernel: np.ndarray, grid: int) -> np.ndarray:
+  """A pooled head's kernel (C, K) as the 'flatten' head's (G * G * C, K) that gives the same
+  outputs: every cell's block is ``kernel / G`` (the grid head divides its inputs by G, so the
+  sum over the G * G cells is ``kernel`` applied to their mean)."""
+  kernel = np.asarray(kernel)
+  return np.tile(kernel, (grid * grid, 1)) / grid
 
 
 class ModelConstant(nnx.Variable):
@@ -414,8 +422,13 @@ class LandmarkRegressor(nnx.Module):
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'images must be (B, H, W, 3), got shape {images.shape}')
     if self.head_input == 'flatten':
+      # Divided by the grid's side G: a pooled head's kernel W is then this head's with every
+      # cell's block at W / G (the same outputs: pooled_to_grid_kernel), and SGD moves the
+      # outputs as fast as it moves the pooled head's (G * G inputs of about the pooled size,
+      # each at 1 / G), so the learning rate keeps its meaning.
       features = self.backbone.feature_map(images).astype(jnp.float32)
-      features = features.reshape(features.shape[0], -1)
+      grid = features.shape[1]
+      features = features.reshape(features.shape[0], -1) / grid
     else:
       features = self.backbone(images)
     offsets = self.head(features).reshape(-1, self.num_points, 2)

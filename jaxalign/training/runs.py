@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxalign.models import resnet
 from jaxalign.training import checkpointing
 from jaxalign.training import config as config_lib
 from jaxalign.training import state as state_lib
@@ -58,6 +59,16 @@ def _trained_variables(model: nnx.Module) -> dict[tuple, nnx.Variable]:
           if isinstance(v, (nnx.Param, nnx.BatchStat))}
 
 
+def _pooled_head_grid(path, have: tuple, want: tuple) -> int:
+  """G when ``have`` is a pooled head's kernel (C, K) and ``want`` the 'flatten' head's
+  (G * G * C, K) of the same points, else 0."""
+  if path[-2:] != ('head', 'kernel') or len(have) != 2 or len(want) != 2 or have[1] != want[1]:
+    return 0
+  cells, rest = divmod(want[0], have[0])
+  grid = round(cells ** 0.5)
+  return grid if rest == 0 and grid > 1 and grid * grid == cells else 0
+
+
 def init_from_run(model: nnx.Module, workdir: str) -> tuple[list[str], list[str]]:
   """Starts ``model`` from a trained run: copies every parameter and BatchNorm statistic of the
   run's latest checkpoint whose path and shape match into ``model``, in place.
@@ -65,7 +76,9 @@ def init_from_run(model: nnx.Module, workdir: str) -> tuple[list[str], list[str]
   This is how a run fine-tunes another (``config.init_from=RUN_DIR``, e.g. real faces from a
   synthetic pretraining run). The model's own constants stay: its mean shape and CNN2's
   canonical frame come from its own training set. The input size may differ (the backbones
-  pool globally); the architecture may not.
+  pool globally); the architecture may not. A pooled head (``model.head='mean'``) starts a
+  grid head (``'flatten'``) as the grid head that gives the same outputs
+  (:func:`~jaxalign.models.resnet.pooled_to_grid_kernel`).
 
   Returns:
     ``(copied, skipped)``: the dotted paths copied, and those skipped because the run's shape
@@ -85,6 +98,12 @@ def init_from_run(model: nnx.Module, workdir: str) -> tuple[list[str], list[str]
       missing.append(name)
       continue
     if other.shape != var.shape:
+      grid = _pooled_head_grid(path, other.shape, var.shape)
+      if grid:
+        # A pooled head starting a grid head (model.head='flatten'): the same outputs.
+        var[...] = jax.numpy.asarray(resnet.pooled_to_grid_kernel(other[...], grid), var.dtype)
+        copied.append(name)
+        continue
       if 'head' in path:
         skipped.append(name)
         continue
