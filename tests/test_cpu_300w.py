@@ -46,6 +46,7 @@ def test_cpu_300w_trains_on_shared_faces_and_reports_val(tmp_path, sfm_dir):
   c.data.root = str(tmp_path / '300w')
   c.model.depth = 'tiny'
   c.model.input_size = 32
+  c.model.cnn2_input_size = 40     # CNN2's frame larger than CNN1's input, as the config's
   c.batch_size = 8
   c.num_steps = c.checkpoint_every = 2
   c.log_every = 1
