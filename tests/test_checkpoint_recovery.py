@@ -156,6 +156,21 @@ def test_no_checkpoint_restores_exits_2(trained, tmp_path):
   assert 'step 4' in errors[0] and 'OUT_OF_RANGE' in errors[0]
 
 
+def test_every_array_is_read_before_orbax_restores(trained, tmp_path):
+  """read_every_array reads a sound checkpoint whole, names the damage of a truncated one
+  (tensorstore's OUT_OF_RANGE), and reads only the arrays under ``roots``."""
+  work = _copy(trained, tmp_path)
+  state_dir = os.path.join(work, 'checkpoints', '4', 'state')
+  checkpointing.read_every_array(state_dir)
+  _truncate_largest(work, 4)
+  with pytest.raises(ValueError, match='OUT_OF_RANGE'):
+    checkpointing.read_every_array(state_dir)
+  checkpointing.read_every_array(state_dir, roots=('no_such_root',))
+  with pytest.raises(ValueError, match='OUT_OF_RANGE'):
+    checkpointing.read_every_array(state_dir, roots=('step', 'params', 'model_state',
+                                                     'opt_state', 'rng'))
+
+
 def test_the_noise_filter_holds_only_within_the_restore():
   """quiet_abandoned_reads installs the unraisable hook and the asyncio filter for the block
   only: afterwards an unraisable error raised in orbax's code is reported again."""
