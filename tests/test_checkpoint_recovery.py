@@ -157,11 +157,17 @@ def test_no_checkpoint_restores_exits_2(trained, tmp_path):
 
 
 def test_every_array_is_read_before_orbax_restores(trained, tmp_path):
-  """read_every_array reads a sound checkpoint whole, names the damage of a truncated one
-  (tensorstore's OUT_OF_RANGE), and reads only the arrays under ``roots``."""
+  """read_every_array reads a sound checkpoint whole, names an array the metadata lists but the
+  database lacks, names the damage of a truncated one (tensorstore's OUT_OF_RANGE), and reads
+  only the arrays under ``roots``."""
   work = _copy(trained, tmp_path)
   state_dir = os.path.join(work, 'checkpoints', '4', 'state')
   checkpointing.read_every_array(state_dir)
+  # Every array the metadata lists is in the database; one that is not is named.
+  saved = checkpointing.Checkpointer(work).saved_shapes(4)
+  checkpointing.read_every_array(state_dir, expected=saved)
+  with pytest.raises(ValueError, match=r'missing from the database \(params\.no_such_array\)'):
+    checkpointing.read_every_array(state_dir, expected=list(saved) + ['params/no_such_array'])
   _truncate_largest(work, 4)
   with pytest.raises(ValueError, match='OUT_OF_RANGE'):
     checkpointing.read_every_array(state_dir)

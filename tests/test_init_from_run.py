@@ -200,3 +200,15 @@ def test_bad_pretraining_settings_are_named(change, key):
   config.init_from = change.get('init_from', '')
   with pytest.raises(ValueError, match=key):
     config_lib.validate_pretrain(config)
+
+
+def test_only_a_pooled_head_is_converted_to_a_grid_head():
+  """The kernel of a grid head (G1 * G1 * C rows) never passes for a pooled one (C rows), even
+  when a larger grid (G2 * G2 * C) is a whole multiple of it: such a head is skipped."""
+  c, k = 32, 10
+  path = ('cnn1', 'head', 'kernel')
+  assert runs._pooled_head_grid(path, (c, k), (4 * c, k), c) == 2
+  assert runs._pooled_head_grid(path, (c, k), (16 * c, k), c) == 4
+  assert runs._pooled_head_grid(path, (4 * c, k), (16 * c, k), c) == 0   # 2 x 2 grid -> 4 x 4
+  assert runs._pooled_head_grid(path, (c, k), (4 * c, k + 2), c) == 0    # other points
+  assert runs._pooled_head_grid(('cnn1', 'head', 'bias'), (c,), (4 * c,), c) == 0

@@ -166,3 +166,6 @@ def test_flatten_head_sees_the_whole_feature_grid(size):
   assert heads['mean'] < 1e-4 < heads['flatten']
   with pytest.raises(ValueError, match="head must be one of"):
     resnet_lib.LandmarkRegressor(5, depth='tiny', image_size=size, head='max', rngs=nnx.Rngs(0))
+  # The grid head reads the feature grid of an image_size input only.
+  with pytest.raises(ValueError, match=f"images must be \\(B, {size}, {size}, 3\\) for head='flatten'"):
+    model(_images(1, size + 32))

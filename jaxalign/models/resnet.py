@@ -341,7 +341,8 @@ class ResNet(nnx.Module):
 
 # The regression head's input (``config.model.head``): 'mean' pools the last feature map
 # globally (torchvision's ResNet, the paper's network); 'flatten' keeps its grid (G x G cells of
-# C channels, G = input side / 32 rounded up, divided by G), so the linear head sees where a
+# C channels, G = the input side halved, rounding up, at every stride-2 layer (5 of them for
+# four stages), divided by G), so the linear head sees where a
 # feature fired (beyond the paper; measured in docs/experiments/cpu_300w.md).
 HEADS = ('mean', 'flatten')
 
@@ -422,6 +423,11 @@ class LandmarkRegressor(nnx.Module):
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'images must be (B, H, W, 3), got shape {images.shape}')
     if self.head_input == 'flatten':
+      # The grid head's inputs are the cells of an image_size input's feature grid.
+      if images.shape[1:3] != (self.image_size, self.image_size):
+        raise ValueError(f"images must be (B, {self.image_size}, {self.image_size}, 3) for "
+                         f"head='flatten' (its kernel reads that input's feature grid), got "
+                         f'shape {images.shape}')
       # Divided by the grid's side G: a pooled head's kernel W is then this head's with every
       # cell's block at W / G (the same outputs: pooled_to_grid_kernel), and SGD moves the
       # outputs as fast as it moves the pooled head's (G * G inputs of about the pooled size,

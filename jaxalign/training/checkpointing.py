@@ -132,26 +132,53 @@ class _AbandonedTaskFilter(logging.Filter):
     return not _raised_in_orbax(exc)
 
 
-def read_every_array(state_dir: str, roots=None) -> None:
+# The metadata file of an array in orbax's tensorstore layout, and the driver that reads it.
+_ZARR_METADATA = {'/.zarray': 'zarr', '/zarr.json': 'zarr3'}
+
+
+def read_every_array(state_dir: str, roots=None, expected=None) -> None:
   """Reads every array of the orbax (OCDBT) checkpoint item in ``state_dir`` and waits for all
   reads; raises the first read error (tensorstore's ``ValueError``, e.g. ``OUT_OF_RANGE: Error
   reading ... in OCDBT database``) once none is left in flight.
 
-  ``roots``: only the arrays under these top-level keys (e.g. ``('params', 'model_state')``);
-  default all. A folder without an OCDBT manifest is left to orbax (nothing read here).
-  Arrays are read one at a time, so memory holds at most the largest one.
+  Args:
+    state_dir: the item's folder (``checkpoints/<step>/state``). One without an OCDBT manifest
+      is left to orbax (nothing read here).
+    roots: only the arrays under these top-level keys (e.g. ``('params', 'model_state')``);
+      default all.
+    expected: the arrays the item's metadata lists (``'params/cnn1/...'`` paths, as
+      :func:`shape_table`); one of them (under ``roots``) missing from the database raises.
+
+  Arrays are read one at a time, whole (every process reads every global array), so memory
+  holds at most the largest one.
+
+  Raises:
+    ValueError: a read failed, or an expected array is missing (named).
   """
   if not os.path.exists(os.path.join(state_dir, 'manifest.ocdbt')):
     return
-  base = {'driver': 'ocdbt', 'base': 'file://' + os.path.abspath(state_dir)}
-  keys = ts.KvStore.open(base).result().list().result()
-  names = sorted({k.decode()[:-len('/.zarray')] for k in keys if k.endswith(b'/.zarray')})
-  if roots is not None:
-    names = [n for n in names if any(n == r or n.startswith(r + '.') for r in roots)]
-  for name in names:
+  context = ts.Context()     # one open database for every array
+  base = {'driver': 'ocdbt', 'base': {'driver': 'file', 'path': os.path.abspath(state_dir)}}
+  keys = ts.KvStore.open(base, context=context).result().list().result()
+  drivers = {}
+  for key in keys:
+    key = key.decode()
+    for suffix, driver in _ZARR_METADATA.items():
+      if key.endswith(suffix):
+        drivers[key[:-len(suffix)]] = driver
+
+  def wanted(name):
+    return roots is None or any(name == r or name.startswith(r + '.') for r in roots)
+
+  missing = sorted(n for n in (p.replace('/', '.') for p in (expected or ()))
+                   if wanted(n) and n not in drivers)
+  if missing:
+    raise ValueError(f'{state_dir}: {len(missing)} array(s) of the metadata are missing from '
+                     f'the database ({", ".join(missing[:3])})')
+  for name in sorted(n for n in drivers if wanted(n)):
     # .result() on each future: the read is over (done or failed) before the next starts.
-    store = ts.open({'driver': 'zarr', 'kvstore': dict(base, path=name + '/')},
-                    open=True).result()
+    store = ts.open({'driver': drivers[name], 'kvstore': dict(base, path=name + '/')},
+                    open=True, context=context).result()
     store.read().result()
 
 
@@ -257,7 +284,7 @@ class Checkpointer:
       diff = shape_differences(saved, shape_table(abstract_state))
       if diff:
         raise ValueError('the saved state does not fit the model: ' + '; '.join(diff))
-    read_every_array(os.path.join(self.directory, str(step), 'state'))
+    read_every_array(os.path.join(self.directory, str(step), 'state'), expected=saved)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     if not isinstance(restored['data'], dict):
@@ -292,7 +319,7 @@ class Checkpointer:
       if diff:
         raise ValueError('the saved state does not fit the model: ' + '; '.join(diff))
     path = os.path.join(self.directory, str(step), 'state')
-    read_every_array(path, roots=sorted(roots))
+    read_every_array(path, roots=sorted(roots), expected=saved)
     with quiet_abandoned_reads(), ocp.PyTreeCheckpointer() as reader:
       tree = reader.restore(path, args=ocp.args.PyTreeRestore(
           item=abstract_model,

@@ -59,14 +59,26 @@ def _trained_variables(model: nnx.Module) -> dict[tuple, nnx.Variable]:
           if isinstance(v, (nnx.Param, nnx.BatchStat))}
 
 
-def _pooled_head_grid(path, have: tuple, want: tuple) -> int:
-  """G when ``have`` is a pooled head's kernel (C, K) and ``want`` the 'flatten' head's
-  (G * G * C, K) of the same points, else 0."""
+def _pooled_head_grid(path, have: tuple, want: tuple, num_features: int) -> int:
+  """G when ``have`` is a pooled head's kernel (C, K), C = ``num_features`` (the backbone's
+  channels; a grid head's kernel has G' * G' * C rows and is no pooled head), and ``want`` the
+  'flatten' head's (G * G * C, K) of the same points, else 0."""
   if path[-2:] != ('head', 'kernel') or len(have) != 2 or len(want) != 2 or have[1] != want[1]:
+    return 0
+  if have[0] != num_features:
     return 0
   cells, rest = divmod(want[0], have[0])
   grid = round(cells ** 0.5)
   return grid if rest == 0 and grid > 1 and grid * grid == cells else 0
+
+
+def _backbone_features(model: nnx.Module, path: tuple) -> int:
+  """The channels of the backbone beside the head at ``path`` (0 when it has none)."""
+  module = model
+  for key in path[:-2]:
+    module = module[key] if isinstance(module, (list, tuple, dict)) else getattr(module, str(key))
+  backbone = getattr(module, 'backbone', None)
+  return int(backbone.num_features) if backbone is not None else 0
 
 
 def init_from_run(model: nnx.Module, workdir: str) -> tuple[list[str], list[str]]:
@@ -98,7 +110,7 @@ def init_from_run(model: nnx.Module, workdir: str) -> tuple[list[str], list[str]
       missing.append(name)
       continue
     if other.shape != var.shape:
-      grid = _pooled_head_grid(path, other.shape, var.shape)
+      grid = _pooled_head_grid(path, other.shape, var.shape, _backbone_features(model, path))
       if grid:
         # A pooled head starting a grid head (model.head='flatten'): the same outputs.
         var[...] = jax.numpy.asarray(resnet.pooled_to_grid_kernel(other[...], grid), var.dtype)
