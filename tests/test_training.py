@@ -53,6 +53,12 @@ def test_validate_names_the_bad_key():
   with pytest.raises(ValueError, match='optim.schedule'):
     config_lib.validate(c, 1)
   c.optim.schedule = 'piecewise'
+  for bad in (0.0, -1.0, float('nan'), float('inf')):
+    c.loss.contour_weight = bad
+    with pytest.raises(ValueError, match='loss.contour_weight'):
+      config_lib.validate(c, 1)
+  c.loss.contour_weight = 2.0
+  config_lib.validate(c, 1)
   c.data.train_dir = ''
   with pytest.raises(ValueError, match='data.train_dir'):
     config_lib.validate(c, 1)
@@ -110,3 +116,31 @@ def test_synthetic_cache_key_follows_the_ground_truth_version(monkeypatch):
   assert data_setup.synthetic_key(c) == key
   monkeypatch.setattr(contour, 'GROUND_TRUTH_VERSION', contour.GROUND_TRUTH_VERSION + 1)
   assert data_setup.synthetic_key(c) != key
+
+
+def test_contour_weight_weights_the_jaw_in_the_loss():
+  """``loss.contour_weight`` u: the loss is sum_l w_l f(e_l) / sum_l w_l with w = u at the
+  scheme's contour points and 1 elsewhere; with an error at the contour points only, u scales
+  their share exactly so."""
+  from flax import nnx
+  from jaxalign import losses, schemes
+  from jaxalign.models import aligner as aligner_lib
+  from jaxalign.training import step as step_lib
+  c = config_lib.base_config()
+  c.model.kind = 'plain'
+  assert step_lib.point_weights(c) is None       # the paper: every point alike
+  model = aligner_lib.PlainAligner(depth='tiny', image_size=32, rngs=nnx.Rngs(0))
+  model.eval()
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
+  pred = model.net(images)
+  contour = list(schemes.IBUG68.contour)
+  target = pred.at[:, contour, 0].add(4.0)       # 4 px off in x at the contour points only
+  per_point = float(losses.wing(4.0) + losses.wing(0.0))
+  for u in (1.0, 3.0):
+    c.loss.contour_weight = u
+    weights = step_lib.point_weights(c)
+    assert weights is None if u == 1.0 else (
+        weights[contour].tolist() == [u] * len(contour) and weights.sum() == 68 - 16 + 16 * u)
+    loss, _ = step_lib.model_loss(model, images, target, c)
+    expected = u * len(contour) * per_point / (68 - len(contour) + u * len(contour))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)

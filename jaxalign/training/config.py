@@ -10,6 +10,7 @@ their docstring; the command line overrides single keys with ``--config.key=valu
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -187,6 +188,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.epsilon = 3.0
   c.loss.cnn1_weight = 1.0       # CNN1 (all points) and CNN2 (stable points) loss weights
   c.loss.cnn2_weight = 1.0
+  # Weight of the face-contour points (scheme.contour: the jaw) against the others in the loss
+  # of the network that predicts them (CNN1; never one of CNN2's stable points). 1: the paper.
+  c.loss.contour_weight = 1.0
 
   # Optimiser (jaxalign.training.optim).
   c.optim = ml_collections.ConfigDict()
@@ -355,6 +359,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
          'data.source to a registered data set, or data.synthetic.enabled=True')
   if config.loss.kind not in ('wing', 'l1', 'l2'):
     fail('loss.kind', f'unknown loss {config.loss.kind!r}; expected wing, l1 or l2')
+  contour_weight = config.loss.get('contour_weight', 1.0)
+  if not (isinstance(contour_weight, (int, float)) and math.isfinite(contour_weight)
+          and contour_weight > 0):
+    fail('loss.contour_weight', f'must be a finite number > 0, got {contour_weight!r}')
 
 
 def validate_pretrain(config: ml_collections.ConfigDict) -> None:

@@ -9,11 +9,13 @@ device or many (up to the order of float additions).
 from __future__ import annotations
 
 import jax
+import numpy as np
 import optax
 
 from jaxalign.models import aligner
 from jaxalign.models import resnet
 from jaxalign.data import pipeline
+from jaxalign.training import config as config_lib
 from jaxalign.training import mesh as mesh_lib
 from jaxalign.training import state as state_lib
 
@@ -23,6 +25,18 @@ DEVICE_KEYS = ('image', 'points', 'box')
 def loss_kwargs(config) -> dict:
   return {'w': float(config.loss.w), 'epsilon': float(config.loss.epsilon)} \
       if config.loss.kind == 'wing' else {}
+
+
+def point_weights(config) -> np.ndarray | None:
+  """(L,) loss weights of the points: ``loss.contour_weight`` at the scheme's contour points
+  (the jaw), 1 elsewhere; None when all are 1 (the paper)."""
+  contour_weight = float(config.loss.get('contour_weight', 1.0))
+  if contour_weight == 1.0:
+    return None
+  scheme = config_lib.model_scheme(config)
+  weights = np.ones(scheme.num_points, np.float32)
+  weights[list(scheme.contour)] = contour_weight
+  return weights
 
 
 def model_loss(model, images, points, config, source=None, source_to_input=None,
@@ -35,10 +49,11 @@ def model_loss(model, images, points, config, source=None, source_to_input=None,
   The plain model regresses all points. The pose-aware pair is trained as the paper does:
   CNN1 on all points, CNN2 on the stable points of the image warped with CNN1's prediction
   (``model.transform_from='prediction'``, gradient stopped, so CNN1 is frozen as far as CNN2's
-  loss is concerned); the two losses are summed with ``loss.cnn{1,2}_weight``.
+  loss is concerned); the two losses are summed with ``loss.cnn{1,2}_weight``. The points are
+  weighted by :func:`point_weights` (``loss.contour_weight``; beyond the paper).
   """
   loss, aux = aligner.compute_losses(
-      model, images, points, kind=config.loss.kind,
+      model, images, points, weights=point_weights(config), kind=config.loss.kind,
       cnn1_weight=float(config.loss.cnn1_weight), cnn2_weight=float(config.loss.cnn2_weight),
       transform_from=config.model.transform_from,
       loss_params=loss_kwargs(config), source=source, source_to_input=source_to_input,
