@@ -17,7 +17,8 @@ beyond the paper is left to flags, so that this config stays the paper's: its co
 (learned from the training faces, fused with CNN1's points and mixed, calibrated on a held-out
 tenth) is ``--config.data.holdout_fraction=0.1 --config.eval.completion_backend=learned
 --config.eval.completion_fusion=True --config.eval.completion_blend=True``, its second pass
-around the pair's own points ``--config.eval.recrop=True``, its synthetic pretraining (the
+around the pair's own points and four more on that box moved by 3 % of its side
+``--config.eval.recrop=True --config.eval.recrop_shift=0.03``, its synthetic pretraining (the
 stand-in for the paper's ImageNet weights, which ``--config.init_from=resnet50.safetensors``
 loads where you have them) ``--config.pretrain.config=configs/default.py
 --config.pretrain.num_steps=3000``, its jitter of CNN2's

@@ -447,13 +447,18 @@ def predict_records(model, config, records, batch_size: int = 64, num_workers: i
           'flipped': flipped, 'boxes': boxes, 'valid': valid, 'cnn2_outside': outside}
 
 
-def recrop_records(records, points) -> list:
+def recrop_records(records, points, shift=(0.0, 0.0)) -> list:
   """``records`` with each box replaced by the tight box of ``points`` (N, L, 2) (the network's
-  own landmarks, image pixels), the framing the networks were trained on; a face whose points
-  give no valid box keeps its box."""
+  own landmarks, image pixels), the framing the networks were trained on, moved by ``shift``
+  (dx, dy) fractions of its width and height; a face whose points give no valid box keeps its
+  box."""
   out = []
+  dx, dy = (float(v) for v in shift)
   for r, p in zip(records, np.asarray(points, np.float32)):
     box = records_lib.landmark_box(p) if np.isfinite(p).all() else None
+    if box is not None and (dx or dy):
+      w, h = box[2] - box[0], box[3] - box[1]
+      box = box + np.array([dx * w, dy * h, dx * w, dy * h], np.float32)
     out.append(dataclasses.replace(r, box=box) if box is not None and records_lib.valid_box(box)
                else r)
   return out
@@ -535,17 +540,30 @@ def _take_members(merged, per_member, choice):
   return out
 
 
+def recrop_shifts(config) -> list[tuple[float, float]]:
+  """The (dx, dy) box moves of the passes after the first (:func:`predict_with_recrop`): none
+  without ``eval.recrop``; (0, 0), then with ``eval.recrop_shift`` s > 0 also (+-s, 0) and
+  (0, +-s)."""
+  if not bool(config.eval.recrop):
+    return []
+  s = float(config.eval.get('recrop_shift', 0.0))
+  return [(0.0, 0.0)] + ([(s, 0.0), (-s, 0.0), (0.0, s), (0.0, -s)] if s > 0 else [])
+
+
 def predict_with_recrop(model, config, records, batch_size: int = 64) -> dict:
   """:func:`predict_records`, then (``config.eval.recrop``) a second pass on crops around the
-  first pass's own points (no box jitter: that box is the network's, not a detector's), the two
-  averaged (:func:`average_predictions`). Beyond the paper: measured in
+  first pass's own points (no box jitter: that box is the network's, not a detector's), and
+  (``config.eval.recrop_shift``) four more on that box moved left, right, up and down; all the
+  passes averaged (:func:`average_predictions`). Beyond the paper: measured in
   docs/experiments/cpu_300w.md."""
   first = predict_records(model, config, records, batch_size=batch_size)
-  if not bool(config.eval.recrop) or not len(records):
+  shifts = recrop_shifts(config)
+  if not shifts or not len(records):
     return first
-  second = predict_records(model, pipeline.without_box_jitter(config),
-                           recrop_records(records, first['cnn_points']), batch_size=batch_size)
-  return average_predictions([first, second])
+  plain = pipeline.without_box_jitter(config)
+  return average_predictions([first] + [
+      predict_records(model, plain, recrop_records(records, first['cnn_points'], shift),
+                      batch_size=batch_size) for shift in shifts])
 
 
 # ------------------------------------------------------------------------------- completion

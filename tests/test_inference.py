@@ -264,6 +264,30 @@ def test_recrop_records_frames_the_points():
   np.testing.assert_array_equal(out[1].box, recs[1].box)
   np.testing.assert_array_equal(out[2].box, recs[2].box)
   assert out[0].image == 'a.jpg' and out[0] is not recs[0]
+  # Moved by fractions of the box's width (x) and height (y); a kept box is not moved.
+  moved = inference.recrop_records(recs, pts, shift=(0.25, -0.5))
+  np.testing.assert_allclose(moved[0].box, [2, -1, 6, 5])
+  np.testing.assert_array_equal(moved[1].box, recs[1].box)
+
+
+def test_recrop_shifts_follow_the_config():
+  from jaxalign.training import config as config_lib
+  c = config_lib.base_config()
+  assert inference.recrop_shifts(c) == []
+  c.eval.recrop_shift = 0.03
+  assert inference.recrop_shifts(c) == []            # no second pass, no shifted ones
+  c.eval.recrop = True
+  c.eval.recrop_shift = 0.0
+  assert inference.recrop_shifts(c) == [(0.0, 0.0)]
+  c.eval.recrop_shift = 0.03
+  assert inference.recrop_shifts(c) == [(0.0, 0.0), (0.03, 0.0), (-0.03, 0.0), (0.0, 0.03),
+                                        (0.0, -0.03)]
+  c.data.train_dir = '/somewhere'
+  config_lib.validate(c, 1)
+  for bad in (-0.01, 0.5, float('nan')):
+    c.eval.recrop_shift = bad
+    with pytest.raises(ValueError, match='eval.recrop_shift'):
+      config_lib.validate(c, 1)
 
 
 def test_recrop_is_the_mean_of_a_pass_and_a_pass_around_its_points(run):
@@ -286,6 +310,16 @@ def test_recrop_is_the_mean_of_a_pass_and_a_pass_around_its_points(run):
   np.testing.assert_allclose(plain['points'], first['cnn_points'], atol=1e-4)
   assert np.abs(res['points'] - plain['points']).max() > 1e-3
   np.testing.assert_array_equal(res['boxes'], plain['boxes'])
+  # eval.recrop_shift: four more passes on the second pass's box moved, all averaged.
+  config.eval.recrop_shift = 0.05
+  shifted = inference.run_pipeline(opened.model, config, recs, 'none')
+  passes = [first, second] + [
+      inference.predict_records(opened.model, pipeline.without_box_jitter(config),
+                                inference.recrop_records(recs, first['cnn_points'], shift))
+      for shift in ((0.05, 0), (-0.05, 0), (0, 0.05), (0, -0.05))]
+  want = inference.average_predictions(passes)
+  np.testing.assert_allclose(shifted['points'], want['cnn_points'], atol=1e-4)
+  assert np.abs(shifted['points'] - res['points']).max() > 1e-3
 
 
 def test_predict_ignores_the_evaluation_box_jitter(run, tmp_path, real_face_paths):

@@ -240,6 +240,9 @@ def base_config() -> ml_collections.ConfigDict:
   # framing, without the box's error), averaged with the first (inference.predict_with_recrop).
   # Twice the networks' cost at test time. Beyond the paper.
   c.eval.recrop = False
+  # With eval.recrop: four more passes on the second pass's box moved by this fraction of its
+  # width (left, right) and height (up, down), all the passes averaged. 0: none. Beyond the paper.
+  c.eval.recrop_shift = 0.0
   return c
 
 
@@ -359,6 +362,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
          'data.source to a registered data set, or data.synthetic.enabled=True')
   if config.loss.kind not in ('wing', 'l1', 'l2'):
     fail('loss.kind', f'unknown loss {config.loss.kind!r}; expected wing, l1 or l2')
+  shift = config.eval.get('recrop_shift', 0.0)
+  if not (isinstance(shift, (int, float)) and 0.0 <= shift < 0.5):
+    fail('eval.recrop_shift', f'must be a fraction of the box side in [0, 0.5), got {shift!r}')
   contour_weight = config.loss.get('contour_weight', 1.0)
   if not (isinstance(contour_weight, (int, float)) and math.isfinite(contour_weight)
           and contour_weight > 0):
