@@ -486,10 +486,12 @@ def gaussian_blur(images, sigma, radius: int | None = None) -> jax.Array:
   # depthwise convolution (batch folded into the channels) about 50x slower than these
   # elementwise multiply-adds, and it was half of the training step (docs/benchmarks.md). The
   # sums over the 2r + 1 static taps unroll at trace time (no loop runs on the device); one
-  # gather of all windows and an einsum instead measured 6x slower.
-  x = jnp.pad(images, ((0, 0), (r, r), (0, 0), (0, 0)), mode='edge')
+  # gather of all windows and an einsum instead measured 6x slower. The padded arrays are
+  # materialised (the barriers): fused into its consumers, each edge-padding concatenation was
+  # re-evaluated per tap, element by element, and the blur took twice as long (docs/benchmarks.md).
+  x = jax.lax.optimization_barrier(jnp.pad(images, ((0, 0), (r, r), (0, 0), (0, 0)), mode='edge'))
   x = sum(k[:, t, None, None, None] * x[:, t:t + h] for t in range(2 * r + 1))
-  x = jnp.pad(x, ((0, 0), (0, 0), (r, r), (0, 0)), mode='edge')
+  x = jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), (0, 0), (r, r), (0, 0)), mode='edge'))
   return sum(k[:, t, None, None, None] * x[:, :, t:t + w] for t in range(2 * r + 1))
 
 
