@@ -29,7 +29,7 @@ augmentation that cpu_300w uses (measured there: docs/experiments/cpu_300w.md)
 --config.augment.grey_prob=0.1 --config.augment.occlusion_prob=0.3``; without detector box
 files, ``--config.data.options.boxes=landmarks --config.data.test_options.boxes=landmarks`` with
 cpu_300w's ``eval.box_jitter`` (shift 0.05, scale 0.07, rotation_deg 10). cpu_300w's CNN2
-sees an 80 px frame beside CNN1's 64 px (a CPU compromise on resolution); here both are the
+sees an 80 px frame and CNN1 80 px crops (a CPU compromise on resolution); here both are the
 paper's 224 px.
 """
 
