@@ -14,9 +14,10 @@ shared training faces: docs/experiments/cpu_300w.md): the same data source, land
 normaliser and pose-aware model, with the paper's sizes (base_config: ResNet-50 pair at 224 px,
 the paper's schedule), all training faces and the test sets' detector boxes. What cpu_300w adds
 beyond the paper is left to flags, so that this config stays the paper's: its completion
-(learned from the training faces, fused with CNN1's points and mixed, calibrated on a held-out
-tenth) is ``--config.data.holdout_fraction=0.1 --config.eval.completion_backend=learned
---config.eval.completion_fusion=True --config.eval.completion_blend=True``, its second pass
+(learned from the training faces, fused with CNN1's points and mixed, CNN2's stable points
+mixed with CNN1's too, calibrated on a held-out tenth) is ``--config.data.holdout_fraction=0.1
+--config.eval.completion_backend=learned --config.eval.completion_fusion=True
+--config.eval.completion_blend=True --config.eval.blend_stable=True``, its second pass
 around the pair's own points and four more on that box moved by 3 % of its side
 ``--config.eval.recrop=True --config.eval.recrop_shift=0.03``, its synthetic pretraining (the
 stand-in for the paper's ImageNet weights, which ``--config.init_from=resnet50.safetensors``

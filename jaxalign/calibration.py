@@ -7,8 +7,9 @@ faces or a held-out slice of the training set), what the run's :class:`jaxalign.
 - ``rms``: CNN1's residual RMS per |yaw| bin and point (inter-ocular units, right-looking
   frame), from which the fusion weights of CNN1's unstable points in the 3DMM fit come
   (``eval.completion_fusion``; :func:`jaxalign.morphable.completion.fusion_weights`);
-- ``blend``: the mix of each completed unstable point with CNN1's, alpha per |yaw| bin and
-  point fitted by least squares (``eval.completion_blend``;
+- ``blend``: the mix of each completed unstable point (and with ``eval.blend_stable`` each of
+  CNN2's stable points) with CNN1's, alpha per |yaw| bin and point fitted by least squares
+  (``eval.completion_blend``;
   :func:`jaxalign.morphable.completion.blend_weights`), estimated for the completion that
   will run (its backend, fusion and convention, :meth:`Completion.fits`).
 
@@ -137,6 +138,7 @@ def calibrate(model, config, records, batch_size: int | None = None,
   backends = [b for b in dict.fromkeys((own, 'jax', 'learned'))
               if b != 'learned' or learned is not None]
   blends = {}
+  mix_stable = bool(config.eval.get('blend_stable', False))
   for backend in backends:
     if backend not in ('jax', 'eos', 'learned'):
       continue
@@ -145,13 +147,15 @@ def calibrate(model, config, records, batch_size: int | None = None,
     res = inference.run_pipeline(model, config, records, completion, batch_size)
     completed = res['points'][valid]
     alpha = completion_lib.blend_weights(completed, rough, gt, inference.cnn1_yaw(rough),
-                                         bins=bins)
+                                         bins=bins, mix_stable=mix_stable)
     blends[backend] = {
         'alpha': np.where(np.isfinite(alpha), alpha, None).tolist(),
         'backend': completion.backend, 'fused': completion.fused,
         'convention': completion.convention,
+        'stable_mixed': mix_stable,
         'meaning': 'point = alpha * completion + (1 - alpha) * CNN1, per |yaw| bin and point '
-                   '(rigid-fit yaw of CNN1\'s points), right-looking frame'}
+                   '(rigid-fit yaw of CNN1\'s points), right-looking frame; the completion '
+                   'keeps CNN2\'s stable points (mixed too where stable_mixed)'}
   if own in blends:
     table['blend'] = blends[own]
   if blends:

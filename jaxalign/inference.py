@@ -165,7 +165,8 @@ class Completion:
 
     The rule: CNN1's residuals join the fit when ``eval.completion_fusion`` is on, the model is
     pose-aware and the backend is 'jax'; the mix applies when ``eval.completion_blend`` is on,
-    the model is pose-aware and the table :meth:`fits` this completion. A table that is asked
+    the model is pose-aware and the table :meth:`fits` this completion, to CNN2's stable points
+    too only when ``eval.blend_stable`` is on (and the table was estimated with it). A table that is asked
     for but missing or made for another completion is left out with a warning.
 
     Raises:
@@ -222,7 +223,17 @@ class Completion:
                   'CNN1', (blend.get('backend'), bool(blend.get('fused')),
                            blend.get('convention')), completion.made_for)
       return completion
-    return dataclasses.replace(completion, blend=dict(blend, bins=tuple(residuals['bins'])))
+    alpha = np.asarray(blend['alpha'], np.float64)
+    stable = config_lib.model_scheme(config).stable_mask()
+    if not config.eval.get('blend_stable', False):
+      alpha = alpha.copy()
+      alpha[:, stable] = np.nan        # CNN2's stable points as they are
+    elif not np.isfinite(alpha[:, stable]).any():
+      log.warning('eval.blend_stable is on but the blend table of %s was estimated without it '
+                  '(recalibrate: python -m jaxalign.calibrate --workdir RUN); CNN2\'s stable '
+                  'points are not mixed', where)
+    return dataclasses.replace(
+        completion, blend=dict(blend, alpha=alpha, bins=tuple(residuals['bins'])))
 
 
 @dataclasses.dataclass(frozen=True)

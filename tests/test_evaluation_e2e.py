@@ -300,12 +300,27 @@ def test_evaluation_with_blend_mixes_completion_and_cnn1(run, tmp_path):
   assert table['blend']['fused'] is True and table['blend']['backend'] == 'jax'
   finite = alpha[np.isfinite(alpha)]
   assert finite.size and ((finite >= 0) & (finite <= 1)).all()
+  assert np.isnan(alpha[:, schemes.IBUG68.stable_mask()]).all()   # CNN2's points kept
+  assert table['blend']['stable_mixed'] is False
   (other / inference.FUSION_FILE).write_text(json.dumps(table))
   rep = runner.evaluate(other, out=tmp_path / 'e')
   assert rep['completion_blend'] is True and rep['completion_fusion'] is True
   assert np.isfinite(rep['unblended_nme_inter_ocular'])
   assert rep['nme_inter_ocular'] != rep['unblended_nme_inter_ocular']
   assert 'before the mix with CNN1' in (tmp_path / 'e' / 'report.md').read_text()
+  # eval.blend_stable: the stable points get their mix too, and the evaluation applies it.
+  config.eval.blend_stable = True
+  config_lib.save_run_config(config, str(other))
+  stable_table = calibration.calibrate(inference.Run.load(other).model, config, held_out)
+  assert table['blend']['stable_mixed'] is False and stable_table['blend']['stable_mixed']
+  both = np.array(stable_table['blend']['alpha'], np.float64)
+  assert np.isfinite(both[:, schemes.IBUG68.stable_mask()]).any()
+  unstable = ~schemes.IBUG68.stable_mask()
+  np.testing.assert_array_equal(both[:, unstable], alpha[:, unstable])
+  (other / inference.FUSION_FILE).write_text(json.dumps(stable_table))
+  rep_sl = runner.evaluate(other, out=tmp_path / 'esl')
+  assert rep_sl['nme_inter_ocular'] != rep['nme_inter_ocular']
+  config.eval.blend_stable = False
   # A table made for another completion is not applied.
   config.eval.completion_convention = '3d'
   config_lib.save_run_config(config, str(other))

@@ -14,6 +14,7 @@ from jaxalign import calibration
 from jaxalign import inference
 from jaxalign import predict as predict_cli
 from jaxalign.morphable import completion as completion_lib
+from jaxalign.schemes import IBUG68
 from jaxalign.training import checkpointing
 from jaxalign.training import config as config_lib
 from jaxalign.training import optim
@@ -143,6 +144,20 @@ def test_completion_gating_is_one_rule(caplog):
   c = inference.Completion.of_run(config, tables=_tables())
   assert (c.backend, c.convention, c.fused) == ('jax', '2d', True)
   assert c.blend is not None and c.blend['bins'] == completion_lib.YAW_BINS
+  # CNN2's stable points are mixed only with eval.blend_stable (the table has them at 0.5).
+  stable = IBUG68.stable_mask()
+  assert np.isnan(c.blend['alpha'][:, stable]).all()
+  assert (c.blend['alpha'][:, ~stable] == 0.5).all()
+  config.eval.blend_stable = True
+  assert (inference.Completion.of_run(config, tables=_tables()).blend['alpha'] == 0.5).all()
+  unmixed = _tables()
+  unmixed['residuals']['blend']['alpha'] = np.where(stable, np.nan, 0.5)[None].repeat(
+      len(completion_lib.YAW_BINS) - 1, 0).tolist()
+  with caplog.at_level(logging.WARNING, logger='jaxalign.inference'):
+    inference.Completion.of_run(config, tables=unmixed)
+  assert any('estimated without it' in r.getMessage() for r in caplog.records)
+  config.eval.blend_stable = False
+  caplog.clear()
   # eos: no fusion, and the mix made for the fused jax completion does not fit.
   with caplog.at_level(logging.WARNING, logger='jaxalign.inference'):
     c = inference.Completion.of_run(config, backend='eos', tables=_tables())
@@ -288,6 +303,16 @@ def test_recrop_shifts_follow_the_config():
     c.eval.recrop_shift = bad
     with pytest.raises(ValueError, match='eval.recrop_shift'):
       config_lib.validate(c, 1)
+
+
+def test_blend_stable_must_be_a_bool():
+  import ml_collections
+  from jaxalign.training import config as config_lib
+  saved = config_lib.base_config().to_dict()      # as a run's config.json could hold it
+  saved['data']['train_dir'] = '/somewhere'
+  saved['eval']['blend_stable'] = 'yes'
+  with pytest.raises(ValueError, match=r'eval\.blend_stable: must be True or False'):
+    config_lib.validate(ml_collections.ConfigDict(saved), 1)
 
 
 def test_recrop_is_the_mean_of_a_pass_and_a_pass_around_its_points(run):

@@ -156,6 +156,23 @@ def test_blend_weights_is_the_inverse_variance_mix_and_never_worse_than_either()
                              rtol=1e-5)
 
 
+def test_blend_weights_mix_the_stable_points_only_when_asked():
+  """eval.blend_stable: CNN2's stable points (kept by the completion) get the same
+  least-squares mix with CNN1's; off, they get NaN and stay CNN2's."""
+  rng = np.random.default_rng(1)
+  bins = (0.0, 90.0)
+  yaw = np.full(600, 10.0)
+  gt, c, o = _two_estimates(600, rng, 1.0, 2.0)      # CNN2 (c) better than CNN1 (o) everywhere
+  stable = IBUG68.stable_mask()
+  assert np.isnan(completion.blend_weights(c, o, gt, yaw, bins)[:, stable]).all()
+  alpha = completion.blend_weights(c, o, gt, yaw, bins, mix_stable=True)
+  assert np.isfinite(alpha).all()
+  np.testing.assert_allclose(np.mean(alpha[0, stable]), 4 / 5, atol=0.03)
+  mixed = completion.blend_points(c, o, alpha, yaw, bins)
+  err = lambda p: np.mean(np.sum((p[:, stable] - gt[:, stable]) ** 2, -1))
+  assert err(mixed) < min(err(c), err(o))
+
+
 def test_blend_is_mirrored_for_left_looking_faces_and_clipped():
   bins = (0.0, 90.0)
   gt = np.zeros((10, 68, 2))

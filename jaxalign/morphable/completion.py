@@ -370,7 +370,7 @@ def _box_size(gt) -> np.ndarray:
 
 
 def blend_weights(completed, observed, gt, yaw, bins=YAW_BINS, scheme=schemes_lib.IBUG68,
-                  min_faces: int = 5) -> np.ndarray:
+                  min_faces: int = 5, mix_stable: bool = False) -> np.ndarray:
   """(B, L) the held-out least-squares mix of two estimates of every point, per |yaw| bin.
 
   Stacking (beyond the paper): the completed points ``c`` (the 3DMM's) and another detector's
@@ -390,6 +390,8 @@ def blend_weights(completed, observed, gt, yaw, bins=YAW_BINS, scheme=schemes_li
       the test time will have (the rigid fit of ``observed``), so the table is read as it was
       estimated. Left-looking faces count at their mirror points (the working frame).
     min_faces: a bin with fewer faces gets NaN (the completion is kept there).
+    mix_stable: also mix the stable points, where the completion keeps CNN2's estimate, with
+      ``observed``'s (CNN1's; ``eval.blend_stable``); else they get NaN (not mixed).
   """
   scheme = schemes_lib.get_scheme(scheme)
   c, o, g = (np.asarray(a, np.float64) for a in (completed, observed, gt))
@@ -414,7 +416,8 @@ def blend_weights(completed, observed, gt, yaw, bins=YAW_BINS, scheme=schemes_li
     enough = (count[sel].sum(0) >= min_faces) & (den > 0)
     with np.errstate(invalid='ignore', divide='ignore'):
       out[k] = np.where(enough, np.clip(num / np.where(enough, den, 1.0), 0.0, 1.0), np.nan)
-  out[:, scheme.stable_mask()] = np.nan      # the kept points are not mixed
+  if not mix_stable:
+    out[:, scheme.stable_mask()] = np.nan    # the kept points (CNN2's) are not mixed
   return out
 
 

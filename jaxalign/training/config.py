@@ -218,6 +218,9 @@ def base_config() -> ml_collections.ConfigDict:
   # per point and |yaw| bin fitted by least squares on the validation faces at the end of
   # training (stored in WORKDIR/cnn1_residuals.json; completion.blend_weights). Beyond the paper.
   c.eval.completion_blend = False
+  # With eval.completion_blend: CNN2's stable points mixed with CNN1's the same way (alpha per
+  # point and |yaw| bin, least squares on the same faces); else they are CNN2's. Beyond the paper.
+  c.eval.blend_stable = False
   # Detector-like test boxes: a deterministic per-face disturbance of the box (uniform in
   # +-shift box sides, +-scale, +-rotation_deg), seeded by the face's index. 0 = the boxes as given.
   c.eval.box_jitter = ml_collections.ConfigDict()
@@ -365,6 +368,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   shift = config.eval.get('recrop_shift', 0.0)
   if not (isinstance(shift, (int, float)) and 0.0 <= shift < 0.5):
     fail('eval.recrop_shift', f'must be a fraction of the box side in [0, 0.5), got {shift!r}')
+  if not isinstance(config.eval.get('blend_stable', False), bool):
+    fail('eval.blend_stable', f'must be True or False, got {config.eval.blend_stable!r}')
   contour_weight = config.loss.get('contour_weight', 1.0)
   if not (isinstance(contour_weight, (int, float)) and math.isfinite(contour_weight)
           and contour_weight > 0):
