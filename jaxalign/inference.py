@@ -166,8 +166,8 @@ class Completion:
     The rule: CNN1's residuals join the fit when ``eval.completion_fusion`` is on, the model is
     pose-aware and the backend is 'jax'; the mix applies when ``eval.completion_blend`` is on,
     the model is pose-aware and the table :meth:`fits` this completion, to CNN2's stable points
-    too only when ``eval.blend_stable`` is on (and the table was estimated with it). A table that is asked
-    for but missing or made for another completion is left out with a warning.
+    too only when ``eval.blend_stable`` is on (and the table was estimated with it). A table
+    that is asked for but missing or made for another completion is left out with a warning.
 
     Raises:
       ValueError: an unknown backend or convention, a damaged table file, or the learned
@@ -228,7 +228,7 @@ class Completion:
     if not config.eval.get('blend_stable', False):
       alpha = alpha.copy()
       alpha[:, stable] = np.nan        # CNN2's stable points as they are
-    elif not np.isfinite(alpha[:, stable]).any():
+    elif not blend.get('stable_mixed', False):     # tables from before the option lack it
       log.warning('eval.blend_stable is on but the blend table of %s was estimated without it '
                   '(recalibrate: python -m jaxalign.calibrate --workdir RUN); CNN2\'s stable '
                   'points are not mixed', where)

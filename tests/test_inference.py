@@ -149,12 +149,11 @@ def test_completion_gating_is_one_rule(caplog):
   assert np.isnan(c.blend['alpha'][:, stable]).all()
   assert (c.blend['alpha'][:, ~stable] == 0.5).all()
   config.eval.blend_stable = True
-  assert (inference.Completion.of_run(config, tables=_tables()).blend['alpha'] == 0.5).all()
-  unmixed = _tables()
-  unmixed['residuals']['blend']['alpha'] = np.where(stable, np.nan, 0.5)[None].repeat(
-      len(completion_lib.YAW_BINS) - 1, 0).tolist()
+  mixed = _tables()
+  mixed['residuals']['blend']['stable_mixed'] = True
+  assert (inference.Completion.of_run(config, tables=mixed).blend['alpha'] == 0.5).all()
   with caplog.at_level(logging.WARNING, logger='jaxalign.inference'):
-    inference.Completion.of_run(config, tables=unmixed)
+    inference.Completion.of_run(config, tables=_tables())      # estimated without the option
   assert any('estimated without it' in r.getMessage() for r in caplog.records)
   config.eval.blend_stable = False
   caplog.clear()
