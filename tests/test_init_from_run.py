@@ -212,3 +212,43 @@ def test_only_a_pooled_head_is_converted_to_a_grid_head():
   assert runs._pooled_head_grid(path, (4 * c, k), (16 * c, k), c) == 0   # 2 x 2 grid -> 4 x 4
   assert runs._pooled_head_grid(path, (c, k), (4 * c, k + 2), c) == 0    # other points
   assert runs._pooled_head_grid(('cnn1', 'head', 'bias'), (c,), (4 * c,), c) == 0
+
+
+def test_a_narrower_run_starts_a_wider_model_with_the_same_outputs(smoke_run):
+  """``model.width`` 4 -> 8 (ResNet-18 topology): the wider network starts computing the
+  narrower one's points, in inference and in training mode (batch statistics), and its new
+  channels are not dead (fresh incoming weights, outgoing weights zero but trainable)."""
+  import jax.numpy as jnp
+  narrow, _ = _fresh(smoke_run, seed=3, depth='18', width=4, input_size=32)
+  wide, _ = _fresh(smoke_run, seed=5, depth='18', width=8, input_size=32)
+  copied, skipped = runs.init_from_model(wide, narrow)
+  assert skipped == [] and len(copied) == len(_arrays(wide, nnx.Param)) + len(
+      _arrays(wide, nnx.BatchStat))
+  for net in ('cnn1', 'cnn2'):
+    getattr(wide, net).mean_shape[...] = getattr(narrow, net).mean_shape[...]
+  stem = wide.cnn1.backbone.conv1.kernel[...]
+  assert stem.shape[-1] == 8
+  assert np.abs(np.asarray(stem[..., 4:])).sum() > 0          # fresh, not zero
+  assert np.abs(np.asarray(wide.cnn1.head.kernel[...])[32:]).sum() == 0
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)), jnp.float32)
+  for mode in ('eval', 'train'):
+    getattr(wide, mode)()
+    getattr(narrow, mode)()
+    for net in ('cnn1', 'cnn2'):
+      np.testing.assert_allclose(getattr(wide, net)(images), getattr(narrow, net)(images),
+                                 atol=1e-3, err_msg=f'{net} in {mode} mode')
+  # A wider run cannot start a narrower model, and the error names the variable.
+  with pytest.raises(ValueError, match=r'shape .*architectures differ'):
+    runs.init_from_model(narrow, wide, 'the wide run')
+
+
+def test_widened_layout():
+  have = np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)          # (kh, kw, cin, cout)
+  fresh = np.full((1, 1, 4, 5), 7.0, np.float32)
+  out = runs.widened(have, fresh)
+  np.testing.assert_array_equal(out[..., :2, :3], have)
+  np.testing.assert_array_equal(out[..., 2:, :], 0)                   # new inputs: zero
+  np.testing.assert_array_equal(out[..., :2, 3:], 7)                  # new outputs: fresh
+  np.testing.assert_array_equal(runs.widened(np.ones(3), np.zeros(5)), [1, 1, 1, 0, 0])
+  assert runs.widened(np.ones((2, 3)), np.ones((1, 5))) is None       # an axis shrinks
+  assert runs.widened(np.ones(3), np.ones((3, 1))) is None            # another rank

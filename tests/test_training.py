@@ -33,6 +33,30 @@ def test_paper_schedule_and_optimizer():
   np.testing.assert_allclose(updates2['w'], -1e-5 * (0.9 * v1 + v1), rtol=1e-6)
 
 
+def test_adamw_optimizer():
+  c = config_lib.base_config()
+  c.optim.optimizer = 'adamw'
+  c.optim.schedule = 'constant'
+  c.optim.learning_rate = 1e-3
+  c.optim.weight_decay = 0.1
+  tx = optim.make_optimizer(c)
+  params = {'w': jnp.array([1.0, -2.0, 3.0])}
+  grads = {'w': jnp.array([0.5, -40.0, 0.0])}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # First Adam step: m / sqrt(v) = sign(g) whatever the gradient's scale; the decay is decoupled
+  # (lr * wd * p, not through the gradient's normalisation).
+  expected = -1e-3 * (np.sign(grads['w']) + 0.1 * params['w'])
+  np.testing.assert_allclose(updates['w'], expected, rtol=1e-4, atol=1e-9)
+  c.optim.optimizer = 'lamb'
+  with pytest.raises(ValueError, match='optim.optimizer'):
+    optim.make_optimizer(c)
+  # A run saved before the key existed trained with SGD.
+  del c.optim['optimizer']
+  sgd_tx = optim.make_optimizer(c)
+  sgd, _ = sgd_tx.update(grads, sgd_tx.init(params), params)
+  np.testing.assert_allclose(sgd['w'], -1e-3 * (grads['w'] + 0.1 * params['w']), rtol=1e-6)
+
+
 def test_validate_names_the_bad_key():
   c = config_lib.base_config()
   c.data.train_dir = '/somewhere'
@@ -53,6 +77,12 @@ def test_validate_names_the_bad_key():
   with pytest.raises(ValueError, match='optim.schedule'):
     config_lib.validate(c, 1)
   c.optim.schedule = 'piecewise'
+  c.optim.optimizer = 'adam'
+  with pytest.raises(ValueError, match='optim.optimizer'):
+    config_lib.validate(c, 1)
+  c.optim.optimizer = 'adamw'
+  config_lib.validate(c, 1)
+  c.optim.optimizer = 'sgd'
   for bad in (0.0, -1.0, float('nan'), float('inf')):
     c.loss.contour_weight = bad
     with pytest.raises(ValueError, match='loss.contour_weight'):

@@ -20,6 +20,7 @@ from jaxalign.models import resnet
 
 MODEL_KINDS = ('pose_aware', 'plain')
 SCHEDULES = ('piecewise', 'constant', 'cosine')
+OPTIMIZERS = ('sgd', 'adamw')       # optim.optimizer (jaxalign.training.optim)
 MAX_MEMBERS = 16   # config.ensemble.members: more is a typo, not an experiment on this codebase
 NORMALIZATIONS = ('inter_ocular', 'inter_pupil', 'bbox')   # == jaxalign.metrics.NORMALIZATIONS
 
@@ -194,6 +195,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Optimiser (jaxalign.training.optim).
   c.optim = ml_collections.ConfigDict()
+  # 'sgd' (the paper) or 'adamw' (Adam with decoupled weight decay; momentum is its b1).
+  c.optim.optimizer = 'sgd'
   c.optim.learning_rate = 1e-5
   c.optim.final_learning_rate = 1e-7
   c.optim.schedule = 'piecewise'   # 'piecewise': lr * 0.1 every decay_steps, floored at final
@@ -318,6 +321,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail('model.cnn2_fill', f'expected a fraction in [0.1, 1.5], got {config.model.cnn2_fill}')
   if float(config.data.host_scale or 0.0) < 0:
     fail('data.host_scale', f'must be 0 (auto) or positive, got {config.data.host_scale}')
+  if config.optim.get('optimizer', 'sgd') not in OPTIMIZERS:
+    fail('optim.optimizer', f'unknown optimizer {config.optim.optimizer!r}; expected '
+         f'{OPTIMIZERS}')
   if config.optim.schedule not in SCHEDULES:
     fail('optim.schedule', f'unknown schedule {config.optim.schedule!r}; expected {SCHEDULES}')
   validate_pretrain(config)

@@ -4,11 +4,16 @@ The paper: SGD with momentum 0.9, weight decay 5e-4, learning rate 1e-5 dropping
 decay step 60,000 (so 1e-5, 1e-6, 1e-7 over the three 60,000-step thirds of 180,000 steps).
 Weight decay is the classic L2 term added to the gradient (``optax.add_decayed_weights`` before
 the momentum), on every parameter as in Caffe/PyTorch SGD.
+
+``optim.optimizer = 'adamw'`` (beyond the paper) uses Adam with decoupled weight decay
+(Loshchilov & Hutter 2019) and the same schedule instead; ``optim.momentum`` is then Adam's b1.
 """
 
 from __future__ import annotations
 
 import optax
+
+from jaxalign.training.config import OPTIMIZERS
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -42,11 +47,20 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """SGD + momentum + L2 weight decay (+ optional global-norm clipping) with the schedule."""
+  """``optim.optimizer`` with the schedule (+ optional global-norm clipping): 'sgd' (the paper:
+  momentum and L2 weight decay added to the gradient) or 'adamw' (Adam, ``momentum`` as its b1,
+  weight decay decoupled from the gradient's scale)."""
   o = config.optim
+  name = o.get('optimizer', 'sgd')     # runs saved before the key existed trained with SGD
+  if name not in OPTIMIZERS:
+    raise ValueError(f'config.optim.optimizer: unknown optimizer {name!r}; expected {OPTIMIZERS}')
   parts = []
   if o.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(float(o.grad_clip_norm)))
+  if name == 'adamw':
+    parts.append(optax.adamw(learning_rate_schedule(config), b1=float(o.momentum),
+                             weight_decay=float(o.weight_decay)))
+    return optax.chain(*parts)
   if o.weight_decay > 0:
     parts.append(optax.add_decayed_weights(float(o.weight_decay)))
   parts.append(optax.sgd(learning_rate_schedule(config), momentum=float(o.momentum) or None,

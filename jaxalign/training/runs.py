@@ -81,6 +81,29 @@ def _backbone_features(model: nnx.Module, path: tuple) -> int:
   return int(backbone.num_features) if backbone is not None else 0
 
 
+def widened(have: np.ndarray, fresh: np.ndarray) -> np.ndarray | None:
+  """A narrower network's array ``have`` inside a wider network's freshly initialised
+  ``fresh`` so that the wider network computes what the narrower one did, or None when
+  ``fresh`` is not a widening of ``have`` (another rank, or an axis that shrinks).
+
+  The narrower network's channels keep their weights (the leading block of every axis); the new
+  channels keep their fresh incoming weights and BatchNorm parameters, and their outgoing
+  weights (the rows of a kernel's input axis, the second last: (kh, kw, cin, cout) for a
+  convolution, (cin, cout) for a dense layer) are zero, so that nothing they compute reaches
+  the old channels or the output at first. Each BatchNorm normalises its channels on their own,
+  so the old channels' activations, in training and in inference mode, are unchanged; the zero
+  rows get gradients at the first step, so the new channels start learning at once.
+  """
+  have, fresh = np.asarray(have), np.asarray(fresh)
+  if have.ndim != fresh.ndim or any(h > f for h, f in zip(have.shape, fresh.shape)):
+    return None
+  out = np.array(fresh, copy=True)
+  out[tuple(slice(0, h) for h in have.shape)] = have
+  if have.ndim >= 2 and fresh.shape[-2] > have.shape[-2]:
+    out[..., have.shape[-2]:, :] = 0
+  return out
+
+
 def init_from_run(model: nnx.Module, workdir: str) -> tuple[list[str], list[str]]:
   """Starts ``model`` from a trained run: copies every parameter and BatchNorm statistic of the
   run's latest checkpoint whose path and shape match into ``model``, in place.
@@ -88,46 +111,61 @@ def init_from_run(model: nnx.Module, workdir: str) -> tuple[list[str], list[str]
   This is how a run fine-tunes another (``config.init_from=RUN_DIR``, e.g. real faces from a
   synthetic pretraining run). The model's own constants stay: its mean shape and CNN2's
   canonical frame come from its own training set. The input size may differ (the backbones
-  pool globally); the architecture may not. A pooled head (``model.head='mean'``) starts a
+  pool globally); the depth and kind may not. A pooled head (``model.head='mean'``) starts a
   grid head (``'flatten'``) as the grid head that gives the same outputs
-  (:func:`~jaxalign.models.resnet.pooled_to_grid_kernel`).
+  (:func:`~jaxalign.models.resnet.pooled_to_grid_kernel`). A narrower run (a smaller
+  ``model.width``) starts a wider model as the wider network that computes the same points
+  (:func:`widened`: the new channels start with zero outgoing weights).
 
   Returns:
-    ``(copied, skipped)``: the dotted paths copied, and those skipped because the run's shape
-    differs (the landmark heads of a run with another landmark scheme).
+    ``(copied, skipped)``: the dotted paths copied (widened ones included), and those skipped
+    because the run's shape differs (the landmark heads of a run with another landmark scheme).
   Raises:
     FileNotFoundError: ``workdir`` holds no run (config.json and a checkpoint).
-    ValueError: a backbone variable is missing from the run or has another shape (another
-      depth, width or model kind), or nothing matched.
+    ValueError: a backbone variable is missing from the run or has another shape that is no
+      widening (another depth or model kind, or a wider run), or nothing matched.
   """
   source, _, step = restore_model(workdir)
+  return init_from_model(model, source, f'init_from={workdir} (step {step})')
+
+
+def init_from_model(model: nnx.Module, source: nnx.Module,
+                    name: str = 'the source model') -> tuple[list[str], list[str]]:
+  """:func:`init_from_run`'s copy from a model in memory (``name`` names it in errors)."""
   have = _trained_variables(source)
   copied, skipped, missing = [], [], []
   for path, var in _trained_variables(model).items():
-    name = '.'.join(str(p) for p in path)
+    dotted = '.'.join(str(p) for p in path)
     other = have.get(path)
     if other is None:
-      missing.append(name)
+      missing.append(dotted)
       continue
     if other.shape != var.shape:
       grid = _pooled_head_grid(path, other.shape, var.shape, _backbone_features(model, path))
       if grid:
         # A pooled head starting a grid head (model.head='flatten'): the same outputs.
         var[...] = jax.numpy.asarray(resnet.pooled_to_grid_kernel(other[...], grid), var.dtype)
-        copied.append(name)
+        copied.append(dotted)
         continue
-      if 'head' in path:
-        skipped.append(name)
+      is_head = 'head' in path
+      # A head widens only along its input (the backbone's channels): another number of
+      # outputs is another landmark scheme.
+      wide = None if is_head and other.shape[-1] != var.shape[-1] else widened(other[...],
+                                                                                var[...])
+      if wide is not None:
+        var[...] = jax.numpy.asarray(wide, var.dtype)
+        copied.append(dotted)
         continue
-      raise ValueError(f'init_from={workdir}: {name} has shape {other.shape} in the run '
-                       f'(step {step}) but {var.shape} here: the architectures differ '
-                       '(model.depth / width / kind)')
+      if is_head:
+        skipped.append(dotted)
+        continue
+      raise ValueError(f'{name}: {dotted} has shape {other.shape} there but {var.shape} here: '
+                       'the architectures differ (model.depth / width / kind)')
     var[...] = jax.numpy.asarray(other[...], var.dtype)
-    copied.append(name)
+    copied.append(dotted)
   if missing or not copied:
-    raise ValueError(f'init_from={workdir}: the run (step {step}) lacks {len(missing)} of this '
-                     f'model\'s variables ({", ".join(missing[:3])}...): another model.kind '
-                     'or depth')
+    raise ValueError(f'{name} lacks {len(missing)} of this model\'s variables '
+                     f'({", ".join(missing[:3])}...): another model.kind or depth')
   return copied, skipped
 
 
