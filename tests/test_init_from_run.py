@@ -215,12 +215,15 @@ def test_only_a_pooled_head_is_converted_to_a_grid_head():
 
 
 def test_a_narrower_run_starts_a_wider_model_with_the_same_outputs(smoke_run):
-  """``model.width`` 4 -> 8 (ResNet-18 topology): the wider network starts computing the
-  narrower one's points, in inference and in training mode (batch statistics), and its new
-  channels are not dead (fresh incoming weights, outgoing weights zero but trainable)."""
+  """``model.width`` 4 -> 8 for CNN1 (ResNet-18 topology; CNN2 stays at 4 by
+  ``model.cnn2_width``): the wider network starts computing the narrower one's points, in
+  inference and in training mode (batch statistics), and its new channels are not dead (fresh
+  incoming weights, outgoing weights zero but trainable)."""
   import jax.numpy as jnp
   narrow, _ = _fresh(smoke_run, seed=3, depth='18', width=4, input_size=32)
-  wide, _ = _fresh(smoke_run, seed=5, depth='18', width=8, input_size=32)
+  wide, _ = _fresh(smoke_run, seed=5, depth='18', width=8, cnn2_width=4, input_size=32)
+  assert wide.cnn2.backbone.conv1.kernel.shape[-1] == 4
+  assert narrow.cnn2.backbone.conv1.kernel.shape[-1] == 4
   copied, skipped = runs.init_from_model(wide, narrow)
   assert skipped == [] and len(copied) == len(_arrays(wide, nnx.Param)) + len(
       _arrays(wide, nnx.BatchStat))

@@ -83,6 +83,12 @@ def test_validate_names_the_bad_key():
   c.optim.optimizer = 'adamw'
   config_lib.validate(c, 1)
   c.optim.optimizer = 'sgd'
+  for key, bad in (('width', 0), ('width', -16), ('cnn2_width', -1)):
+    good = c.model[key]
+    c.model[key] = bad
+    with pytest.raises(ValueError, match=f'model.{key}'):
+      config_lib.validate(c, 1)
+    c.model[key] = good
   for bad in (0.0, -1.0, float('nan'), float('inf')):
     c.loss.contour_weight = bad
     with pytest.raises(ValueError, match='loss.contour_weight'):

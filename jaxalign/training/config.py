@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.transform_points = 'stable'
   c.model.cnn2_fill = 0.8
   c.model.width = 64            # stem channels of '18'/'34'/'50' (64 = the standard ResNet)
+  c.model.cnn2_width = 0        # CNN2's stem channels; 0 = the same as CNN1 (model.width)
   c.model.input_size = 224      # network input side in pixels (the paper: 224)
   c.model.dtype = 'float32'     # compute dtype; parameters stay float32
   # How the ResNets' ops are expressed (same parameters and results; docs/benchmarks.md):
@@ -294,6 +295,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.batch_size % num_devices:
     fail('batch_size', f'{config.batch_size} is not divisible by the {num_devices} devices; '
          f'use a multiple of {num_devices}')
+  for key in ('width', 'cnn2_width'):
+    value = config.model.get(key, 0)
+    if not isinstance(value, int) or value < (1 if key == 'width' else 0):
+      fail(f'model.{key}', f'must be a positive integer{" or 0" if key != "width" else ""}, '
+           f'got {value!r}')
   if config.model.kind not in MODEL_KINDS:
     fail('model.kind', f'unknown model {config.model.kind!r}; expected one of {MODEL_KINDS}')
   for key in ('depth', 'cnn2_depth'):

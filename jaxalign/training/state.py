@@ -32,12 +32,15 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.floa
 def model_depth(config, key: str = 'depth'):
   """``config.model.<key>`` as the model code takes it: a :class:`ResNetSpec` of that depth
   with ``config.model.width`` stem channels (64 = the standard network; 'tiny' variants keep
-  their own width); None when empty."""
-  depth = config.model[key]
+  their own width); None when empty. For ``'cnn2_depth'``, ``model.cnn2_width`` (when not 0)
+  is CNN2's width, and an empty ``cnn2_depth`` is CNN1's depth at that width."""
+  m = config.model
+  cnn2_width = int(m.get('cnn2_width', 0) or 0) if key == 'cnn2_depth' else 0
+  depth = m[key] or (m.depth if cnn2_width else '')
   if depth in ('', None, 0):
     return None
   depth = int(depth) if isinstance(depth, str) and depth.isdigit() else depth
-  width = int(config.model.width or 64)
+  width = cnn2_width or int(m.width or 64)
   if isinstance(depth, int) and width != 64:
     return dataclasses.replace(resnet.resnet_spec(depth), width=width)
   return depth
