@@ -180,3 +180,44 @@ def test_contour_weight_weights_the_jaw_in_the_loss():
     loss, _ = step_lib.model_loss(model, images, target, c)
     expected = u * len(contour) * per_point / (68 - len(contour) + u * len(contour))
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+
+
+def test_inter_ocular_normalization_weights_faces_as_the_nme_does():
+  """``loss.normalization='inter_ocular'``: face n weighs mean(io) / io_n (clipped to
+  FACE_WEIGHT_RANGE), so with the same pixel error on two faces, the one with half the
+  inter-ocular distance carries twice the weight; a face with a missing eye corner weighs 1."""
+  from flax import nnx
+  from jaxalign import losses
+  from jaxalign.models import aligner as aligner_lib
+  from jaxalign.training import step as step_lib
+  c = config_lib.base_config()
+  c.model.kind = 'plain'
+  assert step_lib.face_weights(jnp.zeros((2, 68, 2)), c) is None     # the paper: faces alike
+  c.loss.normalization = 'inter_ocular'
+  model = aligner_lib.PlainAligner(depth='tiny', image_size=32, rngs=nnx.Rngs(0))
+  model.eval()
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)), jnp.float32)
+  pred = model.net(images)
+  # The targets: the prediction moved 2 px in x on face 0 and 6 px on face 1, with outer eye
+  # corners 20 and 10 px apart; face 2 exact, its eye corner missing.
+  target = pred.at[0, :, 0].add(2.0).at[1, :, 0].add(6.0)
+  target = target.at[0, 45].set(target[0, 36] + jnp.array([20.0, 0.0]))
+  target = target.at[1, 45].set(target[1, 36] + jnp.array([10.0, 0.0]))
+  target = target.at[2, 45].set(jnp.nan)
+  w = np.asarray(step_lib.face_weights(target, c))
+  np.testing.assert_allclose(w, [15 / 20, 15 / 10, 1.0], rtol=1e-6)
+  loss, _ = step_lib.model_loss(model, images, target, c)
+  f = lambda d: np.asarray(losses.wing(d[..., 0]) + losses.wing(d[..., 1]))
+  per = f(np.asarray(pred - target))                                    # (3, 68)
+  per = np.where(np.isfinite(per), per, 0.0)
+  weights = np.broadcast_to(w[:, None], per.shape).copy()
+  weights[2, 45] = 0.0                                                  # NaN target: no weight
+  np.testing.assert_allclose(float(loss), (weights * per).sum() / weights.sum(), rtol=1e-4)
+  # Extreme distances are clipped.
+  far = target.at[1, 45].set(target[1, 36] + jnp.array([0.1, 0.0]))
+  assert float(step_lib.face_weights(far, c)[1]) == step_lib.FACE_WEIGHT_RANGE[1]
+  c.data.train_dir = '/somewhere'
+  config_lib.validate(c, 1)
+  c.loss.normalization = 'box'
+  with pytest.raises(ValueError, match='loss.normalization'):
+    config_lib.validate(c, 1)

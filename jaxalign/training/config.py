@@ -193,6 +193,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Weight of the face-contour points (scheme.contour: the jaw) against the others in the loss
   # of the network that predicts them (CNN1; never one of CNN2's stable points). 1: the paper.
   c.loss.contour_weight = 1.0
+  # Per-face loss weights: '' (the paper: every face alike) or 'inter_ocular' (each face by the
+  # batch's mean inter-ocular distance over its own, clipped to [0.5, 3], as the inter-ocular
+  # NME weighs its pixels; beyond the paper; jaxalign.training.step.face_weights).
+  c.loss.normalization = ''
 
   # Optimiser (jaxalign.training.optim).
   c.optim = ml_collections.ConfigDict()
@@ -386,6 +390,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if not (isinstance(contour_weight, (int, float)) and math.isfinite(contour_weight)
           and contour_weight > 0):
     fail('loss.contour_weight', f'must be a finite number > 0, got {contour_weight!r}')
+  if config.loss.get('normalization', '') not in ('', 'inter_ocular'):
+    fail('loss.normalization', f"expected '' or 'inter_ocular', got "
+         f'{config.loss.normalization!r}')
 
 
 def validate_pretrain(config: ml_collections.ConfigDict) -> None:

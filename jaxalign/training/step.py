@@ -9,6 +9,7 @@ device or many (up to the order of float additions).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -39,6 +40,30 @@ def point_weights(config) -> np.ndarray | None:
   return weights
 
 
+# Bounds of a face's weight under loss.normalization='inter_ocular' (its batch's mean inter-ocular
+# distance over its own): a face seen side on has almost no inter-ocular distance, and its
+# weight must not swamp the batch.
+FACE_WEIGHT_RANGE = (0.5, 3.0)
+
+
+def face_weights(points, config):
+  """(B,) per-face loss weights for ``loss.normalization`` on (B, L, 2) target points, or None.
+
+  'inter_ocular' (beyond the paper): the batch's mean inter-ocular distance over the face's
+  own (the scheme's ``inter_ocular`` points; clipped to :data:`FACE_WEIGHT_RANGE`), so that a
+  pixel of error weighs in the loss as it weighs in the inter-ocular NME; a face whose
+  distance is undefined (a missing eye corner) gets weight 1. '' (the paper): None.
+  """
+  if not config.loss.get('normalization', ''):
+    return None
+  a, b = config_lib.model_scheme(config).inter_ocular
+  io = jnp.linalg.norm(points[:, a] - points[:, b], axis=-1)
+  ok = jnp.isfinite(io) & (io > 0)
+  mean = jnp.sum(jnp.where(ok, io, 0.0)) / jnp.maximum(jnp.sum(ok), 1)
+  weight = jnp.clip(mean / jnp.where(ok, io, 1.0), *FACE_WEIGHT_RANGE)
+  return jax.lax.stop_gradient(jnp.where(ok, weight, 1.0))
+
+
 def model_loss(model, images, points, config, source=None, source_to_input=None,
                cnn2_jitter=None):
   """``(loss, metrics)`` of a model in training mode on (B, n, n, 3) images with (B, L, 2)
@@ -50,10 +75,14 @@ def model_loss(model, images, points, config, source=None, source_to_input=None,
   CNN1 on all points, CNN2 on the stable points of the image warped with CNN1's prediction
   (``model.transform_from='prediction'``, gradient stopped, so CNN1 is frozen as far as CNN2's
   loss is concerned); the two losses are summed with ``loss.cnn{1,2}_weight``. The points are
-  weighted by :func:`point_weights` (``loss.contour_weight``; beyond the paper).
+  weighted by :func:`point_weights` (``loss.contour_weight``; beyond the paper) and the faces by
+  :func:`face_weights` (``loss.normalization``; beyond the paper).
   """
+  weights, per_face = point_weights(config), face_weights(points, config)
+  if per_face is not None:
+    weights = per_face[:, None] * (1.0 if weights is None else jnp.asarray(weights)[None])
   loss, aux = aligner.compute_losses(
-      model, images, points, weights=point_weights(config), kind=config.loss.kind,
+      model, images, points, weights=weights, kind=config.loss.kind,
       cnn1_weight=float(config.loss.cnn1_weight), cnn2_weight=float(config.loss.cnn2_weight),
       transform_from=config.model.transform_from,
       loss_params=loss_kwargs(config), source=source, source_to_input=source_to_input,
