@@ -240,6 +240,11 @@ def test_a_narrower_run_starts_a_wider_model_with_the_same_outputs(smoke_run):
     for net in ('cnn1', 'cnn2'):
       np.testing.assert_allclose(getattr(wide, net)(images), getattr(narrow, net)(images),
                                  atol=1e-3, err_msg=f'{net} in {mode} mode')
+  # The new channels learn: the head's zero rows (the new features' outgoing weights) get a
+  # gradient at the first step.
+  wide.train()
+  grads = nnx.grad(lambda m: jnp.sum(m.cnn1(images) ** 2))(wide)
+  assert np.abs(np.asarray(grads.cnn1.head.kernel[...])[32:]).sum() > 0
   # A wider run cannot start a narrower model, and the error names the variable.
   with pytest.raises(ValueError, match=r'shape .*architectures differ'):
     runs.init_from_model(narrow, wide, 'the wide run')
