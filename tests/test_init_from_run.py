@@ -50,6 +50,46 @@ def test_heads_of_another_landmark_scheme_are_skipped(smoke_run):
   assert any('backbone' in name for name in copied)
 
 
+def test_a_pooled_run_starts_a_heatmap_model_on_its_backbone(smoke_run, tmp_path):
+  """``model.head='heatmap'`` from a pooled run: the backbones are copied, the heatmap heads
+  start fresh (reported as skipped), so the model starts at its own mean shape; a training step
+  from there moves the heads and the backbones."""
+  import jax.numpy as jnp
+  from jaxalign import workflow
+  source, _, _ = runs.restore_model(str(smoke_run))
+  model, _ = _fresh(smoke_run, head='heatmap')
+  copied, skipped = runs.init_from_run(model, str(smoke_run))
+  assert skipped and all('heatmap' in name for name in skipped)
+  assert {'cnn1.heatmap.logits.kernel', 'cnn2.heatmap.offsets.bias'} <= set(skipped)
+  assert not any('heatmap' in name for name in copied)
+  have, want = _arrays(model, nnx.Param), _arrays(source, nnx.Param)
+  backbone = [p for p in want if 'backbone' in p]
+  assert backbone
+  for path in backbone:
+    np.testing.assert_array_equal(have[path], want[path], err_msg=str(path))
+  model.eval()
+  size = model.image_size
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)), jnp.float32)
+  np.testing.assert_allclose(model.cnn1(images), np.broadcast_to(
+      model.cnn1.mean_shape[...], (2,) + model.cnn1.mean_shape.shape), atol=1e-3)
+  # Fine-tuned from the pooled run for two steps: the zero-started outputs and the backbone move.
+  config = config_lib.load_run_config(str(smoke_run))
+  config.model.head = 'heatmap'
+  config.init_from = str(smoke_run)
+  config.num_steps = 2
+  config.checkpoint_every = 2
+  config.eval.enabled = False
+  workflow.train_and_evaluate(config, str(tmp_path / 'run'))
+  tuned, _, step = runs.restore_model(str(tmp_path / 'run'))
+  assert step == 2
+  trained = _arrays(tuned, nnx.Param)
+  for net in ('cnn1', 'cnn2'):
+    assert np.abs(trained[(net, 'heatmap', 'logits', 'kernel')]).max() > 0
+    assert np.abs(trained[(net, 'heatmap', 'offsets', 'kernel')]).max() > 0
+  assert any(not np.array_equal(trained[p], want[p]) for p in backbone)
+  assert all(np.all(np.isfinite(v)) for v in trained.values())
+
+
 def test_pooled_heads_start_grid_heads_with_the_same_outputs(smoke_run):
   """A run with pooled heads starts a ``model.head='flatten'`` model as the grid heads that
   give the same points (every cell's kernel block the pooled kernel / G), so the fine-tuning

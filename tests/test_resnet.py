@@ -156,7 +156,7 @@ def test_flatten_head_sees_the_whole_feature_grid(size):
   # The head on a feature map and on the same map with its cells swapped.
   swapped = jnp.flip(fmap, axis=(1, 2))
   heads = {}
-  for kind in resnet_lib.HEADS:
+  for kind in ('mean', 'flatten'):
     m = resnet_lib.LandmarkRegressor(5, depth='tiny', image_size=size, head=kind,
                                      rngs=nnx.Rngs(0))
     m.head.kernel[...] = jax.random.normal(jax.random.key(1), m.head.kernel.shape)
@@ -169,3 +169,43 @@ def test_flatten_head_sees_the_whole_feature_grid(size):
   # The grid head reads the feature grid of an image_size input only.
   with pytest.raises(ValueError, match=f"images must be \\(B, {size}, {size}, 3\\) for head='flatten'"):
     model(_images(1, size + 32))
+
+
+def test_heatmap_head_starts_at_the_mean_shape_at_any_input_size():
+  """``head='heatmap'``: on its own input size the fresh head gives the mean shape exactly (its
+  offsets' bias undoes the prior's pull away from points outside the outer cells' centres);
+  on another size it still gives finite points near it."""
+  rng = np.random.default_rng(0)
+  mean = rng.uniform(2, 78, (7, 2)).astype(np.float32)
+  mean[0] = (79.0, 79.0)                    # beyond the last cell centre (72) of an 80 px input
+  model = resnet_lib.LandmarkRegressor(7, depth='tiny', image_size=80, head='heatmap',
+                                       mean_shape=mean, rngs=nnx.Rngs(0))
+  assert not hasattr(model, 'head')
+  model.eval()
+  out = np.asarray(_forward(model, _images(2, 80)))
+  np.testing.assert_allclose(out, np.broadcast_to(mean, out.shape), atol=1e-3)
+  other = np.asarray(_forward(model, _images(2, 64)))
+  assert other.shape == (2, 7, 2) and np.all(np.isfinite(other))
+  assert np.abs(other - mean).max() < 16
+
+
+def test_expected_points_read_the_peak_cell_and_its_offset():
+  """The soft argmax: a sharp logit peak at cell (r, c) puts the point on (stride c, stride r)
+  plus the offset there (in cells); two equal peaks put it halfway."""
+  logits = np.full((1, 5, 6, 2), -1e4, np.float32)
+  offsets = np.zeros((1, 5, 6, 2, 2), np.float32)
+  logits[0, 3, 4, 0] = 0.0                       # point 0: cell row 3, column 4
+  offsets[0, 3, 4, 0] = (0.25, -0.5)
+  logits[0, 1, 0, 1] = logits[0, 1, 2, 1] = 0.0  # point 1: halfway between columns 0 and 2
+  out = np.asarray(resnet_lib.expected_points(jnp.asarray(logits), jnp.asarray(offsets), 8))
+  np.testing.assert_allclose(out[0], [[8 * 4.25, 8 * 2.5], [8.0, 8.0]], atol=1e-4)
+
+
+def test_upsampling_keeps_the_cells_centres():
+  """The heatmap head's top-down path: a map linear in its cells' centres stays linear at the
+  finer stride (fine cell i sits on coarse coordinate i / 2), and odd sizes are kept."""
+  coarse = jnp.asarray(np.arange(3, dtype=np.float32)[None, :, None, None] * 16.0)
+  coarse = jnp.broadcast_to(coarse, (1, 3, 3, 1))          # the centres' row coordinate
+  fine = np.asarray(resnet_lib._upsample2(coarse, (5, 5)))  # pylint: disable=protected-access
+  np.testing.assert_allclose(fine[0, :, 2, 0], 8.0 * np.arange(5))
+  assert resnet_lib._upsample2(coarse, (6, 4)).shape == (1, 6, 4, 1)  # pylint: disable=protected-access

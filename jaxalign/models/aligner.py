@@ -240,7 +240,7 @@ class PoseAwareAligner(nnx.Module):
       model keeps it as a constant, so constructing a model reads no file.
     dtype: compute dtype of both CNNs (float32 or bfloat16; parameters stay float32).
     bn_momentum, zero_init_residual: see :class:`~jaxalign.models.resnet.ResNet`.
-    head: both CNNs' head input ('mean' or 'flatten'):
+    head: both CNNs' head ('mean', 'flatten' or 'heatmap'):
       see :class:`~jaxalign.models.resnet.LandmarkRegressor`.
     rngs: ``nnx.Rngs`` with a ``params`` stream.
   """

@@ -312,17 +312,31 @@ class ResNet(nnx.Module):
     self.layers = nnx.List(stages)
     self.num_features = cin
 
-  def feature_map(self, images: jax.Array) -> jax.Array:
-    """(B, H, W, 3) in 0..255 -> (B, H/32, W/32, num_features) last-stage activations in the
-    compute dtype (H/32 for four stages; each stage after the first halves it)."""
+  def stage_maps(self, images: jax.Array) -> list[jax.Array]:
+    """(B, H, W, 3) in 0..255 -> every stage's output activations in the compute dtype: stage
+    i's is (B, H_i, W_i, C_i) at stride ``4 * 2 ** i`` (each stride-2 layer maps a side s to
+    ceil(s / 2)); its cell (r, c) is centred on input pixel ``(stride * c, stride * r)``, since
+    every stride-2 layer pads symmetrically and centres output i on input 2i."""
     x = normalize_images(images) if self.normalize_input else jnp.asarray(images, jnp.float32)
     x = x.astype(self.dtype)
     x = nnx.relu(self.bn1(self.conv1(x)))
     x = max_pool_3x3_s2(x)
+    maps = []
     for stage in self.layers:
       for block in stage:
         x = block(x)
-    return x
+      maps.append(x)
+    return maps
+
+  def stage_channels(self) -> list[int]:
+    """Channels of each stage's output (:meth:`stage_maps`)."""
+    return [self.spec.width * 2 ** i * self.spec.expansion
+            for i in range(len(self.spec.stage_sizes))]
+
+  def feature_map(self, images: jax.Array) -> jax.Array:
+    """(B, H, W, 3) in 0..255 -> (B, H/32, W/32, num_features) last-stage activations in the
+    compute dtype (H/32 for four stages; each stage after the first halves it)."""
+    return self.stage_maps(images)[-1]
 
   def feature_grid(self, image_size: int) -> int:
     """Side of :meth:`feature_map`'s output for a square ``image_size`` input: each stride-2
@@ -343,8 +357,103 @@ class ResNet(nnx.Module):
 # globally (torchvision's ResNet, the paper's network); 'flatten' keeps its grid (G x G cells of
 # C channels, G = the input side halved, rounding up, at every stride-2 layer (5 of them for
 # four stages), divided by G), so the linear head sees where a
-# feature fired (beyond the paper; measured in docs/experiments/cpu_300w.md).
-HEADS = ('mean', 'flatten')
+# feature fired (beyond the paper; measured in docs/experiments/cpu_300w.md); 'heatmap' reads
+# each point off a stride-8 map of the backbone's stages (:class:`HeatmapHead`; beyond the
+# paper).
+HEADS = ('mean', 'flatten', 'heatmap')
+
+# The finest stage the heatmap head reads (stage 1: stride 8, a 10 x 10 map at 80 px).
+HEATMAP_LEVEL = 1
+
+
+def _upsample2(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """(B, h, w, C) at stride 2s -> (B, size[0], size[1], C) at stride s, linearly interpolated
+  on the cells' centres: fine cell i sits at coarse coordinate i / 2 (both centred on input
+  pixel s * i), so even cells copy a coarse cell and odd ones average two (the last repeats)."""
+  for axis, (n_in, n_out) in ((1, (x.shape[1], size[0])), (2, (x.shape[2], size[1]))):
+    i = np.arange(n_out)
+    lo = np.minimum(i // 2, n_in - 1)
+    hi = np.minimum((i + 1) // 2, n_in - 1)
+    x = (jnp.take(x, lo, axis=axis) + jnp.take(x, hi, axis=axis)) / 2
+  return x
+
+
+class HeatmapHead(nnx.Module):
+  """Points read off a stride-8 map: a soft argmax with per-cell offsets (beyond the paper).
+
+  The stages from :data:`HEATMAP_LEVEL` on are projected to ``channels`` each (1x1), summed
+  from the coarsest down (each upsampled by :func:`_upsample2`, a feature pyramid's top-down
+  path) and smoothed by a 3x3 convolution with a ReLU. From that map, for each of L points,
+  a 1x1 convolution gives a logit and an offset (x, y) per cell; the point is the expectation,
+  over the softmax of the logits across the cells, of the cell's centre plus its offset:
+
+    ``point = sum_c softmax(logit + prior)_c * (centre_c + stride * offset_c)``
+
+  so a point is located where its features fire, at the map's resolution, and still reaches
+  beyond the outer cells' centres (the crop's margins). ``prior`` is
+  ``-|centre_c - mean_point|^2 / (2 (2 stride)^2)``, which the learned logits override by a
+  few nats. The output convolutions' kernels start at zero and the offsets' bias at what moves
+  the prior's expectation onto the mean shape, so on an ``image_size`` input the head starts
+  at the mean shape exactly (as the pooled head does).
+  """
+
+  def __init__(self, stage_channels, num_points: int, *, channels: int, image_size: int,
+               mean_shape: np.ndarray, rngs: nnx.Rngs):
+    stage_channels = list(stage_channels)[HEATMAP_LEVEL:]
+    if not stage_channels:
+      raise ValueError(f'the heatmap head reads stage {HEATMAP_LEVEL} on; the backbone has '
+                       f'{HEATMAP_LEVEL} stages')
+    self.num_points = int(num_points)
+    self.stride = 4 * 2 ** HEATMAP_LEVEL
+    dense = dict(dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+    self.lateral = nnx.List([nnx.Linear(c, channels, **dense) for c in stage_channels])
+    self.smooth = nnx.Conv(channels, channels, (3, 3), padding=((1, 1), (1, 1)), **dense)
+    zeros = nnx.initializers.zeros_init()
+    self.logits = nnx.Linear(channels, num_points, kernel_init=zeros, **dense)
+    self.offsets = nnx.Linear(channels, 2 * num_points, kernel_init=zeros, **dense)
+    side = int(image_size)
+    for _ in range(2 + HEATMAP_LEVEL):      # the stem's convolution and pool, then the stages
+      side = -(-side // 2)
+    prior = self._prior(side, side, jnp.asarray(mean_shape, jnp.float32))
+    start = expected_points(prior[None], jnp.zeros(prior.shape + (2,))[None], self.stride)[0]
+    self.offsets.bias[...] = ((mean_shape - start) / self.stride).reshape(-1)
+
+  def _prior(self, h: int, w: int, mean_shape: jax.Array) -> jax.Array:
+    """(H, W, L) prior logits: a Gaussian of two cells' deviation around each mean point."""
+    sigma = 2.0 * self.stride
+    d2 = jnp.sum((_cell_centres(h, w, self.stride) - mean_shape) ** 2, -1)
+    return (-d2 / (2 * sigma ** 2)).reshape(h, w, -1)
+
+  def __call__(self, maps: list[jax.Array], mean_shape: jax.Array) -> jax.Array:
+    """``maps``: :meth:`ResNet.stage_maps`' outputs; ``mean_shape`` (L, 2) in input pixels ->
+    (B, L, 2) float32 points in input pixels."""
+    maps = [m.astype(jnp.float32) for m in maps[HEATMAP_LEVEL:]]
+    x = self.lateral[-1](maps[-1])
+    for lateral, fine in zip(list(self.lateral)[-2::-1], maps[-2::-1]):
+      x = lateral(fine) + _upsample2(x, fine.shape[1:3])
+    x = nnx.relu(self.smooth(x))
+    b, h, w, _ = x.shape
+    logits = self.logits(x) + self._prior(h, w, mean_shape)
+    offsets = self.offsets(x).reshape(b, h, w, self.num_points, 2)
+    return expected_points(logits, offsets, self.stride)
+
+
+def _cell_centres(h: int, w: int, stride: int) -> jax.Array:
+  """(H * W, 1, 2) (x, y) input pixels of an (H, W) map's cells at ``stride``, row-major."""
+  x, y = jnp.meshgrid(jnp.arange(w, dtype=jnp.float32), jnp.arange(h, dtype=jnp.float32))
+  return stride * jnp.stack([x, y], -1).reshape(h * w, 1, 2)
+
+
+def expected_points(logits: jax.Array, offsets: jax.Array, stride: int) -> jax.Array:
+  """The soft argmax with offsets: logits (B, H, W, L), offsets (B, H, W, L, 2) in cells, cell
+  (r, c) centred on input pixel (stride * c, stride * r) -> (B, L, 2) float32 (x, y) in input
+  pixels, each point the expectation of its cells' centres plus offsets under the softmax of
+  its logits over the H * W cells."""
+  b, h, w, num_points = logits.shape
+  centres = _cell_centres(h, w, stride)
+  weights = jax.nn.softmax(logits.astype(jnp.float32).reshape(b, h * w, num_points), axis=1)
+  targets = centres + stride * offsets.astype(jnp.float32).reshape(b, h * w, num_points, 2)
+  return jnp.einsum('bcl,bcld->bld', weights, targets)
 
 
 def pooled_to_grid_kernel(kernel: np.ndarray, grid: int) -> np.ndarray:
@@ -381,7 +490,8 @@ class LandmarkRegressor(nnx.Module):
       (pass the training mean shape instead).
     dtype, bn_momentum, zero_init_residual: see :class:`ResNet`.
     head: the head's input, one of :data:`HEADS`: 'mean' (globally pooled features, C values)
-      or 'flatten' (the last feature map as it is, G * G * C values).
+      or 'flatten' (the last feature map as it is, G * G * C values), or 'heatmap' (no linear
+      head: :class:`HeatmapHead` on the stages' maps, 2 * width channels, any input size).
     rngs: ``nnx.Rngs`` with a ``params`` stream.
   """
 
@@ -408,6 +518,12 @@ class LandmarkRegressor(nnx.Module):
       raise ValueError('mean_shape has non-finite values')
     self.backbone = ResNet(depth, dtype=dtype, bn_momentum=bn_momentum,
                            zero_init_residual=zero_init_residual, rngs=rngs)
+    if head == 'heatmap':
+      self.heatmap = HeatmapHead(self.backbone.stage_channels(), num_points,
+                                 channels=2 * self.backbone.spec.width,
+                                 image_size=self.image_size, mean_shape=mean_shape, rngs=rngs)
+      self.mean_shape = ModelConstant(jnp.asarray(mean_shape))
+      return
     num_inputs = self.backbone.num_features
     if head == 'flatten':
       num_inputs *= self.backbone.feature_grid(self.image_size) ** 2
@@ -422,6 +538,8 @@ class LandmarkRegressor(nnx.Module):
     """(B, S, S, 3) in 0..255 -> (B, L, 2) float32 (x, y) in input pixels."""
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'images must be (B, H, W, 3), got shape {images.shape}')
+    if self.head_input == 'heatmap':
+      return self.heatmap(self.backbone.stage_maps(images), self.mean_shape[...])
     if self.head_input == 'flatten':
       # The grid head's inputs are the cells of an image_size input's feature grid.
       if images.shape[1:3] != (self.image_size, self.image_size):

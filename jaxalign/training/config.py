@@ -102,8 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.flip = True           # mirror left-looking faces before CNN2 (False: no-flip ablation)
   c.model.stable = ''           # comma list of the SL indices; '' = the scheme's own set
   # The regression heads' input: 'mean' (the last feature map pooled globally: torchvision's
-  # ResNet, the paper) or 'flatten' (the map kept as a grid; beyond the paper,
-  # jaxalign.models.resnet.HEADS).
+  # ResNet, the paper), 'flatten' (the map kept as a grid) or 'heatmap' (a soft argmax with
+  # offsets on a stride-8 map of the stages; both beyond the paper, jaxalign.models.resnet.HEADS).
   c.model.head = 'mean'
 
   # Data (jaxalign.data.pipeline): 300-W-style folders, or the synthetic default.

@@ -115,11 +115,13 @@ def init_from_run(model: nnx.Module, workdir: str) -> tuple[list[str], list[str]
   grid head (``'flatten'``) as the grid head that gives the same outputs
   (:func:`~jaxalign.models.resnet.pooled_to_grid_kernel`). A narrower run (a smaller
   ``model.width``) starts a wider model as the wider network that computes the same points
-  (:func:`widened`: the new channels start with zero outgoing weights).
+  (:func:`widened`: the new channels start with zero outgoing weights). A head the run does
+  not have (``'heatmap'`` from a pooled run, or the reverse) starts fresh on its backbone.
 
   Returns:
     ``(copied, skipped)``: the dotted paths copied (widened ones included), and those skipped
-    because the run's shape differs (the landmark heads of a run with another landmark scheme).
+    because the run's shape differs (the landmark heads of a run with another landmark scheme)
+    or the run has no such head (another ``model.head``).
   Raises:
     FileNotFoundError: ``workdir`` holds no run (config.json and a checkpoint).
     ValueError: a backbone variable is missing from the run or has another shape that is no
@@ -138,7 +140,8 @@ def init_from_model(model: nnx.Module, source: nnx.Module,
     dotted = '.'.join(str(p) for p in path)
     other = have.get(path)
     if other is None:
-      missing.append(dotted)
+      # Another head (model.head): this model's head starts fresh on the run's backbone.
+      (skipped if 'heatmap' in path or 'head' in path else missing).append(dotted)
       continue
     if other.shape != var.shape:
       grid = _pooled_head_grid(path, other.shape, var.shape, _backbone_features(model, path))
