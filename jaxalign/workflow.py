@@ -93,7 +93,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     stretch_schedule(stage, int(config.pretrain.num_steps))
   # The stage pretrains this run's architecture (a plain twin pretrains a plain network), on
   # the devices (and processes) of the main run.
-  for key in ('kind', 'depth', 'cnn2_depth', 'width', 'cnn2_width', 'head'):
+  for key in ('kind', 'depth', 'cnn2_depth', 'width', 'cnn2_width', 'head', 'heatmap_stride'):
     stage.model[key] = config.model[key]
   for key in ('cpu_devices', 'distributed', 'coordinator_address', 'num_processes',
               'process_id', 'distributed_timeout_s'):

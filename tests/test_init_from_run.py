@@ -171,6 +171,7 @@ def test_the_pretraining_stage_runs_first_and_starts_the_run(smoke_run, tmp_path
   config.pretrain.num_steps = 2
   config.model.kind = 'plain'      # smoke.py is pose-aware: the stage takes the run's kind
   config.model.head = 'flatten'    # ... and its heads
+  config.model.heatmap_stride = 16   # (copied whatever the head)
   config.num_steps = 1
   config.checkpoint_every = 1
   config.optim.learning_rate = 1e-12
@@ -187,7 +188,7 @@ def test_the_pretraining_stage_runs_first_and_starts_the_run(smoke_run, tmp_path
   assert trainer.finished_steps(str(stage)) == 2
   stage_config = config_lib.load_run_config(str(stage))
   assert stage_config.data.synthetic.enabled and stage_config.model.kind == 'plain'
-  assert stage_config.model.head == 'flatten'
+  assert stage_config.model.head == 'flatten' and stage_config.model.heatmap_stride == 16
   # The stage's piecewise decays keep their fraction of its (overridden) length.
   smoke = config_lib.load_config_file('configs/smoke.py')
   assert stage_config.optim.schedule == 'piecewise'

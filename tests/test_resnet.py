@@ -171,7 +171,8 @@ def test_flatten_head_sees_the_whole_feature_grid(size):
     model(_images(1, size + 32))
 
 
-def test_heatmap_head_starts_at_the_mean_shape_at_any_input_size():
+@pytest.mark.parametrize('stride', [4, 8])
+def test_heatmap_head_starts_at_the_mean_shape_at_any_input_size(stride):
   """``head='heatmap'``: on its own input size the fresh head gives the mean shape exactly (its
   offsets' bias undoes the prior's pull away from points outside the outer cells' centres);
   on another size it still gives finite points near it."""
@@ -179,8 +180,14 @@ def test_heatmap_head_starts_at_the_mean_shape_at_any_input_size():
   mean = rng.uniform(2, 78, (7, 2)).astype(np.float32)
   mean[0] = (79.0, 79.0)                    # beyond the last cell centre (72) of an 80 px input
   model = resnet_lib.LandmarkRegressor(7, depth='tiny', image_size=80, head='heatmap',
-                                       mean_shape=mean, rngs=nnx.Rngs(0))
+                                       mean_shape=mean, heatmap_stride=stride,
+                                       rngs=nnx.Rngs(0))
   assert not hasattr(model, 'head')
+  # One lateral projection per stage from the one at the stride on (stride 4: stage 0).
+  assert len(model.heatmap.lateral) == 4 - resnet_lib.HEATMAP_STRIDES.index(stride)
+  with pytest.raises(ValueError, match='heatmap stride must be one of'):
+    resnet_lib.LandmarkRegressor(7, depth='tiny', image_size=80, head='heatmap',
+                                 heatmap_stride=6, rngs=nnx.Rngs(0))
   model.eval()
   out = np.asarray(_forward(model, _images(2, 80)))
   np.testing.assert_allclose(out, np.broadcast_to(mean, out.shape), atol=1e-3)

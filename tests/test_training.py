@@ -83,7 +83,7 @@ def test_validate_names_the_bad_key():
   c.optim.optimizer = 'adamw'
   config_lib.validate(c, 1)
   c.optim.optimizer = 'sgd'
-  for key, bad in (('width', 0), ('width', -16), ('cnn2_width', -1)):
+  for key, bad in (('width', 0), ('width', -16), ('cnn2_width', -1), ('heatmap_stride', 6)):
     good = c.model[key]
     c.model[key] = bad
     with pytest.raises(ValueError, match=f'model.{key}'):

@@ -240,8 +240,8 @@ class PoseAwareAligner(nnx.Module):
       model keeps it as a constant, so constructing a model reads no file.
     dtype: compute dtype of both CNNs (float32 or bfloat16; parameters stay float32).
     bn_momentum, zero_init_residual: see :class:`~jaxalign.models.resnet.ResNet`.
-    head: both CNNs' head ('mean', 'flatten' or 'heatmap'):
-      see :class:`~jaxalign.models.resnet.LandmarkRegressor`.
+    head, heatmap_stride: both CNNs' head ('mean', 'flatten' or 'heatmap') and the heatmap
+      head's stride: see :class:`~jaxalign.models.resnet.LandmarkRegressor`.
     rngs: ``nnx.Rngs`` with a ``params`` stream.
   """
 
@@ -252,7 +252,8 @@ class PoseAwareAligner(nnx.Module):
                mean_shape=None, canonical_shape=None, transform_weights=None,
                flip_threshold: float = pose_lib.FLIP_THRESHOLD_DEG, pose_reference=None,
                dtype=jnp.float32, bn_momentum: float = 0.9,
-               zero_init_residual: bool = False, head: str = 'mean', rngs: nnx.Rngs):
+               zero_init_residual: bool = False, head: str = 'mean', heatmap_stride: int = 8,
+               rngs: nnx.Rngs):
     self.scheme = schemes_lib.get_scheme(scheme)
     num_points = self.scheme.num_points
     self.image_size = int(image_size)
@@ -272,7 +273,7 @@ class PoseAwareAligner(nnx.Module):
       raise ValueError(f'transform_weights must be ({num_points},) non-negative with at least '
                        f'two positive entries, got {transform_weights}')
     common = dict(dtype=dtype, bn_momentum=bn_momentum, zero_init_residual=zero_init_residual,
-                  head=head, rngs=rngs)
+                  head=head, heatmap_stride=heatmap_stride, rngs=rngs)
     self.cnn1 = LandmarkRegressor(num_points, depth=depth, image_size=self.image_size,
                                   mean_shape=mean_shape, **common)
     stable = np.asarray(self.scheme.stable)
@@ -414,7 +415,8 @@ class PlainAligner(nnx.Module):
   """The baseline: one ResNet regressing all L points (the paper's "original ResNet-50").
 
   Args:
-    depth, image_size, scheme, dtype, bn_momentum, zero_init_residual, head, rngs: as for
+    depth, image_size, scheme, dtype, bn_momentum, zero_init_residual, head, heatmap_stride,
+      rngs: as for
       :class:`PoseAwareAligner`.
     mean_shape: (L, 2) starting guess in input pixels (default: :func:`default_shape`).
   """
@@ -422,7 +424,7 @@ class PlainAligner(nnx.Module):
   def __init__(self, *, depth: int | str | ResNetSpec = 50, image_size: int = 224,
                scheme: schemes_lib.LandmarkScheme | str = schemes_lib.IBUG68, mean_shape=None,
                dtype=jnp.float32, bn_momentum: float = 0.9, zero_init_residual: bool = False,
-               head: str = 'mean', rngs: nnx.Rngs):
+               head: str = 'mean', heatmap_stride: int = 8, rngs: nnx.Rngs):
     self.scheme = schemes_lib.get_scheme(scheme)
     self.image_size = int(image_size)
     if mean_shape is None:
@@ -430,7 +432,8 @@ class PlainAligner(nnx.Module):
     mean_shape = _check_shape('mean_shape', mean_shape, self.scheme.num_points)
     self.net = LandmarkRegressor(self.scheme.num_points, depth=depth, image_size=self.image_size,
                                  mean_shape=mean_shape, dtype=dtype, bn_momentum=bn_momentum,
-                                 zero_init_residual=zero_init_residual, head=head, rngs=rngs)
+                                 zero_init_residual=zero_init_residual, head=head,
+                                 heatmap_stride=heatmap_stride, rngs=rngs)
 
   def __call__(self, images: jax.Array, mirror_tta: bool = False) -> dict[str, jax.Array]:
     """(B, S, S, 3) in 0..255 -> {'points': (B, L, 2) float32 input pixels}; ``mirror_tta``:

@@ -362,8 +362,9 @@ class ResNet(nnx.Module):
 # paper).
 HEADS = ('mean', 'flatten', 'heatmap')
 
-# The finest stage the heatmap head reads (stage 1: stride 8, a 10 x 10 map at 80 px).
-HEATMAP_LEVEL = 1
+# The strides the heatmap head can read its points at (stage i's output is at 4 * 2 ** i); 8
+# is the default (a 10 x 10 map at 80 px, ``config.model.heatmap_stride``).
+HEATMAP_STRIDES = (4, 8, 16, 32)
 
 
 def _upsample2(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -381,7 +382,7 @@ def _upsample2(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 class HeatmapHead(nnx.Module):
   """Points read off a stride-8 map: a soft argmax with per-cell offsets (beyond the paper).
 
-  The stages from :data:`HEATMAP_LEVEL` on are projected to ``channels`` each (1x1), summed
+  The stages from the one at ``stride`` (one of :data:`HEATMAP_STRIDES`) on are projected to ``channels`` each (1x1), summed
   from the coarsest down (each upsampled by :func:`_upsample2`, a feature pyramid's top-down
   path) and smoothed by a 3x3 convolution with a ReLU. From that map, for each of L points,
   a 1x1 convolution gives a logit and an offset (x, y) per cell; the point is the expectation,
@@ -398,13 +399,16 @@ class HeatmapHead(nnx.Module):
   """
 
   def __init__(self, stage_channels, num_points: int, *, channels: int, image_size: int,
-               mean_shape: np.ndarray, rngs: nnx.Rngs):
-    stage_channels = list(stage_channels)[HEATMAP_LEVEL:]
+               mean_shape: np.ndarray, stride: int = 8, rngs: nnx.Rngs):
+    if stride not in HEATMAP_STRIDES:
+      raise ValueError(f'heatmap stride must be one of {HEATMAP_STRIDES}, got {stride!r}')
+    self.level = HEATMAP_STRIDES.index(stride)
+    stage_channels = list(stage_channels)[self.level:]
     if not stage_channels:
-      raise ValueError(f'the heatmap head reads stage {HEATMAP_LEVEL} on; the backbone has '
-                       f'{HEATMAP_LEVEL} stages')
+      raise ValueError(f'the heatmap head at stride {stride} reads stage {self.level} on; the '
+                       f'backbone has {self.level} stages')
     self.num_points = int(num_points)
-    self.stride = 4 * 2 ** HEATMAP_LEVEL
+    self.stride = int(stride)
     dense = dict(dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
     self.lateral = nnx.List([nnx.Linear(c, channels, **dense) for c in stage_channels])
     self.smooth = nnx.Conv(channels, channels, (3, 3), padding=((1, 1), (1, 1)), **dense)
@@ -412,7 +416,7 @@ class HeatmapHead(nnx.Module):
     self.logits = nnx.Linear(channels, num_points, kernel_init=zeros, **dense)
     self.offsets = nnx.Linear(channels, 2 * num_points, kernel_init=zeros, **dense)
     side = int(image_size)
-    for _ in range(2 + HEATMAP_LEVEL):      # the stem's convolution and pool, then the stages
+    for _ in range(2 + self.level):      # the stem's convolution and pool, then the stages
       side = -(-side // 2)
     prior = self._prior(side, side, jnp.asarray(mean_shape, jnp.float32))
     start = expected_points(prior[None], jnp.zeros(prior.shape + (2,))[None], self.stride)[0]
@@ -427,7 +431,7 @@ class HeatmapHead(nnx.Module):
   def __call__(self, maps: list[jax.Array], mean_shape: jax.Array) -> jax.Array:
     """``maps``: :meth:`ResNet.stage_maps`' outputs; ``mean_shape`` (L, 2) in input pixels ->
     (B, L, 2) float32 points in input pixels."""
-    maps = [m.astype(jnp.float32) for m in maps[HEATMAP_LEVEL:]]
+    maps = [m.astype(jnp.float32) for m in maps[self.level:]]
     x = self.lateral[-1](maps[-1])
     for lateral, fine in zip(list(self.lateral)[-2::-1], maps[-2::-1]):
       x = lateral(fine) + _upsample2(x, fine.shape[1:3])
@@ -492,13 +496,14 @@ class LandmarkRegressor(nnx.Module):
     head: the head's input, one of :data:`HEADS`: 'mean' (globally pooled features, C values)
       or 'flatten' (the last feature map as it is, G * G * C values), or 'heatmap' (no linear
       head: :class:`HeatmapHead` on the stages' maps, 2 * width channels, any input size).
+    heatmap_stride: the heatmap head's map stride, one of :data:`HEATMAP_STRIDES`.
     rngs: ``nnx.Rngs`` with a ``params`` stream.
   """
 
   def __init__(self, num_points: int, *, depth: int | str | ResNetSpec = 50,
                image_size: int = 224, mean_shape=None, dtype=jnp.float32,
                bn_momentum: float = 0.9, zero_init_residual: bool = False,
-               head: str = 'mean', rngs: nnx.Rngs):
+               head: str = 'mean', heatmap_stride: int = 8, rngs: nnx.Rngs):
     if head not in HEADS:
       raise ValueError(f'head must be one of {HEADS}, got {head!r}')
     self.head_input = head
@@ -521,7 +526,8 @@ class LandmarkRegressor(nnx.Module):
     if head == 'heatmap':
       self.heatmap = HeatmapHead(self.backbone.stage_channels(), num_points,
                                  channels=2 * self.backbone.spec.width,
-                                 image_size=self.image_size, mean_shape=mean_shape, rngs=rngs)
+                                 image_size=self.image_size, mean_shape=mean_shape,
+                                 stride=heatmap_stride, rngs=rngs)
       self.mean_shape = ModelConstant(jnp.asarray(mean_shape))
       return
     num_inputs = self.backbone.num_features

@@ -105,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ResNet, the paper), 'flatten' (the map kept as a grid) or 'heatmap' (a soft argmax with
   # offsets on a stride-8 map of the stages; both beyond the paper, jaxalign.models.resnet.HEADS).
   c.model.head = 'mean'
+  c.model.heatmap_stride = 8    # the 'heatmap' head's map: stride 4, 8, 16 or 32 input pixels
 
   # Data (jaxalign.data.pipeline): 300-W-style folders, or the synthetic default.
   c.data = ml_collections.ConfigDict()
@@ -327,6 +328,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                        ('transform_points', ('all', 'stable')), ('head', resnet.HEADS)):
     if config.model[key] not in allowed:
       fail(f'model.{key}', f'expected one of {allowed}, got {config.model[key]!r}')
+  if int(config.model.get('heatmap_stride', 8)) not in resnet.HEATMAP_STRIDES:
+    fail('model.heatmap_stride', f'expected one of {resnet.HEATMAP_STRIDES}, got '
+         f'{config.model.heatmap_stride!r}')
   if not 0.1 <= float(config.model.cnn2_fill) <= 1.5:
     fail('model.cnn2_fill', f'expected a fraction in [0.1, 1.5], got {config.model.cnn2_fill}')
   if float(config.data.host_scale or 0.0) < 0:

@@ -78,7 +78,8 @@ def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -
   m = config.model
   kwargs = dict(depth=model_depth(config), image_size=int(m.input_size),
                 scheme=config_lib.model_scheme(config), mean_shape=mean_shape,
-                dtype=_DTYPES[m.dtype], head=m.get('head', 'mean'), rngs=nnx.Rngs(params=seed))
+                dtype=_DTYPES[m.dtype], head=m.get('head', 'mean'),
+                heatmap_stride=int(m.get('heatmap_stride', 8)), rngs=nnx.Rngs(params=seed))
   if m.kind == 'pose_aware':
     kwargs.update(cnn2_depth=model_depth(config, 'cnn2_depth'),
                   cnn2_image_size=m.cnn2_input_size or None,
