@@ -90,6 +90,20 @@ def test_a_pooled_run_starts_a_heatmap_model_on_its_backbone(smoke_run, tmp_path
   assert all(np.all(np.isfinite(v)) for v in trained.values())
 
 
+def test_heatmap_heads_copy_at_their_stride_and_start_fresh_at_another(smoke_run):
+  """A heatmap model starts another at the same ``model.heatmap_stride`` whole; at another
+  stride (which reads other stages) its heads start fresh on the copied backbones."""
+  source, _ = _fresh(smoke_run, seed=1, head='heatmap')
+  same, _ = _fresh(smoke_run, seed=2, head='heatmap')
+  copied, skipped = runs.init_from_model(same, source)
+  assert skipped == [] and 'cnn1.heatmap.logits.kernel' in copied
+  finer, _ = _fresh(smoke_run, seed=2, head='heatmap', heatmap_stride=4)
+  copied, skipped = runs.init_from_model(finer, source)
+  assert skipped and all('heatmap' in name for name in skipped)
+  assert 'cnn1.heatmap.smooth.kernel' in skipped
+  assert not any('heatmap' in name for name in copied) and any('backbone' in n for n in copied)
+
+
 def test_pooled_heads_start_grid_heads_with_the_same_outputs(smoke_run):
   """A run with pooled heads starts a ``model.head='flatten'`` model as the grid heads that
   give the same points (every cell's kernel block the pooled kernel / G), so the fine-tuning

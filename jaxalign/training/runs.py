@@ -59,6 +59,12 @@ def _trained_variables(model: nnx.Module) -> dict[tuple, nnx.Variable]:
           if isinstance(v, (nnx.Param, nnx.BatchStat))}
 
 
+def _heatmap_strides(model: nnx.Module) -> dict[tuple, int]:
+  """Path -> stride of every :class:`~jaxalign.models.resnet.HeatmapHead` in ``model``."""
+  return {path: node.stride for path, node in nnx.iter_graph(model)
+          if isinstance(node, resnet.HeatmapHead)}
+
+
 def _pooled_head_grid(path, have: tuple, want: tuple, num_features: int) -> int:
   """G when ``have`` is a pooled head's kernel (C, K), C = ``num_features`` (the backbone's
   channels; a grid head's kernel has G' * G' * C rows and is no pooled head), and ``want`` the
@@ -116,7 +122,8 @@ def init_from_run(model: nnx.Module, workdir: str) -> tuple[list[str], list[str]
   (:func:`~jaxalign.models.resnet.pooled_to_grid_kernel`). A narrower run (a smaller
   ``model.width``) starts a wider model as the wider network that computes the same points
   (:func:`widened`: the new channels start with zero outgoing weights). A head the run does
-  not have (``'heatmap'`` from a pooled run, or the reverse) starts fresh on its backbone.
+  not have (``'heatmap'`` from a pooled run, or the reverse, or a heatmap head of another
+  ``model.heatmap_stride``) starts fresh on its backbone.
 
   Returns:
     ``(copied, skipped)``: the dotted paths copied (widened ones included), and those skipped
@@ -135,6 +142,11 @@ def init_from_model(model: nnx.Module, source: nnx.Module,
                     name: str = 'the source model') -> tuple[list[str], list[str]]:
   """:func:`init_from_run`'s copy from a model in memory (``name`` names it in errors)."""
   have = _trained_variables(source)
+  # A heatmap head of another stride reads other stages: it starts fresh, as a missing head.
+  theirs = _heatmap_strides(source)
+  for where, stride in _heatmap_strides(model).items():
+    if theirs.get(where, stride) != stride:
+      have = {p: v for p, v in have.items() if p[:len(where)] != where}
   copied, skipped, missing = [], [], []
   for path, var in _trained_variables(model).items():
     dotted = '.'.join(str(p) for p in path)
