@@ -20,14 +20,14 @@ ranges) so that the spatial transform has a box to correct, as with a real detec
 The networks are the embedded default's backbones (two ResNet-18s at quarter width), CNN1 on
 80 px crops (``model.input_size``) and CNN2 on an 80 px canonical frame
 (``model.cnn2_input_size``: at 64 px one pixel is about 3 % of the inter-ocular distance), each
-reading its points off a stride-8 feature pyramid with a soft argmax and per-cell offsets
+reading its points off a stride-4 feature pyramid with a soft argmax and per-cell offsets
 (``model.head='heatmap'``, beyond the paper, whose networks regress them from pooled features).
 The command first trains the embedded default itself with these heads (``configs/default.py``,
 lengthened from 1,500 to 3,000 steps with its decay stretched to match: rendered synthetic
 faces, our stand-in for the paper's ImageNet initialisation) into ``runs/cpu_300w/pretrain``
 (``pretrain.config``, ``pretrain.num_steps``; the stage keeps the default's 64 px input, and the
 heads read a map of any size, so they start at 80 px as they are), then starts from its weights
-for 6,000 steps of Adam at 1e-3 (beyond the paper's SGD) and a cosine decay to 1e-5 (a 200-step
+for 5,000 steps of Adam at 1e-3 (beyond the paper's SGD) and a cosine decay to 1e-5 (a 200-step
 warm-up) on the real faces,
 CNN2's crop jittered in its canonical frame (``augment.cnn2_*``) and the faces' appearance
 varied (``augment.brightness / contrast / grey_prob / occlusion_prob``; both beyond the paper);
@@ -62,8 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 8,000 steps fit into the hour since the step got 1.5x faster (docs/benchmarks.md); alone they
   # overfit CNN2, hence its jitter below (docs/experiments/cpu_300w.md, 2026-12-06). 7,200 since
   # CNN2 sees 80 px (the same wall time; session 17); 6,000 since CNN1 does too: 8,500 steps at
-  # 64 px gained nothing over 7,200 (+0.02 [-0.06, +0.11]; session 19).
-  c.num_steps = 6_000
+  # 64 px gained nothing over 7,200 (+0.02 [-0.06, +0.11]; session 19). 5,000 since the
+  # stride-4 heatmap heads (27 % slower per step): against 6,000 steps +0.01 [-0.02, +0.04]
+  # (session 22).
+  c.num_steps = 5_000
   c.batch_size = 32
   c.checkpoint_every = 500
   c.log_every = 50
@@ -78,13 +80,13 @@ def get_config() -> ml_collections.ConfigDict:
   # the same wall time, -0.07 [-0.16, +0.02], HELEN and LFPW -0.09 [-0.19, -0.00], CNN2's
   # stable points 3.18 -> 3.08 % (docs/experiments/cpu_300w.md, session 17).
   c.model.cnn2_input_size = 80
-  # Both networks read their points off a stride-8 feature pyramid with a soft argmax and
-  # per-cell offsets instead of regressing them from pooled features (beyond the paper): on
-  # val against the pooled head, -0.21 [-0.27, -0.14] from the same stage (Adam both), and the
-  # whole command with its own stage -0.23 [-0.30, -0.16] (docs/experiments/cpu_300w.md,
-  # session 22).
+  # Both networks read their points off a feature pyramid with a soft argmax and per-cell
+  # offsets instead of regressing them from pooled features (beyond the paper): on val against
+  # the pooled head, -0.21 [-0.27, -0.14] from the same stage (Adam both), the whole command
+  # with its own stage -0.23 [-0.30, -0.16] at stride 8; at stride 4 (a 20 x 20 map at 80 px)
+  # -0.13 [-0.19, -0.08] more (docs/experiments/cpu_300w.md, session 22).
   c.model.head = 'heatmap'
-  c.model.heatmap_stride = 8
+  c.model.heatmap_stride = 4
   c.model.scheme = 'ibug68'
   c.data.source = '300w'
   c.data.root = '../shared/300w'

@@ -28,8 +28,8 @@ crop ``--config.augment.cnn2_rotation_deg=5 --config.augment.cnn2_translation=0.
 augmentation that cpu_300w uses (measured there: docs/experiments/cpu_300w.md)
 ``--config.augment.brightness=0.25 --config.augment.contrast=0.3
 --config.augment.grey_prob=0.1 --config.augment.occlusion_prob=0.3``; its heatmap heads and
-optimiser (measured there) ``--config.model.head=heatmap --config.optim.optimizer=adamw
---config.optim.learning_rate=1e-3`` (the paper's networks regress from pooled features with
+optimiser (measured there) ``--config.model.head=heatmap --config.model.heatmap_stride=4
+--config.optim.optimizer=adamw --config.optim.learning_rate=1e-3`` (the paper's networks regress from pooled features with
 SGD); without detector box
 files, ``--config.data.options.boxes=landmarks --config.data.test_options.boxes=landmarks`` with
 cpu_300w's ``eval.box_jitter`` (shift 0.05, scale 0.07, rotation_deg 10). cpu_300w's CNN2
