@@ -102,6 +102,11 @@ def test_heatmap_heads_copy_at_their_stride_and_start_fresh_at_another(smoke_run
   assert skipped and all('heatmap' in name for name in skipped)
   assert 'cnn1.heatmap.smooth.kernel' in skipped
   assert not any('heatmap' in name for name in copied) and any('backbone' in n for n in copied)
+  # The reverse: a pooled model from a heatmap run keeps its fresh linear heads.
+  pooled, _ = _fresh(smoke_run, seed=2)
+  copied, skipped = runs.init_from_model(pooled, source)
+  assert {'cnn1.head.kernel', 'cnn2.head.bias'} <= set(skipped)
+  assert all('head' in name for name in skipped) and any('backbone' in n for n in copied)
 
 
 def test_pooled_heads_start_grid_heads_with_the_same_outputs(smoke_run):

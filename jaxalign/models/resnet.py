@@ -358,8 +358,8 @@ class ResNet(nnx.Module):
 # C channels, G = the input side halved, rounding up, at every stride-2 layer (5 of them for
 # four stages), divided by G), so the linear head sees where a
 # feature fired (beyond the paper; measured in docs/experiments/cpu_300w.md); 'heatmap' reads
-# each point off a stride-8 map of the backbone's stages (:class:`HeatmapHead`; beyond the
-# paper).
+# each point off a finer map of the backbone's stages (:class:`HeatmapHead`, stride
+# :data:`HEATMAP_STRIDES`; beyond the paper).
 HEADS = ('mean', 'flatten', 'heatmap')
 
 # The strides the heatmap head can read its points at (stage i's output is at 4 * 2 ** i); 8
@@ -380,10 +380,10 @@ def _upsample2(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 
 class HeatmapHead(nnx.Module):
-  """Points read off a stride-8 map: a soft argmax with per-cell offsets (beyond the paper).
+  """Points read off a feature map: a soft argmax with per-cell offsets (beyond the paper).
 
-  The stages from the one at ``stride`` (one of :data:`HEATMAP_STRIDES`) on are projected to ``channels`` each (1x1), summed
-  from the coarsest down (each upsampled by :func:`_upsample2`, a feature pyramid's top-down
+  The stages from the one at ``stride`` (one of :data:`HEATMAP_STRIDES`, default 8) on are
+  projected to ``channels`` each (1x1), summed from the coarsest down (each upsampled by :func:`_upsample2`, a feature pyramid's top-down
   path) and smoothed by a 3x3 convolution with a ReLU. From that map, for each of L points,
   a 1x1 convolution gives a logit and an offset (x, y) per cell; the point is the expectation,
   over the softmax of the logits across the cells, of the cell's centre plus its offset:
@@ -403,10 +403,11 @@ class HeatmapHead(nnx.Module):
     if stride not in HEATMAP_STRIDES:
       raise ValueError(f'heatmap stride must be one of {HEATMAP_STRIDES}, got {stride!r}')
     self.level = HEATMAP_STRIDES.index(stride)
+    num_stages = len(stage_channels)
     stage_channels = list(stage_channels)[self.level:]
     if not stage_channels:
       raise ValueError(f'the heatmap head at stride {stride} reads stage {self.level} on; the '
-                       f'backbone has {self.level} stages')
+                       f'backbone has {num_stages} stages')
     self.num_points = int(num_points)
     self.stride = int(stride)
     dense = dict(dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)

@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.stable = ''           # comma list of the SL indices; '' = the scheme's own set
   # The regression heads' input: 'mean' (the last feature map pooled globally: torchvision's
   # ResNet, the paper), 'flatten' (the map kept as a grid) or 'heatmap' (a soft argmax with
-  # offsets on a stride-8 map of the stages; both beyond the paper, jaxalign.models.resnet.HEADS).
+  # offsets on a finer map of the stages; both beyond the paper, jaxalign.models.resnet.HEADS).
   c.model.head = 'mean'
   c.model.heatmap_stride = 8    # the 'heatmap' head's map: stride 4, 8, 16 or 32 input pixels
 
