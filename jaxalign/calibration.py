@@ -7,6 +7,9 @@ faces or a held-out slice of the training set), what the run's :class:`jaxalign.
 - ``rms``: CNN1's residual RMS per |yaw| bin and point (inter-ocular units, right-looking
   frame), from which the fusion weights of CNN1's unstable points in the 3DMM fit come
   (``eval.completion_fusion``; :func:`jaxalign.morphable.completion.fusion_weights`);
+- ``stable_shift``: CNN2's mean residual (truth minus CNN2) over its stable points, in each
+  face's own axes and units (:func:`jaxalign.inference.face_axes` of CNN1's points), which
+  ``eval.stable_shift`` moves CNN2's points by before the completion;
 - ``blend``: the mix of each completed unstable point (and with ``eval.blend_stable`` each of
   CNN2's stable points) with CNN1's, alpha per |yaw| bin and point fitted by least squares
   (``eval.completion_blend``;
@@ -71,6 +74,38 @@ def sl_noise(config, cnn, records) -> float:
                                   flip=cnn['flipped'][valid])
 
 
+def stable_shift(config, cnn, records) -> dict | None:
+  """CNN2's mean residual on held-out ``records`` (:func:`cnn_pass`'s result ``cnn``, before any
+  shift): the ground truth minus CNN2's stable points, in each face's own axes and units
+  (:func:`jaxalign.inference.face_axes` of CNN1's points: x from the viewer's left outer eye
+  corner to the right one, y at right angles, lengths over their distance), averaged over
+  the faces and the stable points. ``{'mean': [dx, dy], 'num_faces', 'units', 'axes'}``; None
+  when no face has CNN2's points.
+
+  Why: CNN2 sees left-looking faces mirrored (the spatial transform), so an offset of the
+  annotations that does not mirror with the face (300-W's, about half a pixel along the eyes'
+  axis on ``val``) is, to CNN2, one way on half its faces and the other way on the rest; it
+  learns neither, where CNN1, which never mirrors, learns it (docs/experiments/cpu_300w.md,
+  session 23)."""
+  scheme = config_lib.model_scheme(config)
+  valid = np.asarray(cnn['valid'], bool)
+  if not valid.any():
+    return None
+  gt = np.stack([np.asarray(r.points, np.float64) for r, v in zip(records, valid) if v])
+  x, y, scale = inference.face_axes(cnn['rough'][valid], scheme)
+  residual = gt - np.asarray(cnn['stable'], np.float64)[valid]          # NaN off CNN2's points
+  local = np.stack([np.einsum('nld,nd->nl', residual, x), np.einsum('nld,nd->nl', residual, y)],
+                   -1) / scale[:, None, None]
+  faces = np.isfinite(local).all(-1).any(-1)
+  if not faces.any():
+    return None
+  return {'mean': np.nanmean(local[faces].reshape(-1, 2), 0).tolist(),
+          'num_faces': int(faces.sum()),
+          'units': "the outer eye corners' distance (CNN1's points)",
+          'axes': "x from the viewer's left outer eye corner to the right one (CNN1's points), "
+                  'y at right angles (down an upright face); truth minus CNN2, added to CNN2'}
+
+
 def fit_learned(config, records, sl_noise: float = 0.0) -> dict | None:
   """The learned completion (:class:`jaxalign.morphable.learned.LearnedCompletion`, its
   options' defaults: chosen by cross-validation, ``docs/method.md``) fitted on the run's
@@ -109,7 +144,8 @@ def calibrate(model, config, records, batch_size: int | None = None,
 
   Returns:
     ``{'rms': (B, L) nested list (None where a bin has no face), 'bins', 'num_faces', 'units',
-    'frame'}`` plus ``blend`` (``alpha``, ``backend``, ``fused``, ``convention``, ``meaning``)
+    'frame'}`` plus ``stable_shift`` (:func:`stable_shift`; the mix below is fitted on points
+    moved by it when ``eval.stable_shift`` is on), ``blend`` (``alpha``, ``backend``, ``fused``, ``convention``, ``meaning``)
     for the run's completion when it is 'jax', 'eos' or 'learned', and ``blends``
     (``{backend: blend}``) for it and the other completions that can run here ('jax', and
     'learned' with ``learned``), so ``--completion`` can switch; None for the plain model, a
@@ -131,6 +167,9 @@ def calibrate(model, config, records, batch_size: int | None = None,
   table = {'rms': np.where(np.isfinite(rms), rms, None).tolist(), 'bins': list(bins),
            'num_faces': int(valid.sum()), 'units': 'inter-ocular distance',
            'frame': 'right-looking (left-looking faces mirrored)'}
+  shift = stable_shift(config, cnn, records)
+  if shift is not None:
+    table['stable_shift'] = shift
   tables = {'residuals': table, 'learned': learned}
   own = inference.resolve_backend(config)
   # The run's own first; 'learned' only with its tables (a run with too few training faces
@@ -153,6 +192,7 @@ def calibrate(model, config, records, batch_size: int | None = None,
         'backend': completion.backend, 'fused': completion.fused,
         'convention': completion.convention,
         'stable_mixed': mix_stable,
+        'stable_shifted': completion.stable_shift is not None,
         'meaning': 'point = alpha * completion + (1 - alpha) * CNN1, per |yaw| bin and point '
                    '(rigid-fit yaw of CNN1\'s points), right-looking frame; the completion '
                    'keeps CNN2\'s stable points (mixed too where stable_mixed)'}

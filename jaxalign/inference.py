@@ -112,6 +112,9 @@ class Completion:
       'convention'}``) when it applies to this very completion (:meth:`fits`); else None.
     learned: a learned completion's tables (``WORKDIR/learned_completion.json``) when the run
       has them; carried, not applied here.
+    stable_shift: (dx, dy) moved onto CNN2's stable points before the completion, in each
+      face's own axes and units (:func:`face_axes`), when ``eval.stable_shift`` is on and the
+      run's table has it (:func:`jaxalign.calibration.stable_shift`); else None.
   """
 
   backend: str = 'jax'
@@ -120,6 +123,7 @@ class Completion:
   fusion: dict | None = None
   blend: dict | None = None
   learned: dict | None = None
+  stable_shift: tuple[float, float] | None = None
 
   def __post_init__(self):
     if self.backend not in BACKENDS:
@@ -204,8 +208,17 @@ class Completion:
       else:
         fusion = {'rms': np.asarray(residuals['rms'], np.float64),
                   'bins': tuple(residuals['bins'])}
+    shift = None
+    if config.eval.get('stable_shift', False) and pose_aware:
+      shift = None if residuals is None else residuals.get('stable_shift')
+      if shift is not None:
+        shift = tuple(float(v) for v in shift['mean'])
+      elif tables or workdir is not None:      # tables={}: the run's tables left out on purpose
+        log.warning('eval.stable_shift is on but %s has no stable_shift in %s (recalibrate: '
+                    'python -m jaxalign.calibrate --workdir RUN); CNN2\'s points are not moved',
+                    where, FUSION_FILE)
     completion = cls(backend, convention, config.data.train_dir or None, fusion, None,
-                     tables.get('learned'))
+                     tables.get('learned'), shift)
     if not (mix and config.eval.completion_blend and pose_aware and backend != 'none'):
       return completion
     # One mix table per completion it was estimated for ('blends'), or the run's own ('blend').
@@ -343,6 +356,32 @@ class Run:
   def completion(self, backend: str | None = None, convention: str | None = None) -> Completion:
     """The run's :class:`Completion` (another ``backend`` or ``convention`` when given)."""
     return Completion.of_run(self.config, self.workdir, backend, convention)
+
+
+def face_axes(points: np.ndarray, scheme: schemes_lib.LandmarkScheme
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Each face's own axes from its (N, L, 2) points: the unit x axis (N, 2) from the viewer's
+  left outer eye corner to the right one (``scheme.inter_ocular``), the y axis (N, 2) at right
+  angles to it (down the face for an upright face, image y pointing down) and the unit of
+  length (N,), the corners' distance in pixels (NaN where the points give none)."""
+  a, b = scheme.inter_ocular
+  pts = np.asarray(points, np.float64)
+  axis = pts[:, b] - pts[:, a]
+  scale = np.linalg.norm(axis, axis=-1)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    x = axis / np.where(scale > 0, scale, np.nan)[:, None]
+  return x, np.stack([-x[:, 1], x[:, 0]], -1), np.where(scale > 0, scale, np.nan)
+
+
+def shift_stable(out: dict, shift, scheme: schemes_lib.LandmarkScheme) -> dict:
+  """:func:`predict_records`' dict with CNN2's stable points moved by ``shift`` (dx, dy) in the
+  face's own axes and units (:func:`face_axes` of CNN1's points) and the pair's points merged
+  again; faces without axes keep their points."""
+  x, y, scale = face_axes(out['rough'], scheme)
+  move = (float(shift[0]) * x + float(shift[1]) * y) * scale[:, None]          # (N, 2) pixels
+  move = np.where(np.isfinite(move), move, 0.0)[:, None]
+  stable = (out['stable'] + move).astype(np.float32)       # NaN (non-stable) points stay NaN
+  return dict(out, stable=stable, cnn_points=merge_stable(stable, out['rough']))
 
 
 def merge_stable(stable: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -677,7 +716,8 @@ def run_pipeline(model, config, records, completion: Completion | str | None = N
       CNN1's unstable points (beyond the paper) and the unfused completion is returned too, as
       ``points_unfused``; with ``completion.blend`` each unstable point is then mixed with
       CNN1's, ``alpha c + (1 - alpha) o`` at the face's |yaw| bin (beyond the paper), and the
-      unmixed points are returned as ``points_unblended``.
+      unmixed points are returned as ``points_unblended``. With ``completion.stable_shift``
+      CNN2's stable points are first moved by it (:func:`shift_stable`; ``cnn_points`` too).
     batch_size: images per forward pass (default ``config.eval.batch_size``).
 
   Returns:
@@ -696,6 +736,8 @@ def run_pipeline(model, config, records, completion: Completion | str | None = N
   batch_size = int(batch_size or config.eval.batch_size)
   t0 = time.perf_counter()
   out = predict_with_recrop(model, config, records, batch_size=batch_size)
+  if completion.stable_shift is not None and not plain:
+    out = shift_stable(out, completion.stable_shift, scheme)
   t1 = time.perf_counter()
   valid = out['valid']
   points = out['cnn_points'].copy()

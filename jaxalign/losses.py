@@ -1,4 +1,5 @@
-"""Landmark regression losses: wing (Feng et al., CVPR 2018), L1, L2 (jnp).
+"""Landmark regression losses: wing (Feng et al., CVPR 2018), L1, L2 (jnp), and a heatmap
+head's auxiliary divergence.
 
 Elementwise functions act on coordinate differences in pixels of the network input (224 px in the
 paper's setting; the wing parameters w = 18, epsilon = 3 are in those pixels).
@@ -12,6 +13,7 @@ weight 0, without NaN in the gradient; a batch with zero total weight has loss 0
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -73,9 +75,50 @@ def landmark_loss(pred, target, kind: str = 'wing', weights=None, **kwargs) -> j
   valid = jnp.all(jnp.isfinite(target), -1)
   # Replace missing targets before subtracting so no NaN reaches the gradient.
   diff = pred - jnp.where(valid[..., None], target, pred)
-  per_point = jnp.sum(LOSSES[kind](diff, **kwargs), -1)
+  return _weighted_mean(jnp.sum(LOSSES[kind](diff, **kwargs), -1), valid, weights)
+
+
+def _weighted_mean(per_point, valid, weights=None) -> jnp.ndarray:
+  """The module's reduction: (..., L) per-point losses averaged with the point weights over the
+  valid points; 0 where the total weight is 0."""
   w = valid.astype(jnp.float32)
   if weights is not None:
     w = w * jnp.broadcast_to(jnp.asarray(weights, jnp.float32), w.shape)
   total = jnp.sum(w)
   return jnp.where(total > 0, jnp.sum(w * per_point) / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def heatmap_kl(logits, centres, target, sigma: float, weights=None) -> jnp.ndarray:
+  """Auxiliary loss of a heatmap head (``loss.heatmap_weight``; beyond the paper): for each
+  point the Kullback-Leibler divergence, in nats (the cross-entropy less the target's own
+  entropy, so 0 when the two agree), from a Gaussian of standard deviation ``sigma`` pixels around
+  its target, discretised on the map's cells, to the softmax of its logits over the cells;
+  reduced as :func:`landmark_loss` (NaN targets ignored, point weights).
+
+  The soft argmax (:func:`jaxalign.models.resnet.expected_points`) is trained by the
+  coordinates' loss alone through a mean over every cell; this term also asks the weight to
+  sit on the cells near the point, so that far cells do not pull the mean.
+
+  Args:
+    logits: (B, H, W, L) the head's logits (prior included).
+    centres: (H * W, 1, 2) input pixels (x, y) of the cells' centres, row-major.
+    target: (B, L, 2) target points in input pixels; NaN = missing.
+    sigma: the target Gaussian's standard deviation in input pixels (> 0).
+    weights: optional per-point weights broadcastable to (B, L).
+
+  Returns:
+    float32 scalar.
+  """
+  logits = jnp.asarray(logits, jnp.float32)
+  b, h, w, num_points = logits.shape
+  target = jnp.asarray(target, jnp.float32)
+  if target.shape != (b, num_points, 2):
+    raise ValueError(f'target must have shape ({b}, {num_points}, 2) for logits of shape '
+                     f'{logits.shape}, got {target.shape}')
+  valid = jnp.all(jnp.isfinite(target), -1)                                     # (B, L)
+  safe = jnp.where(valid[..., None], target, 0.0)
+  d2 = jnp.sum((jnp.asarray(centres, jnp.float32)[None] - safe[:, None]) ** 2, -1)  # (B, C, L)
+  log_wanted = jax.nn.log_softmax(-d2 / (2.0 * float(sigma) ** 2), axis=1)
+  log_p = jax.nn.log_softmax(logits.reshape(b, h * w, num_points), axis=1)
+  kl = jnp.sum(jnp.exp(log_wanted) * (log_wanted - log_p), axis=1)                # (B, L)
+  return _weighted_mean(kl, valid, weights)

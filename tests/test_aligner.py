@@ -11,6 +11,7 @@ from jaxalign import losses
 from jaxalign import schemes
 from jaxalign import transforms
 from jaxalign.models import aligner as aligner_lib
+from jaxalign.models import resnet as resnet_lib
 from jaxalign.models.resnet import ModelConstant
 
 IBUG = schemes.IBUG68
@@ -385,3 +386,34 @@ def test_mirror_tta_averages_cnn1_over_the_mirror(reference):
   np.testing.assert_allclose(
       plain(images, mirror_tta=True)['points'],
       aligner_lib.mirror_averaged(plain.net, images, schemes.IBUG68), atol=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['pose_aware', 'plain'])
+def test_heatmap_loss_adds_each_networks_divergence(reference, kind):
+  """``heatmap_weight``: the loss is the coordinates' loss plus the weight times each network's
+  heatmap divergence (reported as ``loss_heatmap``), and it trains the logits; without the
+  weight the loss is the coordinates' alone; a pooled head has no heatmap to read."""
+  kwargs = dict(depth='tiny', image_size=SIZE, head='heatmap', heatmap_stride=4,
+                rngs=nnx.Rngs(0))
+  net = (aligner_lib.PoseAwareAligner(pose_reference=reference, **kwargs) if kind == 'pose_aware'
+         else aligner_lib.PlainAligner(**kwargs))
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)), jnp.float32)
+  first = net.cnn1 if kind == 'pose_aware' else net.net
+  mean = np.asarray(first.mean_shape[...])
+  gt = jnp.asarray(np.stack([mean + 1.5, mean - 2.0]), jnp.float32)
+  plain_loss, plain_aux = aligner_lib.compute_losses(net, images, gt,
+                                                     transform_from='ground_truth')
+  assert 'loss_heatmap' not in plain_aux
+  loss, aux = aligner_lib.compute_losses(net, images, gt, transform_from='ground_truth',
+                                         heatmap_weight=0.5, heatmap_sigma=1.0)
+  assert float(aux['loss_heatmap']) > 0
+  np.testing.assert_allclose(float(loss), float(plain_loss) + 0.5 * float(aux['loss_heatmap']),
+                             rtol=1e-5)
+  grads = nnx.grad(lambda m: aligner_lib.compute_losses(
+      m, images, gt, transform_from='ground_truth', heatmap_weight=0.5)[1]['loss_heatmap'])(net)
+  kernel = (grads.cnn1 if kind == 'pose_aware' else grads.net).heatmap.logits.kernel[...]
+  assert np.abs(np.asarray(kernel)).max() > 0
+  assert first.heatmap.stride == 4
+  pooled = resnet_lib.LandmarkRegressor(68, depth='tiny', image_size=SIZE, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="needs head='heatmap'"):
+    pooled.points_and_heatmap(images)

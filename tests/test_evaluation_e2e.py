@@ -320,6 +320,21 @@ def test_evaluation_with_blend_mixes_completion_and_cnn1(run, tmp_path):
   (other / inference.FUSION_FILE).write_text(json.dumps(stable_table))
   rep_sl = runner.evaluate(other, out=tmp_path / 'esl')
   assert rep_sl['nme_inter_ocular'] != rep['nme_inter_ocular']
+  assert rep_sl['stable_shift'] is None
+  # eval.stable_shift: the table has CNN2's held-out mean residual, the mix is fitted on the
+  # moved points, and the evaluation moves CNN2's points by it.
+  assert len(stable_table['stable_shift']['mean']) == 2
+  assert stable_table['blend']['stable_shifted'] is False
+  config.eval.stable_shift = True
+  config_lib.save_run_config(config, str(other))
+  shifted = calibration.calibrate(inference.Run.load(other).model, config, held_out)
+  assert shifted['stable_shift'] == stable_table['stable_shift']
+  assert shifted['blend']['stable_shifted'] is True
+  (other / inference.FUSION_FILE).write_text(json.dumps(shifted))
+  rep_shift = runner.evaluate(other, out=tmp_path / 'eshift')
+  assert rep_shift['stable_shift'] == shifted['stable_shift']['mean']
+  assert rep_shift['cnn_nme_inter_ocular'] != rep_sl['cnn_nme_inter_ocular']
+  config.eval.stable_shift = False
   config.eval.blend_stable = False
   # A table made for another completion is not applied.
   config.eval.completion_convention = '3d'

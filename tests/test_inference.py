@@ -423,3 +423,75 @@ def test_calibration_of_a_learned_run_without_learned_tables_mixes_the_jax_fit(r
   assert list(table['blends']) == ['jax'] and 'blend' not in table
   completion = inference.Completion.of_run(config, tables={'residuals': table, 'learned': None})
   assert completion.backend == 'jax' and completion.blend['backend'] == 'jax'
+
+
+def _turned_face(angle, scale, centre):
+  """The canonical 68-point shape turned by ``angle`` radians, scaled and placed at
+  ``centre`` (image pixels)."""
+  shape = np.asarray(_mean68(), np.float64)
+  c, s = np.cos(angle), np.sin(angle)
+  return (shape @ np.array([[c, s], [-s, c]]) * scale + centre).astype(np.float32)
+
+
+def _mean68():
+  from jaxalign.models import aligner
+  return aligner.default_shape(IBUG68, 64) - 32.0
+
+
+def test_stable_shift_is_measured_and_applied_in_each_faces_axes():
+  """calibration.stable_shift reads CNN2's mean residual in the faces' own axes (CNN1's eye
+  corners), whatever their roll and size; inference.shift_stable moves CNN2's points back by
+  it, in pixels of each face, and leaves CNN1's points and the non-stable ones alone."""
+  from jaxalign.data import records as records_lib
+  stable = IBUG68.stable_mask()
+  offset = np.array([0.02, -0.01])           # truth minus CNN2, in eye-corner distances
+  faces, stables, roughs = [], [], []
+  for i, (angle, scale) in enumerate(((0.0, 1.0), (0.4, 2.0), (-0.3, 0.7), (1.0, 1.5))):
+    gt = _turned_face(angle, scale, np.array([100.0 + 10 * i, 90.0]))
+    x, y, unit = (v[0] for v in inference.face_axes(gt[None], IBUG68))
+    np.testing.assert_allclose(x, [np.cos(angle), np.sin(angle)], atol=1e-5)
+    np.testing.assert_allclose(y, [-np.sin(angle), np.cos(angle)], atol=1e-5)
+    pred = np.full_like(gt, np.nan)
+    pred[stable] = gt[stable] - (offset[0] * x + offset[1] * y) * unit
+    faces.append(records_lib.FaceRecord(f'face{i}.png', gt, records_lib.landmark_box(gt)))
+    stables.append(pred)
+    roughs.append(gt)
+  cnn = {'valid': np.array([True] * 4), 'rough': np.stack(roughs), 'stable': np.stack(stables),
+         'cnn_points': inference.merge_stable(np.stack(stables), np.stack(roughs))}
+  config = _smoke_config()
+  table = calibration.stable_shift(config, cnn, faces)
+  np.testing.assert_allclose(table['mean'], offset, atol=1e-6)
+  assert table['num_faces'] == 4
+  moved = inference.shift_stable(cnn, table['mean'], IBUG68)
+  gts = np.stack(roughs)
+  np.testing.assert_allclose(moved['stable'][:, stable], gts[:, stable], atol=1e-4)
+  assert np.isnan(moved['stable'][:, ~stable]).all()
+  np.testing.assert_array_equal(moved['rough'], cnn['rough'])
+  np.testing.assert_allclose(moved['cnn_points'], gts, atol=1e-4)
+  # No face with CNN2's points: nothing to measure.
+  assert calibration.stable_shift(config, dict(cnn, valid=np.zeros(4, bool)), faces) is None
+
+
+def test_stable_shift_gating(caplog):
+  """eval.stable_shift applies the run's table; off, the table is ignored; on without one, a
+  warning (silent where the tables are left out on purpose, tables={})."""
+  config = _smoke_config(**{'eval.completion': True, 'eval.stable_shift': True})
+  tables = _tables()
+  tables['residuals']['stable_shift'] = {'mean': [0.01, -0.002]}
+  assert inference.Completion.of_run(config, tables=tables).stable_shift == (0.01, -0.002)
+  config.eval.stable_shift = False
+  assert inference.Completion.of_run(config, tables=tables).stable_shift is None
+  config.eval.stable_shift = True
+  with caplog.at_level(logging.WARNING, logger='jaxalign.inference'):
+    assert inference.Completion.of_run(config, tables={}).stable_shift is None
+    assert not any('stable_shift' in r.getMessage() for r in caplog.records)
+    assert inference.Completion.of_run(config, tables=_tables()).stable_shift is None
+  assert any('no stable_shift' in r.getMessage() for r in caplog.records)
+  plain = _smoke_config(**{'model.kind': 'plain', 'eval.stable_shift': True})
+  assert inference.Completion.of_run(plain, tables=tables).stable_shift is None
+  import ml_collections
+  saved = config_lib.base_config().to_dict()      # as a run's config.json could hold it
+  saved['data']['train_dir'] = '/somewhere'
+  saved['eval']['stable_shift'] = 'yes'
+  with pytest.raises(ValueError, match=r'eval\.stable_shift: must be True or False'):
+    config_lib.validate(ml_collections.ConfigDict(saved), 1)

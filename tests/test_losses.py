@@ -92,3 +92,35 @@ def test_landmark_loss_jit_and_errors():
     losses.landmark_loss(pred, target, kind='huber2')
   with pytest.raises(ValueError, match='same shape'):
     losses.landmark_loss(pred, target[:, :5])
+
+
+def _cells(h, w, stride):
+  x, y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+  return jnp.asarray(stride * np.stack([x, y], -1).reshape(h * w, 1, 2))
+
+
+def test_heatmap_kl_is_zero_on_its_target_and_grows_away_from_it():
+  """The divergence is 0 for logits that are the target Gaussian, grows as the peak moves
+  away, ignores NaN targets (no NaN gradient) and weighs points like landmark_loss."""
+  centres = _cells(6, 6, 4)
+  target = jnp.array([[[8.0, 12.0], [14.0, 6.0]]])
+  d2 = np.sum((np.asarray(centres) - np.asarray(target[0])[None]) ** 2, -1)   # (C, 2)
+  matched = jnp.asarray((-d2 / (2 * 4.0 ** 2)).reshape(1, 6, 6, 2))
+  assert float(losses.heatmap_kl(matched, centres, target, 4.0)) == pytest.approx(0.0, abs=1e-5)
+  # A sharp peak on the target's cell, one cell off, three cells off: the loss grows.
+  near, off1, off3 = (jnp.full((1, 6, 6, 2), -8.0).at[0, r, c, :].set(8.0)
+                      for r, c in ((3, 2), (3, 3), (3, 5)))
+  values = [float(losses.heatmap_kl(x, centres, target[:, :1].repeat(2, 1), 4.0))
+            for x in (near, off1, off3)]
+  assert 0 < values[0] < values[1] < values[2]
+  # A NaN target counts for nothing; its logits get no gradient and no NaN.
+  nan_target = target.at[0, 1].set(jnp.nan)
+  one = losses.heatmap_kl(matched[..., :1], centres, target[:, :1], 4.0)
+  both = losses.heatmap_kl(off3, centres, target, 4.0, weights=jnp.array([1.0, 0.0]))
+  np.testing.assert_allclose(losses.heatmap_kl(off3[..., :1], centres, target[:, :1], 4.0),
+                             both, rtol=1e-6)
+  grad = jax.grad(lambda x: losses.heatmap_kl(x, centres, nan_target, 4.0))(off3)
+  assert np.isfinite(np.asarray(grad)).all() and not np.asarray(grad)[..., 1].any()
+  assert float(one) == pytest.approx(0.0, abs=1e-5)
+  with pytest.raises(ValueError, match='target must have shape'):
+    losses.heatmap_kl(matched, centres, target[:, :1], 4.0)

@@ -95,6 +95,19 @@ def test_validate_names_the_bad_key():
       config_lib.validate(c, 1)
   c.loss.contour_weight = 2.0
   config_lib.validate(c, 1)
+  for key, bad in (('heatmap_weight', -0.5), ('heatmap_weight', float('nan')),
+                   ('heatmap_sigma', 0.0), ('heatmap_sigma', float('inf'))):
+    good = c.loss[key]
+    c.loss[key] = bad
+    with pytest.raises(ValueError, match=f'loss.{key}'):
+      config_lib.validate(c, 1)
+    c.loss[key] = good
+  c.loss.heatmap_weight = 1.0     # the pooled/flatten head has no heatmap
+  with pytest.raises(ValueError, match="loss.heatmap_weight: needs model.head='heatmap'"):
+    config_lib.validate(c, 1)
+  c.model.head = 'heatmap'
+  config_lib.validate(c, 1)
+  c.model.head, c.loss.heatmap_weight = 'flatten', 0.0
   c.data.train_dir = ''
   with pytest.raises(ValueError, match='data.train_dir'):
     config_lib.validate(c, 1)

@@ -329,6 +329,8 @@ def evaluate_records(model, config, records, out_dir, info: dict, *, step: int |
       'completion_error': res['completion_error'],
       'completion_fusion': res.get('points_unfused') is not None,
       'completion_blend': res.get('points_unblended') is not None,
+      # CNN2's points moved by the held-out mean residual (eval.stable_shift), or None.
+      'stable_shift': None if completion.stable_shift is None else list(completion.stable_shift),
       'num_completion_fallbacks': int(res['num_fallbacks']),
       'num_skipped': int(num_invalid) + int((~valid).sum()),
       'num_invalid_files': int(num_invalid),

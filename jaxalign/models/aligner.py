@@ -472,7 +472,8 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
                    cnn1_weight: float = 1.0, cnn2_weight: float = 1.0,
                    transform_from: str = 'prediction', loss_params: dict | None = None,
                    source: jax.Array | None = None, source_to_input: jax.Array | None = None,
-                   cnn2_jitter: jax.Array | None = None,
+                   cnn2_jitter: jax.Array | None = None, heatmap_weight: float = 0.0,
+                   heatmap_sigma: float = 1.0,
                    ) -> tuple[jax.Array, dict[str, Any]]:
   """Training loss of either aligner on one batch, for ``nnx.value_and_grad(has_aux=True)``.
 
@@ -502,25 +503,41 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
     source, source_to_input: CNN2's source view (:meth:`PoseAwareAligner.cnn2_view`).
     cnn2_jitter: optional (B, 2, 3) maps within CNN2's frame applied after ``M`` (CNN2's own
       augmentation, ``augment.cnn2_*``); the targets move with the view.
+    heatmap_weight: weight of each network's auxiliary heatmap loss
+      (:func:`jaxalign.losses.heatmap_kl`, added to its own term; heatmap heads
+      only; 0: none, the paper's loss).
+    heatmap_sigma: that loss's target Gaussian's standard deviation in cells of the map.
 
   Returns:
     (loss, aux): loss a float32 scalar; aux a dict with the scalar terms ``loss``,
-    ``loss_cnn1`` (and ``loss_cnn2``, ``flipped_fraction`` for the pose-aware model) and the
+    ``loss_cnn1`` (and ``loss_cnn2``, ``flipped_fraction`` for the pose-aware model;
+    ``loss_heatmap``, the networks' heatmap terms summed unweighted, with a heatmap weight) and the
     predictions ``points`` (B, L, 2) (CNN1's for the pose-aware model) for training metrics.
   """
   points = jnp.asarray(points, jnp.float32)
   loss = functools.partial(losses.landmark_loss, kind=kind, **(loss_params or {}))
+
+  def run(net, x, target, w):
+    """``net``'s points on ``x`` and its auxiliary heatmap term (0 without a weight)."""
+    if not heatmap_weight:
+      return net(x), jnp.zeros((), jnp.float32)
+    pred, logits, centres = net.points_and_heatmap(x)
+    return pred, losses.heatmap_kl(logits, centres, target, heatmap_sigma * net.heatmap.stride,
+                                   w)
+
   if isinstance(model, PlainAligner):
-    pred = model.net(images)
+    pred, h1 = run(model.net, images, points, weights)
     l1 = loss(pred, points, weights=weights)
-    return l1, {'loss': l1, 'loss_cnn1': l1, 'points': pred}
+    total = l1 + heatmap_weight * h1
+    aux = {'loss': total, 'loss_cnn1': l1, 'points': pred}
+    return total, dict(aux, loss_heatmap=h1) if heatmap_weight else aux
   if not isinstance(model, PoseAwareAligner):
     raise TypeError(f'compute_losses takes a PoseAwareAligner or PlainAligner, got '
                     f'{type(model).__name__}')
   if transform_from not in TRANSFORM_SOURCES:
     raise ValueError(f'transform_from must be one of {TRANSFORM_SOURCES}, got '
                      f'{transform_from!r}')
-  rough = model.cnn1(images)
+  rough, h1 = run(model.cnn1, images, points, weights)
   l1 = loss(rough, points, weights=weights)
   src = rough if transform_from == 'prediction' else points
   matrix, flipped = model.spatial_transform(jax.lax.stop_gradient(src))
@@ -535,8 +552,10 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
     idx = jnp.where(flipped[:, None], model.mirrored_stable_indices[None],
                     model.stable_indices[None])
     w2 = jnp.take_along_axis(w_full, idx, axis=1)
-  pred2 = model.cnn2(view)
+  pred2, h2 = run(model.cnn2, view, targets, w2)
   l2 = loss(pred2, targets, weights=w2)
-  total = cnn1_weight * l1 + cnn2_weight * l2
-  return total, {'loss': total, 'loss_cnn1': l1, 'loss_cnn2': l2,
-                 'flipped_fraction': jnp.mean(flipped.astype(jnp.float32)), 'points': rough}
+  total = (cnn1_weight * (l1 + heatmap_weight * h1)
+           + cnn2_weight * (l2 + heatmap_weight * h2))
+  aux = {'loss': total, 'loss_cnn1': l1, 'loss_cnn2': l2,
+         'flipped_fraction': jnp.mean(flipped.astype(jnp.float32)), 'points': rough}
+  return total, dict(aux, loss_heatmap=h1 + h2) if heatmap_weight else aux

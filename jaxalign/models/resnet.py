@@ -432,6 +432,13 @@ class HeatmapHead(nnx.Module):
   def __call__(self, maps: list[jax.Array], mean_shape: jax.Array) -> jax.Array:
     """``maps``: :meth:`ResNet.stage_maps`' outputs; ``mean_shape`` (L, 2) in input pixels ->
     (B, L, 2) float32 points in input pixels."""
+    return self.points_and_logits(maps, mean_shape)[0]
+
+  def points_and_logits(self, maps: list[jax.Array], mean_shape: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+    """:meth:`__call__`'s points and the (B, H, W, L) logits (prior included) whose softmax
+    over the cells weighs them (the auxiliary heatmap loss reads them:
+    :func:`jaxalign.losses.heatmap_kl`)."""
     maps = [m.astype(jnp.float32) for m in maps[self.level:]]
     x = self.lateral[-1](maps[-1])
     for lateral, fine in zip(list(self.lateral)[-2::-1], maps[-2::-1]):
@@ -440,7 +447,7 @@ class HeatmapHead(nnx.Module):
     b, h, w, _ = x.shape
     logits = self.logits(x) + self._prior(h, w, mean_shape)
     offsets = self.offsets(x).reshape(b, h, w, self.num_points, 2)
-    return expected_points(logits, offsets, self.stride)
+    return expected_points(logits, offsets, self.stride), logits
 
 
 def _cell_centres(h: int, w: int, stride: int) -> jax.Array:
@@ -564,3 +571,21 @@ class LandmarkRegressor(nnx.Module):
       features = self.backbone(images)
     offsets = self.head(features).reshape(-1, self.num_points, 2)
     return self.mean_shape[...] + self.image_size * offsets
+
+  def points_and_heatmap(self, images: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A heatmap model's (B, L, 2) points (as :meth:`__call__`), its (B, H, W, L) logits and
+    the (H * W, 1, 2) input pixels of the cells' centres (row-major), for the auxiliary
+    heatmap loss (``loss.heatmap_weight``).
+
+    Raises:
+      ValueError: the model's head is not 'heatmap'.
+    """
+    if self.head_input != 'heatmap':
+      raise ValueError(f"points_and_heatmap needs head='heatmap', this model's head is "
+                       f'{self.head_input!r}')
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'images must be (B, H, W, 3), got shape {images.shape}')
+    points, logits = self.heatmap.points_and_logits(self.backbone.stage_maps(images),
+                                                    self.mean_shape[...])
+    _, h, w, _ = logits.shape
+    return points, logits, _cell_centres(h, w, self.heatmap.stride)

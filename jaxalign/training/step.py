@@ -76,7 +76,9 @@ def model_loss(model, images, points, config, source=None, source_to_input=None,
   (``model.transform_from='prediction'``, gradient stopped, so CNN1 is frozen as far as CNN2's
   loss is concerned); the two losses are summed with ``loss.cnn{1,2}_weight``. The points are
   weighted by :func:`point_weights` (``loss.contour_weight``; beyond the paper) and the faces by
-  :func:`face_weights` (``loss.normalization``; beyond the paper).
+  :func:`face_weights` (``loss.normalization``; beyond the paper). A heatmap head's
+  auxiliary term is added with ``loss.heatmap_weight`` (``loss.heatmap_sigma`` cells; beyond
+  the paper).
   """
   weights, per_face = point_weights(config), face_weights(points, config)
   if per_face is not None:
@@ -86,7 +88,8 @@ def model_loss(model, images, points, config, source=None, source_to_input=None,
       cnn1_weight=float(config.loss.cnn1_weight), cnn2_weight=float(config.loss.cnn2_weight),
       transform_from=config.model.transform_from,
       loss_params=loss_kwargs(config), source=source, source_to_input=source_to_input,
-      cnn2_jitter=cnn2_jitter)
+      cnn2_jitter=cnn2_jitter, heatmap_weight=float(config.loss.get('heatmap_weight', 0.0)),
+      heatmap_sigma=float(config.loss.get('heatmap_sigma', 1.0)))
   return loss, {k: v for k, v in aux.items() if k != 'points'}
 
 
