@@ -417,3 +417,33 @@ def test_heatmap_loss_adds_each_networks_divergence(reference, kind):
   pooled = resnet_lib.LandmarkRegressor(68, depth='tiny', image_size=SIZE, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="needs head='heatmap'"):
     pooled.points_and_heatmap(images)
+
+
+def test_mirror_offset_moves_cnn2s_points_on_mirrored_faces_only(reference):
+  """``mirror_offset``: zero at the start (the model's outputs as without it); set, it moves
+  CNN2's points of the mirrored faces, in its frame, and nothing else; the loss trains it
+  through the mirrored faces only."""
+  kwargs = dict(depth='tiny', image_size=SIZE, pose_reference=reference)
+  with_offset = aligner_lib.PoseAwareAligner(mirror_offset=True, rngs=nnx.Rngs(0), **kwargs)
+  without = aligner_lib.PoseAwareAligner(rngs=nnx.Rngs(0), **kwargs)
+  with_offset.eval()
+  without.eval()
+  canon = np.asarray(without.canonical_shape[...])
+  centre = np.array([SIZE / 2 - 0.5] * 2)
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)), jnp.float32)
+  a, b = with_offset(images), without(images)
+  np.testing.assert_array_equal(np.asarray(a['points']), np.asarray(b['points']))
+  with_offset.mirror_offset[...] = jnp.full_like(with_offset.mirror_offset[...], 1.0)
+  moved = with_offset(images)
+  flipped = np.asarray(moved['flipped'])
+  change = np.abs(np.asarray(moved['stable']) - np.asarray(a['stable'])).max(axis=(1, 2))
+  assert ((change > 0.1) == flipped).all()
+  np.testing.assert_array_equal(np.asarray(moved['rough']), np.asarray(a['rough']))
+  # The loss's gradient reaches the offset only through mirrored faces.
+  with_offset.train()
+  for amounts, reaches in (((-0.4, -0.3), True), ((0.4, 0.3), False)):
+    truth = jnp.asarray(np.stack([_similarity(_turned(canon, t), 0.0, 1.0, (0, 0), centre)
+                                  for t in amounts]), jnp.float32)
+    grads = nnx.grad(lambda m: aligner_lib.compute_losses(
+        m, images, truth, transform_from='ground_truth')[0])(with_offset)
+    assert bool(np.abs(np.asarray(grads.mirror_offset[...])).max() > 0) == reaches

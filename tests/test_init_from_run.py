@@ -320,3 +320,18 @@ def test_widened_layout():
   np.testing.assert_array_equal(runs.widened(np.ones(3), np.zeros(5)), [1, 1, 1, 0, 0])
   assert runs.widened(np.ones((2, 3)), np.ones((1, 5))) is None       # an axis shrinks
   assert runs.widened(np.ones(3), np.ones((3, 1))) is None            # another rank
+
+
+def test_a_run_without_the_mirror_offset_starts_a_model_with_it(smoke_run):
+  """``model.cnn2_mirror_offset``: a run that did not learn one starts the model's networks and
+  leaves its offset at zero (fresh); one that did copies it."""
+  source, _ = _fresh(smoke_run, seed=1)
+  model, _ = _fresh(smoke_run, seed=2, cnn2_mirror_offset=True)
+  copied, skipped = runs.init_from_model(model, source)
+  assert skipped == ['mirror_offset'] and any('cnn2' in name for name in copied)
+  assert not np.asarray(model.mirror_offset[...]).any()
+  model.mirror_offset[...] = model.mirror_offset[...] + 0.5
+  again, _ = _fresh(smoke_run, seed=3, cnn2_mirror_offset=True)
+  copied, skipped = runs.init_from_model(again, model)
+  assert skipped == [] and 'mirror_offset' in copied
+  np.testing.assert_array_equal(np.asarray(again.mirror_offset[...]), 0.5)

@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -108,6 +109,10 @@ def test_validate_names_the_bad_key():
   c.model.head = 'heatmap'
   config_lib.validate(c, 1)
   c.model.head, c.loss.heatmap_weight = 'flatten', 0.0
+  as_saved = c.to_dict()           # as a run's config.json could hold it
+  as_saved['model']['cnn2_mirror_offset'] = 1
+  with pytest.raises(ValueError, match='model.cnn2_mirror_offset: must be True or False'):
+    config_lib.validate(ml_collections.ConfigDict(as_saved), 1)
   c.data.train_dir = ''
   with pytest.raises(ValueError, match='data.train_dir'):
     config_lib.validate(c, 1)

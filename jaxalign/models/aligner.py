@@ -242,6 +242,10 @@ class PoseAwareAligner(nnx.Module):
     bn_momentum, zero_init_residual: see :class:`~jaxalign.models.resnet.ResNet`.
     head, heatmap_stride: both CNNs' head ('mean', 'flatten' or 'heatmap') and the heatmap
       head's stride: see :class:`~jaxalign.models.resnet.LandmarkRegressor`.
+    mirror_offset: a learned (K, 2) offset in CNN2's frame pixels added to its points on the
+      faces it sees mirrored (zero at the start; beyond the paper): an annotation offset that
+      does not mirror with the face is one thing on CNN2's mirrored faces and another on the
+      rest, which CNN2 alone cannot tell apart (:meth:`mirror_shift`).
     rngs: ``nnx.Rngs`` with a ``params`` stream.
   """
 
@@ -253,7 +257,7 @@ class PoseAwareAligner(nnx.Module):
                flip_threshold: float = pose_lib.FLIP_THRESHOLD_DEG, pose_reference=None,
                dtype=jnp.float32, bn_momentum: float = 0.9,
                zero_init_residual: bool = False, head: str = 'mean', heatmap_stride: int = 8,
-               rngs: nnx.Rngs):
+               mirror_offset: bool = False, rngs: nnx.Rngs):
     self.scheme = schemes_lib.get_scheme(scheme)
     num_points = self.scheme.num_points
     self.image_size = int(image_size)
@@ -280,6 +284,9 @@ class PoseAwareAligner(nnx.Module):
     self.cnn2 = LandmarkRegressor(
         len(stable), depth=depth if cnn2_depth is None else cnn2_depth,
         image_size=self.cnn2_image_size, mean_shape=canonical_shape[stable], **common)
+    self.uses_mirror_offset = bool(mirror_offset)
+    if self.uses_mirror_offset:
+      self.mirror_offset = nnx.Param(jnp.zeros((len(stable), 2), jnp.float32))
     self.canonical_shape = ModelConstant(jnp.asarray(canonical_shape))
     self.transform_weights = ModelConstant(jnp.asarray(transform_weights))
     # The flip decision: a rigid fit of the mean 3D face, which unlike the 2D nose-ratio yaw of
@@ -349,6 +356,14 @@ class PoseAwareAligner(nnx.Module):
                     self.stable_indices[None])
     return jnp.take_along_axis(warped, idx[..., None], axis=1)
 
+  def mirror_shift(self, flipped: jax.Array) -> jax.Array:
+    """(B, K, 2) what is added to CNN2's frame points: the learned mirror offset on the faces
+    that were mirrored (``flipped`` (B,) bool), zero elsewhere and without the option."""
+    k = len(self.scheme.stable)
+    if not self.uses_mirror_offset:
+      return jnp.zeros((flipped.shape[0], k, 2), jnp.float32)
+    return jnp.where(flipped[:, None, None], self.mirror_offset[...][None], 0.0)
+
   def cnn2_view(self, images, matrix, source=None, source_to_input=None) -> jax.Array:
     """CNN2's input (B, S2, S2, 3): one resample of ``source`` (the host crop, which keeps
     more resolution than CNN1's input) through ``source_to_input`` then ``matrix``; of
@@ -393,7 +408,8 @@ class PoseAwareAligner(nnx.Module):
     matrix, flipped = self.spatial_transform(jax.lax.stop_gradient(rough))
     matrix = jax.lax.stop_gradient(matrix)
     warped = self.cnn2_view(images, matrix, source, source_to_input)
-    sl_frame = self.cnn2(warped)   # the canonical mean plus CNN2's offsets, in its frame
+    # The canonical mean plus CNN2's offsets, in its frame (and the mirror offset).
+    sl_frame = self.cnn2(warped) + self.mirror_shift(flipped)
     stable = transforms.warp_points(sl_frame, transforms.invert(matrix))
     indices = jnp.where(flipped[:, None], self.mirrored_stable_indices[None],
                         self.stable_indices[None]).astype(jnp.int32)
@@ -553,6 +569,7 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
                     model.stable_indices[None])
     w2 = jnp.take_along_axis(w_full, idx, axis=1)
   pred2, h2 = run(model.cnn2, view, targets, w2)
+  pred2 = pred2 + model.mirror_shift(flipped)
   l2 = loss(pred2, targets, weights=w2)
   total = (cnn1_weight * (l1 + heatmap_weight * h1)
            + cnn2_weight * (l2 + heatmap_weight * h2))

@@ -106,6 +106,11 @@ def base_config() -> ml_collections.ConfigDict:
   # offsets on a finer map of the stages; both beyond the paper, jaxalign.models.resnet.HEADS).
   c.model.head = 'mean'
   c.model.heatmap_stride = 8    # the 'heatmap' head's map: stride 4, 8, 16 or 32 input pixels
+  # A learned (K, 2) offset added to CNN2's points on the faces it sees mirrored
+  # (models.aligner.PoseAwareAligner.mirror_shift; beyond the paper): 300-W's annotations are
+  # not mirror-symmetric, so CNN2's targets move one way on its mirrored faces and the other on
+  # the rest (docs/experiments/cpu_300w.md, session 23). Pose-aware model only.
+  c.model.cnn2_mirror_offset = False
 
   # Data (jaxalign.data.pipeline): 300-W-style folders, or the synthetic default.
   c.data = ml_collections.ConfigDict()
@@ -402,6 +407,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail('eval.recrop_shift', f'must be a fraction of the box side in [0, 0.5), got {shift!r}')
   if not isinstance(config.eval.get('blend_stable', False), bool):
     fail('eval.blend_stable', f'must be True or False, got {config.eval.blend_stable!r}')
+  if not isinstance(config.model.get('cnn2_mirror_offset', False), bool):
+    fail('model.cnn2_mirror_offset', f'must be True or False, got '
+         f'{config.model.cnn2_mirror_offset!r}')
   if not isinstance(config.eval.get('stable_shift', False), bool):
     fail('eval.stable_shift', f'must be True or False, got {config.eval.stable_shift!r}')
   contour_weight = config.loss.get('contour_weight', 1.0)

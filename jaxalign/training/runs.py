@@ -152,8 +152,10 @@ def init_from_model(model: nnx.Module, source: nnx.Module,
     dotted = '.'.join(str(p) for p in path)
     other = have.get(path)
     if other is None:
-      # Another head (model.head): this model's head starts fresh on the run's backbone.
-      (skipped if 'heatmap' in path or 'head' in path else missing).append(dotted)
+      # Another head (model.head), or a mirror offset the run did not learn
+      # (model.cnn2_mirror_offset): it starts fresh on the run's networks.
+      (skipped if 'heatmap' in path or 'head' in path or 'mirror_offset' in path
+       else missing).append(dotted)
       continue
     if other.shape != var.shape:
       grid = _pooled_head_grid(path, other.shape, var.shape, _backbone_features(model, path))

@@ -85,6 +85,7 @@ def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -
                   cnn2_image_size=m.cnn2_input_size or None,
                   canonical_shape=canonical_shape, flip_threshold=flip_threshold(config),
                   transform_weights=transform_weights(config),
+                  mirror_offset=bool(m.get('cnn2_mirror_offset', False)),
                   pose_reference=pose_lib.reference_points(
                       scheme=config_lib.model_scheme(config)))
   return aligner.make_aligner(m.kind, **kwargs)

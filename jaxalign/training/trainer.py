@@ -193,7 +193,7 @@ def _initialise(model, source: str) -> None:
   if runs.is_run_dir(source):
     copied, skipped = runs.init_from_run(model, source)
     log.info('initialised %d variables from the run %s%s', len(copied), source,
-             f' (skipped, other shape: {", ".join(skipped)})' if skipped else '')
+             f' (starting fresh: {", ".join(skipped)})' if skipped else '')
     return
   from jaxalign.models import pretrained  # pylint: disable=g-import-not-at-top
   n = pretrained.init_from_pretrained(model, source)
