@@ -87,6 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   # -0.13 [-0.19, -0.08] more (docs/experiments/cpu_300w.md, session 22).
   c.model.head = 'heatmap'
   c.model.heatmap_stride = 4
+  c.model.cnn2_mirror_offset = True
   c.model.scheme = 'ibug68'
   c.data.source = '300w'
   c.data.root = '../shared/300w'
@@ -134,6 +135,7 @@ def get_config() -> ml_collections.ConfigDict:
   # same networks -0.04 [-0.06, -0.03], with MTCNN's boxes -0.04 [-0.05, -0.03]; on two other
   # runs' networks -0.03 and -0.09 (docs/experiments/cpu_300w.md, session 20).
   c.eval.blend_stable = True
+  c.eval.stable_shift = True
   # A second pass of the CNN pair around its own points, averaged with the first (beyond the
   # paper; measured on val: docs/experiments/cpu_300w.md).
   c.eval.recrop = True
