@@ -37,7 +37,10 @@ pretraining run you already have: ``--config.pretrain.config='' --config.init_fr
 are completed by the completion learned from the training faces (``eval.completion_backend=
 'learned'``, fitted at the end of training into ``learned_completion.json``), fused and mixed
 with CNN1's points by tables calibrated on the held-out slice; CNN2's stable points are mixed
-with CNN1's the same way (``eval.blend_stable``). At test time the CNN pair runs
+with CNN1's the same way (``eval.blend_stable``). 300-W's annotations are not mirror-symmetric and
+CNN2 sees left-looking faces mirrored, so CNN2 learns an offset of its own for the mirrored faces
+(``model.cnn2_mirror_offset``) and its points are moved by its mean residual on the held-out
+slice (``eval.stable_shift``; both beyond the paper). At test time the CNN pair runs
 on the given box, on a crop around its own points, and on that crop moved by 3 % of its side
 left, right, up and down, and the six passes are averaged (``eval.recrop``,
 ``eval.recrop_shift``).

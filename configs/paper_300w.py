@@ -17,7 +17,9 @@ beyond the paper is left to flags, so that this config stays the paper's: its co
 (learned from the training faces, fused with CNN1's points and mixed, CNN2's stable points
 mixed with CNN1's too, calibrated on a held-out tenth) is ``--config.data.holdout_fraction=0.1
 --config.eval.completion_backend=learned --config.eval.completion_fusion=True
---config.eval.completion_blend=True --config.eval.blend_stable=True``, its second pass
+--config.eval.completion_blend=True --config.eval.blend_stable=True``, CNN2's mirror offset
+and held-out offset (300-W's annotations are not mirror-symmetric)
+``--config.model.cnn2_mirror_offset=True --config.eval.stable_shift=True``, its second pass
 around the pair's own points and four more on that box moved by 3 % of its side
 ``--config.eval.recrop=True --config.eval.recrop_shift=0.03``, its synthetic pretraining (the
 stand-in for the paper's ImageNet weights, which ``--config.init_from=resnet50.safetensors``

@@ -69,4 +69,9 @@ def test_cpu_300w_trains_on_shared_faces_and_reports_val(tmp_path, sfm_dir):
   assert (workdir / 'learned_completion.json').is_file()
   assert report['completion_backend'] == 'learned'
   assert (workdir / 'cnn1_residuals.json').is_file()
+  # CNN2's held-out offset is calibrated and applied (eval.stable_shift), beside its learned
+  # mirror offset (model.cnn2_mirror_offset).
+  residuals = json.loads((workdir / 'cnn1_residuals.json').read_text())
+  assert len(residuals['stable_shift']['mean']) == 2
+  assert report['stable_shift'] == residuals['stable_shift']['mean']
   assert (workdir / 'pretrain').is_dir() == bool(c.pretrain.config)

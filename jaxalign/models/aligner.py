@@ -503,7 +503,9 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
   of CNN1's predictions on this very batch (``transform_from='prediction'``, the paper) or of
   the ground truth (``'ground_truth'``). CNN2's loss trains CNN2 only,
   CNN1's trains CNN1 only. The targets are the ground truth mapped with the same ``M`` and,
-  for a mirrored face, read at the mirrored indices (:meth:`PoseAwareAligner.cnn2_targets`).
+  for a mirrored face, read at the mirrored indices (:meth:`PoseAwareAligner.cnn2_targets`);
+  CNN2's points include its mirror offset (:meth:`PoseAwareAligner.mirror_shift`), which this
+  loss trains.
 
   Args:
     model: a :class:`PoseAwareAligner` or :class:`PlainAligner`.
