@@ -47,6 +47,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from jaxalign import metrics
 from jaxalign import schemes as schemes_lib
 from jaxalign import transforms
 from jaxalign.data import pipeline
@@ -367,7 +368,7 @@ def face_axes(points: np.ndarray, scheme: schemes_lib.LandmarkScheme
   a, b = scheme.inter_ocular
   pts = np.asarray(points, np.float64)
   axis = pts[:, b] - pts[:, a]
-  scale = np.linalg.norm(axis, axis=-1)
+  scale = metrics.normalizer(pts, 'inter_ocular', scheme)
   with np.errstate(invalid='ignore', divide='ignore'):
     x = axis / np.where(scale > 0, scale, np.nan)[:, None]
   return x, np.stack([-x[:, 1], x[:, 0]], -1), np.where(scale > 0, scale, np.nan)
