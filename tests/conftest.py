@@ -113,26 +113,34 @@ def write_faces(out: pathlib.Path, n: int, seed: int, size: int = 64, yaws=None)
 
 
 
+def smoke_config(train_dir, test_dir=None, num_steps: int = 2):
+  """configs/smoke.py training on ``train_dir`` for ``num_steps`` steps (a checkpoint at the
+  end), ``test_dir`` its test faces, no evaluation at the end."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('smoke', REPO_ROOT / 'configs' / 'smoke.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.num_steps = num_steps
+  config.checkpoint_every = num_steps
+  config.data.train_dir = str(train_dir)
+  if test_dir is not None:
+    config.data.test_dir = str(test_dir)
+  config.eval.enabled = False
+  return config
+
+
 @pytest.fixture(scope='session')
 def smoke_run(tmp_path_factory):
   """One trained smoke run shared by the tests of a session (each xdist worker trains its own):
   configs/smoke.py, two steps on 64 px warps of the real face; held-out faces with and without
   an annotated yaw. Returns the run folder (pathlib.Path)."""
-  import importlib.util
   from jaxalign import workflow
   root = tmp_path_factory.mktemp('e2e')
   write_faces(root / 'train', 16, 0)
   # Half of the test faces carry an annotated yaw: the report mixes both sources.
   write_faces(root / 'test', 6, 1, yaws=[30.0, -30.0, 10.0, None, None, None])
-  spec = importlib.util.spec_from_file_location('smoke', REPO_ROOT / 'configs' / 'smoke.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.num_steps = 2
-  config.checkpoint_every = 2
-  config.data.train_dir = str(root / 'train')
-  config.data.test_dir = str(root / 'test')
-  config.eval.enabled = False
+  config = smoke_config(root / 'train', root / 'test')
   workdir = root / 'run'
   workflow.train_and_evaluate(config, str(workdir))
   return workdir

@@ -389,6 +389,50 @@ def test_mirror_tta_averages_cnn1_over_the_mirror(reference):
 
 
 @pytest.mark.parametrize('kind', ['pose_aware', 'plain'])
+def test_cnn1_mirror_offset_on_mirrored_faces_and_the_mirrored_pass(reference, kind):
+  """``cnn1_mirror_offset``: zero at the start; set, it moves CNN1's points only on the faces
+  the augmentation mirrored (the loss's ``mirrored``) and on the mirrored pass of the test-time
+  average (added there before mapping back); the loss trains it through those faces only; and
+  CNN2 sees a face mirrored against its annotation where exactly one of the augmentation and
+  the spatial transform mirrored it."""
+  kwargs = dict(depth='tiny', image_size=SIZE, cnn1_mirror_offset=True, rngs=nnx.Rngs(0))
+  if kind == 'pose_aware':
+    kwargs.update(pose_reference=reference, mirror_offset=True)
+  model = aligner_lib.make_aligner(kind, **kwargs)
+  net = model.cnn1 if kind == 'pose_aware' else model.net
+  key = 'rough' if kind == 'pose_aware' else 'points'
+  model.eval()
+  images = jax.random.uniform(jax.random.PRNGKey(1), (2, SIZE, SIZE, 3)) * 255.0
+  before = np.asarray(model(images, mirror_tta=True)[key])
+  np.testing.assert_allclose(before, aligner_lib.mirror_averaged(net, images, schemes.IBUG68),
+                             atol=1e-5)
+  offset = np.zeros((68, 2), np.float32)
+  offset[36] = (2.0, 0.5)      # the viewer's left outer eye corner of the mirrored face
+  model.cnn1_mirror_offset[...] = jnp.asarray(offset)
+  np.testing.assert_array_equal(np.asarray(model(images)[key]), np.asarray(net(images)))
+  after = np.asarray(model(images, mirror_tta=True)[key])
+  # Mapped back, mirrored point 36 is point 45, its x mirrored: half the offset moves it.
+  change = after - before
+  np.testing.assert_allclose(change[:, 45], np.broadcast_to([-1.0, 0.25], (2, 2)), atol=1e-4)
+  np.testing.assert_allclose(np.delete(change, 45, axis=1), 0.0, atol=1e-4)
+  # Training: the gradient reaches the offset only through the mirrored faces.
+  model.train()
+  truth = jnp.asarray(np.asarray(net(images)) + 1.0)
+  for mirrored, reaches in (((True, False), True), ((False, False), False)):
+    grads = nnx.grad(lambda m: aligner_lib.compute_losses(
+        m, images, truth, transform_from='ground_truth',
+        mirrored=jnp.asarray(mirrored))[0])(model)
+    got = np.abs(np.asarray(grads.cnn1_mirror_offset[...])).max() > 0
+    assert bool(got) == reaches
+    if kind == 'pose_aware':
+      # CNN2's offset: on every face when the augmentation mirrored every face and the spatial
+      # transform none, or the other way round.
+      _, flipped = model.spatial_transform(truth)
+      parity = np.asarray(flipped) != np.asarray(mirrored)
+      assert bool(np.abs(np.asarray(grads.mirror_offset[...])).max() > 0) == bool(parity.any())
+
+
+@pytest.mark.parametrize('kind', ['pose_aware', 'plain'])
 def test_heatmap_loss_adds_each_networks_divergence(reference, kind):
   """``heatmap_weight``: the loss is the coordinates' loss plus the weight times each network's
   heatmap divergence (reported as ``loss_heatmap``), and it trains the logits; without the

@@ -193,6 +193,9 @@ def test_mirror_augmentation_flips_image_and_permutes_points():
   half = pipeline.prepare_views({k: np.repeat(v, 16, 0) for k, v in batch.items()}, c, key)
   flipped = np.asarray(half['matrices'][:, 0, 0]) < 0    # rotations of at most 10 degrees
   assert 0 < flipped.sum() < 32     # some faces mirrored, not all
+  # The views say which (the networks' mirror offsets apply to them); none without mirroring.
+  np.testing.assert_array_equal(np.asarray(half['mirrored']), flipped)
+  assert np.asarray(mirrored['mirrored']).all() and 'mirrored' not in plain
 
 
 def test_mirror_prob_is_validated():

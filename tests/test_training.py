@@ -113,6 +113,10 @@ def test_validate_names_the_bad_key():
   as_saved['model']['cnn2_mirror_offset'] = 1
   with pytest.raises(ValueError, match='model.cnn2_mirror_offset: must be True or False'):
     config_lib.validate(ml_collections.ConfigDict(as_saved), 1)
+  as_saved['model']['cnn2_mirror_offset'] = False
+  as_saved['model']['cnn1_mirror_offset'] = 'yes'
+  with pytest.raises(ValueError, match='model.cnn1_mirror_offset: must be True or False'):
+    config_lib.validate(ml_collections.ConfigDict(as_saved), 1)
   c.data.train_dir = ''
   with pytest.raises(ValueError, match='data.train_dir'):
     config_lib.validate(c, 1)

@@ -549,7 +549,8 @@ def prepare_views(batch, config, key=None, eval_index=None) -> dict:
     (B, S, S, 3) float32: the host crop itself (blurred like ``images`` when the augmentation
     blurs), which CNN2 samples through ``matrices`` composed with its own transform, and, when
     ``augment.cnn2_*`` ask for it in training, ``cnn2_jitter`` (B, 2, 3): CNN2's extra
-    augmentation, a map within its canonical frame applied after the spatial transform.
+    augmentation, a map within its canonical frame applied after the spatial transform, and
+    with ``augment.mirror_prob`` > 0 in training ``mirrored`` (B,) bool: the faces mirrored.
   """
   size = int(config.model.input_size)
   aug = config.augment
@@ -611,6 +612,8 @@ def prepare_views(batch, config, key=None, eval_index=None) -> dict:
     perm = jnp.asarray(schemes.get_scheme(config.model.scheme).flip_index_array())
     points = jnp.where(mirror[:, None, None], jnp.take(points, perm, axis=1), points)
   views = {'images': images, 'points': points, 'matrices': matrices, 'source': source}
+  if keys is not None and float(aug.mirror_prob) > 0:
+    views['mirrored'] = mirror
   if (keys is not None and config.model.kind == 'pose_aware'
       and any(cnn2_jitter_ranges(config))):     # a plain network has no CNN2
     rotation, translation, scale = cnn2_jitter_ranges(config)

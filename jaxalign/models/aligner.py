@@ -204,13 +204,43 @@ def _check_shape(name, value, num_points):
   return value
 
 
-def mirror_averaged(net, images: jax.Array, scheme: schemes_lib.LandmarkScheme) -> jax.Array:
+def mirror_averaged(net, images: jax.Array, scheme: schemes_lib.LandmarkScheme,
+                    offset: jax.Array | None = None) -> jax.Array:
   """Test-time mirror averaging: ``net``'s (B, L, 2) points on ``images`` (B, S, S, 3),
   averaged with its points on the mirrored images mapped back (x -> S - 1 - x, indices permuted
-  by the scheme). Two forward passes; beyond the paper (``config.eval.mirror_tta``)."""
+  by the scheme). ``offset`` (L, 2), when given, is added to the points on the mirrored images
+  before they are mapped back (the network's learned mirror offset, :func:`masked_mirror_offset`).
+  Two forward passes; beyond the paper (``config.eval.mirror_tta``)."""
   points = net(images)
   mirrored = net(images[:, :, ::-1])
+  if offset is not None:
+    mirrored = mirrored + offset[None]
   return 0.5 * (points + transforms.flip_landmarks(mirrored, images.shape[2], scheme))
+
+
+def masked_mirror_offset(offset: nnx.Param | None, mirrored: jax.Array,
+                         num_points: int) -> jax.Array:
+  """(B, N, 2): a network's learned mirror offset ``offset`` ((N, 2) input pixels) on the faces
+  it sees mirrored relative to their annotation (``mirrored`` (B,) bool), zero elsewhere and
+  without one (None). Beyond the paper.
+
+  Why: 300-W's annotations are not mirror-symmetric (docs/experiments/cpu_300w.md, session 23),
+  so the mirror of an annotated face is not how the annotators would have marked the mirrored
+  face: a network that sees some faces mirrored is trained towards two conventions at once. The
+  offset, zero at the start, takes up the difference, so the network learns one.
+  """
+  if offset is None:
+    return jnp.zeros((mirrored.shape[0], int(num_points), 2), jnp.float32)
+  return jnp.where(mirrored[:, None, None], offset[...][None], 0.0)
+
+
+def rough_points(net, offset: nnx.Param | None, images: jax.Array,
+                 scheme: schemes_lib.LandmarkScheme, mirror_tta: bool = False) -> jax.Array:
+  """CNN1's (B, L, 2) points at test time: ``net`` on ``images``, or with ``mirror_tta`` its
+  mirror average (:func:`mirror_averaged`) with its learned mirror ``offset`` when it has one."""
+  if not mirror_tta:
+    return net(images)
+  return mirror_averaged(net, images, scheme, None if offset is None else offset[...])
 
 
 def _scatter_points(base, indices, values):
@@ -246,6 +276,9 @@ class PoseAwareAligner(nnx.Module):
       faces it sees mirrored (zero at the start; beyond the paper): an annotation offset that
       does not mirror with the face is one thing on CNN2's mirrored faces and another on the
       rest, which CNN2 alone cannot tell apart (:meth:`mirror_shift`).
+    cnn1_mirror_offset: the same for CNN1 (an (L, 2) offset in its input pixels,
+      :func:`masked_mirror_offset`), on the faces the augmentation mirrors (``augment.mirror_prob``)
+      and on the mirrored pass of the test-time mirror averaging (``mirror_tta``).
     rngs: ``nnx.Rngs`` with a ``params`` stream.
   """
 
@@ -257,7 +290,8 @@ class PoseAwareAligner(nnx.Module):
                flip_threshold: float = pose_lib.FLIP_THRESHOLD_DEG, pose_reference=None,
                dtype=jnp.float32, bn_momentum: float = 0.9,
                zero_init_residual: bool = False, head: str = 'mean', heatmap_stride: int = 8,
-               mirror_offset: bool = False, rngs: nnx.Rngs):
+               mirror_offset: bool = False, cnn1_mirror_offset: bool = False,
+               rngs: nnx.Rngs):
     self.scheme = schemes_lib.get_scheme(scheme)
     num_points = self.scheme.num_points
     self.image_size = int(image_size)
@@ -287,6 +321,8 @@ class PoseAwareAligner(nnx.Module):
     self.uses_mirror_offset = bool(mirror_offset)
     if self.uses_mirror_offset:
       self.mirror_offset = nnx.Param(jnp.zeros((len(stable), 2), jnp.float32))
+    self.cnn1_mirror_offset = (nnx.Param(jnp.zeros((num_points, 2), jnp.float32))
+                        if cnn1_mirror_offset else None)
     self.canonical_shape = ModelConstant(jnp.asarray(canonical_shape))
     self.transform_weights = ModelConstant(jnp.asarray(transform_weights))
     # The flip decision: a rigid fit of the mean 3D face, which unlike the 2D nose-ratio yaw of
@@ -359,10 +395,8 @@ class PoseAwareAligner(nnx.Module):
   def mirror_shift(self, flipped: jax.Array) -> jax.Array:
     """(B, K, 2) what is added to CNN2's frame points: the learned mirror offset on the faces
     that were mirrored (``flipped`` (B,) bool), zero elsewhere and without the option."""
-    k = len(self.scheme.stable)
-    if not self.uses_mirror_offset:
-      return jnp.zeros((flipped.shape[0], k, 2), jnp.float32)
-    return jnp.where(flipped[:, None, None], self.mirror_offset[...][None], 0.0)
+    return masked_mirror_offset(self.mirror_offset if self.uses_mirror_offset else None,
+                                flipped, len(self.scheme.stable))
 
   def cnn2_view(self, images, matrix, source=None, source_to_input=None) -> jax.Array:
     """CNN2's input (B, S2, S2, 3): one resample of ``source`` (the host crop, which keeps
@@ -384,7 +418,8 @@ class PoseAwareAligner(nnx.Module):
       source_to_input: (B, 2, 3) source pixels -> ``images`` pixels (with ``source``).
       return_warped: also return CNN2's input images (for inspection).
       mirror_tta: CNN1's points averaged over the image and its mirror
-        (:func:`mirror_averaged`; inference only).
+        (:func:`mirror_averaged`, with CNN1's learned mirror offset when it has one; inference
+        only).
 
     Returns:
       A dict of float32 arrays in INPUT-image pixels unless noted:
@@ -404,7 +439,7 @@ class PoseAwareAligner(nnx.Module):
     if images.ndim != 4 or images.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f'images must be (B, {self.image_size}, {self.image_size}, 3), got '
                        f'{images.shape}')
-    rough = mirror_averaged(self.cnn1, images, self.scheme) if mirror_tta else self.cnn1(images)
+    rough = rough_points(self.cnn1, self.cnn1_mirror_offset, images, self.scheme, mirror_tta)
     matrix, flipped = self.spatial_transform(jax.lax.stop_gradient(rough))
     matrix = jax.lax.stop_gradient(matrix)
     warped = self.cnn2_view(images, matrix, source, source_to_input)
@@ -440,12 +475,16 @@ class PlainAligner(nnx.Module):
   def __init__(self, *, depth: int | str | ResNetSpec = 50, image_size: int = 224,
                scheme: schemes_lib.LandmarkScheme | str = schemes_lib.IBUG68, mean_shape=None,
                dtype=jnp.float32, bn_momentum: float = 0.9, zero_init_residual: bool = False,
-               head: str = 'mean', heatmap_stride: int = 8, rngs: nnx.Rngs):
+               head: str = 'mean', heatmap_stride: int = 8, cnn1_mirror_offset: bool = False,
+               rngs: nnx.Rngs):
     self.scheme = schemes_lib.get_scheme(scheme)
     self.image_size = int(image_size)
     if mean_shape is None:
       mean_shape = default_shape(self.scheme, self.image_size)
     mean_shape = _check_shape('mean_shape', mean_shape, self.scheme.num_points)
+    # CNN1's learned mirror offset (see PoseAwareAligner), here the one network's.
+    self.cnn1_mirror_offset = (nnx.Param(jnp.zeros((self.scheme.num_points, 2), jnp.float32))
+                        if cnn1_mirror_offset else None)
     self.net = LandmarkRegressor(self.scheme.num_points, depth=depth, image_size=self.image_size,
                                  mean_shape=mean_shape, dtype=dtype, bn_momentum=bn_momentum,
                                  zero_init_residual=zero_init_residual, head=head,
@@ -457,9 +496,8 @@ class PlainAligner(nnx.Module):
     if images.ndim != 4 or images.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f'images must be (B, {self.image_size}, {self.image_size}, 3), got '
                        f'{images.shape}')
-    if mirror_tta:
-      return {'points': mirror_averaged(self.net, images, self.scheme)}
-    return {'points': self.net(images)}
+    return {'points': rough_points(self.net, self.cnn1_mirror_offset, images, self.scheme,
+                                   mirror_tta)}
 
 
 Aligner = PoseAwareAligner | PlainAligner
@@ -489,7 +527,7 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
                    transform_from: str = 'prediction', loss_params: dict | None = None,
                    source: jax.Array | None = None, source_to_input: jax.Array | None = None,
                    cnn2_jitter: jax.Array | None = None, heatmap_weight: float = 0.0,
-                   heatmap_sigma: float = 1.0,
+                   heatmap_sigma: float = 1.0, mirrored: jax.Array | None = None,
                    ) -> tuple[jax.Array, dict[str, Any]]:
   """Training loss of either aligner on one batch, for ``nnx.value_and_grad(has_aux=True)``.
 
@@ -525,6 +563,10 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
       (:func:`jaxalign.losses.heatmap_kl`, added to its own term; heatmap heads
       only; 0: none, the paper's loss).
     heatmap_sigma: that loss's target Gaussian's standard deviation in cells of the map.
+    mirrored: optional (B,) bool, the faces the augmentation mirrored (``augment.mirror_prob``):
+      CNN1's learned mirror offset is added to its points on them, and CNN2 sees a face
+      mirrored relative to its annotation where exactly one of the augmentation and the
+      spatial transform mirrored it (its mirror offset goes there).
 
   Returns:
     (loss, aux): loss a float32 scalar; aux a dict with the scalar terms ``loss``,
@@ -543,8 +585,11 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
     return pred, losses.heatmap_kl(logits, centres, target, heatmap_sigma * net.heatmap.stride,
                                    w)
 
+  mirrored = (jnp.zeros(points.shape[:1], bool) if mirrored is None
+              else jnp.asarray(mirrored, bool))
   if isinstance(model, PlainAligner):
     pred, h1 = run(model.net, images, points, weights)
+    pred = pred + masked_mirror_offset(model.cnn1_mirror_offset, mirrored, points.shape[1])
     l1 = loss(pred, points, weights=weights)
     total = l1 + heatmap_weight * h1
     aux = {'loss': total, 'loss_cnn1': l1, 'points': pred}
@@ -556,6 +601,7 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
     raise ValueError(f'transform_from must be one of {TRANSFORM_SOURCES}, got '
                      f'{transform_from!r}')
   rough, h1 = run(model.cnn1, images, points, weights)
+  rough = rough + masked_mirror_offset(model.cnn1_mirror_offset, mirrored, points.shape[1])
   l1 = loss(rough, points, weights=weights)
   src = rough if transform_from == 'prediction' else points
   matrix, flipped = model.spatial_transform(jax.lax.stop_gradient(src))
@@ -571,7 +617,7 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
                     model.stable_indices[None])
     w2 = jnp.take_along_axis(w_full, idx, axis=1)
   pred2, h2 = run(model.cnn2, view, targets, w2)
-  pred2 = pred2 + model.mirror_shift(flipped)
+  pred2 = pred2 + model.mirror_shift(flipped != mirrored)
   l2 = loss(pred2, targets, weights=w2)
   total = (cnn1_weight * (l1 + heatmap_weight * h1)
            + cnn2_weight * (l2 + heatmap_weight * h2))

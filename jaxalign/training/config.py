@@ -111,6 +111,11 @@ def base_config() -> ml_collections.ConfigDict:
   # not mirror-symmetric, so CNN2's targets move one way on its mirrored faces and the other on
   # the rest (docs/experiments/cpu_300w.md, session 23). Pose-aware model only.
   c.model.cnn2_mirror_offset = False
+  # The same for CNN1 (the plain model's one network): a learned (L, 2) offset added to its
+  # points on the faces the augmentation mirrors (augment.mirror_prob) and on the mirrored pass
+  # of eval.mirror_tta (models.aligner.mirror_offset), so that mirrored faces and the test-time
+  # mirror average do not pull CNN1 towards the mirrored annotation convention. Beyond the paper.
+  c.model.cnn1_mirror_offset = False
 
   # Data (jaxalign.data.pipeline): 300-W-style folders, or the synthetic default.
   c.data = ml_collections.ConfigDict()
@@ -223,6 +228,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.nesterov = False
   c.optim.weight_decay = 5e-4
   c.optim.grad_clip_norm = 0.0     # 0 = off (the paper does not clip)
+  # An exponential moving average of the weights (parameters and BatchNorm statistics), kept
+  # beside them and used wherever the run's model is restored (evaluation, init_from); beyond
+  # the paper. The decay, warmed up as min(ema_decay, (1 + step) / (10 + step)). 0 = off.
+  c.optim.ema_decay = 0.0
 
   # Evaluation (jaxalign.evaluation.runner; end of run and python -m jaxalign.evaluate).
   c.eval = ml_collections.ConfigDict()
@@ -366,6 +375,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
          f'{config.ensemble.max_disagreement}')
   if not config.optim.learning_rate > 0:
     fail('optim.learning_rate', f'must be positive, got {config.optim.learning_rate}')
+  if not 0.0 <= float(config.optim.get('ema_decay', 0.0)) < 1.0:
+    fail('optim.ema_decay', f'must be in [0, 1) (0: off), got {config.optim.ema_decay}')
   if config.data.pose_bins < 1:
     fail('data.pose_bins', f'must be at least 1, got {config.data.pose_bins}')
   for key, limit in (('cnn2_rotation_deg', 90.0), ('cnn2_translation', 0.5), ('cnn2_scale', 0.5)):
@@ -407,6 +418,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail('eval.recrop_shift', f'must be a fraction of the box side in [0, 0.5), got {shift!r}')
   if not isinstance(config.eval.get('blend_stable', False), bool):
     fail('eval.blend_stable', f'must be True or False, got {config.eval.blend_stable!r}')
+  if not isinstance(config.model.get('cnn1_mirror_offset', False), bool):
+    fail('model.cnn1_mirror_offset', f'must be True or False, got '
+         f'{config.model.cnn1_mirror_offset!r}')
   if not isinstance(config.model.get('cnn2_mirror_offset', False), bool):
     fail('model.cnn2_mirror_offset', f'must be True or False, got '
          f'{config.model.cnn2_mirror_offset!r}')

@@ -30,7 +30,8 @@ def restore_model(workdir: str, step: int | None = None, config=None):
   merged onto the base config) and the checkpoint's step.
 
   Only the parameters and the model's other variables are read (a partial restore): no
-  optimiser is built and its state on disk is never read.
+  optimiser is built and its state on disk is never read. A run trained with a moving average
+  of its weights (``optim.ema_decay`` > 0) gives the average.
 
   Raises:
     FileNotFoundError: no ``config.json`` or no checkpoint (of ``step``) in ``workdir``.
@@ -40,15 +41,18 @@ def restore_model(workdir: str, step: int | None = None, config=None):
   model = state_lib.create_model(config, seed=int(config.seed))
   defs, params, model_state = state_lib.split_model(model)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  weights = {'params': params, 'model_state': model_state}
+  ema = state_lib.ema_decay(config) > 0
   abstract = checkpointing.abstract_with_shardings(
-      {'step': jax.ShapeDtypeStruct((), np.int32), 'params': params,
-       'model_state': model_state}, device)
+      {'step': jax.ShapeDtypeStruct((), np.int32), **({'ema': weights} if ema else weights)},
+      device)
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   try:
     restored, _ = ckpt.restore_model(abstract, step)
   finally:
     ckpt.close()
-  model = state_lib.merge(defs.eval, restored['params'], restored['model_state'])
+  weights = restored['ema'] if ema else restored
+  model = state_lib.merge(defs.eval, weights['params'], weights['model_state'])
   return model, config, int(restored['step'])
 
 
@@ -153,9 +157,10 @@ def init_from_model(model: nnx.Module, source: nnx.Module,
     other = have.get(path)
     if other is None:
       # Another head (model.head), or a mirror offset the run did not learn
-      # (model.cnn2_mirror_offset): it starts fresh on the run's networks.
-      (skipped if 'heatmap' in path or 'head' in path or 'mirror_offset' in path
-       else missing).append(dotted)
+      # (model.cnn1_mirror_offset, model.cnn2_mirror_offset): it starts fresh on the run's
+      # networks.
+      offset = str(path[-1]).endswith('mirror_offset')
+      (skipped if 'heatmap' in path or 'head' in path or offset else missing).append(dotted)
       continue
     if other.shape != var.shape:
       grid = _pooled_head_grid(path, other.shape, var.shape, _backbone_features(model, path))

@@ -79,7 +79,9 @@ def create_model(config, mean_shape=None, canonical_shape=None, seed: int = 0) -
   kwargs = dict(depth=model_depth(config), image_size=int(m.input_size),
                 scheme=config_lib.model_scheme(config), mean_shape=mean_shape,
                 dtype=_DTYPES[m.dtype], head=m.get('head', 'mean'),
-                heatmap_stride=int(m.get('heatmap_stride', 8)), rngs=nnx.Rngs(params=seed))
+                heatmap_stride=int(m.get('heatmap_stride', 8)),
+                cnn1_mirror_offset=bool(m.get('cnn1_mirror_offset', False)),
+                rngs=nnx.Rngs(params=seed))
   if m.kind == 'pose_aware':
     kwargs.update(cnn2_depth=model_depth(config, 'cnn2_depth'),
                   cnn2_image_size=m.cnn2_input_size or None,
@@ -118,15 +120,39 @@ def model_state_of(model: nnx.Module):
   return nnx.to_pure_dict(rest)
 
 
-def init_state(params, model_state, tx, seed: int) -> dict:
-  """The step-0 training state (host arrays)."""
-  return {
+def init_state(params, model_state, tx, seed: int, ema: bool = False) -> dict:
+  """The step-0 training state (host arrays); with ``ema``, an ``'ema'`` entry holding a
+  moving average of ``params`` and ``model_state`` (``optim.ema_decay``), starting at them."""
+  state = {
       'step': jnp.zeros((), jnp.int32),
       'params': params,
       'model_state': model_state,
       'opt_state': tx.init(params),
       'rng': jax.random.key_data(jax.random.key(int(seed))),
   }
+  if ema:
+    state['ema'] = jax.tree.map(jnp.array, {'params': params, 'model_state': model_state})
+  return state
+
+
+def ema_decay(config) -> float:
+  """``optim.ema_decay`` (0 when the run predates the key: no moving average)."""
+  return float(config.optim.get('ema_decay', 0.0))
+
+
+def update_ema(ema: dict, params, model_state, decay: float, step) -> dict:
+  """``ema`` moved towards the new weights: ``d * ema + (1 - d) * new`` with
+  ``d = min(decay, (1 + step) / (10 + step))`` (the warm-up keeps the first steps from
+  weighing the start for long). Integer leaves are taken as they are."""
+  step = jnp.asarray(step, jnp.float32)
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+  def mix(old, new):
+    if not jnp.issubdtype(new.dtype, jnp.floating):
+      return new
+    return (d * old.astype(jnp.float32) + (1.0 - d) * new.astype(jnp.float32)).astype(new.dtype)
+
+  return jax.tree.map(mix, ema, {'params': params, 'model_state': model_state})
 
 
 def count_params(params) -> int:

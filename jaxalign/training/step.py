@@ -65,11 +65,12 @@ def face_weights(points, config):
 
 
 def model_loss(model, images, points, config, source=None, source_to_input=None,
-               cnn2_jitter=None):
+               cnn2_jitter=None, mirrored=None):
   """``(loss, metrics)`` of a model in training mode on (B, n, n, 3) images with (B, L, 2)
   target points in input pixels (:func:`jaxalign.models.aligner.compute_losses`); CNN2 samples
   ``source`` (the host crops) through ``source_to_input`` when given, its view moved by
-  ``cnn2_jitter`` (B, 2, 3) when given.
+  ``cnn2_jitter`` (B, 2, 3) when given; ``mirrored`` (B,) bool: the faces the augmentation
+  mirrored (the networks' mirror offsets apply to them).
 
   The plain model regresses all points. The pose-aware pair is trained as the paper does:
   CNN1 on all points, CNN2 on the stable points of the image warped with CNN1's prediction
@@ -89,7 +90,7 @@ def model_loss(model, images, points, config, source=None, source_to_input=None,
       transform_from=config.model.transform_from,
       loss_params=loss_kwargs(config), source=source, source_to_input=source_to_input,
       cnn2_jitter=cnn2_jitter, heatmap_weight=float(config.loss.get('heatmap_weight', 0.0)),
-      heatmap_sigma=float(config.loss.get('heatmap_sigma', 1.0)))
+      heatmap_sigma=float(config.loss.get('heatmap_sigma', 1.0)), mirrored=mirrored)
   return loss, {k: v for k, v in aux.items() if k != 'points'}
 
 
@@ -103,7 +104,8 @@ def make_step_fn(defs: state_lib.ModelDefs, tx, schedule, config):
     def loss_of(params):
       model = state_lib.merge(defs.train, params, state['model_state'])
       loss, metrics = model_loss(model, views['images'], views['points'], config,
-                                 views['source'], views['matrices'], views.get('cnn2_jitter'))
+                                 views['source'], views['matrices'], views.get('cnn2_jitter'),
+                                 views.get('mirrored'))
       return loss, (metrics, state_lib.model_state_of(model))
 
     with resnet.options(**resnet.options_from_config(config)):   # read while tracing
@@ -115,6 +117,9 @@ def make_step_fn(defs: state_lib.ModelDefs, tx, schedule, config):
                    learning_rate=schedule(state['step']))
     new_state = dict(state, step=state['step'] + 1, params=params, model_state=model_state,
                      opt_state=opt_state)
+    if 'ema' in state:
+      new_state['ema'] = state_lib.update_ema(state['ema'], params, model_state,
+                                              state_lib.ema_decay(config), state['step'])
     return new_state, metrics
 
   return step_fn

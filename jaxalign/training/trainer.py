@@ -117,7 +117,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx = optim.make_optimizer(config)
   schedule = optim.learning_rate_schedule(config)
   state = mesh_lib.replicate(
-      state_lib.init_state(params, model_state, tx, config_lib.draw_seed(config)), mesh)
+      state_lib.init_state(params, model_state, tx, config_lib.draw_seed(config),
+                           ema=state_lib.ema_decay(config) > 0), mesh)
 
   # Every process in step before the first collective (orbax's barrier in the Checkpointer).
   distributed.sync('jaxalign_start', int(config.distributed_timeout_s))
