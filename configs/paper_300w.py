@@ -19,7 +19,11 @@ mixed with CNN1's too, calibrated on a held-out tenth) is ``--config.data.holdou
 --config.eval.completion_backend=learned --config.eval.completion_fusion=True
 --config.eval.completion_blend=True --config.eval.blend_stable=True``, CNN2's mirror offset
 and held-out offset (300-W's annotations are not mirror-symmetric)
-``--config.model.cnn2_mirror_offset=True --config.eval.stable_shift=True``, its second pass
+``--config.model.cnn2_mirror_offset=True --config.eval.stable_shift=True``, its mirrored
+faces with CNN1's own mirror offset and the test-time mirror average
+``--config.augment.mirror_prob=0.5 --config.model.cnn1_mirror_offset=True
+--config.eval.mirror_tta=True``, its moving average of the weights
+``--config.optim.ema_decay=0.999``, its second pass
 around the pair's own points and four more on that box moved by 3 % of its side
 ``--config.eval.recrop=True --config.eval.recrop_shift=0.03``, its synthetic pretraining (the
 stand-in for the paper's ImageNet weights, which ``--config.init_from=resnet50.safetensors``

@@ -75,3 +75,16 @@ def test_cpu_300w_trains_on_shared_faces_and_reports_val(tmp_path, sfm_dir):
   assert len(residuals['stable_shift']['mean']) == 2
   assert report['stable_shift'] == residuals['stable_shift']['mean']
   assert (workdir / 'pretrain').is_dir() == bool(c.pretrain.config)
+  # CNN1's learned mirror offset (model.cnn1_mirror_offset, for the mirrored faces of
+  # augment.mirror_prob and eval.mirror_tta's mirrored pass) is trained and kept in the weights'
+  # moving average (optim.ema_decay), which is what the run restores.
+  from jaxalign.training import checkpointing, runs
+  assert c.eval.mirror_tta and c.augment.mirror_prob > 0 and c.optim.ema_decay > 0
+  ckpt = checkpointing.Checkpointer(str(workdir), async_save=False)
+  try:
+    saved = ckpt.saved_shapes(2)
+  finally:
+    ckpt.close()
+  assert saved['ema/params/cnn1_mirror_offset'] == saved['params/cnn1_mirror_offset'] == (68, 2)
+  model, _, _ = runs.restore_model(str(workdir))
+  assert np.abs(np.asarray(model.cnn1_mirror_offset[...])).max() > 0

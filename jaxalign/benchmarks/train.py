@@ -51,7 +51,8 @@ def _setup(config, data=None) -> dict:
   model = state_lib.create_model(config, data['mean_shape'], data['canonical_shape'], 0)
   defs, params, model_state = state_lib.split_model(model)
   tx, schedule = optim.make_optimizer(config), optim.learning_rate_schedule(config)
-  state = mesh_lib.replicate(state_lib.init_state(params, model_state, tx, 0), mesh)
+  state = mesh_lib.replicate(state_lib.init_state(
+      params, model_state, tx, 0, ema=state_lib.ema_decay(config) > 0), mesh)
   return {'data': data, 'mesh': mesh, 'state': state,
           'step': step_lib.compile_step(defs, tx, schedule, config, mesh)}
 
