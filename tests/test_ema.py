@@ -67,3 +67,19 @@ def test_a_run_with_ema_is_restored_as_its_average(tmp_path):
   runs.init_from_run(model, workdir)
   for path, value in _params(model).items():
     np.testing.assert_array_equal(value, a[path], err_msg=str(path))
+
+
+def test_resuming_with_the_average_switched_is_refused_by_name(tmp_path):
+  """A run resumed with ``optim.ema_decay`` switched on (or off) has another state structure:
+  the change is named and the checkpoint stays where it is."""
+  from jaxalign import workflow
+  from jaxalign.training import checkpointing
+  write_faces(tmp_path / 'train', 16, 0)
+  workdir = str(tmp_path / 'run')
+  workflow.train_and_evaluate(smoke_config(tmp_path / 'train', num_steps=2), workdir)
+  config = smoke_config(tmp_path / 'train', num_steps=4)
+  config.optim.ema_decay = 0.9
+  changed = r'config\.optim\.ema_decay \(0\.0 -> 0\.9\)'
+  with pytest.raises(checkpointing.CheckpointError, match=changed):
+    workflow.train_and_evaluate(config, workdir)
+  assert (tmp_path / 'run' / 'checkpoints' / '2').is_dir()

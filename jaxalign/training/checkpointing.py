@@ -41,8 +41,9 @@ import tensorstore as ts
 
 log = logging.getLogger('jaxalign.train')
 DAMAGED_DIR = 'checkpoints_damaged'
-# Config subtrees whose values decide the shapes or the structure of the saved state.
-SHAPE_KEYS = ('model.',)
+# Config subtrees and keys whose values decide the shapes or the structure of the saved state
+# (the model; the optimiser's state; the weights' moving average, kept or not).
+SHAPE_KEYS = ('model.', 'optim.optimizer', 'optim.ema_decay')
 
 
 class CheckpointError(ValueError):
@@ -421,7 +422,8 @@ def check_config_compatible(ckpt: Checkpointer, workdir: str, config, abstract_s
   """Refuses a config whose model no longer fits the run's checkpoints.
 
   When the newest readable checkpoint's saved shapes differ from ``abstract_state`` and the
-  shape-relevant keys (``model.*``) differ from ``WORKDIR/config.json``, the change is named.
+  shape-relevant keys (:data:`SHAPE_KEYS`: ``model.*``, ``optim.optimizer``,
+  ``optim.ema_decay``) differ from ``WORKDIR/config.json``, the change is named.
 
   Raises:
     CheckpointError: naming ``config.<key>`` (saved and new value) and the workdir.
