@@ -46,6 +46,7 @@ def test_a_run_with_ema_is_restored_as_its_average(tmp_path):
   write_faces(tmp_path / 'train', 16, 0)
   config = smoke_config(tmp_path / 'train', num_steps=3)
   config.optim.ema_decay = 0.9
+  config.model.cnn1_mirror_offset = True
   workdir = str(tmp_path / 'run')
   workflow.train_and_evaluate(config, workdir)
 
@@ -67,11 +68,17 @@ def test_a_run_with_ema_is_restored_as_its_average(tmp_path):
   runs.init_from_run(model, workdir)
   for path, value in _params(model).items():
     np.testing.assert_array_equal(value, a[path], err_msg=str(path))
+  # A model of another landmark scheme starts its mirror offset fresh (it is per point) and
+  # its heads too.
+  other = config_lib.load_run_config(workdir)
+  other.model.scheme = 'aflw19'
+  _, skipped = runs.init_from_run(state_lib.create_model(other, seed=5), workdir)
+  assert 'cnn1_mirror_offset' in skipped
 
 
 def test_resuming_with_the_average_switched_is_refused_by_name(tmp_path):
-  """A run resumed with ``optim.ema_decay`` switched on (or off) has another state structure:
-  the change is named and the checkpoint stays where it is."""
+  """A run resumed with ``optim.ema_decay`` switched on has another state structure: the change
+  is named and the checkpoint stays where it is (switching it off is the same key's check)."""
   from jaxalign import workflow
   from jaxalign.training import checkpointing
   write_faces(tmp_path / 'train', 16, 0)

@@ -90,7 +90,8 @@ class JaxSide:
     defs, params, model_state = state_lib.split_model(self.model)
     self.num_params = state_lib.count_params(params)
     tx, schedule = optim.make_optimizer(config), optim.learning_rate_schedule(config)
-    self.state = mesh_lib.replicate(state_lib.init_state(params, model_state, tx, 0), mesh)
+    self.state = mesh_lib.replicate(state_lib.init_state(
+        params, model_state, tx, 0, ema=state_lib.ema_decay(config) > 0), mesh)
     self.step = step_lib.compile_step(defs, tx, schedule, config, mesh)
     self.batch = step_lib.device_batch(batch, mesh)
 

@@ -587,9 +587,13 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
 
   mirrored = (jnp.zeros(points.shape[:1], bool) if mirrored is None
               else jnp.asarray(mirrored, bool))
+  # The networks' mirror offsets are added to their points after the heads, so a heatmap's
+  # target is the point without them (else the heatmap would learn the mirrored convention).
+  offset1 = masked_mirror_offset(getattr(model, 'cnn1_mirror_offset', None), mirrored,
+                                 points.shape[1])
   if isinstance(model, PlainAligner):
-    pred, h1 = run(model.net, images, points, weights)
-    pred = pred + masked_mirror_offset(model.cnn1_mirror_offset, mirrored, points.shape[1])
+    pred, h1 = run(model.net, images, points - jax.lax.stop_gradient(offset1), weights)
+    pred = pred + offset1
     l1 = loss(pred, points, weights=weights)
     total = l1 + heatmap_weight * h1
     aux = {'loss': total, 'loss_cnn1': l1, 'points': pred}
@@ -600,8 +604,8 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
   if transform_from not in TRANSFORM_SOURCES:
     raise ValueError(f'transform_from must be one of {TRANSFORM_SOURCES}, got '
                      f'{transform_from!r}')
-  rough, h1 = run(model.cnn1, images, points, weights)
-  rough = rough + masked_mirror_offset(model.cnn1_mirror_offset, mirrored, points.shape[1])
+  rough, h1 = run(model.cnn1, images, points - jax.lax.stop_gradient(offset1), weights)
+  rough = rough + offset1
   l1 = loss(rough, points, weights=weights)
   src = rough if transform_from == 'prediction' else points
   matrix, flipped = model.spatial_transform(jax.lax.stop_gradient(src))
@@ -616,8 +620,9 @@ def compute_losses(model: Aligner, images: jax.Array, points: jax.Array,
     idx = jnp.where(flipped[:, None], model.mirrored_stable_indices[None],
                     model.stable_indices[None])
     w2 = jnp.take_along_axis(w_full, idx, axis=1)
-  pred2, h2 = run(model.cnn2, view, targets, w2)
-  pred2 = pred2 + model.mirror_shift(flipped != mirrored)
+  offset2 = model.mirror_shift(flipped != mirrored)
+  pred2, h2 = run(model.cnn2, view, targets - jax.lax.stop_gradient(offset2), w2)
+  pred2 = pred2 + offset2
   l2 = loss(pred2, targets, weights=w2)
   total = (cnn1_weight * (l1 + heatmap_weight * h1)
            + cnn2_weight * (l2 + heatmap_weight * h2))

@@ -441,7 +441,7 @@ def check_config_compatible(ckpt: Checkpointer, workdir: str, config, abstract_s
       return
     names = ', '.join(f'config.{k} ({old!r} -> {new!r})' for k, old, new in changes)
     raise CheckpointError(
-        f'{workdir}: {names} changes the model\'s parameter shapes ({diff[0]}), so the '
+        f'{workdir}: {names} changes the saved state\'s shapes or structure ({diff[0]}), so the '
         f'checkpoints of step {step} and before cannot be resumed; use a new --workdir or '
         'restore the old value')
 

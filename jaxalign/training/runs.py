@@ -155,11 +155,14 @@ def init_from_model(model: nnx.Module, source: nnx.Module,
   for path, var in _trained_variables(model).items():
     dotted = '.'.join(str(p) for p in path)
     other = have.get(path)
+    # A mirror offset (model.cnn1_mirror_offset, model.cnn2_mirror_offset) the run did not
+    # learn, or learned for another landmark scheme's points, starts fresh (zero).
+    offset = str(path[-1]).endswith('mirror_offset')
+    if offset and other is not None and other.shape != var.shape:
+      skipped.append(dotted)
+      continue
     if other is None:
-      # Another head (model.head), or a mirror offset the run did not learn
-      # (model.cnn1_mirror_offset, model.cnn2_mirror_offset): it starts fresh on the run's
-      # networks.
-      offset = str(path[-1]).endswith('mirror_offset')
+      # Another head (model.head), or a missing mirror offset: fresh on the run's networks.
       (skipped if 'heatmap' in path or 'head' in path or offset else missing).append(dotted)
       continue
     if other.shape != var.shape:
