@@ -322,7 +322,7 @@ class PoseAwareAligner(nnx.Module):
     if self.uses_mirror_offset:
       self.mirror_offset = nnx.Param(jnp.zeros((len(stable), 2), jnp.float32))
     self.cnn1_mirror_offset = (nnx.Param(jnp.zeros((num_points, 2), jnp.float32))
-                        if cnn1_mirror_offset else None)
+                               if cnn1_mirror_offset else None)
     self.canonical_shape = ModelConstant(jnp.asarray(canonical_shape))
     self.transform_weights = ModelConstant(jnp.asarray(transform_weights))
     # The flip decision: a rigid fit of the mean 3D face, which unlike the 2D nose-ratio yaw of
@@ -484,7 +484,7 @@ class PlainAligner(nnx.Module):
     mean_shape = _check_shape('mean_shape', mean_shape, self.scheme.num_points)
     # CNN1's learned mirror offset (see PoseAwareAligner), here the one network's.
     self.cnn1_mirror_offset = (nnx.Param(jnp.zeros((self.scheme.num_points, 2), jnp.float32))
-                        if cnn1_mirror_offset else None)
+                               if cnn1_mirror_offset else None)
     self.net = LandmarkRegressor(self.scheme.num_points, depth=depth, image_size=self.image_size,
                                  mean_shape=mean_shape, dtype=dtype, bn_momentum=bn_momentum,
                                  zero_init_residual=zero_init_residual, head=head,

@@ -113,8 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.cnn2_mirror_offset = False
   # The same for CNN1 (the plain model's one network): a learned (L, 2) offset added to its
   # points on the faces the augmentation mirrors (augment.mirror_prob) and on the mirrored pass
-  # of eval.mirror_tta (models.aligner.masked_mirror_offset, rough_points), so that mirrored faces and the test-time
-  # mirror average do not pull CNN1 towards the mirrored annotation convention. Beyond the paper.
+  # of eval.mirror_tta (models.aligner.masked_mirror_offset, rough_points), so that mirrored
+  # faces and the test-time mirror average do not pull CNN1 towards the mirrored annotation
+  # convention. Beyond the paper.
   c.model.cnn1_mirror_offset = False
 
   # Data (jaxalign.data.pipeline): 300-W-style folders, or the synthetic default.
